@@ -1,0 +1,167 @@
+"""Model and cache configuration.
+
+`ModelSpec` describes the KV shape of a transformer (how many bytes one token's keys and
+values take); `CacheConfig` describes the paged cache (block size, pool sizes, watermarks,
+prefix caching). Both are frozen dataclasses validated on construction: a bad value raises
+`ValueError` naming the field and the value.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+#: KV element types the pools and kernels support. Numba has no bfloat16 arithmetic;
+#: the kernels only load and store, but we keep to the two types tests cover.
+SUPPORTED_DTYPES = ("float16", "float32")
+
+
+def _require_positive_int(owner: str, name: str, value: object) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value <= 0:
+        raise ValueError(f"{owner}.{name} must be a positive integer, got {value!r}")
+
+
+def _require_nonnegative_int(owner: str, name: str, value: object) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
+        raise ValueError(f"{owner}.{name} must be a non-negative integer, got {value!r}")
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """The KV-cache shape of one model.
+
+    One token stores, in every layer, a key and a value vector per KV head:
+    ``bytes_per_token = 2 (K and V) * num_layers * num_kv_heads * head_dim * itemsize``.
+    For OPT-13B in float16 that is ``2 * 40 * 40 * 128 * 2 = 819,200`` bytes.
+    """
+
+    name: str
+    num_layers: int
+    num_kv_heads: int
+    head_dim: int
+    dtype: str = "float16"
+    #: the longest sequence (prompt + output) the model serves; the contiguous
+    #: "Max" baseline reserves this many slots per request.
+    max_seq_len: int = 2048
+    #: query heads (>= num_kv_heads, a multiple of it); only reference attention uses it.
+    num_q_heads: int | None = None
+
+    def __post_init__(self) -> None:
+        for field in ("num_layers", "num_kv_heads", "head_dim", "max_seq_len"):
+            _require_positive_int("ModelSpec", field, getattr(self, field))
+        if self.dtype not in SUPPORTED_DTYPES:
+            raise ValueError(
+                f"ModelSpec.dtype must be one of {SUPPORTED_DTYPES}, got {self.dtype!r}"
+            )
+        if self.num_q_heads is not None:
+            _require_positive_int("ModelSpec", "num_q_heads", self.num_q_heads)
+            if self.num_q_heads % self.num_kv_heads:
+                raise ValueError(
+                    f"ModelSpec.num_q_heads must be a multiple of num_kv_heads="
+                    f"{self.num_kv_heads}, got {self.num_q_heads!r}"
+                )
+
+    @property
+    def itemsize(self) -> int:
+        """Bytes per KV element."""
+        return np.dtype(self.dtype).itemsize
+
+    @property
+    def q_heads(self) -> int:
+        """Query heads (defaults to num_kv_heads: multi-head attention)."""
+        return self.num_q_heads if self.num_q_heads is not None else self.num_kv_heads
+
+    @property
+    def bytes_per_token(self) -> int:
+        """Bytes of K and V one token occupies across all layers."""
+        return 2 * self.num_layers * self.num_kv_heads * self.head_dim * self.itemsize
+
+    def bytes_per_block(self, block_size: int) -> int:
+        """Bytes one block of `block_size` token slots occupies across all layers."""
+        _require_positive_int("ModelSpec.bytes_per_block", "block_size", block_size)
+        return self.bytes_per_token * block_size
+
+
+#: Named model presets. OPT-13B is the vLLM paper's study model.
+MODEL_PRESETS: dict[str, ModelSpec] = {
+    "opt-13b": ModelSpec("opt-13b", num_layers=40, num_kv_heads=40, head_dim=128,
+                         max_seq_len=2048),
+    "llama-2-7b": ModelSpec("llama-2-7b", num_layers=32, num_kv_heads=32, head_dim=128,
+                            max_seq_len=4096),
+    "llama-3-8b": ModelSpec("llama-3-8b", num_layers=32, num_kv_heads=8, head_dim=128,
+                            max_seq_len=8192, num_q_heads=32),
+    # Small enough that a whole pool fits in a few simulator launches.
+    "tiny": ModelSpec("tiny", num_layers=2, num_kv_heads=2, head_dim=8, max_seq_len=256,
+                      num_q_heads=4),
+}
+
+
+def get_model(name: str) -> ModelSpec:
+    """Return the preset `ModelSpec` called `name` (see `MODEL_PRESETS`)."""
+    try:
+        return MODEL_PRESETS[name.lower()]
+    except KeyError:
+        raise ValueError(
+            f"unknown model {name!r}; valid names: {', '.join(sorted(MODEL_PRESETS))}"
+        ) from None
+
+
+def blocks_for_bytes(num_bytes: int, model: ModelSpec, block_size: int) -> int:
+    """How many whole blocks of `block_size` tokens of `model` fit in `num_bytes`.
+
+    >>> blocks_for_bytes(12 * 2**30, get_model("opt-13b"), 16)  # vLLM paper: ~15.7k slots
+    983
+    """
+    _require_nonnegative_int("blocks_for_bytes", "num_bytes", num_bytes)
+    return int(num_bytes) // model.bytes_per_block(block_size)
+
+
+@dataclass(frozen=True)
+class CacheConfig:
+    """Configuration of one paged KV cache.
+
+    Watermarks are fractions of the GPU pool in use (evictable cached blocks count as
+    free): below ``watermark_low`` the pressure level is NORMAL, from it up to
+    ``watermark_high`` ELEVATED, at or above ``watermark_high`` CRITICAL. Admission
+    that respects the watermark keeps ``1 - watermark_high`` of the pool free.
+    """
+
+    block_size: int = 16
+    num_gpu_blocks: int = 1024
+    num_host_blocks: int = 0
+    watermark_low: float = 0.90
+    watermark_high: float = 0.99
+    enable_prefix_caching: bool = False
+    eviction_policy: str = "lru"
+
+    def __post_init__(self) -> None:
+        _require_positive_int("CacheConfig", "block_size", self.block_size)
+        _require_positive_int("CacheConfig", "num_gpu_blocks", self.num_gpu_blocks)
+        _require_nonnegative_int("CacheConfig", "num_host_blocks", self.num_host_blocks)
+        for field in ("watermark_low", "watermark_high"):
+            value = getattr(self, field)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not (
+                0.0 <= value <= 1.0
+            ):
+                raise ValueError(f"CacheConfig.{field} must be in [0, 1], got {value!r}")
+        if self.watermark_low > self.watermark_high:
+            raise ValueError(
+                f"CacheConfig.watermark_low must not exceed watermark_high="
+                f"{self.watermark_high}, got {self.watermark_low!r}"
+            )
+        if not isinstance(self.enable_prefix_caching, bool):
+            raise ValueError(
+                f"CacheConfig.enable_prefix_caching must be a bool, got "
+                f"{self.enable_prefix_caching!r}"
+            )
+        if not isinstance(self.eviction_policy, str):
+            raise ValueError(
+                f"CacheConfig.eviction_policy must be a policy name, got "
+                f"{self.eviction_policy!r}"
+            )
+
+    @property
+    def num_gpu_slots(self) -> int:
+        """Token slots in the GPU pool."""
+        return self.num_gpu_blocks * self.block_size

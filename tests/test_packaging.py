@@ -1,0 +1,53 @@
+"""Packaging: environment.yml and pyproject.toml list the same dependencies."""
+
+import re
+import tomllib
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _name(requirement: str) -> str:
+    """Normalised distribution name of a requirement string, extras kept."""
+    match = re.match(r"\s*([A-Za-z0-9_.\-]+)(\[[^\]]*\])?", requirement)
+    assert match, requirement
+    name = re.sub(r"[-_.]+", "-", match.group(1)).lower()
+    return name + (match.group(2) or "")
+
+
+def _pyproject_requirements() -> set[str]:
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    reqs = set(project["dependencies"])
+    for extra in project["optional-dependencies"].values():
+        reqs.update(extra)
+    return {_name(r) for r in reqs}
+
+
+def _environment_requirements() -> set[str]:
+    names: set[str] = set()
+    text = (ROOT / "environment.yml").read_text()
+    for line in text.split("dependencies:", 1)[1].splitlines():
+        item = re.match(r"\s*-\s+([^#\s][^#]*)", line)
+        if not item:
+            continue
+        entry = item.group(1).strip()
+        if entry in ("pip", "pip:", "-e .") or entry.startswith(("python", "-e")):
+            continue
+        names.add(_name(entry))
+    return names
+
+
+def test_environment_yml_matches_pyproject():
+    assert _environment_requirements() == _pyproject_requirements()
+
+
+def test_version_pins_agree():
+    """Same lower bounds in both files, so the two environments cannot drift apart."""
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    reqs = list(project["dependencies"])
+    for extra in project["optional-dependencies"].values():
+        reqs.extend(extra)
+    env_text = (ROOT / "environment.yml").read_text()
+    for req in reqs:
+        spec = req.replace(" ", "")
+        assert spec in env_text.replace(" ", ""), f"{req} not pinned alike in environment.yml"
