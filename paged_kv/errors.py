@@ -39,3 +39,11 @@ class UnknownSequenceError(PagedKVError, KeyError):
 
 class SequenceStateError(PagedKVError):
     """An operation needs the sequence on the other pool (e.g. reading a swapped-out one)."""
+
+
+class MetadataOnlyError(PagedKVError):
+    """A KV read or write on a cache that stores no KV (metadata-only mode)."""
+
+
+class InvariantError(PagedKVError, AssertionError):
+    """`PagedKVCache.check_invariants` found the cache's state inconsistent."""

@@ -1,0 +1,84 @@
+"""BlockAllocator: exact free-queue order, ref counts and all-or-nothing allocation."""
+
+import pytest
+
+from paged_kv.block_allocator import BlockAllocator
+from paged_kv.errors import OutOfBlocksError
+
+
+def test_fresh_pool_hands_out_ids_in_order():
+    alloc = BlockAllocator(4)
+    assert alloc.free_queue() == [0, 1, 2, 3]
+    assert [alloc.allocate() for _ in range(2)] == [0, 1]
+    assert alloc.ref_counts == [1, 1, 0, 0]
+    assert (alloc.num_free, alloc.num_used, alloc.usage) == (2, 2, 0.5)
+
+
+def test_freed_blocks_are_reused_after_older_free_ones():
+    alloc = BlockAllocator(4)
+    assert alloc.allocate_many(4) == [0, 1, 2, 3]
+    alloc.free(2)
+    alloc.free(0)
+    assert alloc.free_queue() == [2, 0]
+    assert alloc.allocate() == 2
+
+
+def test_ref_counting_frees_only_at_zero():
+    alloc = BlockAllocator(2)
+    b = alloc.allocate()
+    alloc.incref(b)
+    alloc.free(b)
+    assert alloc.ref_counts[b] == 1 and alloc.num_free == 1
+    alloc.free(b)
+    assert alloc.ref_counts[b] == 0 and alloc.free_queue() == [1, 0]
+
+
+def test_allocate_many_is_all_or_nothing():
+    alloc = BlockAllocator(3)
+    alloc.allocate()
+    before = alloc.state()
+    with pytest.raises(OutOfBlocksError) as err:
+        alloc.allocate_many(3)
+    assert (err.value.needed, err.value.available, err.value.pool) == (3, 2, "gpu")
+    assert alloc.state() == before
+
+
+def test_double_free_and_bad_sizes_are_value_errors():
+    alloc = BlockAllocator(2)
+    with pytest.raises(ValueError, match="already free"):
+        alloc.free(0)
+    with pytest.raises(ValueError, match="num_blocks"):
+        BlockAllocator(0)
+    with pytest.raises(ValueError, match="uncached"):
+        alloc.incref(1)
+
+
+def test_cached_blocks_become_evictable_and_are_taken_last():
+    alloc = BlockAllocator(4)
+    evicted = []
+    alloc.set_evict_hook(lambda block, key: evicted.append((block, key)))
+    blocks = alloc.allocate_many(4)
+    alloc.set_key(blocks[0], "k0")
+    alloc.set_key(blocks[1], "k1")
+    for b in reversed(blocks):  # tail first, as the manager frees
+        alloc.free(b)
+    # uncached 3, 2 first; then evictable in LRU order: 1 (released first), then 0
+    assert alloc.free_queue() == [3, 2, 1, 0]
+    assert alloc.num_evictable == 2
+    assert alloc.allocate_many(3) == [3, 2, 1]
+    assert evicted == [(1, "k1")]
+    assert alloc.block_keys[1] is None and alloc.block_keys[0] == "k0"
+    alloc.incref(0)  # a hit revives the evictable block
+    assert alloc.ref_counts[0] == 1 and alloc.num_free == 0
+    assert alloc.check() == []
+
+
+def test_drop_all_evictable_forgets_keys():
+    alloc = BlockAllocator(2)
+    a, b = alloc.allocate_many(2)
+    alloc.set_key(a, "x")
+    alloc.free(a)
+    alloc.free(b)
+    assert alloc.drop_all_evictable() == [a]
+    assert alloc.free_queue() == [b, a] and alloc.block_keys == [None, None]
+    assert alloc.check() == []
