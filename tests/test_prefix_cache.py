@@ -1,0 +1,184 @@
+"""Prefix caching in the manager: hits, revival, the last-token rule, eviction, stats."""
+
+import pytest
+
+from paged_kv import CacheConfig, OutOfBlocksError
+from paged_kv.cache import PagedKVCache
+
+BS = 4
+
+
+def make(num_blocks=8, policy="lru", **kw):
+    config = CacheConfig(
+        block_size=BS, num_gpu_blocks=num_blocks, enable_prefix_caching=True,
+        eviction_policy=policy,
+    )
+    return PagedKVCache(config, **kw)
+
+
+def tokens(n, start=0):
+    return list(range(start, start + n))
+
+
+def test_second_request_shares_the_cached_prefix():
+    cache = make()
+    a = cache.allocate(token_ids=tokens(10))  # blocks 0, 1 full and cached; 2 partial
+    b = cache.allocate(token_ids=tokens(9))  # same first two blocks
+    assert cache.get(b).block_table == (0, 1, 3)
+    assert cache.get(b).num_cached_tokens == 8
+    assert cache.gpu.ref_counts[:4] == [2, 2, 1, 1]
+    stats = cache.prefix_stats
+    assert (stats.query_tokens, stats.hit_tokens, stats.requests, stats.hit_requests) == (
+        19, 8, 2, 1,
+    )
+    cache.check_invariants()
+    cache.free(a)
+    cache.free(b)
+
+
+def test_free_queue_order_after_freeing_two_requests():
+    cache = make()
+    a = cache.allocate(token_ids=tokens(10))  # 0, 1 cached; 2 partial
+    b = cache.allocate(token_ids=tokens(8, start=100))  # 3, 4 cached
+    cache.free(a)  # 2 uncached; then tail first: 1, 0 evictable
+    cache.free(b)  # 4, 3 evictable
+    assert cache.gpu.free_queue() == [5, 6, 7, 2, 1, 0, 4, 3]
+    assert cache.gpu.num_evictable == 4
+    cache.check_invariants()
+
+
+def test_freed_cached_prefix_is_revived_by_a_hit():
+    cache = make()
+    a = cache.allocate(token_ids=tokens(9))
+    cache.free(a)
+    assert cache.gpu.ref_counts[:2] == [0, 0]
+    b = cache.allocate(token_ids=tokens(12))
+    # blocks 0 and 1 revived (0 -> 1), a new block for the third (the last-token rule
+    # caps the hit at 2 of 3 full blocks... here the third block was never cached anyway)
+    assert cache.get(b).block_table[:2] == (0, 1)
+    assert cache.gpu.ref_counts[:2] == [1, 1]
+    assert 0 not in cache.gpu.policy and 1 not in cache.gpu.policy
+    cache.check_invariants()
+
+
+def test_fully_cached_prompt_still_computes_its_last_token():
+    cache = make()
+    a = cache.allocate(token_ids=tokens(8))
+    cache.free(a)
+    b = cache.allocate(token_ids=tokens(8))
+    info = cache.get(b)
+    # two full cached blocks, but the hit is capped at one so token 7 is computed
+    assert info.num_cached_tokens == 4
+    assert info.block_table[0] == 0 and info.block_table[1] != 1
+    assert cache.lookup_prefix(tokens(8)) == 4
+    assert cache.lookup_prefix(tokens(9)) == 8
+
+
+def test_partial_blocks_are_cached_only_once_full():
+    cache = make()
+    a = cache.allocate(token_ids=tokens(6))
+    assert len(cache.prefix) == 1  # only block 0
+    assert cache.lookup_prefix(tokens(9)) == 4
+    cache.append(a, token_ids=[6, 7])  # block 1 fills up and is published
+    assert len(cache.prefix) == 2
+    assert cache.lookup_prefix(tokens(9)) == 8
+    cache.check_invariants()
+
+
+def test_lru_evicts_the_least_recently_released_chain_tail_first():
+    cache = make(num_blocks=4)
+    a = cache.allocate(token_ids=tokens(9))  # blocks 0, 1 cached, 2 partial
+    cache.free(a)  # free queue: 3, 2 | evictable 1, 0
+    b = cache.allocate(token_ids=tokens(12, start=50))  # needs 3: takes 3, 2, evicts 1
+    assert cache.get(b).block_table == (3, 2, 1)
+    assert cache.prefix_stats.evictions == 1
+    # the prefix's first block survives; its second is gone
+    assert cache.lookup_prefix(tokens(9)) == 4
+    cache.check_invariants()
+
+
+def test_allocation_that_cannot_fit_changes_nothing():
+    cache = make(num_blocks=4)
+    a = cache.allocate(token_ids=tokens(9))
+    cache.free(a)
+    b = cache.allocate(token_ids=tokens(5, start=90))
+    before = cache.snapshot()
+    # would hit blocks 0, 1 (evictable) and need 3 more: only 1 left once they revive
+    with pytest.raises(OutOfBlocksError):
+        cache.allocate(token_ids=tokens(20))
+    assert cache.snapshot() == before
+    assert cache.prefix_stats.requests == 2  # the refused request counted nothing
+    cache.free(b)
+
+
+def test_duplicate_keys_keep_the_first_block_cached():
+    cache = make()
+    a = cache.allocate(token_ids=tokens(3))
+    b = cache.allocate(token_ids=tokens(3))
+    cache.append(a, token_ids=[3])  # block of a becomes full: cached
+    cache.append(b, token_ids=[3])  # same content in another block: a duplicate
+    key_block = cache.prefix.block_of(cache._seqs[a].keys[0])
+    assert key_block == cache.get(a).block_table[0]
+    assert cache.gpu.block_keys[cache.get(b).block_table[0]] is None
+    cache.free(b)  # its duplicate block goes back uncached
+    assert cache.gpu.free_queue()[-1] != cache.get(a).block_table[0]
+    cache.check_invariants()
+
+
+def test_salted_tenants_never_share():
+    cache = make()
+    cache.allocate(token_ids=tokens(9), salt="tenant-a")
+    b = cache.allocate(token_ids=tokens(9), salt="tenant-b")
+    assert cache.get(b).num_cached_tokens == 0
+    c = cache.allocate(token_ids=tokens(9), salt="tenant-a")
+    assert cache.get(c).num_cached_tokens == 8
+
+
+def test_hash_collision_is_a_miss_not_someone_elses_kv():
+    cache = make(hash_fn=lambda _: 0)  # every block key collides
+    cache.allocate(token_ids=tokens(5))
+    b = cache.allocate(token_ids=tokens(5, start=1000))
+    assert cache.get(b).num_cached_tokens == 0
+    c = cache.allocate(token_ids=tokens(5))  # genuinely the same prefix
+    assert cache.get(c).num_cached_tokens == 4
+
+
+def test_precomputed_block_keys():
+    cache = make()
+    a = cache.allocate(block_keys=[11, 12, 13], num_tokens=10)  # 13 is the partial block
+    assert len(cache.prefix) == 2
+    b = cache.allocate(block_keys=[11, 12, 99], num_tokens=12)
+    assert cache.get(b).num_cached_tokens == 8
+    assert cache.get(b).block_table[:2] == cache.get(a).block_table[:2]
+
+
+def test_statistics_after_a_known_sequence():
+    cache = make(num_blocks=6)
+    for start in (0, 0, 100, 0):
+        s = cache.allocate(token_ids=tokens(9, start=start))
+        cache.free(s)
+    stats = cache.prefix_stats
+    # queries 4 x 9 tokens; hits: 2nd and 4th request hit two blocks (8 tokens) each
+    assert (stats.query_tokens, stats.hit_tokens) == (36, 16)
+    assert (stats.requests, stats.hit_requests) == (4, 2)
+    assert stats.hit_rate == pytest.approx(16 / 36)
+    # six blocks always held an uncached free one for each new block: nothing evicted
+    assert stats.evictions == 0 and cache.gpu.num_evictable == 4
+    cache.reset_prefix_stats()
+    assert cache.prefix_stats.query_tokens == 0
+
+
+def test_evict_and_reset_operations():
+    cache = make()
+    a = cache.allocate(token_ids=tokens(12))
+    done, reason = cache.reset_prefix_cache()
+    assert not done and "in use" in reason
+    cache.free(a)
+    assert cache.evict_cached(1) == 1  # LRU: block 2 (tail) goes first
+    assert cache.lookup_prefix(tokens(13)) == 8
+    done, _ = cache.reset_prefix_cache()
+    assert done and len(cache.prefix) == 0 and cache.gpu.num_evictable == 0
+    assert cache.lookup_prefix(tokens(13)) == 0
+    with pytest.raises(ValueError):
+        cache.evict_cached(-1)
+    cache.check_invariants()
