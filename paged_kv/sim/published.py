@@ -1,0 +1,114 @@
+"""Published reference numbers that the project's studies hold themselves against.
+
+Every constant cites its source. Shares of memory are in percent, as the papers print
+them (names end in ``_PCT``); hit rates are fractions, as Mooncake's Table 1 prints
+them. Mappings are read-only (`types.MappingProxyType`) so no study can change them.
+See ``paged_kv/data/README.md`` for the same numbers next to the shipped traces.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from types import MappingProxyType
+
+# --- vLLM: Kwon et al., "Efficient Memory Management for Large Language Model Serving
+# --- with PagedAttention", SOSP 2023.
+
+#: vLLM paper §6.1 / Fig. 11: mean prompt (input) length of its ShareGPT workload, tokens.
+VLLM_SHAREGPT_MEAN_PROMPT_LEN: float = 161.31
+#: vLLM paper §6.1 / Fig. 11: mean output length of its ShareGPT workload, tokens.
+VLLM_SHAREGPT_MEAN_OUTPUT_LEN: float = 337.99
+#: vLLM paper §6.1 / Fig. 11: mean prompt (input) length of its Alpaca workload, tokens.
+VLLM_ALPACA_MEAN_PROMPT_LEN: float = 19.31
+#: vLLM paper §6.1 / Fig. 11: mean output length of its Alpaca workload, tokens.
+VLLM_ALPACA_MEAN_OUTPUT_LEN: float = 58.45
+
+#: vLLM paper Fig. 2: average share (%) of KV-cache memory per use, by system.
+#: Categories follow the figure: token states, reservation (slots held for tokens not
+#: yet generated), internal fragmentation (slots never used), external fragmentation
+#: (memory the allocator cannot hand out). Orca (Oracle) knows each output length, so
+#: it has no internal fragmentation (0.0). For vLLM only the token-state share (96.3%)
+#: is recorded here. Each Orca row sums to 100% within the figure's rounding.
+VLLM_FIG2_KV_USAGE_PCT: Mapping[str, Mapping[str, float]] = MappingProxyType({
+    "orca-max": MappingProxyType({
+        "token_states": 20.4,
+        "reservation": 13.3,
+        "internal_fragmentation": 57.3,
+        "external_fragmentation": 8.9,
+    }),
+    "orca-pow2": MappingProxyType({
+        "token_states": 26.8,
+        "reservation": 17.9,
+        "internal_fragmentation": 13.6,
+        "external_fragmentation": 41.6,
+    }),
+    "orca-oracle": MappingProxyType({
+        "token_states": 38.2,
+        "reservation": 25.2,
+        "internal_fragmentation": 0.0,
+        "external_fragmentation": 36.6,
+    }),
+    "vllm": MappingProxyType({
+        "token_states": 96.3,
+    }),
+})
+
+#: vLLM paper Fig. 2: the setting the shares were measured in. 12 GB (GiB) of KV cache
+#: at 819,200 bytes per OPT-13B token is about 15.7K token slots.
+VLLM_FIG2_SETTING: Mapping[str, object] = MappingProxyType({
+    "model": "opt-13b",
+    "gpu": "A100-40GB",
+    "kv_cache_bytes": 12 * 2**30,
+    "bytes_per_token": 819_200,
+    "token_slots": (12 * 2**30) // 819_200,  # 15,728
+    "max_seq_len": 2048,
+    "workload": "sharegpt",
+})
+
+#: vLLM paper Fig. 15 (OPT-13B): memory saved by sharing, in percent, as the
+#: (low, high) range over n (parallel sampling) or beam width 2, 4 and 6.
+#: Keys are ``(workload, decoding)``.
+VLLM_FIG15_MEMORY_SAVED_PCT: Mapping[tuple[str, str], tuple[float, float]] = MappingProxyType({
+    ("alpaca", "parallel_sampling"): (6.1, 9.8),
+    ("alpaca", "beam_search"): (37.6, 55.2),
+    ("sharegpt", "parallel_sampling"): (16.2, 30.5),
+    ("sharegpt", "beam_search"): (44.3, 66.3),
+})
+
+#: vLLM paper §7.2: block sizes (inclusive range, tokens) that serve each workload best.
+#: ShareGPT: 16 to 128; Alpaca: 16 and 32 (larger blocks waste memory on short sequences).
+VLLM_BEST_BLOCK_SIZES: Mapping[str, tuple[int, int]] = MappingProxyType({
+    "sharegpt": (16, 128),
+    "alpaca": (16, 32),
+})
+
+# --- Mooncake: Qin et al., "Mooncake: Trading More Storage for Less Computation",
+# --- FAST 2025 (Table 2), and its arXiv report (Table 1).
+
+#: Mooncake FAST'25 Table 2: average input length (tokens) of the shipped traces.
+MOONCAKE_AVG_INPUT_LEN: Mapping[str, int] = MappingProxyType({
+    "mooncake-conversation": 12_035,
+    "mooncake-synthetic": 15_325,
+})
+#: Mooncake FAST'25 Table 2: average output length (tokens) of the shipped traces.
+MOONCAKE_AVG_OUTPUT_LEN: Mapping[str, int] = MappingProxyType({
+    "mooncake-conversation": 343,
+    "mooncake-synthetic": 149,
+})
+#: Mooncake FAST'25 Table 2: "cache ratio" (%) of the shipped traces.
+MOONCAKE_CACHE_RATIO_PCT: Mapping[str, float] = MappingProxyType({
+    "mooncake-conversation": 40.0,
+    "mooncake-synthetic": 66.0,
+})
+
+#: Mooncake arXiv report Table 1: prefix-cache block hit rate of LRU by cache capacity
+#: in 512-token blocks ("1k" etc. read as 1,000; None = unbounded). Measured on
+#: Mooncake's own 23,608-request trace, which is not shipped here. LRU beat LFU and a
+#: length-aware policy at every capacity.
+MOONCAKE_TABLE1_LRU_HIT_RATE: Mapping[int | None, float] = MappingProxyType({
+    1_000: 0.30,
+    10_000: 0.40,
+    30_000: 0.48,
+    50_000: 0.50,
+    None: 0.51,
+})
