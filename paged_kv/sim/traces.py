@@ -1,0 +1,297 @@
+"""Loaders for the real request traces shipped in `paged_kv.data`.
+
+Each loader returns a `Workload` whose requests are in file order with
+``request_id`` = the 0-based data row, and whose metadata names the file, its origin
+(repository, path, commit) and licence; ``paged_kv/data/README.md`` has the details.
+
+* ``sharegpt``: prompt/output token counts only, no timestamps; arrivals are a seeded
+  Poisson process at `rate` requests/s (`paged_kv.sim.workloads.arrival_times`), so
+  `rate` is required.
+* ``azure-conv``, ``azure-code``: ``TIMESTAMP`` parsed with pandas, in seconds from
+  the first row.
+* ``mooncake-conversation``, ``mooncake-synthetic``: millisecond timestamps become
+  seconds; ``hash_ids`` become ``block_keys`` with ``key_block_size=512``, and every
+  row is checked to hold ``ceil(input_length / 512)`` of them.
+
+Parsed files are cached (``functools.lru_cache``) as tuples of frozen `Request`
+objects or read-only arrays, so a second load costs only the `Workload` around them.
+"""
+
+from __future__ import annotations
+
+import gzip
+import io
+import json
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from functools import lru_cache
+from importlib import resources
+from types import MappingProxyType
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from paged_kv.sim.request import Request, Workload
+from paged_kv.sim.workloads import arrival_times
+
+#: Tokens per block that Mooncake's ``hash_ids`` were computed over.
+MOONCAKE_BLOCK_SIZE = 512
+
+_DATA_PACKAGE = "paged_kv.data"
+
+
+@dataclass(frozen=True)
+class TraceInfo:
+    """Where a shipped trace comes from and what it holds."""
+
+    #: the name `load_trace` knows it by.
+    name: str
+    #: file name inside `paged_kv.data`.
+    filename: str
+    #: one line: what the trace is.
+    description: str
+    #: repository, path and commit it was taken from.
+    origin: str
+    #: licence of the data.
+    licence: str
+    #: data rows in the file (header excluded).
+    num_rows: int
+
+
+_MOONCAKE_ORIGIN = "kvcache-ai/Mooncake, FAST25-release/traces/{}, commit 3cca71dac"
+_AZURE_ORIGIN = "Azure/AzurePublicDataset, data/AzureLLMInferenceTrace_{}.csv, commit 790921015d50"
+
+#: The shipped traces by name.
+TRACES: Mapping[str, TraceInfo] = MappingProxyType({
+    info.name: info
+    for info in (
+        TraceInfo(
+            "sharegpt",
+            "sharegpt_8k_filtered_stats_llama2_tokenizer.csv.gz",
+            "ShareGPT prompt/output token counts (Llama-2 tokenizer, <= 8k tokens); "
+            "no timestamps, Poisson arrivals at `rate`",
+            "project-etalon/etalon, data/processed_traces/"
+            "sharegpt_8k_filtered_stats_llama2_tokenizer.csv, commit d5f18de1",
+            "Apache-2.0 (repository); token counts only, no text",
+            30_731,
+        ),
+        TraceInfo(
+            "azure-conv",
+            "azure2023_conv.csv.gz",
+            "Azure LLM inference 2023 (Splitwise), conversation service, ~1 hour",
+            _AZURE_ORIGIN.format("conv"),
+            "CC-BY-4.0",
+            19_366,
+        ),
+        TraceInfo(
+            "azure-code",
+            "azure2023_code.csv.gz",
+            "Azure LLM inference 2023 (Splitwise), coding service, ~1 hour",
+            _AZURE_ORIGIN.format("code"),
+            "CC-BY-4.0",
+            8_819,
+        ),
+        TraceInfo(
+            "mooncake-conversation",
+            "mooncake_conversation_trace.jsonl.gz",
+            "Mooncake (FAST'25) conversation trace, with 512-token prefix block hashes",
+            _MOONCAKE_ORIGIN.format("conversation_trace.jsonl"),
+            "Apache-2.0",
+            12_031,
+        ),
+        TraceInfo(
+            "mooncake-synthetic",
+            "mooncake_synthetic_trace.jsonl.gz",
+            "Mooncake (FAST'25) synthetic trace, with 512-token prefix block hashes",
+            _MOONCAKE_ORIGIN.format("synthetic_trace.jsonl"),
+            "Apache-2.0",
+            3_993,
+        ),
+    )
+})
+
+
+def list_traces() -> dict[str, str]:
+    """Names of the shipped traces, each with a one-line description."""
+    return {name: info.description for name, info in TRACES.items()}
+
+
+def _read_bytes(filename: str) -> bytes:
+    """The decompressed contents of a gzipped file of `paged_kv.data`."""
+    return gzip.decompress(resources.files(_DATA_PACKAGE).joinpath(filename).read_bytes())
+
+
+def _check_limit(limit: object) -> int | None:
+    if limit is None:
+        return None
+    if isinstance(limit, bool) or not isinstance(limit, (int, np.integer)) or limit < 0:
+        raise ValueError(f"limit must be a non-negative integer or None, got {limit!r}")
+    return int(limit)
+
+
+def _metadata(info: TraceInfo, limit: int | None, **extra: Any) -> dict[str, Any]:
+    return {
+        "source": "trace",
+        "trace": info.name,
+        "file": info.filename,
+        "origin": info.origin,
+        "licence": info.licence,
+        "rows_in_file": info.num_rows,
+        "limit": limit,
+        **extra,
+    }
+
+
+def _no_rate(name: str, rate: float | None) -> None:
+    if rate is not None:
+        raise ValueError(
+            f"rate={rate!r} does not apply to trace {name!r}, which has its own timestamps; "
+            f"rate applies to 'sharegpt' only (use Workload.with_arrivals to replace them)"
+        )
+
+
+# --- ShareGPT ---------------------------------------------------------------------
+
+@lru_cache(maxsize=1)
+def _sharegpt_lengths() -> tuple[np.ndarray, np.ndarray]:
+    """``(prompt_lens, output_lens)`` of the ShareGPT file, read-only int64 arrays."""
+    frame = pd.read_csv(io.BytesIO(_read_bytes(TRACES["sharegpt"].filename)))
+    prompts = frame["num_prefill_tokens"].to_numpy(dtype=np.int64, copy=True)
+    outputs = frame["num_decode_tokens"].to_numpy(dtype=np.int64, copy=True)
+    prompts.flags.writeable = False
+    outputs.flags.writeable = False
+    return prompts, outputs
+
+
+def load_sharegpt(
+    *, rate: float | None = None, limit: int | None = None, seed: int = 0
+) -> Workload:
+    """ShareGPT lengths with seeded Poisson arrivals at `rate` requests/s (required).
+
+    Arrival times are ``arrival_times(n, rate, seed=seed)``; ``rate=math.inf`` makes
+    every request arrive at 0. With `limit`, the first `limit` rows, whose arrival
+    times are the first `limit` of the full trace's.
+    """
+    if rate is None:
+        raise ValueError(
+            "trace 'sharegpt' has no timestamps: pass rate= (requests/s) for its "
+            "Poisson arrivals"
+        )
+    limit = _check_limit(limit)
+    prompts, outputs = _sharegpt_lengths()
+    prompts, outputs = prompts[:limit], outputs[:limit]
+    times = arrival_times(len(prompts), rate, seed=seed)
+    info = TRACES["sharegpt"]
+    metadata = _metadata(info, limit, arrivals="poisson", rate=float(rate), seed=seed)
+    return Workload.from_arrays(info.name, times, prompts, outputs, metadata)
+
+
+# --- Azure 2023 -------------------------------------------------------------------
+
+@lru_cache(maxsize=2)
+def _azure_requests(name: str) -> tuple[tuple[Request, ...], str]:
+    """The trace's requests and its first ``TIMESTAMP`` (time 0), as written in the file."""
+    frame = pd.read_csv(io.BytesIO(_read_bytes(TRACES[name].filename)))
+    stamps = pd.to_datetime(frame["TIMESTAMP"], format="%Y-%m-%d %H:%M:%S.%f")
+    seconds = (stamps - stamps.iloc[0]).dt.total_seconds().to_numpy()
+    prompts = frame["ContextTokens"].to_numpy(dtype=np.int64)
+    outputs = frame["GeneratedTokens"].to_numpy(dtype=np.int64)
+    workload = Workload.from_arrays(name, seconds, prompts, outputs)
+    return workload.requests, str(frame["TIMESTAMP"].iloc[0])
+
+
+def _load_azure(name: str, limit: int | None) -> Workload:
+    limit = _check_limit(limit)
+    info = TRACES[name]
+    requests, time_zero = _azure_requests(name)
+    metadata = _metadata(info, limit, time_unit_in_file="datetime (no time zone)",
+                         time_zero=time_zero)
+    return Workload(name, requests[:limit], metadata)
+
+
+def load_azure_conv(*, limit: int | None = None) -> Workload:
+    """The Azure 2023 conversation trace (19,366 requests), arrivals from its timestamps."""
+    return _load_azure("azure-conv", limit)
+
+
+def load_azure_code(*, limit: int | None = None) -> Workload:
+    """The Azure 2023 code trace (8,819 requests), arrivals from its timestamps."""
+    return _load_azure("azure-code", limit)
+
+
+# --- Mooncake ---------------------------------------------------------------------
+
+@lru_cache(maxsize=2)
+def _mooncake_requests(name: str) -> tuple[Request, ...]:
+    filename = TRACES[name].filename
+    requests = []
+    for line_no, line in enumerate(_read_bytes(filename).splitlines(), start=1):
+        if not line.strip():
+            continue
+        row = json.loads(line)
+        prompt_len, keys = row["input_length"], row["hash_ids"]
+        expected = -(-prompt_len // MOONCAKE_BLOCK_SIZE)
+        if len(keys) != expected:
+            raise ValueError(
+                f"{filename} line {line_no}: {len(keys)} hash_ids for input_length "
+                f"{prompt_len}, expected ceil({prompt_len} / {MOONCAKE_BLOCK_SIZE}) = {expected}"
+            )
+        requests.append(
+            Request(
+                len(requests),
+                row["timestamp"] / 1000.0,
+                prompt_len,
+                row["output_length"],
+                tuple(keys),
+                MOONCAKE_BLOCK_SIZE,
+            )
+        )
+    return tuple(requests)
+
+
+def _load_mooncake(name: str, limit: int | None) -> Workload:
+    limit = _check_limit(limit)
+    info = TRACES[name]
+    metadata = _metadata(
+        info, limit, time_unit_in_file="ms", key_block_size=MOONCAKE_BLOCK_SIZE
+    )
+    return Workload(name, _mooncake_requests(name)[:limit], metadata)
+
+
+def load_mooncake_conversation(*, limit: int | None = None) -> Workload:
+    """The Mooncake conversation trace (12,031 requests) with 512-token block keys."""
+    return _load_mooncake("mooncake-conversation", limit)
+
+
+def load_mooncake_synthetic(*, limit: int | None = None) -> Workload:
+    """The Mooncake synthetic trace (3,993 requests) with 512-token block keys."""
+    return _load_mooncake("mooncake-synthetic", limit)
+
+
+# --- dispatch ---------------------------------------------------------------------
+
+_TIMESTAMPED_LOADERS: Mapping[str, Callable[..., Workload]] = MappingProxyType({
+    "azure-conv": load_azure_conv,
+    "azure-code": load_azure_code,
+    "mooncake-conversation": load_mooncake_conversation,
+    "mooncake-synthetic": load_mooncake_synthetic,
+})
+
+
+def load_trace(
+    name: str, *, limit: int | None = None, rate: float | None = None, seed: int = 0
+) -> Workload:
+    """Load the shipped trace called `name` (see `list_traces`).
+
+    `rate` and `seed` set the Poisson arrivals of ``"sharegpt"`` (rate required
+    there); the other traces keep their recorded timestamps, reject `rate` and
+    ignore `seed`. `limit` keeps the first `limit` requests.
+    """
+    if name == "sharegpt":
+        return load_sharegpt(rate=rate, limit=limit, seed=seed)
+    loader = _TIMESTAMPED_LOADERS.get(name) if isinstance(name, str) else None
+    if loader is None:
+        raise ValueError(f"unknown trace {name!r}; valid names: {', '.join(TRACES)}")
+    _no_rate(name, rate)
+    return loader(limit=limit)
