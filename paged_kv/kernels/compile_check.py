@@ -1,0 +1,185 @@
+"""Compile every kernel for real GPUs, without one: PTX by NVVM, SASS by ptxas.
+
+For each kernel in `paged_kv.kernels.KERNELS`, each KV dtype and each target
+architecture (sm_80 = A100, sm_90 = H100), this compiles the exact signature the host
+wrapper launches with ``numba.cuda.compile_ptx``, assembles the PTX with ``ptxas -v``
+and reads back registers per thread, stack frame and spill bytes. A kernel that spills
+is a failure: these kernels hold a handful of indices and one element, and a spill
+would mean local-memory traffic on every element moved.
+
+Run it with the simulator off (no driver needed)::
+
+    PAGED_KV_DEVICE=gpu python -m paged_kv.kernels.compile_check [--json]
+
+Exit status: 0 all compiled without spills, 1 a kernel spills, 2 the toolchain (NVVM,
+ptxas) is missing or the simulator is on. ``tests/test_compile.py`` runs it in a
+subprocess. The NVIDIA toolchain comes from pip: ``pip install -e '.[cuda]'``
+(``numba-cuda[cu12]`` pulls NVVM, NVRTC and ptxas).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from paged_kv import device
+from paged_kv.config import SUPPORTED_DTYPES
+
+#: Compute capabilities checked: Ampere (A100) and Hopper (H100).
+ARCHS: tuple[tuple[int, int], ...] = ((8, 0), (9, 0))
+
+INSTALL_HINT = "install the NVIDIA toolchain from pip: pip install -e '.[cuda]'"
+
+
+class ToolchainMissing(RuntimeError):
+    """NVVM or ptxas could not be found or run."""
+
+
+@dataclass(frozen=True)
+class CompileResult:
+    """ptxas's report for one kernel, dtype and architecture."""
+
+    kernel: str
+    dtype: str
+    arch: str
+    registers: int
+    stack_bytes: int
+    spill_store_bytes: int
+    spill_load_bytes: int
+
+    @property
+    def spills(self) -> bool:
+        """True when ptxas had to spill registers to local memory."""
+        return bool(self.spill_store_bytes or self.spill_load_bytes)
+
+
+def find_ptxas() -> str:
+    """Path of ptxas: the pip package ``nvidia-cuda-nvcc`` first, then CUDA_HOME, PATH."""
+    candidates = [Path(entry) / "nvidia" / "cuda_nvcc" / "bin" / "ptxas" for entry in sys.path
+                  if entry]
+    for var in ("CUDA_HOME", "CUDA_PATH"):
+        if os.environ.get(var):
+            candidates.append(Path(os.environ[var]) / "bin" / "ptxas")
+    for path in candidates:
+        if path.is_file() and os.access(path, os.X_OK):
+            return str(path)
+    found = shutil.which("ptxas")
+    if found:
+        return found
+    raise ToolchainMissing(f"ptxas not found in site-packages, CUDA_HOME or PATH; {INSTALL_HINT}")
+
+
+_REGISTERS = re.compile(r"Used (\d+) registers")
+_FRAME = re.compile(
+    r"(\d+) bytes stack frame, (\d+) bytes spill stores, (\d+) bytes spill loads"
+)
+
+
+def parse_ptxas_report(text: str) -> tuple[int, int, int, int]:
+    """``(registers, stack_bytes, spill_stores, spill_loads)`` from ``ptxas -v`` output.
+
+    The PTX holds one entry point, so the report has one of each line.
+    """
+    registers = _REGISTERS.search(text)
+    frame = _FRAME.search(text)
+    if registers is None or frame is None:
+        raise ValueError(f"unrecognised ptxas -v report:\n{text}")
+    stack, stores, loads = (int(x) for x in frame.groups())
+    return int(registers.group(1)), stack, stores, loads
+
+
+def compile_all(ptxas: str, workdir: Path) -> list[CompileResult]:
+    """Compile every kernel x dtype x arch; return ptxas's figures for each."""
+    from numba import cuda  # noqa: PLC0415 - only after paged_kv.device chose "gpu"
+
+    from paged_kv.kernels import KERNELS  # noqa: PLC0415
+
+    results = []
+    for name, (kernel, signature) in KERNELS.items():
+        for dtype in SUPPORTED_DTYPES:
+            for cc in ARCHS:
+                arch = f"sm_{cc[0]}{cc[1]}"
+                try:
+                    ptx, _ = cuda.compile_ptx(kernel.py_func, signature(dtype), cc=cc)
+                except Exception as exc:  # NVVM missing shows up as various errors
+                    if "nvvm" in str(exc).lower() or "libnvvm" in type(exc).__name__.lower():
+                        raise ToolchainMissing(f"NVVM unavailable ({exc}); {INSTALL_HINT}") from exc
+                    raise
+                ptx_path = workdir / f"{name}_{dtype}_{arch}.ptx"
+                ptx_path.write_text(ptx)
+                proc = subprocess.run(
+                    [ptxas, f"-arch={arch}", "-v", str(ptx_path), "-o",
+                     str(ptx_path.with_suffix(".cubin"))],
+                    capture_output=True, text=True, check=False,
+                )
+                if proc.returncode != 0:
+                    raise ToolchainMissing(
+                        f"ptxas ({ptxas}) failed on {ptx_path.name} (exit {proc.returncode}):\n"
+                        f"{proc.stdout}{proc.stderr}"
+                    )
+                regs, stack, stores, loads = parse_ptxas_report(proc.stdout + proc.stderr)
+                results.append(CompileResult(name, dtype, arch, regs, stack, stores, loads))
+    return results
+
+
+def format_table(results: list[CompileResult]) -> str:
+    """A markdown table: registers per thread for each kernel and dtype, per arch."""
+    archs = sorted({r.arch for r in results})
+    rows = {}
+    for r in results:
+        rows.setdefault((r.kernel, r.dtype), {})[r.arch] = r
+    header = ["kernel", "dtype"] + [f"{a} regs" for a in archs] + ["stack (B)", "spills (B)"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for (kernel, dtype), by_arch in rows.items():
+        stack = max(r.stack_bytes for r in by_arch.values())
+        spills = max(r.spill_store_bytes + r.spill_load_bytes for r in by_arch.values())
+        cells = [kernel, dtype] + [str(by_arch[a].registers) for a in archs]
+        lines.append("| " + " | ".join(cells + [str(stack), str(spills)]) + " |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the check; print the table (and a JSON line with ``--json``); see module doc."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--json", action="store_true", help="also print results as JSON")
+    parser.add_argument("--keep", type=Path, help="write the PTX/cubin files here")
+    args = parser.parse_args(argv)
+    if device.is_simulator():
+        print("compile_check: the CUDA simulator is on; run with PAGED_KV_DEVICE=gpu and "
+              "NUMBA_ENABLE_CUDASIM unset (no GPU or driver is needed)", file=sys.stderr)
+        return 2
+    started = time.perf_counter()
+    try:
+        ptxas = find_ptxas()
+        if args.keep:
+            args.keep.mkdir(parents=True, exist_ok=True)
+            results = compile_all(ptxas, args.keep)
+        else:
+            with tempfile.TemporaryDirectory(prefix="paged_kv_ptx_") as tmp:
+                results = compile_all(ptxas, Path(tmp))
+    except ToolchainMissing as exc:
+        print(f"compile_check: {exc}", file=sys.stderr)
+        return 2
+    elapsed = time.perf_counter() - started
+    print(format_table(results))
+    print(f"\n{len(results)} compilations (ptxas: {ptxas}) in {elapsed:.1f} s")
+    spilling = [r for r in results if r.spills]
+    for r in spilling:
+        print(f"SPILL: {r.kernel} {r.dtype} {r.arch}: {r.spill_store_bytes} B stores, "
+              f"{r.spill_load_bytes} B loads", file=sys.stderr)
+    if args.json:
+        print(json.dumps([asdict(r) for r in results]))
+    return 1 if spilling else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
