@@ -48,9 +48,12 @@ def _require_int(name: str, value: object, minimum: int) -> int:
 
 
 def _zeroed(array: Any) -> Any:
-    """Zero `array` in place (device arrays by a device-side fill, not a host upload)."""
+    """Zero `array` in place (device arrays by a device-side fill, not a host upload).
+
+    The zero has the array's own dtype, so the fill needs no int -> float16 cast.
+    """
     if array.size:
-        array[:] = 0
+        array[:] = np.dtype(array.dtype).type(0)
     return array
 
 
