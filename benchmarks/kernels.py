@@ -67,6 +67,7 @@ class Dims:
         return self.num_layers * self.block_size * self.token_bytes
 
     def shape(self, num_blocks: int) -> tuple[int, ...]:
+        """Pool shape with `num_blocks` blocks (layout of `paged_kv.storage`)."""
         return (self.num_layers, 2, num_blocks, self.block_size, self.num_kv_heads,
                 self.head_dim)
 
@@ -93,10 +94,12 @@ def gbps(num_bytes: int, ms: float) -> float | None:
 
 
 def fmt(x: float | None, digits: int = 1) -> str:
+    """`x` with `digits` decimals, or "n/a"."""
     return "n/a" if x is None else f"{x:.{digits}f}"
 
 
 def ratio(a: float | None, b: float | None) -> str:
+    """``a / b`` to two decimals, or "n/a" when either is unknown."""
     return "n/a" if a is None or not b else f"{a / b:.2f}"
 
 
