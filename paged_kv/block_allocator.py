@@ -23,8 +23,8 @@ from collections.abc import Callable, Hashable, Iterable
 from paged_kv.errors import OutOfBlocksError
 from paged_kv.eviction import EvictionPolicy, make_policy
 
-#: Called with (block_id, key) when a cached block is evicted to be reused.
-EvictHook = Callable[[int, Hashable], None]
+#: Called with the evicted blocks and the keys they held, when cached blocks are evicted.
+EvictHook = Callable[[list[int], list[Hashable]], None]
 
 
 class BlockAllocator:
@@ -91,40 +91,46 @@ class BlockAllocator:
         if self._free:
             block = self._free.popleft()
         elif len(self.policy):
-            block = self._evict_one()
+            block = self._evict(1)[0]
         else:
             raise OutOfBlocksError(self.name, 1, 0)
         self.ref_counts[block] = 1
         return block
 
     def allocate_many(self, n: int) -> list[int]:
-        """Take `n` free blocks, all or none (raises `OutOfBlocksError`, changing nothing)."""
-        if n > self.num_free:
-            raise OutOfBlocksError(self.name, n, self.num_free)
+        """Take `n` free blocks, all or none (raises `OutOfBlocksError`, changing nothing).
+
+        Uncached free blocks go first, oldest freed first; the rest are evicted in the
+        policy's order.
+        """
         free = self._free
+        if n > len(free) + len(self.policy):
+            raise OutOfBlocksError(self.name, n, self.num_free)
+        take = min(n, len(free))
+        popleft = free.popleft
+        out = [popleft() for _ in range(take)]
+        if take < n:
+            out.extend(self._evict(n - take))
         refs = self.ref_counts
-        out = []
-        for _ in range(n):
-            block = free.popleft() if free else self._evict_one()
+        for block in out:
             refs[block] = 1
-            out.append(block)
         return out
 
-    def _evict_one(self) -> int:
-        block = self.policy.pop()
-        key = self.block_keys[block]
-        self.block_keys[block] = None
+    def _evict(self, n: int) -> list[int]:
+        """Take `n` victims from the policy, drop their keys, tell the hook."""
+        victims = self.policy.pop_many(n)
+        keys = self.block_keys
+        dropped = [keys[b] for b in victims]
+        for block in victims:
+            keys[block] = None
         if self._on_evict is not None:
-            self._on_evict(block, key)
-        return block
+            self._on_evict(victims, dropped)
+        return victims
 
     def evict(self, n: int) -> list[int]:
         """Evict up to `n` evictable blocks in policy order; they become uncached free."""
-        out = []
-        while len(out) < n and len(self.policy):
-            block = self._evict_one()
-            self._free.append(block)
-            out.append(block)
+        out = self._evict(min(n, len(self.policy)))
+        self._free.extend(out)
         return out
 
     # -- sharing and release ---------------------------------------------------------
@@ -155,9 +161,39 @@ class BlockAllocator:
                 self.policy.add(block)
 
     def free_many(self, blocks: Iterable[int]) -> None:
-        """`free` each block, in the order given."""
+        """`free` each block, in the order given (the hot path of releasing a sequence).
+
+        Checks every block first, so a double free raises before anything changes.
+        """
+        blocks = list(blocks)
+        refs = self.ref_counts
+        if min((refs[b] for b in blocks), default=1) <= 0 or len(set(blocks)) != len(blocks):
+            bad = next(b for b in blocks if refs[b] <= 0 or blocks.count(b) > refs[b])
+            raise ValueError(f"block {bad} of the {self.name} pool is already free")
+        keys = self.block_keys
+        uncached = []
+        evictable = []
         for block in blocks:
-            self.free(block)
+            count = refs[block] - 1
+            refs[block] = count
+            if count == 0:
+                (uncached if keys[block] is None else evictable).append(block)
+        if uncached:
+            self._free.extend(uncached)
+        if evictable:
+            self.policy.add_many(evictable)
+
+    def incref_many(self, blocks: Iterable[int]) -> None:
+        """`incref` each block (a prefix hit revives evictable ones)."""
+        refs = self.ref_counts
+        keys = self.block_keys
+        remove = self.policy.remove
+        for block in blocks:
+            if refs[block] == 0:
+                if keys[block] is None:
+                    raise ValueError(f"block {block} is free and uncached: allocate it instead")
+                remove(block)
+            refs[block] += 1
 
     # -- cache keys ------------------------------------------------------------------
     def set_key(self, block: int, key: Hashable) -> None:

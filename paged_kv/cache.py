@@ -36,6 +36,7 @@ from paged_kv.errors import (
     SequenceStateError,
     UnknownSequenceError,
 )
+from paged_kv.eviction import EvictionPolicy
 from paged_kv.prefix_cache import PrefixCache, PrefixCacheStats
 from paged_kv.sequence import GPU, HOST, SequenceInfo, SequenceRecord
 from paged_kv.stats import CacheStats
@@ -63,6 +64,9 @@ class PagedKVCache:
         metadata-only cache that still knows the model's sizes for its statistics.
     hash_fn:
         The function that chains block keys (tests inject a colliding one).
+    policy:
+        An eviction-policy instance to use instead of ``config.eviction_policy`` (one
+        that needs constructor arguments, such as `BeladyPolicy`).
     """
 
     def __init__(
@@ -72,6 +76,7 @@ class PagedKVCache:
         *,
         storage: bool | None = None,
         hash_fn=hash,
+        policy: EvictionPolicy | None = None,
     ) -> None:
         if not isinstance(config, CacheConfig):
             raise ValueError(f"config must be a CacheConfig, got {type(config).__name__}")
@@ -90,7 +95,9 @@ class PagedKVCache:
         #: token slots per block
         self.block_size = config.block_size
         #: the GPU pool's allocator (ref counts, free queue, eviction policy)
-        self.gpu = BlockAllocator(config.num_gpu_blocks, config.eviction_policy, name=GPU)
+        self.gpu = BlockAllocator(
+            config.num_gpu_blocks, policy or config.eviction_policy, name=GPU
+        )
         #: the host pool's allocator, or None without a host pool
         self.host = (
             BlockAllocator(config.num_host_blocks, "lru", name=HOST)
@@ -161,6 +168,10 @@ class PagedKVCache:
     def num_tokens(self, seq_id: int) -> int:
         """Tokens stored for `seq_id`."""
         return self._record(seq_id, None).table.num_tokens
+
+    def num_cached_tokens(self, seq_id: int) -> int:
+        """Prompt tokens of `seq_id` that the prefix cache served when it was allocated."""
+        return self._record(seq_id, None).num_cached_tokens
 
     # ==================================================================================
     # allocate / append / free / fork
@@ -274,8 +285,7 @@ class PagedKVCache:
             needed = -(-n // self.block_size) - len(hits)
             raise OutOfBlocksError(GPU, needed, needed - short, f"allocate {n} tokens")
         gpu = self.gpu
-        for block in hits:
-            gpu.incref(block)
+        gpu.incref_many(hits)
         blocks = hits + gpu.allocate_many(-(-n // self.block_size) - len(hits))
         record = SequenceRecord(
             seq_id=seq_id,
@@ -304,8 +314,7 @@ class PagedKVCache:
             return
         tokens = record.token_ids
         if tokens is None:
-            for i in range(first, last):
-                prefix.store(blocks[i], keys[i])
+            prefix.store_many(blocks[first:last], keys[first:last])
             return
         bs = self.block_size
         root = prefix.root_key(record.salt)
@@ -410,9 +419,7 @@ class PagedKVCache:
         """
         record = self._record(seq_id, None)
         pool = self.gpu if record.location == GPU else self.host
-        pool_free = pool.free
-        for block in reversed(record.table.blocks):
-            pool_free(block)
+        pool.free_many(reversed(record.table.blocks))
         del self._seqs[seq_id]
         self._update_pressure()
 
@@ -423,9 +430,7 @@ class PagedKVCache:
         """
         record = self._record(seq_id)
         child_id = self._new_id(child_id)
-        incref = self.gpu.incref
-        for block in record.table.blocks:
-            incref(block)
+        self.gpu.incref_many(record.table.blocks)
         self._seqs[child_id] = SequenceRecord(
             seq_id=child_id,
             table=record.table.copy(),

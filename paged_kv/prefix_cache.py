@@ -23,6 +23,7 @@ from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
 
 from paged_kv.block_allocator import BlockAllocator
+from paged_kv.eviction import EvictionPolicy
 
 
 @dataclass(slots=True)
@@ -145,9 +146,11 @@ class PrefixCache:
         if hit_blocks:
             stats.hit_requests += 1
             stats.hit_tokens += len(hit_blocks) * self.block_size
-            on_hit = self.allocator.policy.on_hit
-            for block in hit_blocks:
-                on_hit(block)
+            policy = self.allocator.policy
+            if type(policy).on_hit is not EvictionPolicy.on_hit:
+                on_hit = policy.on_hit
+                for block in hit_blocks:
+                    on_hit(block)
 
     # -- publishing ------------------------------------------------------------------
     def store(
@@ -173,10 +176,43 @@ class PrefixCache:
         self.stats.stored_blocks += 1
         return True
 
-    def _on_evict(self, block: int, key: Hashable) -> None:
-        del self._blocks[key]
-        self._identity.pop(block, None)
-        self.stats.evictions += 1
+    def store_many(self, blocks: Sequence[int], keys: Sequence[Hashable]) -> int:
+        """`store` each (block, key) pair without token identity; how many were stored.
+
+        The trace-replay hot path: precomputed keys, no token ids to confirm.
+        """
+        cached = self._blocks
+        block_keys = self.allocator.block_keys
+        on_cached = self._policy_on_cached
+        stored = 0
+        for block, key in zip(blocks, keys):
+            if key in cached or block_keys[block] is not None:
+                continue
+            cached[key] = block
+            block_keys[block] = key
+            if on_cached is not None:
+                on_cached(block, key)
+            stored += 1
+        self.stats.stored_blocks += stored
+        return stored
+
+    @property
+    def _policy_on_cached(self):
+        """The policy's on_cached hook, or None when it keeps the base class's no-op."""
+        policy = self.allocator.policy
+        if type(policy).on_cached is EvictionPolicy.on_cached:
+            return None
+        return policy.on_cached
+
+    def _on_evict(self, blocks: list[int], keys: list[Hashable]) -> None:
+        cached = self._blocks
+        for key in keys:
+            del cached[key]
+        if self._identity:
+            pop = self._identity.pop
+            for block in blocks:
+                pop(block, None)
+        self.stats.evictions += len(blocks)
 
     # -- the reference design's prefix operations ------------------------------------
     def __contains__(self, key: object) -> bool:

@@ -56,7 +56,7 @@ def test_double_free_and_bad_sizes_are_value_errors():
 def test_cached_blocks_become_evictable_and_are_taken_last():
     alloc = BlockAllocator(4)
     evicted = []
-    alloc.set_evict_hook(lambda block, key: evicted.append((block, key)))
+    alloc.set_evict_hook(lambda blocks, keys: evicted.extend(zip(blocks, keys)))
     blocks = alloc.allocate_many(4)
     alloc.set_key(blocks[0], "k0")
     alloc.set_key(blocks[1], "k1")

@@ -11,8 +11,10 @@ Hooks, in the order a block's life calls them::
     on_cached(b, key)   b now holds a cached full block (it is in use: ref >= 1)
     on_hit(b)           a prefix lookup matched b (in use or evictable)
     add(b)              b's reference count fell to 0: it becomes an eviction candidate
+    add_many(bs)        add for each, in order (the allocator's batch path)
     remove(b)           b was revived by a hit: no longer a candidate
     pop() -> b          choose a victim among the candidates and drop it
+    pop_many(n)         n pops in a row (the allocator's batch path)
     clear()             every candidate is dropped (prefix cache reset)
 
 After `pop` or `clear` the block is no longer cached, and the policy forgets it (a later
@@ -23,7 +25,7 @@ never import numba or touch KV bytes.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Hashable, Iterator
+from collections.abc import Hashable, Iterable, Iterator
 
 
 class EvictionPolicy(ABC):
@@ -53,6 +55,15 @@ class EvictionPolicy(ABC):
 
         Raises `IndexError` when there is no candidate.
         """
+
+    def add_many(self, block_ids: Iterable[int]) -> None:
+        """`add` each block, in order (policies may override with a faster loop)."""
+        for block_id in block_ids:
+            self.add(block_id)
+
+    def pop_many(self, n: int) -> list[int]:
+        """`pop` `n` victims, in order (policies may override with a faster loop)."""
+        return [self.pop() for _ in range(n)]
 
     @abstractmethod
     def clear(self) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Iterable
 
 from paged_kv.eviction.base import EvictionPolicy
 
@@ -25,10 +26,18 @@ class LRUPolicy(EvictionPolicy):
         self._order: OrderedDict[int, None] = OrderedDict()
 
     def add(self, block_id: int) -> None:
-        """Append `block_id` at the most-recently-used end."""
-        if block_id in self._order:
-            raise ValueError(f"block {block_id} is already an eviction candidate")
+        """Append `block_id` at the most-recently-used end.
+
+        The allocator adds a block only on its 1 -> 0 reference-count transition, so a
+        block is never added twice; `BlockAllocator.check` verifies it.
+        """
         self._order[block_id] = None
+
+    def add_many(self, block_ids: Iterable[int]) -> None:
+        """Append each block at the most-recently-used end, in order."""
+        order = self._order
+        for block_id in block_ids:
+            order[block_id] = None
 
     def remove(self, block_id: int) -> None:
         """Take `block_id` out of the order (O(1))."""
@@ -39,6 +48,13 @@ class LRUPolicy(EvictionPolicy):
         if not self._order:
             raise IndexError("no evictable block")
         return self._order.popitem(last=False)[0]
+
+    def pop_many(self, n: int) -> list[int]:
+        """`n` evictions from the least-recently-used end."""
+        if n > len(self._order):
+            raise IndexError(f"{n} evictions asked, {len(self._order)} candidates")
+        popitem = self._order.popitem
+        return [popitem(last=False)[0] for _ in range(n)]
 
     def clear(self) -> None:
         """Drop every candidate."""
