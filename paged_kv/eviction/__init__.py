@@ -4,13 +4,29 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from paged_kv.eviction.arc import ARCPolicy
 from paged_kv.eviction.base import EvictionPolicy
+from paged_kv.eviction.belady import BeladyPolicy, belady_needs_trace
+from paged_kv.eviction.clock import ClockPolicy
+from paged_kv.eviction.fifo import FIFOPolicy
+from paged_kv.eviction.lfu import LFUPolicy
 from paged_kv.eviction.lru import LRUPolicy
 
-#: name -> factory; `make_policy` is the only place that reads it.
+#: name -> factory; `make_policy` is the only place that reads it. The "belady" factory
+#: raises `ValueError` saying how to build one: it needs the trace's future accesses.
 POLICIES: dict[str, Callable[[], EvictionPolicy]] = {
     LRUPolicy.name: LRUPolicy,
+    FIFOPolicy.name: FIFOPolicy,
+    LFUPolicy.name: LFUPolicy,
+    ClockPolicy.name: ClockPolicy,
+    ARCPolicy.name: ARCPolicy,
+    BeladyPolicy.name: belady_needs_trace,
 }
+
+#: the policies `make_policy` can build from a name alone (all but "belady")
+ONLINE_POLICIES: tuple[str, ...] = tuple(
+    sorted(name for name in POLICIES if name != BeladyPolicy.name)
+)
 
 
 def policy_names() -> list[str]:
@@ -21,7 +37,8 @@ def policy_names() -> list[str]:
 def make_policy(policy: str | EvictionPolicy) -> EvictionPolicy:
     """Return a fresh policy for a name, or `policy` itself if it is already one.
 
-    Raises `ValueError` listing the valid names for an unknown name.
+    Raises `ValueError` listing the valid names for an unknown name, and `ValueError`
+    explaining how to construct `BeladyPolicy` for "belady".
     """
     if isinstance(policy, EvictionPolicy):
         return policy
@@ -32,4 +49,16 @@ def make_policy(policy: str | EvictionPolicy) -> EvictionPolicy:
     return POLICIES[policy.lower()]()
 
 
-__all__ = ["POLICIES", "EvictionPolicy", "LRUPolicy", "make_policy", "policy_names"]
+__all__ = [
+    "ONLINE_POLICIES",
+    "POLICIES",
+    "ARCPolicy",
+    "BeladyPolicy",
+    "ClockPolicy",
+    "EvictionPolicy",
+    "FIFOPolicy",
+    "LFUPolicy",
+    "LRUPolicy",
+    "make_policy",
+    "policy_names",
+]

@@ -1,0 +1,112 @@
+"""FIFO: evict the block that entered the prefix cache earliest."""
+
+from __future__ import annotations
+
+import heapq
+from collections.abc import Hashable
+
+from paged_kv.eviction.base import EvictionPolicy
+
+
+class FIFOPolicy(EvictionPolicy):
+    """First in, first out, by the time a block was *cached*.
+
+    Each block is stamped when it is cached (`on_cached`, one stamp per caching, from a
+    counter private to this policy). Among the candidates, the one with the oldest
+    stamp is evicted. Releases (`add`) and hits (`on_hit`) do not move a block: a block
+    revived and released again goes back to the position its stamp gives it. Stamps are
+    distinct, so there are no ties. A block added without ever being announced by
+    `on_cached` is stamped when it is added.
+
+    The candidates sit in a min-heap on the stamp; a revived block's entry stays in the
+    heap and is skipped (or reused, if the block is released again) when it reaches the
+    top, and the heap is rebuilt once stale entries outnumber live ones, so every hook
+    is O(log n) amortized.
+    """
+
+    name = "fifo"
+
+    def __init__(self) -> None:
+        #: stamp of every cached block this policy knows (in use or candidate)
+        self._stamp: dict[int, int] = {}
+        #: the candidates (subset of `_stamp`'s keys)
+        self._candidates: set[int] = set()
+        # (stamp, block) entries; an entry is live when its block is a candidate with
+        # that stamp. `_queued[b]` is the stamp of b's entry while b has one.
+        self._heap: list[tuple[int, int]] = []
+        self._queued: dict[int, int] = {}
+        self._clock = 0
+
+    def _next_stamp(self) -> int:
+        self._clock += 1
+        return self._clock
+
+    def on_cached(self, block_id: int, key: Hashable) -> None:
+        """Stamp `block_id` with the caching time."""
+        if block_id in self._candidates:
+            raise ValueError(f"block {block_id} is an eviction candidate; it cannot be cached")
+        self._stamp[block_id] = self._next_stamp()
+
+    def add(self, block_id: int) -> None:
+        """`block_id` becomes a candidate at the position of its caching stamp."""
+        if block_id in self._candidates:
+            raise ValueError(f"block {block_id} is already an eviction candidate")
+        stamp = self._stamp.get(block_id)
+        if stamp is None:
+            stamp = self._stamp[block_id] = self._next_stamp()
+        self._candidates.add(block_id)
+        if self._queued.get(block_id) != stamp:
+            heapq.heappush(self._heap, (stamp, block_id))
+            self._queued[block_id] = stamp
+        self._compact()
+
+    def remove(self, block_id: int) -> None:
+        """`block_id` is no longer a candidate; it keeps its stamp (O(1))."""
+        self._candidates.remove(block_id)
+
+    def pop(self) -> int:
+        """Evict the candidate cached earliest and forget it."""
+        heap = self._heap
+        while heap:
+            stamp, block = heapq.heappop(heap)
+            if self._queued.get(block) == stamp:
+                del self._queued[block]
+            if block in self._candidates and self._stamp[block] == stamp:
+                self._candidates.remove(block)
+                del self._stamp[block]
+                return block
+        raise IndexError("no evictable block")
+
+    def clear(self) -> None:
+        """Drop every candidate and its stamp; blocks still in use keep theirs."""
+        for block in self._candidates:
+            del self._stamp[block]
+        self._candidates.clear()
+        self._heap = [(s, b) for s, b in self._heap if self._stamp.get(b) == s]
+        heapq.heapify(self._heap)
+        self._queued = {b: s for s, b in self._heap}
+
+    def _compact(self) -> None:
+        """Rebuild the heap from live entries once stale ones outnumber them."""
+        if len(self._heap) > 2 * len(self._candidates) + 64:
+            stamp = self._stamp
+            self._heap = [(stamp[b], b) for b in self._candidates]
+            heapq.heapify(self._heap)
+            self._queued = {b: s for s, b in self._heap}
+
+    def order(self) -> list[int]:
+        """Candidates by caching stamp, oldest first."""
+        return sorted(self._candidates, key=self._stamp.__getitem__)
+
+    def __len__(self) -> int:
+        return len(self._candidates)
+
+    def __contains__(self, block_id: object) -> bool:
+        return block_id in self._candidates
+
+    def state(self) -> object:
+        """Eviction order and every known block's stamp.
+
+        The stamp counter is left out: only the stamps' relative order matters.
+        """
+        return (tuple(self.order()), tuple(sorted(self._stamp.items())))

@@ -1,0 +1,116 @@
+"""LFU: evict the block used least often since it was cached, ties least recently."""
+
+from __future__ import annotations
+
+import heapq
+from collections.abc import Hashable
+
+from paged_kv.eviction.base import EvictionPolicy
+
+
+class LFUPolicy(EvictionPolicy):
+    """Least frequently used, ties broken by LRU.
+
+    A block's *frequency* counts its uses since it was cached: `on_cached` sets it to 1
+    (the computation that produced the block is its first use) and each `on_hit` adds
+    one, whether the block is in use or a candidate. The candidate with the lowest
+    frequency is evicted; among equal frequencies, the one released (`add`) longest ago.
+    Frequencies survive revival and release, and are forgotten when the block is
+    evicted (`pop`) or dropped (`clear`): a block cached again starts at 1. A block
+    added without ever being announced by `on_cached` counts as cached then.
+
+    The candidates sit in a min-heap on ``(frequency, release stamp)``; entries made
+    stale by a revival or a hit are skipped when they reach the top, and the heap is
+    rebuilt once stale entries outnumber live ones: O(log n) amortized per hook.
+    """
+
+    name = "lfu"
+
+    def __init__(self) -> None:
+        #: frequency of every cached block this policy knows (in use or candidate)
+        self._freq: dict[int, int] = {}
+        #: candidate -> release stamp (larger = released more recently)
+        self._released: dict[int, int] = {}
+        # (frequency, release stamp, block); live when it matches the block's values
+        self._heap: list[tuple[int, int, int]] = []
+        self._clock = 0
+
+    def _live(self, freq: int, stamp: int, block: int) -> bool:
+        return self._released.get(block) == stamp and self._freq[block] == freq
+
+    def on_cached(self, block_id: int, key: Hashable) -> None:
+        """A freshly cached block has been used once."""
+        if block_id in self._released:
+            raise ValueError(f"block {block_id} is an eviction candidate; it cannot be cached")
+        self._freq[block_id] = 1
+
+    def on_hit(self, block_id: int) -> None:
+        """One more use of `block_id`."""
+        freq = self._freq.get(block_id, 1) + 1
+        self._freq[block_id] = freq
+        stamp = self._released.get(block_id)
+        if stamp is not None:  # a hit on a candidate reorders it at once
+            heapq.heappush(self._heap, (freq, stamp, block_id))
+            self._compact()
+
+    def add(self, block_id: int) -> None:
+        """`block_id` becomes a candidate, the most recently released one."""
+        if block_id in self._released:
+            raise ValueError(f"block {block_id} is already an eviction candidate")
+        freq = self._freq.setdefault(block_id, 1)
+        self._clock += 1
+        self._released[block_id] = self._clock
+        heapq.heappush(self._heap, (freq, self._clock, block_id))
+        self._compact()
+
+    def remove(self, block_id: int) -> None:
+        """`block_id` is no longer a candidate; it keeps its frequency (O(1))."""
+        del self._released[block_id]
+
+    def pop(self) -> int:
+        """Evict the least frequently used candidate (LRU among equals); forget it."""
+        heap = self._heap
+        while heap:
+            freq, stamp, block = heapq.heappop(heap)
+            if self._live(freq, stamp, block):
+                del self._released[block]
+                del self._freq[block]
+                return block
+        raise IndexError("no evictable block")
+
+    def clear(self) -> None:
+        """Drop every candidate and its frequency; blocks still in use keep theirs."""
+        for block in self._released:
+            del self._freq[block]
+        self._released.clear()
+        self._heap.clear()
+
+    def _compact(self) -> None:
+        """Rebuild the heap from live entries once stale ones outnumber them."""
+        if len(self._heap) > 2 * len(self._released) + 64:
+            freq = self._freq
+            self._heap = [(freq[b], s, b) for b, s in self._released.items()]
+            heapq.heapify(self._heap)
+
+    def order(self) -> list[int]:
+        """Candidates by (frequency, release stamp), ascending."""
+        freq, released = self._freq, self._released
+        return sorted(released, key=lambda b: (freq[b], released[b]))
+
+    def frequency(self, block_id: int) -> int | None:
+        """Uses of `block_id` since it was cached, or None if the policy does not know it."""
+        return self._freq.get(block_id)
+
+    def __len__(self) -> int:
+        return len(self._released)
+
+    def __contains__(self, block_id: object) -> bool:
+        return block_id in self._released
+
+    def state(self) -> object:
+        """Eviction order, every known block's frequency, and the release stamps."""
+        return (
+            tuple(self.order()),
+            tuple(sorted(self._freq.items())),
+            tuple(sorted(self._released.items())),
+        )
