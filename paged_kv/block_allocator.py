@@ -23,8 +23,9 @@ from collections.abc import Callable, Hashable, Iterable
 from paged_kv.errors import OutOfBlocksError
 from paged_kv.eviction import EvictionPolicy, make_policy
 
-#: Called with the evicted blocks and the keys they held, when cached blocks are evicted.
-EvictHook = Callable[[list[int], list[Hashable]], None]
+#: Called with the victims when cached blocks are evicted; it must forget their keys
+#: (set ``block_keys[b] = None``), as the allocator does itself when no hook is set.
+EvictHook = Callable[[list[int]], None]
 
 
 class BlockAllocator:
@@ -117,14 +118,14 @@ class BlockAllocator:
         return out
 
     def _evict(self, n: int) -> list[int]:
-        """Take `n` victims from the policy, drop their keys, tell the hook."""
+        """Take `n` victims from the policy and drop their keys (through the hook if set)."""
         victims = self.policy.pop_many(n)
-        keys = self.block_keys
-        dropped = [keys[b] for b in victims]
-        for block in victims:
-            keys[block] = None
         if self._on_evict is not None:
-            self._on_evict(victims, dropped)
+            self._on_evict(victims)
+        else:
+            keys = self.block_keys
+            for block in victims:
+                keys[block] = None
         return victims
 
     def evict(self, n: int) -> list[int]:
@@ -163,21 +164,27 @@ class BlockAllocator:
     def free_many(self, blocks: Iterable[int]) -> None:
         """`free` each block, in the order given (the hot path of releasing a sequence).
 
-        Checks every block first, so a double free raises before anything changes.
+        All or nothing: a block already free (or named more often than it is held)
+        raises `ValueError` with every count restored.
         """
         blocks = list(blocks)
         refs = self.ref_counts
-        if min((refs[b] for b in blocks), default=1) <= 0 or len(set(blocks)) != len(blocks):
-            bad = next(b for b in blocks if refs[b] <= 0 or blocks.count(b) > refs[b])
-            raise ValueError(f"block {bad} of the {self.name} pool is already free")
         keys = self.block_keys
         uncached = []
         evictable = []
+        bad = False
         for block in blocks:
-            count = refs[block] - 1
-            refs[block] = count
-            if count == 0:
+            count = refs[block]
+            refs[block] = count - 1
+            if count == 1:
                 (uncached if keys[block] is None else evictable).append(block)
+            elif count <= 0:
+                bad = True
+        if bad:  # undo every decrement; the free structures were not touched yet
+            for block in blocks:
+                refs[block] += 1
+            culprit = next(b for b in blocks if blocks.count(b) > refs[b])
+            raise ValueError(f"block {culprit} of the {self.name} pool is already free")
         if uncached:
             self._free.extend(uncached)
         if evictable:

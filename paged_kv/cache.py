@@ -96,7 +96,7 @@ class PagedKVCache:
         self.block_size = config.block_size
         #: the GPU pool's allocator (ref counts, free queue, eviction policy)
         self.gpu = BlockAllocator(
-            config.num_gpu_blocks, policy or config.eviction_policy, name=GPU
+            config.num_gpu_blocks, config.eviction_policy if policy is None else policy, name=GPU
         )
         #: the host pool's allocator, or None without a host pool
         self.host = (
@@ -248,10 +248,11 @@ class PagedKVCache:
 
     def _blocks_short(self, n: int, hits: list[int], watermark: bool) -> int:
         """How many blocks an allocation of `n` tokens with `hits` lacks (<= 0: none)."""
-        refs = self.gpu.ref_counts
-        revived = sum(1 for b in hits if refs[b] == 0)
+        available = self.gpu.num_free
+        if hits:
+            refs = self.gpu.ref_counts
+            available -= sum(1 for b in hits if refs[b] == 0)  # revived: no longer free
         needed = -(-n // self.block_size) - len(hits)
-        available = self.gpu.num_free - revived
         if watermark:
             reserve = self.gpu.num_blocks - int(self.config.watermark_high * self.gpu.num_blocks)
             available -= reserve
@@ -284,6 +285,9 @@ class PagedKVCache:
             self._counters["allocation_failures"] += 1
             needed = -(-n // self.block_size) - len(hits)
             raise OutOfBlocksError(GPU, needed, needed - short, f"allocate {n} tokens")
+        caching = self.prefix is not None and (token_ids is not None or block_keys is not None)
+        if caching:
+            self.prefix.record_lookup(n, hits)  # before revival: policies see the hit first
         gpu = self.gpu
         gpu.incref_many(hits)
         blocks = hits + gpu.allocate_many(-(-n // self.block_size) - len(hits))
@@ -296,8 +300,7 @@ class PagedKVCache:
             salt=salt,
             num_cached_tokens=len(hits) * self.block_size,
         )
-        if self.prefix is not None and (token_ids is not None or block_keys is not None):
-            self.prefix.record_lookup(n, hits)
+        if caching:
             self._publish(record, len(hits))
         self._seqs[seq_id] = record
         self._take_id(seq_id)
@@ -753,10 +756,10 @@ class PagedKVCache:
         self._callbacks.remove(callback)
 
     def _update_pressure(self) -> None:
-        level = self.pressure
+        usage = self.gpu.usage
+        level = pressure_level(usage, self.config.watermark_low, self.config.watermark_high)
         if level != self._level:
             old, self._level = self._level, level
-            usage = self.gpu.usage
             for callback in list(self._callbacks):
                 callback(old, level, usage)
 

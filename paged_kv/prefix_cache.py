@@ -177,24 +177,25 @@ class PrefixCache:
         return True
 
     def store_many(self, blocks: Sequence[int], keys: Sequence[Hashable]) -> int:
-        """`store` each (block, key) pair without token identity; how many were stored.
+        """Publish fresh (uncached, in-use) blocks under precomputed keys; how many were new.
 
-        The trace-replay hot path: precomputed keys, no token ids to confirm.
+        The trace-replay hot path: no token ids to confirm. A key already cached keeps
+        its first block, as in `store`.
         """
         cached = self._blocks
         block_keys = self.allocator.block_keys
-        on_cached = self._policy_on_cached
-        stored = 0
+        setdefault = cached.setdefault
+        stored = []
         for block, key in zip(blocks, keys):
-            if key in cached or block_keys[block] is not None:
-                continue
-            cached[key] = block
-            block_keys[block] = key
-            if on_cached is not None:
-                on_cached(block, key)
-            stored += 1
-        self.stats.stored_blocks += stored
-        return stored
+            if setdefault(key, block) == block:
+                block_keys[block] = key
+                stored.append(block)
+        on_cached = self._policy_on_cached
+        if on_cached is not None:
+            for block in stored:
+                on_cached(block, block_keys[block])
+        self.stats.stored_blocks += len(stored)
+        return len(stored)
 
     @property
     def _policy_on_cached(self):
@@ -204,10 +205,13 @@ class PrefixCache:
             return None
         return policy.on_cached
 
-    def _on_evict(self, blocks: list[int], keys: list[Hashable]) -> None:
+    def _on_evict(self, blocks: list[int]) -> None:
+        """The allocator evicted `blocks`: forget their keys (both directions)."""
         cached = self._blocks
-        for key in keys:
-            del cached[key]
+        keys = self.allocator.block_keys
+        for block in blocks:
+            del cached[keys[block]]
+            keys[block] = None
         if self._identity:
             pop = self._identity.pop
             for block in blocks:

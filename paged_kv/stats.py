@@ -67,7 +67,8 @@ class CacheStats:
     @property
     def prefix_hit_rate(self) -> float:
         """Prompt tokens served from the prefix cache over prompt tokens looked up."""
-        return self.prefix_hit_tokens / self.prefix_query_tokens if self.prefix_query_tokens else 0.0
+        queried = self.prefix_query_tokens
+        return self.prefix_hit_tokens / queried if queried else 0.0
 
     def as_dict(self) -> dict[str, float]:
         """All fields plus the derived rates, for a DataFrame row."""

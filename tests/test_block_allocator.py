@@ -56,7 +56,13 @@ def test_double_free_and_bad_sizes_are_value_errors():
 def test_cached_blocks_become_evictable_and_are_taken_last():
     alloc = BlockAllocator(4)
     evicted = []
-    alloc.set_evict_hook(lambda blocks, keys: evicted.extend(zip(blocks, keys)))
+
+    def hook(blocks):  # the hook's contract: record, then forget the keys
+        for b in blocks:
+            evicted.append((b, alloc.block_keys[b]))
+            alloc.block_keys[b] = None
+
+    alloc.set_evict_hook(hook)
     blocks = alloc.allocate_many(4)
     alloc.set_key(blocks[0], "k0")
     alloc.set_key(blocks[1], "k1")
@@ -82,3 +88,16 @@ def test_drop_all_evictable_forgets_keys():
     assert alloc.drop_all_evictable() == [a]
     assert alloc.free_queue() == [b, a] and alloc.block_keys == [None, None]
     assert alloc.check() == []
+
+
+def test_free_many_is_all_or_nothing():
+    alloc = BlockAllocator(4)
+    a, b, c = alloc.allocate_many(3)
+    before = alloc.state()
+    with pytest.raises(ValueError, match="already free"):
+        alloc.free_many([a, b, 3])  # 3 was never allocated
+    with pytest.raises(ValueError, match=f"block {b}"):
+        alloc.free_many([c, b, b])  # b is held once, named twice
+    assert alloc.state() == before
+    alloc.free_many([c, a])
+    assert alloc.free_queue() == [3, c, a]
