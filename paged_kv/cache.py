@@ -368,7 +368,9 @@ class PagedKVCache:
             num_tokens = len(token_ids)
         elif record.token_ids is not None:
             raise ValueError(f"sequence {seq_id} tracks token ids; pass token_ids")
-        k = _check_count("num_tokens", 1 if num_tokens is None else num_tokens)
+        k = 1 if num_tokens is None else num_tokens
+        if type(k) is not int or k < 0:
+            k = _check_count("num_tokens", k)
         table = record.table
         cow = k > 0 and self._needs_cow(table)
         new = table.blocks_needed(k)
@@ -378,7 +380,9 @@ class PagedKVCache:
         if cow:
             self._copy_on_write([record])
         old_full = table.num_full_blocks
-        if new:
+        if new == 1:
+            table.blocks.append(self.gpu.allocate())
+        elif new:
             table.blocks.extend(self.gpu.allocate_many(new))
         table.num_tokens += k
         if token_ids is not None:
@@ -386,6 +390,51 @@ class PagedKVCache:
         if self.prefix is not None and table.num_full_blocks > old_full:
             self._extend_keys(record, old_full)
         self._update_pressure()
+
+    def append_cost(self, seq_ids: Sequence[int], num_tokens: int = 1) -> int:
+        """Free GPU blocks that `append_many(seq_ids, num_tokens)` would take.
+
+        Exact, copy-on-write included: of the sequences sharing a partial last block,
+        each one appended copies it except the last holder.
+        """
+        if type(num_tokens) is not int:
+            num_tokens = _check_count("num_tokens", num_tokens)
+        if num_tokens <= 0:
+            if num_tokens < 0:
+                raise ValueError(f"num_tokens must be an integer >= 0, got {num_tokens}")
+            return 0
+        refs = self.gpu.ref_counts
+        remaining: dict[int, int] = {}
+        cost = 0
+        for seq_id in seq_ids:
+            table = self._record(seq_id).table
+            cost += table.blocks_needed(num_tokens)
+            if table.last_block_partial:
+                last = table.blocks[-1]
+                holders = remaining.get(last, refs[last])
+                if holders > 1:
+                    cost += 1
+                    remaining[last] = holders - 1
+        return cost
+
+    def append_many(self, seq_ids: Sequence[int], num_tokens: int = 1) -> None:
+        """Append `num_tokens` to each sequence (a decode step), all or none.
+
+        Raises `OutOfBlocksError`, changing nothing, when `append_cost` exceeds the
+        free blocks. Sequences that track token ids must use `append`.
+        """
+        seq_ids = list(seq_ids)
+        if len(set(seq_ids)) != len(seq_ids):
+            raise ValueError("a sequence is named twice")
+        for seq_id in seq_ids:
+            if self._record(seq_id).token_ids is not None:
+                raise ValueError(f"sequence {seq_id} tracks token ids; use append")
+        cost = self.append_cost(seq_ids, num_tokens)
+        if cost > self.gpu.num_free:
+            self._counters["allocation_failures"] += 1
+            raise OutOfBlocksError(GPU, cost, self.gpu.num_free, "append to a batch")
+        for seq_id in seq_ids:
+            self.append(seq_id, num_tokens)
 
     def _extend_keys(self, record: SequenceRecord, old_full: int) -> None:
         """Key and publish blocks that became full, if the chain of keys is known."""
@@ -748,6 +797,8 @@ class PagedKVCache:
         """Call ``callback(old, new, usage)`` whenever the pressure level changes."""
         if not callable(callback):
             raise ValueError(f"callback must be callable, got {callback!r}")
+        if not self._callbacks:
+            self._level = self.pressure
         self._callbacks.append(callback)
         return callback
 
@@ -756,6 +807,8 @@ class PagedKVCache:
         self._callbacks.remove(callback)
 
     def _update_pressure(self) -> None:
+        if not self._callbacks:
+            return  # nobody listens; the level is recomputed when someone registers
         usage = self.gpu.usage
         level = pressure_level(usage, self.config.watermark_low, self.config.watermark_high)
         if level != self._level:
@@ -905,7 +958,6 @@ class PagedKVCache:
             "prefix": None if self.prefix is None else self.prefix.state(),
             "prefix_stats": None if self.prefix is None else repr(self.prefix.stats),
             "counters": tuple(sorted(counters.items())),
-            "level": self._level,
         }
         if self.storage is not None:
             state["gpu_bytes"] = self.storage.gpu_snapshot().tobytes()

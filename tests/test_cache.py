@@ -255,3 +255,30 @@ def test_ten_allocate_free_cycles_leak_nothing():
         cache.free(s)
         assert cache.num_free_blocks == 6
     cache.check_invariants()
+
+
+def test_append_cost_counts_cow_once_per_writer_but_the_last():
+    cache = make(num_blocks=10)
+    a = cache.allocate(6)
+    kids = [cache.fork(a) for _ in range(2)]
+    group = [*kids, a]
+    # three holders of the partial block: two copies; no boundary crossed by one token
+    assert cache.append_cost(group, 1) == 2
+    assert cache.append_cost(group, 3) == 2 + 3  # and each crosses into a new block
+    free = cache.num_free_blocks
+    cache.append_many(group, 1)
+    assert cache.num_free_blocks == free - 2 and cache.stats().cow_copies == 2
+    assert cache.get(a).block_table == (0, 1)  # the last holder kept the original
+    cache.check_invariants()
+
+
+def test_append_many_is_all_or_nothing():
+    cache = make(num_blocks=3)
+    a = cache.allocate(4)
+    b = cache.allocate(4)
+    before = cache.snapshot()
+    with pytest.raises(OutOfBlocksError):
+        cache.append_many([a, b], 1)  # needs 2, 1 free
+    assert cache.snapshot() == before
+    with pytest.raises(ValueError, match="twice"):
+        cache.append_many([a, a], 1)

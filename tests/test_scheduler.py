@@ -1,0 +1,173 @@
+"""The serving simulator: hand-worked accounting, preemption, sharing, reproducibility."""
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from paged_kv.sim import Request, Workload
+from paged_kv.sim.accounting import CATEGORIES
+from paged_kv.sim.scheduler import SchedulerConfig, StepTimeModel, simulate
+from paged_kv.sim.schemes import ContiguousScheme, PagedScheme
+from paged_kv.sim.workloads import sharegpt_like
+
+UNIT_STEPS = SchedulerConfig(step_time=StepTimeModel(base_s=1.0, per_token_s=0.0),
+                             max_num_batched_tokens=64)
+
+
+def two_requests():
+    # A: prompt 5, output 3 (final 8); B: prompt 3, output 2 (final 5); both at t=0
+    return Workload("two", [Request(0, 0.0, 5, 3), Request(1, 0.0, 3, 2)])
+
+
+def categories(result):
+    return {c: result.steps[c].tolist() for c in CATEGORIES}
+
+
+@pytest.mark.parametrize(
+    ("scheme", "expected"),
+    [
+        # Max reserves 16 each: A [0,16) and B [16,32); B leaves after step 2
+        (ContiguousScheme(32, "max", 16), dict(
+            token_states=[8, 10, 12, 8], reservation=[5, 3, 1, 0],
+            internal_frag=[19, 19, 19, 8], external_frag=[0, 0, 0, 0], free=[0, 0, 0, 16])),
+        # Pow2: 8 and 8 (B's final length 5 rounds up to 8: 3 slots never used)
+        (ContiguousScheme(32, "pow2", 16), dict(
+            token_states=[8, 10, 12, 8], reservation=[5, 3, 1, 0],
+            internal_frag=[3, 3, 3, 0], external_frag=[0, 0, 0, 0], free=[16, 16, 16, 24])),
+        # Oracle: exactly 8 and 5
+        (ContiguousScheme(32, "oracle", 16), dict(
+            token_states=[8, 10, 12, 8], reservation=[5, 3, 1, 0],
+            internal_frag=[0, 0, 0, 0], external_frag=[0, 0, 0, 0], free=[19, 19, 19, 24])),
+        # Paged, blocks of 4: A holds 2 blocks, B 1 then 2 at step 2 (its 5th token);
+        # B's second block has 3 slots it never uses
+        (PagedScheme(8, 4, watermark=0.0), dict(
+            token_states=[8, 10, 12, 8], reservation=[4, 2, 1, 0],
+            internal_frag=[0, 0, 3, 0], external_frag=[0, 0, 0, 0], free=[20, 20, 16, 24])),
+    ],
+    ids=["max", "pow2", "oracle", "paged"],
+)
+def test_hand_worked_two_requests(scheme, expected):
+    result = simulate(two_requests(), scheme, UNIT_STEPS)
+    assert result.steps["step"].tolist() == [0, 1, 2, 3]
+    assert result.steps["time_s"].tolist() == [0.0, 1.0, 2.0, 3.0]
+    assert categories(result) == expected
+    assert result.requests["finish_step"].tolist() == [3, 2]
+    assert result.requests["generated"].tolist() == [3, 2]
+
+
+def test_external_fragmentation_is_the_hole_too_small_for_the_head():
+    # Max on 40 slots: A and B take 32; C (final 16) waits, the 8-slot hole is useless
+    work = Workload("three", [Request(0, 0.0, 5, 3), Request(1, 0.0, 3, 2),
+                              Request(2, 0.0, 10, 6)])
+    result = simulate(work, ContiguousScheme(40, "max", 16), UNIT_STEPS)
+    got = categories(result)
+    assert got["external_frag"] == [8, 8, 8] + [0] * 7
+    assert got["token_states"] == [8, 10, 12, 18, 11, 12, 13, 14, 15, 16]
+    assert got["reservation"] == [5, 3, 1, 6, 5, 4, 3, 2, 1, 0]
+    assert got["internal_frag"] == [19, 19, 19, 8] + [0] * 6
+    assert got["free"] == [0, 0, 0, 8] + [24] * 6
+    assert result.requests["admit_step"].tolist() == [0, 0, 3]
+
+
+def workload(n=60, seed=3):
+    return sharegpt_like(n, rate=50.0, seed=seed, max_len=512)
+
+
+SCHEMES = [
+    lambda: ContiguousScheme(4096, "max", 512),
+    lambda: ContiguousScheme(4096, "pow2", 512),
+    lambda: ContiguousScheme(4096, "oracle", 512),
+    lambda: PagedScheme(256, 16),
+]
+
+
+@pytest.mark.parametrize("make", SCHEMES, ids=["max", "pow2", "oracle", "paged"])
+def test_accounting_adds_up_to_the_pool_at_every_step(make):
+    scheme = make()
+    result = simulate(workload(), scheme)
+    steps = result.steps
+    total = sum(steps[c] for c in CATEGORIES)
+    assert (total == scheme.capacity).all()
+    assert (steps[list(CATEGORIES)] >= 0).all().all()
+    assert (steps["step"].diff().dropna() == 1).all()
+    assert (result.requests["generated"] == result.requests["output_len"]).all()
+
+
+@pytest.mark.parametrize("mode", ["recompute", "swap"])
+def test_preemption_finishes_every_request_with_its_output(mode):
+    scheme = PagedScheme(48, 16, num_host_blocks=512)  # tight: preemption is certain
+    config = SchedulerConfig(preemption=mode)
+    result = simulate(workload(80), scheme, config)
+    req = result.requests
+    assert req["preemptions"].sum() > 0
+    assert (req["generated"] == req["output_len"]).all()
+    assert (req["finish_step"] >= req["admit_step"]).all()
+    if mode == "swap":
+        assert req["swaps"].sum() == req["preemptions"].sum()
+        assert scheme.cache.stats().blocks_swapped_in == scheme.cache.stats().blocks_swapped_out
+    else:
+        assert req["recomputed_tokens"].sum() > 0 and req["swaps"].sum() == 0
+    assert scheme.cache.num_used_blocks == 0 and len(scheme.cache) == 0
+    scheme.cache.check_invariants()
+
+
+@pytest.mark.parametrize(("sampling", "n"), [("parallel", 4), ("beam", 3)])
+def test_sharing_frees_every_block_at_the_end(sampling, n):
+    scheme = PagedScheme(400, 16, num_host_blocks=100)
+    config = SchedulerConfig(sampling=sampling, n=n, seed=1)
+    result = simulate(workload(40), scheme, config)
+    assert scheme.cache.num_used_blocks == 0 and scheme.cache.host.num_used == 0
+    scheme.cache.check_invariants()
+    assert (result.requests["generated"] == result.requests["output_len"]).all()
+    assert result.cow_copies > 0
+    assert result.summary()["sharing_saved_pct"] > 0
+    assert (result.steps["logical"] >= result.steps["used"]).all()
+
+
+def test_same_seed_same_frames_and_a_different_seed_differs():
+    def run(seed):
+        scheme = PagedScheme(300, 16)
+        return simulate(workload(50, seed=seed), scheme,
+                        SchedulerConfig(sampling="beam", n=2, seed=seed))
+
+    a, b, c = run(5), run(5), run(6)
+    pd.testing.assert_frame_equal(a.steps, b.steps)
+    pd.testing.assert_frame_equal(a.requests, b.requests)
+    assert not a.steps.equals(c.steps)
+
+
+def test_bad_inputs():
+    work = two_requests()
+    with pytest.raises(ValueError, match="cannot fit"):
+        simulate(work, PagedScheme(1, 4))
+    with pytest.raises(ValueError, match="single sampling"):
+        simulate(work, ContiguousScheme(32, "max", 16), SchedulerConfig(sampling="beam", n=2))
+    with pytest.raises(ValueError, match="host pool"):
+        simulate(work, PagedScheme(8, 4), SchedulerConfig(preemption="swap"))
+    with pytest.raises(ValueError, match="valid names"):
+        ContiguousScheme(32, "buddy", 16)
+    with pytest.raises(ValueError, match="preemption"):
+        SchedulerConfig(preemption="drop")
+    with pytest.raises(ValueError, match="base_s"):
+        StepTimeModel(base_s=0.0)
+
+
+def test_arrivals_map_onto_steps_through_the_step_time():
+    # B arrives at 2.5 s; steps take 1 s: it is admitted at step 3 (starting at 3.0 s)
+    work = Workload("late", [Request(0, 0.0, 4, 6), Request(1, 2.5, 4, 1)])
+    result = simulate(work, PagedScheme(8, 4, watermark=0.0), UNIT_STEPS)
+    assert result.requests["admit_step"].tolist() == [0, 3]
+    assert result.requests["admit_time"].tolist() == [0.0, 3.0]
+    np.testing.assert_array_equal(result.steps["running"], [1, 1, 1, 2, 2, 1, 1])
+
+
+def test_a_request_done_with_its_last_token_is_finished_not_preempted():
+    # parallel sampling under swap pressure: finishing groups and growing groups meet
+    # at the same step; the finished one must leave, not be swapped out at full length
+    scheme = PagedScheme(160, 16, num_host_blocks=2000)
+    config = SchedulerConfig(sampling="parallel", n=2, preemption="swap")
+    result = simulate(sharegpt_like(120, rate=20.0, seed=0, max_len=1024), scheme, config)
+    req = result.requests
+    assert req["swaps"].sum() > 0
+    assert (req["generated"] == req["output_len"]).all()
+    scheme.cache.check_invariants()
