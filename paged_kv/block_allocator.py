@@ -20,6 +20,8 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Callable, Hashable, Iterable
 
+import numpy as np
+
 from paged_kv.errors import OutOfBlocksError
 from paged_kv.eviction import EvictionPolicy, make_policy
 
@@ -43,8 +45,10 @@ class BlockAllocator:
         *,
         name: str = "gpu",
     ) -> None:
-        if isinstance(num_blocks, bool) or not isinstance(num_blocks, int) or num_blocks <= 0:
+        if (isinstance(num_blocks, bool) or not isinstance(num_blocks, (int, np.integer))
+                or num_blocks <= 0):
             raise ValueError(f"num_blocks must be a positive integer, got {num_blocks!r}")
+        num_blocks = int(num_blocks)
         #: pool name used in error messages ("gpu" or "host")
         self.name = name
         #: number of blocks in the pool
@@ -56,6 +60,14 @@ class BlockAllocator:
         self._free: deque[int] = deque(range(num_blocks))  # uncached, reuse from the left
         self.policy: EvictionPolicy = make_policy(policy)
         self._on_evict: EvictHook | None = None
+
+    def _check_ids(self, blocks: list[int]) -> None:
+        """Raise ValueError unless every id is in ``[0, num_blocks)`` (no wrap-around)."""
+        if blocks and (min(blocks) < 0 or max(blocks) >= self.num_blocks):
+            bad = next(b for b in blocks if not 0 <= b < self.num_blocks)
+            raise ValueError(
+                f"block id {bad} outside the {self.name} pool [0, {self.num_blocks})"
+            )
 
     # -- counts ----------------------------------------------------------------------
     @property
@@ -104,6 +116,8 @@ class BlockAllocator:
         Uncached free blocks go first, oldest freed first; the rest are evicted in the
         policy's order.
         """
+        if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+            raise ValueError(f"n must be a non-negative integer, got {n!r}")
         free = self._free
         if n > len(free) + len(self.policy):
             raise OutOfBlocksError(self.name, n, self.num_free)
@@ -137,6 +151,7 @@ class BlockAllocator:
     # -- sharing and release ---------------------------------------------------------
     def incref(self, block: int) -> None:
         """One more block table holds `block`; an evictable block is revived (0 -> 1)."""
+        self._check_ids([block])
         refs = self.ref_counts
         if refs[block] == 0:
             if self.block_keys[block] is None:
@@ -150,6 +165,7 @@ class BlockAllocator:
         A cached block becomes an eviction candidate; an uncached one is appended to
         the uncached free queue.
         """
+        self._check_ids([block])
         refs = self.ref_counts
         count = refs[block]
         if count <= 0:
@@ -168,6 +184,7 @@ class BlockAllocator:
         raises `ValueError` with every count restored.
         """
         blocks = list(blocks)
+        self._check_ids(blocks)
         refs = self.ref_counts
         keys = self.block_keys
         uncached = []
@@ -191,14 +208,16 @@ class BlockAllocator:
             self.policy.add_many(evictable)
 
     def incref_many(self, blocks: Iterable[int]) -> None:
-        """`incref` each block (a prefix hit revives evictable ones)."""
+        """`incref` each block (a prefix hit revives evictable ones), all or none."""
+        blocks = list(blocks)
+        self._check_ids(blocks)
         refs = self.ref_counts
-        keys = self.block_keys
+        bad = [b for b in blocks if refs[b] == 0 and self.block_keys[b] is None]
+        if bad:
+            raise ValueError(f"block {bad[0]} is free and uncached: allocate it instead")
         remove = self.policy.remove
         for block in blocks:
             if refs[block] == 0:
-                if keys[block] is None:
-                    raise ValueError(f"block {block} is free and uncached: allocate it instead")
                 remove(block)
             refs[block] += 1
 

@@ -101,3 +101,18 @@ def test_free_many_is_all_or_nothing():
     assert alloc.state() == before
     alloc.free_many([c, a])
     assert alloc.free_queue() == [3, c, a]
+
+
+def test_ids_outside_the_pool_are_refused_without_wrapping():
+    alloc = BlockAllocator(4)
+    a = alloc.allocate()
+    before = alloc.state()
+    for call in (lambda: alloc.free(-1), lambda: alloc.incref(4),
+                 lambda: alloc.free_many([a, 99]), lambda: alloc.incref_many([a, -2]),
+                 lambda: alloc.allocate_many(-1)):
+        with pytest.raises(ValueError):
+            call()
+    assert alloc.state() == before
+    import numpy as np
+
+    assert BlockAllocator(np.int64(3)).num_blocks == 3
