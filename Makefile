@@ -1,5 +1,6 @@
 # Two commands do all set-up on a fresh machine with Python 3.10+:
-#   make demo   creates .venv if missing, installs paged_kv, runs the main job
+#   make demo   creates .venv if missing, installs paged_kv, runs the main job:
+#               the data-plane round trip, then the fragmentation study
 #   make test   same environment, runs the whole suite (tests, compile check, notebooks)
 PYTHON ?= python3
 VENV   ?= .venv
@@ -17,6 +18,7 @@ $(STAMP): pyproject.toml
 
 demo: $(STAMP)
 	$(PY) -m paged_kv demo
+	$(PY) -m paged_kv fragmentation
 
 test: $(STAMP)
 	$(PY) -m pytest -v tests notebooks --nbmake
