@@ -1,24 +1,44 @@
-"""paged_kv: a research toolkit for paged KV-cache memory management in LLM inference."""
+"""paged_kv: a research toolkit for paged KV-cache memory management in LLM inference.
+
+The public surface: the cache manager and its configuration here; workloads, the serving
+simulator, trace replay and the studies in `paged_kv.sim`; figures in `paged_kv.plots`.
+Importing the package never imports numba: storage (and with it the kernels) loads when
+a cache with storage is built.
+"""
 
 from paged_kv import device  # noqa: F401  (first: chooses GPU or simulator before numba loads)
+from paged_kv.cache import PagedKVCache
 from paged_kv.config import MODEL_PRESETS, CacheConfig, ModelSpec, blocks_for_bytes, get_model
+from paged_kv.device import device_name
 from paged_kv.errors import (
+    InvariantError,
+    MetadataOnlyError,
     OutOfBlocksError,
     PagedKVError,
     SequenceStateError,
     UnknownSequenceError,
 )
+from paged_kv.sequence import SequenceInfo
+from paged_kv.stats import CacheStats
+from paged_kv.watermark import PressureLevel
 
 __version__ = "0.1.0"
 
 __all__ = [
     "MODEL_PRESETS",
     "CacheConfig",
+    "CacheStats",
+    "InvariantError",
+    "MetadataOnlyError",
     "ModelSpec",
     "OutOfBlocksError",
+    "PagedKVCache",
     "PagedKVError",
+    "PressureLevel",
+    "SequenceInfo",
     "SequenceStateError",
     "UnknownSequenceError",
     "blocks_for_bytes",
+    "device_name",
     "get_model",
 ]

@@ -357,7 +357,7 @@ class Simulator:
             cost = (scheme.slots_for(target) - g.alloc) // scheme.block_size
         else:
             cost = scheme.grow_cost(g.seqs, delta)
-        if not self._make_room(g, cost):
+        if cost > 0 and not self._make_room(g, cost):
             return
         self._untrack(g)
         scheme.grow(g.seqs, delta)
