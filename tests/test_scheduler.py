@@ -171,3 +171,21 @@ def test_a_request_done_with_its_last_token_is_finished_not_preempted():
     assert req["swaps"].sum() > 0
     assert (req["generated"] == req["output_len"]).all()
     scheme.cache.check_invariants()
+
+
+def test_prefix_caching_in_the_simulator_saves_prefill_on_a_real_trace():
+    from paged_kv.sim import load_trace
+
+    work = load_trace("mooncake-conversation").filter_max_len(16_384).head(60)
+    runs = {}
+    for caching in (False, True):
+        scheme = PagedScheme(4096, 16, prefix_caching=caching)
+        runs[caching] = simulate(work, scheme, SchedulerConfig(max_num_batched_tokens=16_384))
+        assert scheme.cache.num_used_blocks == 0
+        scheme.cache.check_invariants()
+    off, on = runs[False].requests, runs[True].requests
+    assert off["cached_tokens"].sum() == 0
+    assert on["cached_tokens"].sum() > 0
+    assert (on["cached_tokens"] % 16 == 0).all() and (on["cached_tokens"] < on["prompt_len"]).all()
+    assert (on["generated"] == on["output_len"]).all()
+    assert runs[True].steps["batched_tokens"].sum() < runs[False].steps["batched_tokens"].sum()
