@@ -21,7 +21,7 @@ demo: $(STAMP)
 	$(PY) -m paged_kv fragmentation
 
 test: $(STAMP)
-	$(PY) -m pytest -v tests notebooks --nbmake
+	PAGED_KV_NOTEBOOK_SIZE=small $(PY) -m pytest -v tests notebooks --nbmake
 
 lint: $(STAMP)
 	$(PY) -m ruff check paged_kv tests benchmarks
