@@ -189,12 +189,16 @@ class BlockAllocator:
         keys = self.block_keys
         uncached = []
         evictable = []
+        to_free, to_policy = uncached.append, evictable.append
         bad = False
         for block in blocks:
             count = refs[block]
             refs[block] = count - 1
             if count == 1:
-                (uncached if keys[block] is None else evictable).append(block)
+                if keys[block] is None:
+                    to_free(block)
+                else:
+                    to_policy(block)
             elif count <= 0:
                 bad = True
         if bad:  # undo every decrement; the free structures were not touched yet
@@ -207,14 +211,16 @@ class BlockAllocator:
         if evictable:
             self.policy.add_many(evictable)
 
-    def incref_many(self, blocks: Iterable[int]) -> None:
+    def incref_many(self, blocks: list[int]) -> None:
         """`incref` each block (a prefix hit revives evictable ones), all or none."""
-        blocks = list(blocks)
-        self._check_ids(blocks)
         refs = self.ref_counts
-        bad = [b for b in blocks if refs[b] == 0 and self.block_keys[b] is None]
-        if bad:
-            raise ValueError(f"block {bad[0]} is free and uncached: allocate it instead")
+        keys = self.block_keys
+        n = self.num_blocks
+        for block in blocks:  # check everything before changing anything
+            if not 0 <= block < n:
+                raise ValueError(f"block id {block} outside the {self.name} pool [0, {n})")
+            if refs[block] == 0 and keys[block] is None:
+                raise ValueError(f"block {block} is free and uncached: allocate it instead")
         remove = self.policy.remove
         for block in blocks:
             if refs[block] == 0:

@@ -251,7 +251,7 @@ class PagedKVCache:
         available = self.gpu.num_free
         if hits:
             refs = self.gpu.ref_counts
-            available -= sum(1 for b in hits if refs[b] == 0)  # revived: no longer free
+            available -= [refs[b] for b in hits].count(0)  # revived: no longer free
         needed = -(-n // self.block_size) - len(hits)
         if watermark:
             reserve = self.gpu.num_blocks - int(self.config.watermark_high * self.gpu.num_blocks)

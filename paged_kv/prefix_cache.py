@@ -185,17 +185,24 @@ class PrefixCache:
         cached = self._blocks
         block_keys = self.allocator.block_keys
         setdefault = cached.setdefault
-        stored = []
-        for block, key in zip(blocks, keys):
-            if setdefault(key, block) == block:
-                block_keys[block] = key
-                stored.append(block)
         on_cached = self._policy_on_cached
-        if on_cached is not None:
-            for block in stored:
-                on_cached(block, block_keys[block])
-        self.stats.stored_blocks += len(stored)
-        return len(stored)
+        stored = 0
+        if on_cached is None:  # the common case, one loop with nothing else in it
+            skipped = 0
+            for block, key in zip(blocks, keys):
+                if setdefault(key, block) == block:
+                    block_keys[block] = key
+                else:
+                    skipped += 1
+            stored = min(len(blocks), len(keys)) - skipped
+        else:
+            for block, key in zip(blocks, keys):
+                if setdefault(key, block) == block:
+                    block_keys[block] = key
+                    on_cached(block, key)
+                    stored += 1
+        self.stats.stored_blocks += stored
+        return stored
 
     @property
     def _policy_on_cached(self):

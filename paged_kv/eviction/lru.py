@@ -54,7 +54,7 @@ class LRUPolicy(EvictionPolicy):
         if n > len(self._order):
             raise IndexError(f"{n} evictions asked, {len(self._order)} candidates")
         popitem = self._order.popitem
-        return [popitem(last=False)[0] for _ in range(n)]
+        return [popitem(False)[0] for _ in range(n)]
 
     def clear(self) -> None:
         """Drop every candidate."""

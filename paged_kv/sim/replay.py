@@ -153,18 +153,18 @@ def replay(
     )
     cache = PagedKVCache(config, policy=belady)
 
-    hit_blocks = np.zeros(len(requests), dtype=np.int64)
+    hit_tokens = []
     allocate, free, cached = cache.allocate, cache.free, cache.num_cached_tokens
     position = 0
     iterator = tqdm(requests, desc=f"{policy} @ {label or 'unbounded'}", disable=not progress,
                     leave=False)
-    for i, request in enumerate(iterator):
+    for request in iterator:
         keys = request.block_keys
         if belady is not None:
             belady.advance(position)
             position += len(keys)
         seq = allocate(request.prompt_len, block_keys=keys)
-        hit_blocks[i] = cached(seq) // block_size
+        hit_tokens.append(cached(seq))
         free(seq)
 
     first = int(warmup * len(requests))
@@ -173,10 +173,10 @@ def replay(
             "request_id": [r.request_id for r in requests],
             "prompt_len": [r.prompt_len for r in requests],
             "num_blocks": [len(r.block_keys) for r in requests],
-            "hit_blocks": hit_blocks,
+            "hit_blocks": np.array(hit_tokens, dtype=np.int64) // block_size,
+            "hit_tokens": np.array(hit_tokens, dtype=np.int64),
         }
     )
-    frame["hit_tokens"] = frame["hit_blocks"] * block_size
     frame["measured"] = np.arange(len(frame)) >= first
     measured = frame[frame["measured"]]
     return ReplayResult(
