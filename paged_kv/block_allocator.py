@@ -144,6 +144,8 @@ class BlockAllocator:
 
     def evict(self, n: int) -> list[int]:
         """Evict up to `n` evictable blocks in policy order; they become uncached free."""
+        if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+            raise ValueError(f"n must be a non-negative integer, got {n!r}")
         out = self._evict(min(n, len(self.policy)))
         self._free.extend(out)
         return out
@@ -230,6 +232,7 @@ class BlockAllocator:
     # -- cache keys ------------------------------------------------------------------
     def set_key(self, block: int, key: Hashable) -> None:
         """Mark in-use `block` as holding the cached block `key`."""
+        self._check_ids([block])
         if self.ref_counts[block] <= 0:
             raise ValueError(f"block {block} is free; only a block in use can be cached")
         if self.block_keys[block] is not None:

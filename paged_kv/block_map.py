@@ -176,7 +176,7 @@ def scripted_serving(
     `parallel_every`-th request forks a second sample after its prefill (its first
     write copies the shared partial block). Arrivals are 0 to 3 steps apart (uniform).
     A step frees finished requests, admits from the queue (FCFS, at most `max_running`),
-    then appends one token to every running sequence, preempting the latest-admitted
+    then appends one token to every running sequence, preempting the latest-arrived
     request (freed and re-queued at the front) when a block is short. The recorder
     snapshots the pool after every step, owner = request id.
 
@@ -233,7 +233,7 @@ def scripted_serving(
                 continue  # preempted during this step
             for seq in running[r]:
                 while not cache.can_append(seq):
-                    victim = max(running)  # admitted in id order: the latest has the largest id
+                    victim = max(running)  # the latest-arrived request: ids follow arrival
                     for s in running.pop(victim):
                         cache.free(s)
                     waiting.appendleft(victim)

@@ -221,6 +221,10 @@ class PagedKVCache:
         if block_keys is not None:
             if token_ids is not None:
                 raise ValueError("give token_ids or block_keys, not both")
+            if len(set(block_keys)) != len(block_keys):
+                raise ValueError(
+                    "block_keys repeat a key: prefix-chained keys name distinct blocks"
+                )
             if len(block_keys) > -(-n // self.block_size):
                 raise ValueError(
                     f"{len(block_keys)} block_keys for {n} tokens, which fill only "
@@ -240,7 +244,8 @@ class PagedKVCache:
         """Whether `allocate` with these arguments would find enough free GPU blocks.
 
         Prefix hits are taken into account. With ``watermark=True`` the allocation must
-        also leave the pool below the high watermark (how a scheduler admits work).
+        also leave `CacheConfig.watermark_reserve_blocks` free, i.e. use at most the high
+        watermark's share of the pool (how a scheduler admits work).
         """
         n, token_ids = self._validate_prompt(num_tokens, token_ids, block_keys)
         keys = self._prompt_keys(n, token_ids, block_keys, salt)
@@ -254,8 +259,7 @@ class PagedKVCache:
             available -= [refs[b] for b in hits].count(0)  # revived: no longer free
         needed = -(-n // self.block_size) - len(hits)
         if watermark:
-            reserve = self.gpu.num_blocks - int(self.config.watermark_high * self.gpu.num_blocks)
-            available -= reserve
+            available -= self.config.watermark_reserve_blocks
         return needed - available
 
     def allocate(
@@ -449,18 +453,37 @@ class PagedKVCache:
         )
         self._publish(record, old_full)
 
-    def _copy_on_write(self, records: list[SequenceRecord]) -> None:
-        """Give each record a private copy of its shared partial last block."""
-        pairs = []
-        gpu = self.gpu
+    def _cow_plan(self, records: list[SequenceRecord]) -> list[SequenceRecord]:
+        """Of `records` writing into their shared partial last blocks, those that must copy.
+
+        Each holder copies except the last one left, as appending one by one would.
+        """
+        refs = self.gpu.ref_counts
+        remaining: dict[int, int] = {}
+        plan = []
         for record in records:
-            old = record.table.blocks[-1]
-            new = gpu.allocate()
+            last = record.table.blocks[-1]
+            holders = remaining.get(last, refs[last])
+            if holders > 1:
+                plan.append(record)
+                remaining[last] = holders - 1
+        return plan
+
+    def _copy_on_write(self, records: list[SequenceRecord]) -> None:
+        """Give each record a private copy of its shared partial last block.
+
+        New blocks are all taken before any old one is released, so a source can never
+        be handed out as a destination within one copy launch.
+        """
+        gpu = self.gpu
+        pairs = []
+        for record, new in zip(records, gpu.allocate_many(len(records))):
+            pairs.append((record.table.blocks[-1], new))
             record.table.blocks[-1] = new
-            gpu.free(old)
-            pairs.append((old, new))
         if self.storage is not None:
             self.storage.copy_blocks(pairs)
+        for old, _ in pairs:
+            gpu.free(old)
         self._counters["cow_copies"] += len(pairs)
 
     def free(self, seq_id: int) -> None:
@@ -595,8 +618,10 @@ class PagedKVCache:
         records = [self._record(s) for s in seq_ids]
         if starts is None:
             starts = [r.table.num_tokens - c for r, c in zip(records, counts)]
-        starts = [int(s) for s in starts]
-        cow = [r for r, s, c in zip(records, starts, counts) if self._write_plan(r, s, c)]
+        starts = [_check_count("starts[i]", s) for s in starts]
+        cow = self._cow_plan(
+            [r for r, s, c in zip(records, starts, counts) if self._write_plan(r, s, c)]
+        )
         if len(cow) > self.gpu.num_free:
             self._counters["allocation_failures"] += 1
             raise OutOfBlocksError(GPU, len(cow), self.gpu.num_free, "copy shared blocks")
@@ -645,8 +670,9 @@ class PagedKVCache:
         layer = self._check_layer(layer)
         records = [self._record(s) for s in seq_ids]
         n = len(records)
-        starts = [0] * n if starts is None else [int(s) for s in starts]
-        ends = [r.table.num_tokens for r in records] if ends is None else [int(e) for e in ends]
+        starts = [0] * n if starts is None else [_check_count("starts[i]", s) for s in starts]
+        ends = ([r.table.num_tokens for r in records] if ends is None
+                else [_check_count("ends[i]", e) for e in ends])
         if len(starts) != n or len(ends) != n:
             raise ValueError("seq_ids, starts and ends must have the same length")
         for r, s, e in zip(records, starts, ends):

@@ -8,6 +8,7 @@ prefix caching). Both are frozen dataclasses validated on construction: a bad va
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -160,6 +161,16 @@ class CacheConfig:
                 f"CacheConfig.eviction_policy must be a policy name, got "
                 f"{self.eviction_policy!r}"
             )
+
+    @property
+    def watermark_reserve_blocks(self) -> int:
+        """GPU blocks that admission under the watermark keeps free.
+
+        ``num_gpu_blocks - floor(watermark_high * num_gpu_blocks)``, computed so that a
+        product such as ``0.29 * 100`` is not rounded down by floating-point error.
+        """
+        usable = math.floor(self.watermark_high * self.num_gpu_blocks + 1e-9)
+        return self.num_gpu_blocks - usable
 
     @property
     def num_gpu_slots(self) -> int:

@@ -10,8 +10,9 @@ class CacheStats:
     """Counts and sizes of one `PagedKVCache` at one moment.
 
     Blocks "used" have a reference count of at least 1; evictable cached blocks count
-    as free. Bytes are 0 in metadata-only mode for nothing is stored, except the
-    ``*_capacity_bytes`` figures, which say what the pools would hold.
+    as free. Byte figures are what the blocks hold, or would hold, for the cache's model
+    (``bytes_per_block`` times blocks), with or without storage attached; a cache built
+    without a model reports them as 0.
     """
 
     #: blocks in the GPU pool

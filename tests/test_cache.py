@@ -282,3 +282,15 @@ def test_append_many_is_all_or_nothing():
     assert cache.snapshot() == before
     with pytest.raises(ValueError, match="twice"):
         cache.append_many([a, a], 1)
+
+
+def test_repeated_block_keys_and_fractional_positions_are_refused():
+    cache = PagedKVCache(CacheConfig(block_size=4, num_gpu_blocks=8, enable_prefix_caching=True))
+    with pytest.raises(ValueError, match="repeat a key"):
+        cache.allocate(13, block_keys=["x", "y", "x", "y"])
+    assert len(cache) == 0
+
+
+def test_watermark_reserve_is_exact():
+    config = CacheConfig(num_gpu_blocks=100, watermark_low=0.1, watermark_high=0.29)
+    assert config.watermark_reserve_blocks == 71  # 0.29 * 100 is 28.999... in floats

@@ -189,3 +189,30 @@ def test_prefix_hit_reads_the_kv_its_first_owner_wrote():
         k, v = cache.read_kv(b, layer, end=8)
         np.testing.assert_array_equal(k, expected[layer][0][:8])
         np.testing.assert_array_equal(v, expected[layer][1][:8])
+
+
+def test_batched_write_over_forks_copies_once_per_writer_but_the_last():
+    rng = np.random.default_rng(10)
+    cache = make(num_blocks=12, enable_prefix_caching=True)
+    pairs = []
+    for start in (0, 50):
+        a = cache.allocate(token_ids=list(range(start, start + 6)))
+        write_all_layers(cache, a, rng, 6)
+        pairs.append((a, cache.fork(a)))
+    before_free = cache.num_free_blocks
+    seqs = [s for pair in pairs for s in pair]
+    k, v = kv(rng, 4)
+    cache.write_kv_batch(0, seqs, k, v, num_tokens=[1, 1, 1, 1], starts=[5, 5, 5, 5])
+    # one copy per forked pair: the second holder writes into the original block
+    assert cache.stats().cow_copies == 2 and cache.num_free_blocks == before_free - 2
+    for i, s in enumerate(seqs):
+        got_k, _ = cache.read_kv(s, 0, start=5, end=6)
+        np.testing.assert_array_equal(got_k[0], k[i])
+    cache.check_invariants()
+
+
+def test_fractional_positions_are_refused():
+    cache = make()
+    s = cache.allocate(6)
+    with pytest.raises(ValueError, match="starts"):
+        cache.read_kv(s, 0, start=1.5)

@@ -61,11 +61,11 @@ class CacheMachine(RuleBasedStateMachine):
         for layer in range(MODEL.num_layers):
             self.cache.write_kv(seq, layer, data[:, layer, 0], data[:, layer, 1], start=start)
 
-    def refused(self, call) -> bool:
+    def refused(self, call, errors=(OutOfBlocksError,)) -> bool:
         before = self.cache.snapshot()
         try:
             call()
-        except OutOfBlocksError:
+        except errors:
             assert self.cache.snapshot() == before, "a refused operation changed the state"
             return True
         return False
@@ -113,6 +113,31 @@ class CacheMachine(RuleBasedStateMachine):
     def swap_in(self, seq):
         if seq in self.tokens and self.cache.get(seq).location == "host":
             self.refused(lambda: self.cache.swap_in(seq))
+
+    @rule(data=st.data())
+    def rewrite_last_tokens_in_one_batch(self, data):
+        """A decode-like batch write over several sequences, forks included (COW plan)."""
+        on_gpu = [s for s in self.tokens if self.cache.get(s).location == "gpu"]
+        if not on_gpu:
+            return
+        chosen = data.draw(st.lists(st.sampled_from(on_gpu), min_size=1, unique=True))
+        rows = np.stack([expected_kv(self.tokens[s], len(self.tokens[s]) - 1,
+                                     len(self.tokens[s]))[0] for s in chosen])
+        starts = [len(self.tokens[s]) - 1 for s in chosen]
+        refs, bs = self.cache.gpu.ref_counts, self.cache.block_size
+        immutable = any(  # its last token sits in a full block that another holds
+            len(self.tokens[s]) % bs == 0 and refs[self.cache.get(s).block_table[-1]] > 1
+            for s in chosen
+        )
+        for layer in range(MODEL.num_layers):
+            call = lambda layer=layer: self.cache.write_kv_batch(  # noqa: E731
+                layer, chosen, rows[:, layer, 0], rows[:, layer, 1],
+                num_tokens=[1] * len(chosen), starts=starts)
+            if immutable:
+                assert self.refused(call, (ValueError,)), "a shared full block was written"
+                return
+            if self.refused(call):
+                return
 
     @rule(n=st.integers(0, 3))
     def evict(self, n):

@@ -16,8 +16,9 @@ def test_default_fragmentation_study_meets_the_targets():
     assert list(shares.index) == ["Max", "Pow2", "Oracle", "paged (block 16)"]
     assert shares.is_monotonic_increasing and shares.is_unique
     assert table.loc["paged (block 16)", "waste_pct"] < 4.0
-    parts = ["token_states_pct", "reservation_pct", "internal_frag_pct", "external_frag_pct"]
-    assert (table[parts].sum(axis=1).round(9) == 100).all()
+    # only the contiguous schemes hold slots they will never use
+    assert table.loc["paged (block 16)", "internal_frag_pct"] < 0.1
+    assert table.loc["Max", "internal_frag_pct"] > table.loc["Pow2", "internal_frag_pct"] > 0
 
 
 def test_fragmentation_command_prints_the_table_and_writes_the_figure(tmp_path, capsys):

@@ -189,3 +189,27 @@ def test_prefix_caching_in_the_simulator_saves_prefill_on_a_real_trace():
     assert (on["cached_tokens"] % 16 == 0).all() and (on["cached_tokens"] < on["prompt_len"]).all()
     assert (on["generated"] == on["output_len"]).all()
     assert runs[True].steps["batched_tokens"].sum() < runs[False].steps["batched_tokens"].sum()
+
+
+def test_a_scheme_serves_one_simulation():
+    scheme = PagedScheme(8, 4, watermark=0.0)
+    simulate(two_requests(), scheme, UNIT_STEPS)
+    with pytest.raises(ValueError, match="already served"):
+        simulate(two_requests(), scheme, UNIT_STEPS)
+
+
+def test_recompute_that_could_not_fit_one_step_is_refused_up_front():
+    work = Workload("long", [Request(0, 0.0, 60, 100), Request(1, 0.0, 60, 100)])
+    config = SchedulerConfig(max_num_batched_tokens=64)
+    with pytest.raises(ValueError, match="recompute up to 159 tokens"):
+        simulate(work, PagedScheme(10, 16), config)
+    # by swap the same workload runs: the prompt alone fits a step
+    swap = SchedulerConfig(max_num_batched_tokens=64, preemption="swap")
+    result = simulate(work, PagedScheme(12, 16, num_host_blocks=16), swap)
+    assert (result.requests["generated"] == 100).all()
+
+
+def test_recomputed_requests_publish_only_their_prompts_full_blocks():
+    scheme = PagedScheme(4096, 16, prefix_caching=True)
+    keys = scheme.block_keys((7, 8), 32, prompt_len=40)  # 2 full blocks of 16 + 8 tokens
+    assert keys == [(7, 0), (7, 1)]

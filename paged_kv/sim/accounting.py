@@ -94,9 +94,8 @@ class Interval(NamedTuple):
     first_duration: float
     #: seconds each later step takes
     duration: float
-    #: tokens batched in the first step / in later steps
+    #: tokens batched in the first step (later steps batch one per running sequence)
     first_tokens: int
-    tokens: int
     #: sequences running (decoding or prefilling) / requests waiting / groups swapped out
     running: int
     waiting: int
@@ -139,7 +138,7 @@ def expand_intervals(intervals: list[Interval]) -> pd.DataFrame:
             "step": step,
             "time_s": time,
             "step_s": duration,
-            "batched_tokens": np.where(first, field["first_tokens"][idx], field["tokens"][idx]),
+            "batched_tokens": np.where(first, field["first_tokens"][idx], field["running"][idx]),
             "running": field["running"][idx],
             "waiting": field["waiting"][idx],
             "swapped": field["swapped"][idx],

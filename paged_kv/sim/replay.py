@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from paged_kv.cache import PagedKVCache
 from paged_kv.config import CacheConfig
@@ -119,16 +119,20 @@ def replay(
     workload = _workload(trace)
     if not isinstance(warmup, (int, float)) or not 0.0 <= warmup < 1.0:
         raise ValueError(f"warmup must be a fraction in [0, 1), got {warmup!r}")
-    if policy not in policy_names():
+    if not isinstance(policy, str) or policy.lower() not in policy_names():
         raise ValueError(
             f"unknown eviction policy {policy!r}; valid names: {', '.join(policy_names())}"
         )
+    policy = policy.lower()
     requests = list(workload)
     if not requests:
         raise ValueError("the trace has no requests")
     block_size = requests[0].key_block_size
     if block_size is None or any(r.key_block_size != block_size for r in requests):
-        raise ValueError("every request needs block keys over one common key_block_size")
+        sizes = sorted({str(r.key_block_size) for r in requests})
+        raise ValueError(
+            f"every request needs block keys over one common key_block_size, got {sizes}"
+        )
     if capacity is None:
         capacity = unbounded_capacity(workload)
         label = None
@@ -206,6 +210,7 @@ def sweep(
     """
     workload = _workload(trace)
     policies = list(policy_names()) if policies is None else list(policies)
+    capacities = list(capacities)  # iterated once per policy
     runs = [(p, c) for p in policies for c in capacities]
     rows = []
     for policy, capacity in tqdm(runs, desc=f"replay {workload.name}", disable=not progress):

@@ -40,7 +40,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from paged_kv.sim.accounting import Interval, MemoryLedger, expand_intervals, summarize
 from paged_kv.sim.request import Request, Workload
@@ -188,8 +188,13 @@ class Simulator:
         self.scheme = scheme
         self.config = config
         self.paged = isinstance(scheme, PagedScheme)
+        if getattr(scheme, "simulated", False):
+            raise ValueError("this scheme already served a simulation; build a fresh one")
+        scheme.simulated = True
         if not self.paged and config.sampling != "single":
-            raise ValueError("contiguous schemes simulate single sampling only")
+            raise ValueError(
+                f"contiguous schemes simulate single sampling only, not {config.sampling!r}"
+            )
         if config.preemption == "swap" and self.paged and scheme.cache.host is None:
             raise ValueError("swap preemption needs a host pool (num_host_blocks > 0)")
         n = config.n
@@ -209,6 +214,14 @@ class Simulator:
                 raise ValueError(
                     f"request {g.request.request_id}'s prompt ({g.prefill_len}) exceeds "
                     f"max_num_batched_tokens={config.max_num_batched_tokens}"
+                )
+            if (self.paged and config.preemption == "recompute" and n == 1
+                    and g.final_len - 1 > config.max_num_batched_tokens):
+                raise ValueError(
+                    f"request {g.request.request_id} may have to recompute up to "
+                    f"{g.final_len - 1} tokens in one step after a preemption, above "
+                    f"max_num_batched_tokens={config.max_num_batched_tokens}; raise it or "
+                    f"preempt by swap"
                 )
         self.rng = np.random.default_rng(config.seed)
         self.ledger = MemoryLedger()
@@ -351,6 +364,7 @@ class Simulator:
             k = g.n
             parents = self.rng.integers(0, k, size=k).tolist()
             g.seqs = scheme.fork_step(g.seqs, parents)
+            self.released += 1  # beams no parent chose released their blocks
         target = g.length(step)
         delta = target - g.held
         if g.n == 1:
@@ -460,7 +474,12 @@ class Simulator:
                 prefill, budget_stop = self._admit_waiting()
             if not self.running:
                 if self.waiting or self.swapped:
-                    raise RuntimeError("a request cannot be admitted into an empty cache")
+                    g = self.waiting[0] if self.waiting else self.swapped[0]
+                    raise RuntimeError(
+                        f"request {g.request.request_id} ({g.prefill_len} tokens to prefill, "
+                        f"{g.n} sequences) cannot be admitted even into an empty cache: "
+                        f"check the watermark and max_num_batched_tokens"
+                    )
                 continue
             first = step_time.seconds(prefill + decoding)
             later = step_time.seconds(self.running_seqs)
@@ -472,7 +491,7 @@ class Simulator:
             ledger = self.ledger
             self.intervals.append(Interval(
                 self.step, nxt, self.time, first, later, prefill + decoding,
-                self.running_seqs, self.running_seqs, len(self.waiting), len(self.swapped),
+                self.running_seqs, len(self.waiting), len(self.swapped),
                 self.scheme.used,
                 0 if head is None else self.scheme.external(head.final_len),
                 self.scheme.capacity, ledger.unused_const, ledger.unused_slope,

@@ -64,6 +64,8 @@ class PagedScheme:
         #: slots in the pool
         self.capacity = num_blocks * block_size
         self.label = f"paged (block {block_size})"
+        #: set by the simulator: a scheme serves one simulation
+        self.simulated = False
 
     # -- sizes ------------------------------------------------------------------------
     def slots_for(self, length: int) -> int:
@@ -95,7 +97,9 @@ class PagedScheme:
                 f"{key_block_size} for prefix caching"
             )
         per = key_block_size // self.block_size
-        count = -(-prompt_len // self.block_size)
+        # full blocks only: after a recompute the prompt's partial block fills with
+        # generated tokens, which its key does not describe
+        count = prompt_len // self.block_size
         return [(keys[i // per], i % per) for i in range(count)]
 
     # -- admission and growth ---------------------------------------------------------
@@ -166,8 +170,7 @@ class PagedScheme:
     @property
     def watermark_blocks(self) -> int:
         """Blocks admission keeps free."""
-        gpu = self.cache.gpu
-        return gpu.num_blocks - int(self.cache.config.watermark_high * gpu.num_blocks)
+        return self.cache.config.watermark_reserve_blocks
 
 
 class ContiguousScheme:
@@ -190,6 +193,8 @@ class ContiguousScheme:
         self.max_seq_len = max_seq_len
         self.name = policy
         self.label = {"max": "Max", "pow2": "Pow2", "oracle": "Oracle"}[policy]
+        #: set by the simulator: a scheme serves one simulation
+        self.simulated = False
 
     def reserve(self, final_len: int) -> int:
         """Slots reserved for a request whose prompt + output is `final_len`."""

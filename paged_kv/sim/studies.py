@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import pandas as pd
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from paged_kv.config import ModelSpec, get_model
 from paged_kv.sim.published import VLLM_FIG2_KV_USAGE_PCT
@@ -18,7 +18,7 @@ from paged_kv.sim.request import Workload
 from paged_kv.sim.scheduler import SchedulerConfig, SimResult, simulate
 from paged_kv.sim.schemes import ContiguousScheme, PagedScheme
 from paged_kv.sim.traces import load_trace
-from paged_kv.sim.workloads import SYNTHETIC_WORKLOADS, synthetic_workload
+from paged_kv.sim.workloads import SYNTHETIC_WORKLOADS, arrival_times, synthetic_workload
 
 #: 12 GiB of KV: the vLLM paper's OPT-13B budget on an A100-40GB
 DEFAULT_KV_BYTES = 12 * 2**30
@@ -36,7 +36,10 @@ def make_workload(
     Azure traces keep their recorded arrival times (`rate` unused).
     """
     if name == "sharegpt":
-        work = load_trace("sharegpt", rate=rate, seed=seed)
+        # arrivals are drawn for the requests kept, so they come at `rate` requests/s
+        kept = load_trace("sharegpt", rate=rate, seed=seed).filter_max_len(max_len)
+        kept = kept.head(num_requests)
+        return kept.with_arrivals(arrival_times(len(kept), rate, seed=seed))
     elif name in SYNTHETIC_WORKLOADS:
         return synthetic_workload(name, num_requests, rate, seed=seed, max_len=max_len)
     elif name in ("azure-conv", "azure-code"):
