@@ -153,7 +153,8 @@ class BlockAllocator:
     # -- sharing and release ---------------------------------------------------------
     def incref(self, block: int) -> None:
         """One more block table holds `block`; an evictable block is revived (0 -> 1)."""
-        self._check_ids([block])
+        if not 0 <= block < self.num_blocks:
+            self._check_ids([block])  # raises with the message
         refs = self.ref_counts
         if refs[block] == 0:
             if self.block_keys[block] is None:
@@ -167,7 +168,8 @@ class BlockAllocator:
         A cached block becomes an eviction candidate; an uncached one is appended to
         the uncached free queue.
         """
-        self._check_ids([block])
+        if not 0 <= block < self.num_blocks:
+            self._check_ids([block])  # raises with the message
         refs = self.ref_counts
         count = refs[block]
         if count <= 0:
@@ -232,7 +234,8 @@ class BlockAllocator:
     # -- cache keys ------------------------------------------------------------------
     def set_key(self, block: int, key: Hashable) -> None:
         """Mark in-use `block` as holding the cached block `key`."""
-        self._check_ids([block])
+        if not 0 <= block < self.num_blocks:
+            self._check_ids([block])  # raises with the message
         if self.ref_counts[block] <= 0:
             raise ValueError(f"block {block} is free; only a block in use can be cached")
         if self.block_keys[block] is not None:
