@@ -820,7 +820,12 @@ class PagedKVCache:
                               self.config.watermark_high)
 
     def on_pressure_change(self, callback: PressureCallback) -> PressureCallback:
-        """Call ``callback(old, new, usage)`` whenever the pressure level changes."""
+        """Call ``callback(old, new, usage)`` whenever the pressure level changes.
+
+        Callbacks run after the operation that moved the level has completed; an
+        exception a callback raises propagates to that operation's caller, with the
+        operation's effects kept.
+        """
         if not callable(callback):
             raise ValueError(f"callback must be callable, got {callback!r}")
         if not self._callbacks:
@@ -829,7 +834,9 @@ class PagedKVCache:
         return callback
 
     def remove_pressure_callback(self, callback: PressureCallback) -> None:
-        """Stop calling `callback`."""
+        """Stop calling `callback` (a `ValueError` if it was never registered)."""
+        if callback not in self._callbacks:
+            raise ValueError(f"{callback!r} is not a registered pressure callback")
         self._callbacks.remove(callback)
 
     def _update_pressure(self) -> None:

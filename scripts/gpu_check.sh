@@ -8,7 +8,9 @@
 #
 # Steps
 #   1. device: nvidia-smi's name, driver, memory; versions; numba must see a GPU.
-#   2. tests: pytest -v tests/test_kernel*.py tests/test_storage.py with
+#   2. tests: pytest -v tests/test_kernel*.py tests/test_storage.py, plus the manager's
+#      data path (tests/test_cache_data.py, tests/test_attention.py: COW copies and
+#      swaps through the mapped host pool) with
 #      PAGED_KV_DEVICE=gpu (the "realistic"-size cases, skipped in the simulator, run
 #      here). Without pytest in the image the unit tests cannot run: the demo (step 3)
 #      still checks every kernel's bytes, and the exit status is 3.
@@ -75,9 +77,10 @@ EOF
     fi
 
     echo
-    echo "== 2. kernel tests (PAGED_KV_DEVICE=gpu)"
+    echo "== 2. kernel and data-path tests (PAGED_KV_DEVICE=gpu)"
     if "$PY" -c "import pytest" >/dev/null 2>&1; then
-        if "$PY" -m pytest -v -p no:cacheprovider tests/test_kernel*.py tests/test_storage.py; then
+        if "$PY" -m pytest -v -p no:cacheprovider tests/test_kernel*.py tests/test_storage.py \
+                tests/test_cache_data.py tests/test_attention.py; then
             tests="passed"
         else
             status=1

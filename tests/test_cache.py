@@ -294,3 +294,14 @@ def test_repeated_block_keys_and_fractional_positions_are_refused():
 def test_watermark_reserve_is_exact():
     config = CacheConfig(num_gpu_blocks=100, watermark_low=0.1, watermark_high=0.29)
     assert config.watermark_reserve_blocks == 71  # 0.29 * 100 is 28.999... in floats
+
+
+def test_removing_a_pressure_callback():
+    cache = make(num_blocks=10, watermark_low=0.5, watermark_high=0.9)
+    seen = []
+    callback = cache.on_pressure_change(lambda old, new, usage: seen.append(new))
+    cache.remove_pressure_callback(callback)
+    cache.allocate(40)
+    assert seen == []
+    with pytest.raises(ValueError, match="not a registered"):
+        cache.remove_pressure_callback(callback)

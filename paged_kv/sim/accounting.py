@@ -159,7 +159,8 @@ def summarize(steps: pd.DataFrame, *, loaded_only: bool = True) -> dict[str, flo
 
     ``*_pct`` are shares of the memory that is not free (the paper's Fig. 2 basis);
     ``*_pool_pct`` are shares of the whole pool. With `loaded_only`, only steps while
-    some request waits count: the regime where wasted memory costs batch size.
+    some request waits count: the regime where wasted memory costs batch size (all
+    steps count when no request ever waited).
     """
     rows = steps[steps["waiting"] > 0] if loaded_only else steps
     if rows.empty:

@@ -168,7 +168,7 @@ class SimResult:
     #: copy-on-write block copies (paged)
     cow_copies: int = 0
 
-    def summary(self, *, loaded_only: bool = True) -> dict[str, float]:
+    def summary(self, *, loaded_only: bool = True) -> dict[str, object]:
         """Step-averaged category shares (see `paged_kv.sim.accounting.summarize`)."""
         out = summarize(self.steps, loaded_only=loaded_only)
         out["scheme"] = self.scheme
