@@ -20,8 +20,7 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Callable, Hashable, Iterable
 
-import numpy as np
-
+from paged_kv.checks import require_int
 from paged_kv.errors import OutOfBlocksError
 from paged_kv.eviction import EvictionPolicy, make_policy
 
@@ -45,10 +44,7 @@ class BlockAllocator:
         *,
         name: str = "gpu",
     ) -> None:
-        if (isinstance(num_blocks, bool) or not isinstance(num_blocks, (int, np.integer))
-                or num_blocks <= 0):
-            raise ValueError(f"num_blocks must be a positive integer, got {num_blocks!r}")
-        num_blocks = int(num_blocks)
+        num_blocks = require_int("num_blocks", num_blocks, 1)
         #: pool name used in error messages ("gpu" or "host")
         self.name = name
         #: number of blocks in the pool
@@ -116,8 +112,7 @@ class BlockAllocator:
         Uncached free blocks go first, oldest freed first; the rest are evicted in the
         policy's order.
         """
-        if isinstance(n, bool) or not isinstance(n, int) or n < 0:
-            raise ValueError(f"n must be a non-negative integer, got {n!r}")
+        n = require_int("n", n)
         free = self._free
         if n > len(free) + len(self.policy):
             raise OutOfBlocksError(self.name, n, self.num_free)
@@ -144,8 +139,7 @@ class BlockAllocator:
 
     def evict(self, n: int) -> list[int]:
         """Evict up to `n` evictable blocks in policy order; they become uncached free."""
-        if isinstance(n, bool) or not isinstance(n, int) or n < 0:
-            raise ValueError(f"n must be a non-negative integer, got {n!r}")
+        n = require_int("n", n)
         out = self._evict(min(n, len(self.policy)))
         self._free.extend(out)
         return out

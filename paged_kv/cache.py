@@ -28,6 +28,7 @@ import numpy as np
 
 from paged_kv.block_allocator import BlockAllocator
 from paged_kv.block_table import BlockTable
+from paged_kv.checks import require_int
 from paged_kv.config import CacheConfig, ModelSpec, get_model
 from paged_kv.errors import (
     InvariantError,
@@ -41,12 +42,6 @@ from paged_kv.prefix_cache import PrefixCache, PrefixCacheStats
 from paged_kv.sequence import GPU, HOST, SequenceInfo, SequenceRecord
 from paged_kv.stats import CacheStats
 from paged_kv.watermark import PressureCallback, PressureLevel, pressure_level
-
-
-def _check_count(name: str, value: object, minimum: int = 0) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
-    return int(value)
 
 
 class PagedKVCache:
@@ -142,7 +137,7 @@ class PagedKVCache:
             while self._next_id in self._seqs:
                 self._next_id += 1
             return self._next_id
-        seq_id = _check_count("seq_id", seq_id)
+        seq_id = require_int("seq_id", seq_id)
         if seq_id in self._seqs:
             raise ValueError(f"seq_id {seq_id} is already a live sequence")
         return seq_id
@@ -217,7 +212,7 @@ class PagedKVCache:
             num_tokens = len(token_ids)
         if num_tokens is None:
             raise ValueError("give num_tokens or token_ids")
-        n = _check_count("num_tokens", num_tokens)
+        n = require_int("num_tokens", num_tokens)
         if block_keys is not None:
             if token_ids is not None:
                 raise ValueError("give token_ids or block_keys, not both")
@@ -340,7 +335,7 @@ class PagedKVCache:
     def can_append(self, seq_id: int, num_tokens: int = 1) -> bool:
         """Whether `append(seq_id, num_tokens)` would find enough free GPU blocks."""
         table = self._record(seq_id).table
-        num_tokens = _check_count("num_tokens", num_tokens)
+        num_tokens = require_int("num_tokens", num_tokens)
         needed = table.blocks_needed(num_tokens) + (num_tokens > 0 and self._needs_cow(table))
         return needed <= self.gpu.num_free
 
@@ -374,7 +369,7 @@ class PagedKVCache:
             raise ValueError(f"sequence {seq_id} tracks token ids; pass token_ids")
         k = 1 if num_tokens is None else num_tokens
         if type(k) is not int or k < 0:
-            k = _check_count("num_tokens", k)
+            k = require_int("num_tokens", k)
         table = record.table
         cow = k > 0 and self._needs_cow(table)
         new = table.blocks_needed(k)
@@ -402,7 +397,7 @@ class PagedKVCache:
         each one appended copies it except the last holder.
         """
         if type(num_tokens) is not int:
-            num_tokens = _check_count("num_tokens", num_tokens)
+            num_tokens = require_int("num_tokens", num_tokens)
         if num_tokens <= 0:
             if num_tokens < 0:
                 raise ValueError(f"num_tokens must be an integer >= 0, got {num_tokens}")
@@ -546,7 +541,7 @@ class PagedKVCache:
         return k, v
 
     def _check_layer(self, layer: int) -> int:
-        layer = _check_count("layer", layer)
+        layer = require_int("layer", layer)
         if layer >= self.model.num_layers:
             raise ValueError(f"layer {layer} out of range [0, {self.model.num_layers})")
         return layer
@@ -608,7 +603,7 @@ class PagedKVCache:
         layer = self._check_layer(layer)
         k, v = self._check_kv(k, v)
         seq_ids = list(seq_ids)
-        counts = [_check_count("num_tokens[i]", c) for c in num_tokens]
+        counts = [require_int("num_tokens[i]", c) for c in num_tokens]
         if len(counts) != len(seq_ids) or (starts is not None and len(starts) != len(seq_ids)):
             raise ValueError("seq_ids, num_tokens and starts must have the same length")
         if len(set(seq_ids)) != len(seq_ids):
@@ -618,7 +613,7 @@ class PagedKVCache:
         records = [self._record(s) for s in seq_ids]
         if starts is None:
             starts = [r.table.num_tokens - c for r, c in zip(records, counts)]
-        starts = [_check_count("starts[i]", s) for s in starts]
+        starts = [require_int("starts[i]", s) for s in starts]
         cow = self._cow_plan(
             [r for r, s, c in zip(records, starts, counts) if self._write_plan(r, s, c)]
         )
@@ -670,9 +665,9 @@ class PagedKVCache:
         layer = self._check_layer(layer)
         records = [self._record(s) for s in seq_ids]
         n = len(records)
-        starts = [0] * n if starts is None else [_check_count("starts[i]", s) for s in starts]
+        starts = [0] * n if starts is None else [require_int("starts[i]", s) for s in starts]
         ends = ([r.table.num_tokens for r in records] if ends is None
-                else [_check_count("ends[i]", e) for e in ends])
+                else [require_int("ends[i]", e) for e in ends])
         if len(starts) != n or len(ends) != n:
             raise ValueError("seq_ids, starts and ends must have the same length")
         for r, s, e in zip(records, starts, ends):

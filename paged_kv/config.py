@@ -13,19 +13,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from paged_kv.checks import require_int
+
 #: KV element types the pools and kernels support. Numba has no bfloat16 arithmetic;
 #: the kernels only load and store, but we keep to the two types tests cover.
 SUPPORTED_DTYPES = ("float16", "float32")
-
-
-def _require_positive_int(owner: str, name: str, value: object) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value <= 0:
-        raise ValueError(f"{owner}.{name} must be a positive integer, got {value!r}")
-
-
-def _require_nonnegative_int(owner: str, name: str, value: object) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
-        raise ValueError(f"{owner}.{name} must be a non-negative integer, got {value!r}")
 
 
 @dataclass(frozen=True)
@@ -50,13 +42,13 @@ class ModelSpec:
 
     def __post_init__(self) -> None:
         for field in ("num_layers", "num_kv_heads", "head_dim", "max_seq_len"):
-            _require_positive_int("ModelSpec", field, getattr(self, field))
+            require_int(f"ModelSpec.{field}", getattr(self, field), 1)
         if self.dtype not in SUPPORTED_DTYPES:
             raise ValueError(
                 f"ModelSpec.dtype must be one of {SUPPORTED_DTYPES}, got {self.dtype!r}"
             )
         if self.num_q_heads is not None:
-            _require_positive_int("ModelSpec", "num_q_heads", self.num_q_heads)
+            require_int("ModelSpec.num_q_heads", self.num_q_heads, 1)
             if self.num_q_heads % self.num_kv_heads:
                 raise ValueError(
                     f"ModelSpec.num_q_heads must be a multiple of num_kv_heads="
@@ -80,7 +72,7 @@ class ModelSpec:
 
     def bytes_per_block(self, block_size: int) -> int:
         """Bytes one block of `block_size` token slots occupies across all layers."""
-        _require_positive_int("ModelSpec.bytes_per_block", "block_size", block_size)
+        require_int("block_size", block_size, 1)
         return self.bytes_per_token * block_size
 
 
@@ -114,7 +106,7 @@ def blocks_for_bytes(num_bytes: int, model: ModelSpec, block_size: int) -> int:
     >>> blocks_for_bytes(12 * 2**30, get_model("opt-13b"), 16)  # vLLM paper: ~15.7k slots
     983
     """
-    _require_nonnegative_int("blocks_for_bytes", "num_bytes", num_bytes)
+    require_int("num_bytes", num_bytes)
     return int(num_bytes) // model.bytes_per_block(block_size)
 
 
@@ -137,9 +129,9 @@ class CacheConfig:
     eviction_policy: str = "lru"
 
     def __post_init__(self) -> None:
-        _require_positive_int("CacheConfig", "block_size", self.block_size)
-        _require_positive_int("CacheConfig", "num_gpu_blocks", self.num_gpu_blocks)
-        _require_nonnegative_int("CacheConfig", "num_host_blocks", self.num_host_blocks)
+        require_int("CacheConfig.block_size", self.block_size, 1)
+        require_int("CacheConfig.num_gpu_blocks", self.num_gpu_blocks, 1)
+        require_int("CacheConfig.num_host_blocks", self.num_host_blocks)
         for field in ("watermark_low", "watermark_high"):
             value = getattr(self, field)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not (

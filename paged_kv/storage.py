@@ -35,16 +35,9 @@ from typing import Any
 import numpy as np
 from numba import cuda
 
+from paged_kv.checks import require_int
 from paged_kv.config import ModelSpec
 from paged_kv.kernels import copy_blocks, gather_kv, swap_blocks, write_slots
-
-
-def _require_int(name: str, value: object, minimum: int) -> int:
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)) or (
-        value < minimum
-    ):
-        raise ValueError(f"KVStorage.{name} must be an integer >= {minimum}, got {value!r}")
-    return int(value)
 
 
 def _zeroed(array: Any) -> Any:
@@ -72,9 +65,9 @@ class KVStorage:
         if not isinstance(model, ModelSpec):
             raise ValueError(f"KVStorage.model must be a ModelSpec, got {model!r}")
         self._model = model
-        self._block_size = _require_int("block_size", block_size, 1)
-        self._num_gpu_blocks = _require_int("num_gpu_blocks", num_gpu_blocks, 1)
-        self._num_host_blocks = _require_int("num_host_blocks", num_host_blocks, 0)
+        self._block_size = require_int("KVStorage.block_size", block_size, 1)
+        self._num_gpu_blocks = require_int("KVStorage.num_gpu_blocks", num_gpu_blocks, 1)
+        self._num_host_blocks = require_int("KVStorage.num_host_blocks", num_host_blocks, 0)
         dtype = np.dtype(model.dtype)
         self._gpu_pool = _zeroed(cuda.device_array(self._shape(self._num_gpu_blocks), dtype))
         host_shape = self._shape(self._num_host_blocks)

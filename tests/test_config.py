@@ -38,13 +38,13 @@ def test_blocks_for_bytes_matches_the_vllm_paper_budget():
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
-        (dict(block_size=0), "CacheConfig.block_size must be a positive integer, got 0"),
-        (dict(num_gpu_blocks=-3), "CacheConfig.num_gpu_blocks must be a positive integer, got -3"),
-        (dict(num_host_blocks=1.5), "CacheConfig.num_host_blocks must be a non-negative"),
+        (dict(block_size=0), "CacheConfig.block_size must be an integer >= 1, got 0"),
+        (dict(num_gpu_blocks=-3), "CacheConfig.num_gpu_blocks must be an integer >= 1, got -3"),
+        (dict(num_host_blocks=1.5), "CacheConfig.num_host_blocks must be an integer >= 0, got 1.5"),
         (dict(watermark_high=1.5), "CacheConfig.watermark_high must be in \\[0, 1\\], got 1.5"),
         (dict(watermark_low=0.95, watermark_high=0.9), "watermark_low must not exceed"),
         (dict(enable_prefix_caching="yes"), "enable_prefix_caching must be a bool"),
-        (dict(block_size=True), "block_size must be a positive integer, got True"),
+        (dict(block_size=True), "block_size must be an integer >= 1, got True"),
     ],
 )
 def test_cache_config_names_the_field_and_value(kwargs, message):
@@ -55,7 +55,7 @@ def test_cache_config_names_the_field_and_value(kwargs, message):
 def test_model_spec_validation():
     with pytest.raises(ValueError, match="ModelSpec.dtype must be one of"):
         ModelSpec("m", 1, 1, 8, dtype="bfloat16")
-    with pytest.raises(ValueError, match="ModelSpec.head_dim must be a positive integer, got 0"):
+    with pytest.raises(ValueError, match="ModelSpec.head_dim must be an integer >= 1, got 0"):
         ModelSpec("m", 1, 1, 0)
     with pytest.raises(ValueError, match="multiple of num_kv_heads=2"):
         ModelSpec("m", 1, 2, 8, num_q_heads=3)

@@ -17,9 +17,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-
-def _is_int(value: object) -> bool:
-    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+from paged_kv.checks import is_int
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,7 +64,7 @@ class Request:
             and self.key_block_size is None
         ):
             return
-        if not _is_int(self.request_id) or self.request_id < 0:
+        if not is_int(self.request_id) or self.request_id < 0:
             raise ValueError(
                 f"Request.request_id must be a non-negative integer, got {self.request_id!r}"
             )
@@ -84,7 +82,7 @@ class Request:
         object.__setattr__(self, "arrival_time", float(time))
         for name in ("prompt_len", "output_len"):
             value = getattr(self, name)
-            if not _is_int(value) or value < 1:
+            if not is_int(value) or value < 1:
                 raise ValueError(f"Request.{name} must be an integer >= 1, got {value!r}")
             object.__setattr__(self, name, int(value))
         self._check_block_keys()
@@ -98,7 +96,7 @@ class Request:
                     f"got {size!r}"
                 )
             return
-        if not _is_int(size) or size < 1:
+        if not is_int(size) or size < 1:
             raise ValueError(
                 f"Request.key_block_size must be a positive integer when block_keys is "
                 f"given, got {size!r}"
@@ -109,7 +107,7 @@ class Request:
                 f"Request.block_keys must be a sequence of integers or None, got {keys!r}"
             )
         if not all(type(k) is int for k in keys):  # fast path: JSON gives plain ints
-            bad = [k for k in keys if not _is_int(k)]
+            bad = [k for k in keys if not is_int(k)]
             if bad:
                 raise ValueError(
                     f"Request.block_keys must hold integers, got {bad[0]!r} "
@@ -231,7 +229,7 @@ class Workload:
 
     def head(self, n: int) -> Workload:
         """The first `n` requests (all of them when `n` >= len); metadata records ``head``."""
-        if not _is_int(n) or n < 0:
+        if not is_int(n) or n < 0:
             raise ValueError(f"Workload.head: n must be a non-negative integer, got {n!r}")
         return Workload(self.name, self.requests[:n], {**self.metadata, "head": int(n)})
 
@@ -242,7 +240,7 @@ class Workload:
         records ``max_len`` (the tightest applied so far) and ``num_dropped_max_len``
         (requests dropped by all such filters together).
         """
-        if not _is_int(max_len) or max_len < 2:
+        if not is_int(max_len) or max_len < 2:
             raise ValueError(
                 f"Workload.filter_max_len: max_len must be an integer >= 2, got {max_len!r}"
             )

@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from paged_kv.checks import require_int
 from paged_kv.sim.request import Request, Workload
 from paged_kv.sim.workloads import arrival_times
 
@@ -125,9 +126,7 @@ def _read_bytes(filename: str) -> bytes:
 def _check_limit(limit: object) -> int | None:
     if limit is None:
         return None
-    if isinstance(limit, bool) or not isinstance(limit, (int, np.integer)) or limit < 0:
-        raise ValueError(f"limit must be a non-negative integer or None, got {limit!r}")
-    return int(limit)
+    return require_int("limit", limit)
 
 
 def _metadata(info: TraceInfo, limit: int | None, **extra: Any) -> dict[str, Any]:

@@ -45,6 +45,7 @@ from types import MappingProxyType
 
 import numpy as np
 
+from paged_kv.checks import is_int, require_int
 from paged_kv.sim import published
 from paged_kv.sim.request import Workload
 
@@ -57,32 +58,16 @@ ARRIVAL_PROCESSES = ("poisson", "gamma")
 _SQRT2 = math.sqrt(2.0)
 
 
-def _is_int(value: object) -> bool:
-    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
-
-
 def _is_number(value: object) -> bool:
     return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(
         value, bool
     )
 
 
-def _check_count(name: str, value: object) -> int:
-    if not _is_int(value) or value < 0:
-        raise ValueError(f"{name} must be a non-negative integer, got {value!r}")
-    return int(value)
-
-
-def _check_seed(seed: object) -> int:
-    if not _is_int(seed) or seed < 0:
-        raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
-    return int(seed)
-
-
 def _check_max_len(max_len: object) -> int | None:
     if max_len is None:
         return None
-    if not _is_int(max_len) or max_len < 2:
+    if not is_int(max_len) or max_len < 2:
         raise ValueError(f"max_len must be an integer >= 2 or None, got {max_len!r}")
     return int(max_len)
 
@@ -178,7 +163,7 @@ class LengthModel:
         self, n: int, rng: np.random.Generator, *, max_len: int | None = DEFAULT_MAX_LEN
     ) -> tuple[np.ndarray, np.ndarray]:
         """Draw `n` ``(prompt_len, output_len)`` pairs as two int64 arrays."""
-        n = _check_count("n", n)
+        n = require_int("n", n)
         max_len = _check_max_len(max_len)
         mu_p, mu_o = _log_means(self, max_len)
         z_prompt = rng.standard_normal(n)
@@ -281,9 +266,9 @@ def arrival_times(
     coefficient of variation `cv` (``cv=1`` draws exactly the Poisson numbers).
     ``rate=math.inf``: all zeros. Drawn from ``np.random.default_rng(seed)``.
     """
-    n = _check_count("n", n)
+    n = require_int("n", n)
     rate, process, cv = _check_arrivals(rate, process, cv)
-    seed = _check_seed(seed)
+    seed = require_int("seed", seed)
     return np.cumsum(_gaps(n, rate, process, cv, np.random.default_rng(seed)))
 
 
@@ -297,9 +282,9 @@ def _generate(
     cv: float,
     max_len: int | None,
 ) -> Workload:
-    num_requests = _check_count("num_requests", num_requests)
+    num_requests = require_int("num_requests", num_requests)
     rate, process, cv = _check_arrivals(rate, process, cv)
-    seed = _check_seed(seed)
+    seed = require_int("seed", seed)
     max_len = _check_max_len(max_len)
     times = np.cumsum(_gaps(num_requests, rate, process, cv, np.random.default_rng(seed)))
     length_rng = np.random.default_rng(np.random.SeedSequence(seed).spawn(1)[0])
