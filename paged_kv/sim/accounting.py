@@ -65,18 +65,30 @@ class MemoryLedger:
     #: slots the sequences would hold without sharing (sum of per-sequence allocations)
     logical: int = 0
 
-    def add(self, count: int, alloc: int, length: int, step: int, final: int,
-            logical: int) -> None:
-        """Track `count` identical sequences holding `alloc` slots, `length` at `step`."""
-        self.unused_const += count * (alloc - length + step)
-        self.unused_slope += count
-        self.internal += count * max(0, alloc - final)
+    @staticmethod
+    def contribution(count: int, alloc: int, length: int, step: int, final: int,
+                     logical: int) -> tuple[int, int, int, int]:
+        """What `count` identical sequences holding `alloc` slots, `length` tokens at
+        `step` and `final` tokens at the end add to (unused_const, unused_slope,
+        internal, logical)."""
+        return (count * (alloc - length + step), count, count * max(0, alloc - final),
+                logical)
+
+    def add(self, entry: tuple[int, int, int, int]) -> None:
+        """Add a `contribution`."""
+        const, slope, internal, logical = entry
+        self.unused_const += const
+        self.unused_slope += slope
+        self.internal += internal
         self.logical += logical
 
-    def remove(self, count: int, alloc: int, length: int, step: int, final: int,
-               logical: int) -> None:
-        """Undo an `add` with the same arguments."""
-        self.add(-count, alloc, length, step, final, -logical)
+    def remove(self, entry: tuple[int, int, int, int]) -> None:
+        """Take back a `contribution` added earlier."""
+        const, slope, internal, logical = entry
+        self.unused_const -= const
+        self.unused_slope -= slope
+        self.internal -= internal
+        self.logical -= logical
 
     def unused(self, step: int) -> int:
         """Reservation plus internal fragmentation at `step`."""

@@ -241,13 +241,13 @@ class Simulator:
 
     # -- ledger -------------------------------------------------------------------------
     def _track(self, g: _Group) -> None:
-        logical = g.n * g.alloc
-        g.entry = (g.counted, g.alloc, g.sync_len, g.sync_step, g.final_len, logical)
-        self.ledger.add(*g.entry)
+        g.entry = MemoryLedger.contribution(g.counted, g.alloc, g.sync_len, g.sync_step,
+                                            g.final_len, g.n * g.alloc)
+        self.ledger.add(g.entry)
 
     def _untrack(self, g: _Group) -> None:
         if g.entry is not None:
-            self.ledger.remove(*g.entry)
+            self.ledger.remove(g.entry)
             g.entry = None
 
     def _schedule(self, g: _Group) -> None:
@@ -470,7 +470,9 @@ class Simulator:
             prefill, budget_stop = (0, False)
             # no admission right after a preemption (memory is short), unless it emptied
             # the batch; none while swapped-out groups wait to come back
-            if not self.swapped and not (self.preempted_now and self.running):
+            if (self.waiting and not self.swapped and not (self.preempted_now and self.running)
+                    and not (self.waiting[0] is self._refused
+                             and self.released == self._refused_at)):
                 prefill, budget_stop = self._admit_waiting()
             if not self.running:
                 if self.waiting or self.swapped:
