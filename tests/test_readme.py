@@ -17,7 +17,7 @@ def test_the_ten_line_example_runs():
 
 
 def test_the_fragmentation_table_is_what_the_command_prints(capsys, tmp_path):
-    assert main(["fragmentation", "--no-progress", "--out", str(tmp_path / "f.png")]) == 0
+    assert main(["fragmentation", "--no-progress", "--figure", str(tmp_path / "f.png")]) == 0
     out = capsys.readouterr().out
     assert "(mean prompt 592, output 404 tokens)" in out
     assert "average 592 prompt + 404 output tokens" in README.replace("\n", " ")
@@ -31,5 +31,6 @@ def test_the_fragmentation_table_is_what_the_command_prints(capsys, tmp_path):
 def test_the_replay_numbers_are_what_the_command_prints(capsys):
     assert main(["replay", "--capacity", "10000", "--no-progress"]) == 0
     out = capsys.readouterr().out
-    assert "hit rate 0.2192 (tokens)" in out and "0.2192 at 10,000 blocks" in README
+    assert "| mooncake-conversation | lru | 10000 | 0.2192 |" in out
+    assert "0.2192 at 10,000 blocks" in README
     assert "0.3734 unbounded" in README  # tests/test_cli.py checks the unbounded run

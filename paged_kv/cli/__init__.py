@@ -1,0 +1,106 @@
+"""The command line: ``paged-kv <command>`` or ``python -m paged_kv <command>``.
+
+Each subcommand is one module of this package that defines ``NAME``, ``HELP``,
+``register(subparsers)`` and ``run(args) -> int`` (and optionally ``check(args)``,
+which refuses combinations of flags before any work). Modules are found by name, so a
+new subcommand is a new file. The shared rules (one-line errors naming the flag with
+exit status 2, output paths checked up front, a table on stdout and ``--output`` CSV or
+JSON with the settings) live in `paged_kv.cli._common`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import pkgutil
+import sys
+from collections.abc import Sequence
+from types import ModuleType
+
+from paged_kv.cli._common import HelpFormatter, Parser, one_line
+
+__all__ = ["build_parser", "main"]
+
+
+def commands() -> list[ModuleType]:
+    """The subcommand modules, in name order (private modules start with ``_``)."""
+    return [
+        importlib.import_module(f"{__name__}.{info.name}")
+        for info in sorted(pkgutil.iter_modules(__path__), key=lambda i: i.name)
+        if not info.name.startswith("_")
+    ]
+
+
+def build_parser() -> Parser:
+    """The argument parser of every command."""
+    from paged_kv import __version__  # noqa: PLC0415 - the package imports this module
+
+    parser = Parser(
+        prog="paged-kv",
+        description="A research toolkit for paged KV-cache memory management: "
+        "kernels, the cache, trace replay and serving studies.",
+        formatter_class=HelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"paged-kv {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for module in commands():
+        module.register(sub)
+    return parser
+
+
+def add_command(subparsers, module_name: str, name: str, help: str,
+                description: str) -> argparse.ArgumentParser:
+    """Add subcommand `name` (help line, description) whose ``run``/``check`` live in
+    module `module_name`; returns its parser for the module to add options to."""
+    parser = subparsers.add_parser(name, help=help, description=description,
+                                   formatter_class=HelpFormatter)
+    module = sys.modules[module_name]
+    parser.set_defaults(run=module.run, check=getattr(module, "check", None))
+    return parser
+
+
+def _quiet_broken_pipe() -> None:
+    """stdout's reader went away (``| head``): drop further output and end quietly."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):  # no real file descriptor (captured in tests)
+        pass
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run a command; returns its exit status.
+
+    Bad arguments end with one line on stderr and status 2 (returned, not raised, so
+    callers and tests see a status either way); Ctrl-C ends quietly with status 130; a
+    closed pipe on stdout ends quietly.
+    """
+    try:
+        return _run(argv)
+    except KeyboardInterrupt:
+        sys.stderr.write("\npaged-kv: interrupted\n")
+        return 130
+    except BrokenPipeError:
+        _quiet_broken_pipe()
+        return 0
+
+
+def _run(argv: Sequence[str] | None) -> int:
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as done:  # --help, --version, or a bad flag (already reported)
+        return done.code if isinstance(done.code, int) else 2
+    try:
+        if args.check is not None:
+            args.check(args)
+        result = args.run(args)
+        sys.stdout.flush()  # a closed pipe shows here, not at interpreter exit
+        return result
+    except ValueError as err:  # a UsageError, or the library refused a value
+        sys.stderr.write(f"paged-kv {args.command}: error: {one_line(err)}\n")
+        return 2
+
+if __name__ == "__main__":
+    sys.exit(main())

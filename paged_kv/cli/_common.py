@@ -1,0 +1,329 @@
+"""What every ``paged-kv`` subcommand shares: argument types, output, one style of errors.
+
+The rules every subcommand follows:
+
+* **Bad values are refused before any work**, in one line that names the flag, with
+  exit status 2. Argument types here raise `argparse.ArgumentTypeError`, which argparse
+  turns into ``paged-kv <command>: error: argument --flag: <why>`` (see `Parser`).
+  A check that needs several flags at once raises `UsageError` from the command's
+  ``check(args)`` hook, which also runs before any work.
+* **Output paths are checked up front**: the folder must exist and be writable, the
+  suffix must be one the command writes; nothing creates folders.
+* **One output style**: a table on stdout (`emit`), and with ``--output FILE.csv`` or
+  ``FILE.json`` the same rows written with the settings that produced them and the
+  package version (`write_results`).
+* A run longer than a few seconds shows a progress bar (``tqdm.auto``) unless
+  ``--no-progress`` is given.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+#: suffixes ``--output`` accepts, and the format each selects
+RESULT_FORMATS = {".csv": "csv", ".json": "json"}
+#: suffixes ``--figure`` accepts (anything matplotlib writes without extra packages)
+FIGURE_SUFFIXES = (".png", ".pdf", ".svg")
+
+
+class UsageError(ValueError):
+    """A combination of arguments that cannot work; reported like a bad flag (exit 2)."""
+
+
+class Parser(argparse.ArgumentParser):
+    """An argument parser whose errors are one line on stderr and exit status 2.
+
+    argparse prints the usage block before the message; a researcher scanning a batch
+    log wants the one line that says what was wrong, and ``--help`` for the rest.
+    """
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        """Print ``<prog>: error: <message>`` (one line) and exit with status 2."""
+        self.exit(2, f"{self.prog}: error: {one_line(message)}\n")
+
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Help that shows each option's default (when it has one worth showing) and keeps
+    the description's line breaks."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        default = action.default
+        if (default is None or default is False or default == argparse.SUPPRESS
+                or action.option_strings == [] or "%(default)" in text):
+            return text
+        shown = ", ".join(map(str, default)) if isinstance(default, (list, tuple)) else default
+        return f"{text} (default: {shown})".strip()
+
+
+def one_line(message: object) -> str:
+    """`message` squeezed onto one line (a multi-line exception text stays readable)."""
+    return " ".join(str(message).split())
+
+
+# -- argument types -----------------------------------------------------------------------
+# Each returns the parsed value or raises ArgumentTypeError with a reason that reads well
+# after "argument --flag: ". The function's __name__ is what argparse prints for a value
+# it cannot convert, so each is named for what it expects.
+
+
+def _int(text: str) -> int:
+    try:
+        return int(text, 10)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+
+
+def int_at_least(minimum: int, maximum: int | None = None) -> Callable[[str], int]:
+    """A type accepting whole numbers in ``[minimum, maximum]`` (``1e4`` is refused)."""
+
+    def parse(text: str) -> int:
+        value = _int(text)
+        if value < minimum or (maximum is not None and value > maximum):
+            bound = f">= {minimum}" if maximum is None else f"in [{minimum}, {maximum}]"
+            raise argparse.ArgumentTypeError(f"must be a whole number {bound}, got {text!r}")
+        return value
+
+    parse.__name__ = "integer"
+    return parse
+
+
+#: a whole number >= 1 (counts, sizes)
+positive_int = int_at_least(1)
+#: a whole number >= 0
+nonnegative_int = int_at_least(0)
+#: a seed for NumPy's generators: 0 .. 2**32 - 1
+seed = int_at_least(0, 2**32 - 1)
+
+
+def number_in(
+    low: float, high: float | None = None, *, low_open: bool = False, high_open: bool = False
+) -> Callable[[str], float]:
+    """A type accepting finite numbers in the interval from `low` to `high`."""
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+        below = value <= low if low_open else value < low
+        above = high is not None and (value >= high if high_open else value > high)
+        if not math.isfinite(value) or below or above:
+            left = "(" if low_open else "["
+            right = "inf)" if high is None else (f"{high})" if high_open else f"{high}]")
+            raise argparse.ArgumentTypeError(
+                f"must be a number in {left}{low}, {right}, got {text!r}"
+            )
+        return value
+
+    parse.__name__ = "number"
+    return parse
+
+
+#: a number > 0 (rates, sizes in GiB)
+positive_number = number_in(0.0, low_open=True)
+#: a fraction in [0, 1) (warm-up shares)
+fraction = number_in(0.0, 1.0, high_open=True)
+
+
+def choice_list(choices: Iterable[str]) -> Callable[[str], list[str]]:
+    """A type accepting a comma-separated list of distinct names from `choices`."""
+    valid = list(choices)
+
+    def parse(text: str) -> list[str]:
+        names = [name.strip() for name in text.split(",") if name.strip()]
+        if not names:
+            raise argparse.ArgumentTypeError("expected at least one name")
+        for name in names:
+            if name not in valid:
+                raise argparse.ArgumentTypeError(
+                    f"unknown name {name!r}; valid names: {', '.join(valid)}"
+                )
+        _no_repeats(names)
+        return names
+
+    parse.__name__ = "names"
+    return parse
+
+
+def int_list(minimum: int = 1, maximum: int | None = None) -> Callable[[str], list[int]]:
+    """A type accepting a comma-separated list of distinct whole numbers in range."""
+    item = int_at_least(minimum, maximum)
+
+    def parse(text: str) -> list[int]:
+        parts = [part.strip() for part in text.split(",") if part.strip()]
+        if not parts:
+            raise argparse.ArgumentTypeError("expected at least one whole number")
+        values = [item(part) for part in parts]
+        _no_repeats(values)
+        return values
+
+    parse.__name__ = "integers"
+    return parse
+
+
+def _no_repeats(values: Sequence[object]) -> None:
+    seen = set()
+    for value in values:
+        if value in seen:
+            raise argparse.ArgumentTypeError(f"{value!r} is listed twice")
+        seen.add(value)
+
+
+def distinct(values: Sequence[object], flag: str) -> None:
+    """Raise `UsageError` if a list given with ``nargs`` repeats a value."""
+    try:
+        _no_repeats(values)
+    except argparse.ArgumentTypeError as err:
+        raise UsageError(f"argument {flag}: {err}") from None
+
+
+def _writable_file(text: str, suffixes: Mapping[str, str] | Sequence[str], what: str) -> Path:
+    if not text.strip():
+        raise argparse.ArgumentTypeError(f"expected a {what} file name, got an empty string")
+    path = Path(text).expanduser()
+    suffix = path.suffix.lower()
+    if suffix not in suffixes:
+        raise argparse.ArgumentTypeError(
+            f"{what} file must end in {', '.join(suffixes)}, got {text!r}"
+        )
+    if path.is_dir():
+        raise argparse.ArgumentTypeError(f"{text!r} is a folder, not a {what} file")
+    folder = path.parent
+    if not folder.is_dir():
+        raise argparse.ArgumentTypeError(f"folder {str(folder)!r} does not exist (create it first)")
+    if not os.access(folder, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
+        raise argparse.ArgumentTypeError(f"cannot write {text!r} (permission denied)")
+    return path
+
+
+def results_file(text: str) -> Path:
+    """A type for ``--output``: a writable ``.csv`` or ``.json`` path in an existing folder."""
+    return _writable_file(text, RESULT_FORMATS, "results")
+
+
+def figure_file(text: str) -> Path:
+    """A type for ``--figure``: a writable ``.png``/``.pdf``/``.svg`` path in an existing folder."""
+    return _writable_file(text, FIGURE_SUFFIXES, "figure")
+
+
+# -- options most subcommands share -------------------------------------------------------
+
+
+def add_output_options(parser: argparse.ArgumentParser, *, figure: str | None = None) -> None:
+    """Add ``--output`` (results with settings), ``--figure`` if the command draws one
+    (`figure` is its default path, or "" for none by default), and ``--no-progress``."""
+    parser.add_argument(
+        "--output", type=results_file, default=None, metavar="FILE.csv|FILE.json",
+        help="also write the results, with the settings and package version, to this file",
+    )
+    if figure is not None:
+        parser.add_argument(
+            "--figure", type=figure_file, default=Path(figure) if figure else None,
+            metavar="FILE.png",
+            help="write the figure here (.png, .pdf or .svg; the folder must exist)",
+        )
+    parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+
+
+# -- output ---------------------------------------------------------------------------------
+
+
+def format_table(frame: pd.DataFrame, columns: Mapping[str, str] | None = None,
+                 floatfmt: str = "{:.1f}") -> str:
+    """A Markdown table of `frame`'s `columns` (name -> header; default: all, as named).
+
+    Floats use `floatfmt` unless the column is listed with its own format as
+    ``"header|{:.4f}"``; missing values print as ``-``.
+    """
+    columns = dict(columns) if columns is not None else {c: c for c in frame.columns}
+    headers, formats = [], []
+    for header in columns.values():
+        title, _, fmt = header.partition("|")
+        headers.append(title)
+        formats.append(fmt or floatfmt)
+    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    for row in frame[list(columns)].itertuples(index=False):
+        cells = []
+        for value, fmt in zip(row, formats):
+            if value is None or (isinstance(value, float) and math.isnan(value)):
+                cells.append("-")
+            elif isinstance(value, float):
+                cells.append(fmt.format(value))
+            else:
+                cells.append(str(value))
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def settings_of(args: argparse.Namespace, **extra: Any) -> dict[str, Any]:
+    """The run's settings: every option given on the command line (paths as text), plus
+    `extra` (derived values such as a trace checksum), JSON-ready."""
+    skip = {"run", "check", "output", "no_progress", "command"}
+    settings = {k: _plain(v) for k, v in vars(args).items() if k not in skip}
+    settings.update({k: _plain(v) for k, v in extra.items()})
+    return settings
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if hasattr(value, "item") and callable(value.item):  # NumPy scalars
+        return value.item()
+    return value
+
+
+def write_results(frame: pd.DataFrame, path: Path, *, command: str,
+                  settings: Mapping[str, Any]) -> Path:
+    """Write `frame` to `path` with the settings and the package version beside it.
+
+    * ``.json``: ``{"paged_kv_version", "command", "settings", "results": [rows]}``;
+    * ``.csv``: leading ``# key: value`` comment lines (version, command, one per
+      setting as JSON), then the rows; ``pandas.read_csv(path, comment="#")`` reads
+      the rows back.
+    """
+    from paged_kv import __version__  # noqa: PLC0415 - the package imports this module
+
+    fmt = RESULT_FORMATS[path.suffix.lower()]
+    if fmt == "json":
+        document = {
+            "paged_kv_version": __version__,
+            "command": command,
+            "settings": dict(settings),
+            "results": json.loads(frame.to_json(orient="records")),
+        }
+        path.write_text(json.dumps(document, indent=2) + "\n")
+    else:
+        header = [f"# paged_kv_version: {__version__}", f"# command: {command}"]
+        header += [f"# {key}: {json.dumps(value)}" for key, value in settings.items()]
+        path.write_text("\n".join(header) + "\n" + frame.to_csv(index=False))
+    return path
+
+
+def emit(frame: pd.DataFrame, args: argparse.Namespace, *,
+         columns: Mapping[str, str] | None = None, floatfmt: str = "{:.1f}",
+         **extra_settings: Any) -> None:
+    """Print `frame` as a table and, with ``--output``, write it with the settings."""
+    print(format_table(frame, columns, floatfmt))
+    output = getattr(args, "output", None)
+    if output is not None:
+        write_results(frame, output, command=args.command,
+                      settings=settings_of(args, **extra_settings))
+        print(f"wrote {output}")
+
+
+def progress_enabled(args: argparse.Namespace) -> bool:
+    """Whether to draw progress bars: not with ``--no-progress``, and only on a terminal
+    or in a notebook (tqdm.auto decides the look)."""
+    return not getattr(args, "no_progress", False) and sys.stderr.isatty()

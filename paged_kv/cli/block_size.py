@@ -1,0 +1,66 @@
+"""``paged-kv block-size``: paged waste against block size."""
+
+from __future__ import annotations
+
+import argparse
+
+from paged_kv.cli import add_command
+from paged_kv.cli._common import (
+    add_output_options,
+    distinct,
+    emit,
+    int_at_least,
+    positive_int,
+    positive_number,
+    progress_enabled,
+    seed,
+)
+
+NAME = "block-size"
+HELP = "paged waste against block size"
+DESCRIPTION = """\
+Serve synthetic workloads on the paged cache at several block sizes and report the
+share of KV memory in use that does not hold token states (reservation and internal
+fragmentation of partly filled last blocks)."""
+WORKLOADS = ("sharegpt-like", "alpaca-like")
+
+
+def register(subparsers) -> None:
+    """Add ``block-size`` and its options."""
+    parser = add_command(subparsers, __name__, NAME, HELP, DESCRIPTION)
+    parser.add_argument("--block-sizes", type=int_at_least(1, 4096), nargs="+",
+                        default=[1, 2, 4, 8, 16, 32, 64, 128, 256], metavar="N",
+                        help="block sizes to run, in tokens")
+    parser.add_argument("--workloads", nargs="+", choices=WORKLOADS, default=list(WORKLOADS),
+                        help="synthetic length models to serve")
+    parser.add_argument("--model", default="opt-13b", help="model preset")
+    parser.add_argument("--rate", type=positive_number, default=20.0,
+                        help="arrivals per second")
+    parser.add_argument("--num-requests", type=positive_int, default=1000,
+                        help="requests per run")
+    parser.add_argument("--seed", type=seed, default=0, help="seed of lengths and arrivals")
+    add_output_options(parser, figure="figures/block_size.png")
+
+
+def check(args: argparse.Namespace) -> None:
+    """Refuse repeated block sizes or workloads before any run."""
+    distinct(args.block_sizes, "--block-sizes")
+    distinct(args.workloads, "--workloads")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run the sweep, print the table, write the figure."""
+    from paged_kv.plots import plot_block_size, save  # noqa: PLC0415
+    from paged_kv.sim.studies import block_size_sweep  # noqa: PLC0415
+
+    frame = block_size_sweep(
+        block_sizes=tuple(args.block_sizes), workloads=tuple(args.workloads),
+        model=args.model, num_requests=args.num_requests, rate=args.rate, seed=args.seed,
+        progress=progress_enabled(args),
+    )
+    print("Paged waste (% of memory in use that is not token states):\n")
+    emit(frame, args, columns={"workload": "workload", "block_size": "block size",
+                               "waste_pct": "waste %|{:.2f}"})
+    if args.figure is not None:
+        print(f"wrote {save(plot_block_size(frame), args.figure)}")
+    return 0

@@ -1,0 +1,40 @@
+"""Figures of the studies (matplotlib), shared by the command line and the notebooks.
+
+One module per figure; each function draws on a given or new Axes and returns the
+Figure, and `save` writes it. Colours are fixed per memory category (`COLORS`) so
+figures compare at a glance.
+
+==================  =================================================================
+function            draws
+==================  =================================================================
+plot_fragmentation  vLLM Fig. 2: where the KV memory goes, per scheme
+plot_block_size     paged waste against block size
+plot_timeline       memory categories over one run
+plot_hit_rates      prefix-cache hit rate against capacity, per eviction policy
+plot_sharing        memory saved by sharing (parallel sampling, beam search)
+plot_block_map      the physical block pool over time
+==================  =================================================================
+"""
+
+from paged_kv.plots._style import COLORS, LABELS, figures_dir, new_axes, save
+from paged_kv.plots.block_map import BLOCK_MAP_COLORS, plot_block_map
+from paged_kv.plots.block_size import plot_block_size
+from paged_kv.plots.fragmentation import plot_fragmentation
+from paged_kv.plots.hit_rates import plot_hit_rates
+from paged_kv.plots.sharing import plot_sharing
+from paged_kv.plots.timeline import plot_timeline
+
+__all__ = [
+    "BLOCK_MAP_COLORS",
+    "COLORS",
+    "LABELS",
+    "figures_dir",
+    "new_axes",
+    "plot_block_map",
+    "plot_block_size",
+    "plot_fragmentation",
+    "plot_hit_rates",
+    "plot_sharing",
+    "plot_timeline",
+    "save",
+]

@@ -1,0 +1,35 @@
+"""Memory saved by block sharing (parallel sampling, beam search) beside the paper's ranges."""
+
+from __future__ import annotations
+
+import matplotlib.pyplot as plt
+import pandas as pd
+
+from paged_kv.plots._style import new_axes
+from paged_kv.sim.published import VLLM_FIG15_MEMORY_SAVED_PCT
+
+
+def plot_sharing(frame: pd.DataFrame, ax=None) -> plt.Figure:
+    """Memory saved by sharing per workload, decoding and width; the paper's ranges shaded."""
+    fig, ax = new_axes(ax, size=(8, 4))
+    groups = list(frame.groupby(["workload", "sampling"], sort=False))
+    widths = sorted(frame["n"].unique())
+    bar = 0.8 / len(widths)
+    for gi, ((workload, sampling), rows) in enumerate(groups):
+        for wi, n in enumerate(widths):
+            value = rows.loc[rows["n"] == n, "saved_pct"]
+            if not value.empty:
+                ax.bar(gi - 0.4 + (wi + 0.5) * bar, value.iloc[0], width=bar,
+                       color=plt.cm.viridis(wi / max(1, len(widths) - 1)),
+                       label=f"n = {n}" if gi == 0 else None)
+        key = (workload.replace("-like", ""),
+               "parallel_sampling" if sampling == "parallel" else "beam_search")
+        if key in VLLM_FIG15_MEMORY_SAVED_PCT:
+            low, high = VLLM_FIG15_MEMORY_SAVED_PCT[key]
+            ax.fill_between([gi - 0.45, gi + 0.45], low, high, color="black", alpha=0.12,
+                            label="vLLM paper Fig. 15 range" if gi == 0 else None)
+    ax.set_xticks(range(len(groups)), [f"{w}\n{s}" for (w, s), _ in groups])
+    ax.set_ylabel("memory saved by sharing (%)")
+    ax.set_title("Block sharing: parallel sampling and beam search")
+    ax.legend(fontsize=8)
+    return fig

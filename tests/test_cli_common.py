@@ -1,0 +1,146 @@
+"""The command line's shared rules: one-line errors naming the flag, exit status 2, output
+paths checked before any work, results written with their settings."""
+
+import json
+import subprocess
+import sys
+
+import pandas as pd
+import pytest
+
+from paged_kv import __version__
+from paged_kv.cli import build_parser, main
+from paged_kv.cli._common import format_table, write_results
+
+
+def one_error_line(capsys) -> str:
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1, err
+    return lines[0]
+
+
+def test_version(capsys):
+    assert main(["--version"]) == 0
+    assert capsys.readouterr().out.strip() == f"paged-kv {__version__}"
+
+
+@pytest.mark.parametrize(
+    "argv, flag",
+    [
+        (["fragmentation", "--block-size", "0"], "--block-size"),
+        (["fragmentation", "--num-requests", "0"], "--num-requests"),
+        (["fragmentation", "--kv-gib", "-3"], "--kv-gib"),
+        (["fragmentation", "--seed", "-1"], "--seed"),
+        (["fragmentation", "--rate", "nan"], "--rate"),
+        (["block-size", "--block-sizes", "0", "16"], "--block-sizes"),
+        (["block-size", "--block-sizes", "16", "16"], "--block-sizes"),
+        (["replay", "--capacity", "1e4"], "--capacity"),
+        (["replay", "--warmup", "1"], "--warmup"),
+        (["replay", "--output", "results.txt"], "--output"),
+        (["replay", "--output", ""], "--output"),
+        (["replay", "--output", "/missing/dir/r.csv"], "--output"),
+        (["fragmentation", "--figure", "/missing/dir/x.png"], "--figure"),
+        (["fragmentation", "--figure", ""], "--figure"),
+    ],
+)
+def test_a_bad_value_is_one_line_naming_the_flag_with_status_2(argv, flag, capsys, tmp_path):
+    assert main(argv + ["--no-progress"]) == 2
+    line = one_error_line(capsys)
+    assert line.startswith(f"paged-kv {argv[0]}: error:") and flag in line
+    assert not (tmp_path / "x.png").exists()
+
+
+def test_no_folder_is_created_for_an_output(tmp_path, capsys):
+    target = tmp_path / "new" / "r.json"
+    assert main(["replay", "--output", str(target), "--no-progress"]) == 2
+    assert not target.parent.exists()
+    assert "does not exist" in one_error_line(capsys)
+
+
+def test_every_option_says_its_default_in_help():
+    parser = build_parser()
+    sub = next(a for a in parser._actions if a.dest == "command")
+    for name, command in sub.choices.items():
+        for action in command._actions:
+            if action.option_strings and action.default not in (None, False, "==SUPPRESS=="):
+                assert action.help, f"{name} {action.option_strings} has no help text"
+
+
+def test_results_carry_settings_and_version(tmp_path):
+    frame = pd.DataFrame({"policy": ["lru", "fifo"], "hit_rate": [0.25, 0.125]})
+    settings = {"trace": "t", "capacities": [1, 2]}
+    path = write_results(frame, tmp_path / "r.json", command="sweep", settings=settings)
+    document = json.loads(path.read_text())
+    assert document["paged_kv_version"] == __version__ and document["command"] == "sweep"
+    assert document["settings"] == settings
+    assert document["results"] == [{"policy": "lru", "hit_rate": 0.25},
+                                   {"policy": "fifo", "hit_rate": 0.125}]
+    path = write_results(frame, tmp_path / "r.csv", command="sweep", settings=settings)
+    text = path.read_text()
+    assert f"# paged_kv_version: {__version__}\n" in text and '# capacities: [1, 2]\n' in text
+    pd.testing.assert_frame_equal(pd.read_csv(path, comment="#"), frame)
+
+
+def test_format_table_formats_floats_and_missing_values():
+    frame = pd.DataFrame({"a": ["x", "y"], "b": [1.25, float("nan")], "c": [0.123456, 1.0]})
+    assert format_table(frame, {"a": "A", "b": "B", "c": "C|{:.3f}"}).splitlines() == [
+        "| A | B | C |", "|---|---|---|", "| x | 1.2 | 0.123 |", "| y | - | 1.000 |"]
+
+
+def test_replay_writes_its_results_with_the_settings(tmp_path, capsys):
+    out = tmp_path / "r.csv"
+    assert main(["replay", "--capacity", "unbounded", "--output", str(out),
+                 "--no-progress"]) == 0
+    assert f"wrote {out}" in capsys.readouterr().out
+    rows = pd.read_csv(out, comment="#")
+    assert rows.loc[0, "hit_rate"] == pytest.approx(0.3734, abs=5e-5)
+    assert "# capacity: null" in out.read_text()
+
+
+CLOSED_STDOUT = """
+import os, sys
+read, write = os.pipe()
+os.close(read)             # nobody will read: the next write to stdout is a broken pipe
+os.dup2(write, 1)
+from paged_kv.cli import main
+sys.exit(main({argv!r}))
+"""
+
+
+@pytest.mark.parametrize("argv", [["--help"], ["replay", "--capacity", "unbounded",
+                                               "--no-progress"]])
+def test_a_closed_pipe_ends_quietly(argv):
+    done = subprocess.run([sys.executable, "-c", CLOSED_STDOUT.format(argv=argv)],
+                          capture_output=True, text=True, timeout=120)
+    assert (done.returncode, done.stderr) == (0, "")
+
+
+class _ClosedPipe:
+    """A stdout whose reader has gone away: every write raises BrokenPipeError."""
+
+    def write(self, text):
+        raise BrokenPipeError(32, "Broken pipe")
+
+    def flush(self):
+        pass
+
+    def fileno(self):
+        raise ValueError("no descriptor")
+
+
+def test_a_broken_pipe_while_printing_is_not_a_traceback(monkeypatch, capsys):
+    monkeypatch.setattr(sys, "stdout", _ClosedPipe())
+    assert main(["replay", "--capacity", "unbounded", "--no-progress"]) == 0
+    assert capsys.readouterr().err == ""
+
+
+def test_ctrl_c_ends_quietly_with_status_130(monkeypatch, capsys):
+    import paged_kv.sim.replay
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(paged_kv.sim.replay, "replay", interrupted)
+    assert main(["replay", "--no-progress"]) == 130
+    assert one_error_line(capsys) == "paged-kv: interrupted"
