@@ -13,7 +13,8 @@ in-flight read per stream; `BlockFences.wait` makes a stream wait for:
   swap/copy *source* rule above).
 
 `BlockFences.record` then records one event on the stream after the work and notes it
-on the blocks touched. Work on the same stream is never fenced (the stream orders it).
+on the blocks touched. Work on the same stream is never fenced (the stream orders it),
+and a stream waits for a given event once.
 
 While every operation uses one stream, nothing is recorded at all: the first operation
 on a second stream records one event on the first stream and treats it as the last
@@ -51,6 +52,11 @@ def _stream_key(stream: Any) -> int:
         return id(stream)
 
 
+def _nothing(blocks: Any) -> bool:
+    """True for an empty block set (None is every block, not none)."""
+    return blocks is not None and len(blocks) == 0
+
+
 def _stream_arg(stream: Any) -> Any:
     return 0 if stream is None else stream
 
@@ -70,6 +76,7 @@ class BlockFences:
         self._writer = np.full(self._num_blocks, NONE, dtype=np.int64)
         self._readers = np.full((0, self._num_blocks), NONE, dtype=np.int64)
         self._reader_row: dict[int, int] = {}
+        self._waited: dict[int, set[int]] = {}  # stream key -> events it already waits for
         self._compact_at = _COMPACT_AT
 
     @property
@@ -82,6 +89,8 @@ class BlockFences:
 
         Returns the events waited on (each once), for tests and logs.
         """
+        if _nothing(reads) and _nothing(writes):
+            return []  # work that does not touch this pool does not involve its fences
         key = _stream_key(stream)
         if self._sole is not None:
             if self._sole[0] == key:
@@ -94,14 +103,14 @@ class BlockFences:
         ids = [self._writer[reads].ravel(), self._writer[writes].ravel()]
         if self._readers.shape[0]:
             ids.append(self._readers[:, writes].ravel())
+        done = self._waited.setdefault(key, set())
         waited = []
         for event_id in np.unique(np.concatenate(ids)).tolist():
-            if event_id == NONE:
-                continue
-            entry = self._events[event_id]
-            if entry is None or entry[0] == key:
-                continue
+            entry = None if event_id == NONE else self._events[event_id]
+            if entry is None or entry[0] == key or event_id in done:
+                continue  # nothing in flight, ordered by the stream, or waited for already
             entry[1].wait(_stream_arg(stream))
+            done.add(event_id)
             waited.append(entry[1])
         return waited
 
@@ -110,6 +119,8 @@ class BlockFences:
 
         Records one event on `stream` (none while only one stream is in use); returns it.
         """
+        if _nothing(reads) and _nothing(writes):
+            return None
         key = _stream_key(stream)
         if self._sole is not None and self._sole[0] == key:
             return None
@@ -126,7 +137,8 @@ class BlockFences:
         self._writer[writes] = event_id
         if self._readers.shape[0]:
             self._readers[:, writes] = NONE  # this write waited for them
-        self._readers[self._row(key), self._index(reads)] = event_id
+        row = self._row(key)  # may grow the table: look it up first
+        self._readers[row, self._index(reads)] = event_id
         if len(self._events) >= self._compact_at:
             self._compact()
         return event
@@ -163,6 +175,8 @@ class BlockFences:
         new_id = np.full(len(self._events) + 1, NONE, dtype=np.int64)  # [-1] maps to NONE
         new_id[live] = np.arange(live.size)
         self._events = [self._events[i] for i in live.tolist()]
+        self._waited = {key: {int(new_id[i]) for i in ids if new_id[i] != NONE}
+                        for key, ids in self._waited.items()}
         self._writer = new_id[self._writer]
         self._readers = new_id[self._readers]
         self._compact_at = max(_COMPACT_AT, 2 * len(self._events))
