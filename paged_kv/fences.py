@@ -40,7 +40,7 @@ NONE = -1
 _COMPACT_AT = 1024
 
 
-def _stream_key(stream: Any) -> int:
+def stream_key(stream: Any) -> int:
     """0 for the default stream (None or 0), else the stream's handle or identity."""
     if stream is None or (isinstance(stream, int) and stream == 0):
         return 0
@@ -57,7 +57,8 @@ def _nothing(blocks: Any) -> bool:
     return blocks is not None and len(blocks) == 0
 
 
-def _stream_arg(stream: Any) -> Any:
+def stream_arg(stream: Any) -> Any:
+    """The stream as numba's launch, copy and event calls take it: 0 for the default."""
     return 0 if stream is None else stream
 
 
@@ -91,7 +92,7 @@ class BlockFences:
         """
         if _nothing(reads) and _nothing(writes):
             return []  # work that does not touch this pool does not involve its fences
-        key = _stream_key(stream)
+        key = stream_key(stream)
         if self._sole is not None:
             if self._sole[0] == key:
                 return []
@@ -109,7 +110,7 @@ class BlockFences:
             entry = None if event_id == NONE else self._events[event_id]
             if entry is None or entry[0] == key or event_id in done:
                 continue  # nothing in flight, ordered by the stream, or waited for already
-            entry[1].wait(_stream_arg(stream))
+            entry[1].wait(stream_arg(stream))
             done.add(event_id)
             waited.append(entry[1])
         return waited
@@ -121,7 +122,7 @@ class BlockFences:
         """
         if _nothing(reads) and _nothing(writes):
             return None
-        key = _stream_key(stream)
+        key = stream_key(stream)
         if self._sole is not None and self._sole[0] == key:
             return None
         if self._sole is None and not self._events:
@@ -130,7 +131,7 @@ class BlockFences:
         if self._sole is not None:
             self._switch_to_tracking()
         event = self._new_event()
-        event.record(_stream_arg(stream))
+        event.record(stream_arg(stream))
         event_id = len(self._events)
         self._events.append((key, event))
         writes = self._index(writes)
@@ -164,7 +165,7 @@ class BlockFences:
         key, stream = self._sole
         self._sole = None
         event = self._new_event()
-        event.record(_stream_arg(stream))
+        event.record(stream_arg(stream))
         self._events.append((key, event))
         self._writer[:] = len(self._events) - 1
 

@@ -35,6 +35,7 @@ from typing import Any
 import numpy as np
 
 from paged_kv import device
+from paged_kv.fences import stream_arg, stream_key
 
 #: Most threads per CUDA block: eight warps, enough to hide memory latency on every
 #: architecture since Volta, while staying under the 1024 limit.
@@ -42,23 +43,6 @@ THREADS_PER_BLOCK = 256
 
 #: Smallest buffer allocated, in bytes (one allocation covers most small calls).
 _MIN_BUFFER_BYTES = 4096
-
-
-def stream_arg(stream: Any) -> Any:
-    """The stream as numba's launch and copy calls take it: 0 for the default stream."""
-    return 0 if stream is None else stream
-
-
-def stream_key(stream: Any) -> int:
-    """A hashable identity for `stream`: 0 for the default stream, else its handle."""
-    if stream is None or (isinstance(stream, int) and stream == 0):
-        return 0
-    handle = getattr(stream, "handle", None)
-    value = getattr(handle, "value", handle)  # ctypes c_void_p, or a CUstream
-    try:
-        return int(value) if value is not None else id(stream)
-    except TypeError:
-        return id(stream)
 
 
 def launch(kernel: Any, num_blocks: int, threads: int, stream: Any, *args: Any) -> None:

@@ -38,9 +38,13 @@ def _vectorizable(array: types.Type, index: types.Type) -> bool:
     )
 
 
-def _element_pointer(context, builder, array_type, array, index):
-    ary = context.make_array(array_type)(context, builder, value=array)
-    return cgutils.get_item_pointer(context, builder, array_type, ary, [index])
+def _operands(context, builder, sig, args):
+    """``(element pointer, LLVM element type, bit width, register constraint)``."""
+    array_type = sig.args[0]
+    ary = context.make_array(array_type)(context, builder, value=args[0])
+    ptr = cgutils.get_item_pointer(context, builder, array_type, ary, [args[1]])
+    bits = array_type.dtype.bitwidth
+    return ptr, context.get_value_type(array_type.dtype), bits, _CONSTRAINT[bits]
 
 
 @intrinsic
@@ -52,11 +56,7 @@ def load2(typingctx, array, index):
     signature = types.UniTuple(elem, 2)(array, index)
 
     def codegen(context, builder, sig, args):
-        array_type = sig.args[0]
-        ptr = _element_pointer(context, builder, array_type, args[0], args[1])
-        value_type = context.get_value_type(elem)
-        bits = elem.bitwidth
-        c = _CONSTRAINT[bits]
+        ptr, value_type, bits, c = _operands(context, builder, sig, args)
         fn_type = ir.FunctionType(ir.LiteralStructType([value_type, value_type]),
                                   [value_type.as_pointer()])
         asm = ir.InlineAsm(fn_type, f"ld.global.v2.u{bits} {{$0, $1}}, [$2];",
@@ -75,15 +75,10 @@ def store2(typingctx, array, index, pair):
         return None
     if not (isinstance(pair, types.UniTuple) and pair.count == 2 and pair.dtype == array.dtype):
         return None
-    elem = array.dtype
     signature = types.void(array, index, pair)
 
     def codegen(context, builder, sig, args):
-        array_type = sig.args[0]
-        ptr = _element_pointer(context, builder, array_type, args[0], args[1])
-        value_type = context.get_value_type(elem)
-        bits = elem.bitwidth
-        c = _CONSTRAINT[bits]
+        ptr, value_type, bits, c = _operands(context, builder, sig, args)
         fn_type = ir.FunctionType(ir.VoidType(),
                                   [value_type.as_pointer(), value_type, value_type])
         asm = ir.InlineAsm(fn_type, f"st.global.v2.u{bits} [$0], {{$1, $2}};",
