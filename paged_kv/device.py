@@ -124,6 +124,19 @@ def jit(*args: Any, **kwargs: Any) -> Any:
     return cuda_api().jit(*args, **kwargs)
 
 
+def jitable(fn: Any) -> Any:
+    """A helper that kernels call: a plain function the simulator runs as it is, and that
+    ``register_jitable`` compiles into each kernel calling it on a GPU. (A ``device=True``
+    dispatcher would do too, but numba-cuda compiles one for "the current device", so
+    the compile check needs its stand-in there; a helper must not use ``cuda.*``
+    itself in the simulator: pass it ``threadIdx.x`` and friends.)"""
+    if is_simulator():
+        return fn
+    from numba.cuda.extending import register_jitable  # noqa: PLC0415 - GPU only
+
+    return register_jitable(fn)
+
+
 def new_event() -> Any:
     """A CUDA event without timing (cheaper to record); the simulator's no-op event."""
     api = cuda_api()

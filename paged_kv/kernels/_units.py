@@ -89,17 +89,11 @@ def threads_for(run_units: int, vector: bool, cap: int = 256) -> int:
 
 
 # -- the per-thread copy loop and its vector loads -----------------------------------
-# Plain Python functions: the simulator calls them as they are, and on a GPU
-# `register_jitable` compiles them into each kernel that calls them (a device
-# dispatcher would need a current device just to compile, which the compile check
-# must not). They take the thread's first index and step from the kernel, so they need
-# no ``cuda`` module of their own.
+# Helpers through `paged_kv.device.jitable`: plain functions in the simulator, compiled
+# into each calling kernel on a GPU. They take the thread's first index and step from
+# the kernel, so they need no ``cuda`` module of their own.
 
 if device.is_simulator():
-
-    def jitable(fn):
-        """The simulator runs Python functions as they are."""
-        return fn
 
     def load2(array, i):
         """Units ``i`` and ``i + 1`` (the simulator's twin of the vector load)."""
@@ -111,12 +105,10 @@ if device.is_simulator():
         array[i + 1] = pair[1]
 
 else:
-    from numba.cuda.extending import register_jitable as jitable
-
     from paged_kv.kernels._vector_ptx import load2, store2
 
 
-@jitable
+@device.jitable
 def copy_run(dst, dst_start, src, src_start, num_units, vector, first, step):
     """Copy ``src[src_start:+num_units]`` to ``dst[dst_start:]``; this thread takes units
     ``first, first + step, ...`` (``threadIdx.x`` and ``blockDim.x`` of the caller).
@@ -136,7 +128,7 @@ def copy_run(dst, dst_start, src, src_start, num_units, vector, first, step):
             u += step
 
 
-@jitable
+@device.jitable
 def zero_run(dst, dst_start, num_units, first, step):
     """Zero ``dst[dst_start:+num_units]``; this thread takes ``first, first + step, ...``."""
     u = first
