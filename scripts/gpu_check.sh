@@ -24,7 +24,7 @@
 #
 # Output, all under $OUT (default: a new temporary directory, printed): gpu_check.txt
 # (everything), benchmark.md, big_pool.txt, compile_check.txt, one .md per further
-# benchmark; Python's bytecode cache goes there too.
+# benchmark; Python's bytecode cache, when Python writes one, goes there too.
 # --dry-run: the same steps under the CUDA simulator at tiny sizes (a test in `make test`
 # runs it): it checks that the script works, and measures nothing.
 # Exit status: 0 every step passed; 1 a step failed; 3 pytest missing, the rest passed.
