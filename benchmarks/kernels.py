@@ -1,23 +1,28 @@
-"""Kernel bandwidth on a GPU, next to the driver's own copy of the same bytes.
+"""Copy kernels and swap paths on a GPU, each next to the driver's copy of the same bytes.
 
-For each kernel and size this prints a markdown row with:
+Rows (``--sizes`` MiB of KV per call, default 256 and 1024):
 
-* **kernel GB/s**: KV payload bytes moved / kernel time (1 GB = 1e9 B). The payload is
-  what the operation moves, each byte read once and written once: slot write and
-  gather ``num_tokens * 2 (K, V) * num_kv_heads * head_dim * itemsize``; block copy and
-  swap ``num_pairs * num_layers * 2 * block_size * num_kv_heads * head_dim * itemsize``.
-  The kernel alone is timed: index arrays are uploaded beforehand.
-* **wrapper GB/s**: the same bytes through the public wrapper (`write_slots`, ...),
-  which adds host-side validation and the index uploads.
-* **d2d GB/s**: ``dst.copy_to_device(src)`` between two device arrays of the same byte
-  count (``cuMemcpyDtoD``), and the kernel's ratio to it.
-* **memcpy GB/s** (swap rows only): ``copy_to_host`` / ``copy_to_device`` of the same
-  bytes between the device and pinned host memory (``cuMemcpyDtoH/HtoD``); the swap
-  kernel reads or writes mapped host memory over the same bus, so this is its ceiling.
+* **slot write, gather, block copy**: GB/s of the wrapper with its ids already on the
+  device (``device ids``: the kernel, no validation or upload) and with host ids
+  (``host ids``: validation and the upload into reused buffers included), and the ratio
+  of the former to **d2d**, ``cuMemcpyDtoD`` of the same byte count between two device
+  buffers (goal: at least 0.8).
+* **swap out / swap in**, for both paths (``memcpy``: copy engines, ``kernel``: the
+  mapped-memory kernel) and both block orders (``contiguous``: one run of consecutive
+  ids, one 2-D memcpy; ``scattered``: a random permutation, one memcpy per block),
+  host ids: GB/s and the ratio to **pinned**, ``cuMemcpyDtoH`` / ``cuMemcpyHtoD`` of the
+  same bytes between device memory and page-locked host memory (goal: at least 0.8).
+  Which path should be the default (`paged_kv.kernels.swap`) is what these rows decide.
 
-Timing: CUDA events on the default stream around each call, ``--warmup`` calls first,
-the median of ``--repeats`` calls reported. Block ids are a random permutation (seed
-0), so copies gather from scattered blocks as a real cache does.
+Payload bytes: each byte of KV the operation moves, counted once (slot write and
+gather: ``num_tokens * 2 * num_kv_heads * head_dim * itemsize``; block copy and swap:
+``pairs * num_layers * 2 * block_size * num_kv_heads * head_dim * itemsize``).
+1 GB = 1e9 B. Timing: CUDA events on the default stream around each call, ``--warmup``
+calls first, the median of ``--repeats``. Block ids are a random permutation (seed 0).
+
+``--big-pool`` instead writes and reads back the last block of a pool of more than
+2^31 elements (70,000 blocks: 2.29e9 elements, 4.3 GiB of float16), through every
+wrapper, and checks the bytes.
 
 Under the CUDA simulator nothing can be measured: the script says so and exits 0.
 ``--tiny`` runs the same code at tiny sizes (timings meaningless on the simulator),
@@ -35,20 +40,22 @@ from dataclasses import dataclass
 import numpy as np
 
 from paged_kv import device
-from paged_kv.kernels import copy_blocks, gather_kv, swap_blocks, write_slots
-from paged_kv.kernels._launch import launch
-from paged_kv.kernels.block_copy import block_copy_kernel
-from paged_kv.kernels.gather import gather_kernel
-from paged_kv.kernels.slot_write import slot_write_kernel
-
-from numba import cuda  # isort: skip  (after paged_kv chose GPU or simulator)
+from paged_kv.kernels import (
+    SWAP_METHODS,
+    DeviceBuffers,
+    copy_blocks,
+    gather_kv,
+    swap_blocks,
+    write_slots,
+)
 
 MiB = 1 << 20
+cuda = device.cuda_api()
 
 
 @dataclass(frozen=True)
 class Dims:
-    """Pool dimensions for the benchmark (default: one Llama-3-8B layer group)."""
+    """Pool dimensions for the benchmark (default: Llama-3-8B heads, 4 layers)."""
 
     num_layers: int = 4
     block_size: int = 16
@@ -89,7 +96,7 @@ def median_ms(fn: Callable[[], object], warmup: int, repeats: int) -> float:
 
 
 def gbps(num_bytes: int, ms: float) -> float | None:
-    """GB/s, or None when the time is not measurable (the simulator reports 0)."""
+    """GB/s, or None when the time is not measurable (the simulator reports <= 0)."""
     return num_bytes / (ms * 1e-3) / 1e9 if ms > 0 else None
 
 
@@ -101,6 +108,10 @@ def fmt(x: float | None, digits: int = 1) -> str:
 def ratio(a: float | None, b: float | None) -> str:
     """``a / b`` to two decimals, or "n/a" when either is unknown."""
     return "n/a" if a is None or not b else f"{a / b:.2f}"
+
+
+HEADER = ["operation", "MiB", "device ids GB/s", "host ids GB/s", "baseline",
+          "baseline GB/s", "ratio (goal)"]
 
 
 class Bench:
@@ -123,36 +134,34 @@ class Bench:
         self.scratch_b = cuda.device_array(largest, np.uint8)
         self.pinned = cuda.pinned_array(largest, np.uint8)
         self.block_order = self.rng.permutation(num_blocks)
-        header = ["kernel", "MiB", "kernel ms", "kernel GB/s", "wrapper GB/s", "d2d GB/s",
-                  "kernel/d2d", "memcpy GB/s", "kernel/memcpy"]
-        self.lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        self.buffers = DeviceBuffers()
+        self.lines = ["| " + " | ".join(HEADER) + " |", "|" + "---|" * len(HEADER)]
 
     def time(self, fn: Callable[[], object]) -> float:
         """Median ms of `fn` (see `median_ms`)."""
         return median_ms(fn, self.warmup, self.repeats)
 
-    def row(self, name: str, nbytes: int, kernel_ms: float, wrapper_ms: float,
-            d2d: float | None, memcpy: float | None | str = "-") -> None:
-        """Append one table row (`memcpy` is "-" for rows without a host copy)."""
-        k = gbps(nbytes, kernel_ms)
-        cells = [name, f"{nbytes / MiB:.3g}", fmt(kernel_ms if kernel_ms > 0 else None, 3),
-                 fmt(k), fmt(gbps(nbytes, wrapper_ms)), fmt(d2d), ratio(k, d2d)]
-        if isinstance(memcpy, str):
-            cells += [memcpy, memcpy]
-        else:
-            cells += [fmt(memcpy), ratio(k, memcpy)]
+    def row(self, name: str, nbytes: int, device_ms: float | None, host_ms: float,
+            baseline: str, base_gbps: float | None) -> None:
+        """Append one table row; the ratio is of the fastest measured path."""
+        best = gbps(nbytes, device_ms if device_ms is not None else host_ms)
+        cells = [name, f"{nbytes / MiB:.4g}",
+                 "-" if device_ms is None else fmt(gbps(nbytes, device_ms)),
+                 fmt(gbps(nbytes, host_ms)), baseline, fmt(base_gbps),
+                 f"{ratio(best, base_gbps)} (0.8)"]
         self.lines.append("| " + " | ".join(cells) + " |")
 
     def size(self, size: int) -> None:
-        """All kernels moving about `size` bytes each."""
+        """Every operation moving about `size` bytes."""
         a, b = self.scratch_a[:size], self.scratch_b[:size]
         d2d = gbps(size, self.time(lambda: b.copy_to_device(a)))
         self.slot_write_and_gather(size, d2d)
-        self.copy_and_swap(size, d2d)
+        self.block_copy(size, d2d)
+        self.swaps(size)
 
     def slot_write_and_gather(self, size: int, d2d: float | None) -> None:
         """Whole blocks of layer 0, blocks in random order."""
-        dims, dtype, gpu = self.dims, self.dtype, self.gpu
+        dims, dtype, gpu, buf = self.dims, self.dtype, self.gpu, self.buffers
         num_tokens = max(1, size // dims.token_bytes)
         used = self.block_order[: -(-num_tokens // dims.block_size)]
         slots = (used[:, None] * dims.block_size + np.arange(dims.block_size)).ravel()
@@ -161,10 +170,10 @@ class Bench:
         k = cuda.to_device(self.rng.standard_normal((num_tokens, *heads)).astype(dtype))
         v = cuda.to_device(self.rng.standard_normal((num_tokens, *heads)).astype(dtype))
         slots_d = cuda.to_device(slots)
-        elems = num_tokens * dims.num_kv_heads * dims.head_dim
-        kernel_ms = self.time(lambda: launch(slot_write_kernel, elems, gpu, 0, k, v, slots_d))
-        wrapper_ms = self.time(lambda: write_slots(gpu, 0, k, v, slots))
-        self.row("slot write", num_tokens * dims.token_bytes, kernel_ms, wrapper_ms, d2d)
+        nbytes = num_tokens * dims.token_bytes
+        device_ms = self.time(lambda: write_slots(gpu, 0, k, v, slots_d, buffers=buf))
+        host_ms = self.time(lambda: write_slots(gpu, 0, k, v, slots, buffers=buf))
+        self.row("slot write", nbytes, device_ms, host_ms, "d2d", d2d)
 
         batch = min(64, len(used))
         per_seq = -(-len(used) // batch)
@@ -175,66 +184,109 @@ class Bench:
             tables[s, : len(mine)] = mine
             seq_lens[s] = min(len(mine) * dims.block_size,
                               max(0, num_tokens - s * per_seq * dims.block_size))
-        cu_out = np.concatenate([[0], np.cumsum(seq_lens)]).astype(np.int64)
-        total = int(cu_out[-1])
-        k_out = cuda.device_array((total, *heads), dtype)
-        v_out = cuda.device_array((total, *heads), dtype)
-        args = (gpu, 0, cuda.to_device(tables), cuda.to_device(cu_out),
-                cuda.to_device(np.zeros(batch, np.int64)), k_out, v_out)
-        g_elems = total * dims.num_kv_heads * dims.head_dim
-        kernel_ms = self.time(lambda: launch(gather_kernel, g_elems, *args))
-        wrapper_ms = self.time(lambda: gather_kv(gpu, 0, tables, seq_lens))
-        self.row("gather", total * dims.token_bytes, kernel_ms, wrapper_ms, d2d)
+        tables_d = cuda.to_device(tables)
+        nbytes = int(seq_lens.sum()) * dims.token_bytes
+        device_ms = self.time(lambda: gather_kv(gpu, 0, tables_d, seq_lens, buffers=buf))
+        host_ms = self.time(lambda: gather_kv(gpu, 0, tables, seq_lens, buffers=buf))
+        self.row("gather", nbytes, device_ms, host_ms, "d2d", d2d)
 
-    def copy_and_swap(self, size: int, d2d: float | None) -> None:
-        """Block copy within the GPU pool, then swaps GPU -> host -> GPU; all layers."""
-        dims, gpu, host = self.dims, self.gpu, self.host
+    def block_copy(self, size: int, d2d: float | None) -> None:
+        """Copy-on-write of scattered blocks within the GPU pool; all layers."""
+        dims, gpu, buf = self.dims, self.gpu, self.buffers
         num_pairs = max(1, size // dims.block_bytes)
+        src = self.block_order[:num_pairs]
+        dst = self.block_order[num_pairs:2 * num_pairs]
+        pairs = np.stack([src, dst], axis=1).astype(np.int32)
+        pairs_d = cuda.to_device(pairs)
+        device_ms = self.time(lambda: copy_blocks(gpu, pairs_d, buffers=buf))
+        host_ms = self.time(lambda: copy_blocks(gpu, pairs, buffers=buf))
+        self.row("block copy", num_pairs * dims.block_bytes, device_ms, host_ms, "d2d", d2d)
+
+    def swaps(self, size: int) -> None:
+        """Swap out and in, both paths, contiguous and scattered ids; all layers."""
+        dims, gpu, host = self.dims, self.gpu, self.host
+        num_pairs = max(1, min(size // dims.block_bytes, host.shape[2]))
         nbytes = num_pairs * dims.block_bytes
-        src = self.block_order[:num_pairs].astype(np.int32)
-        dst = self.block_order[num_pairs:2 * num_pairs].astype(np.int32)
-        host_ids = self.rng.permutation(host.shape[2])[:num_pairs].astype(np.int32)
-        threads = nbytes // self.dtype.itemsize
-        src_d, dst_d, host_d = (cuda.to_device(x) for x in (src, dst, host_ids))
-        kernel_ms = self.time(lambda: launch(block_copy_kernel, threads, gpu, gpu, src_d, dst_d))
-        pairs = np.stack([src, dst], axis=1)
-        wrapper_ms = self.time(lambda: copy_blocks(gpu, pairs))
-        self.row("block copy", nbytes, kernel_ms, wrapper_ms, d2d)
-
         staging, device_side = self.pinned[:nbytes], self.scratch_a[:nbytes]
-        memcpy = gbps(nbytes, self.time(lambda: device_side.copy_to_host(staging)))
-        self.swap("swap out (GPU->host)", gpu, host, src, host_ids, d2d, memcpy)
-        memcpy = gbps(nbytes, self.time(lambda: device_side.copy_to_device(staging)))
-        self.swap("swap in (host->GPU)", host, gpu, host_ids, dst, d2d, memcpy)
-
-    def swap(self, name: str, src_pool: object, dst_pool: object, src: np.ndarray,
-             dst: np.ndarray, d2d: float | None, memcpy: float | None) -> None:
-        """One swap direction: the bare kernel and the `swap_blocks` wrapper."""
-        nbytes = len(src) * self.dims.block_bytes
-        threads = nbytes // self.dtype.itemsize
-        src_d, dst_d = cuda.to_device(src), cuda.to_device(dst)
-        kernel_ms = self.time(
-            lambda: launch(block_copy_kernel, threads, src_pool, dst_pool, src_d, dst_d))
-        pairs = np.stack([src, dst], axis=1)
-        wrapper_ms = self.time(lambda: swap_blocks(src_pool, dst_pool, pairs))
-        self.row(name, nbytes, kernel_ms, wrapper_ms, d2d, memcpy)
+        out_base = gbps(nbytes, self.time(lambda: device_side.copy_to_host(staging)))
+        in_base = gbps(nbytes, self.time(lambda: device_side.copy_to_device(staging)))
+        orders = {
+            "contiguous": (np.arange(num_pairs), np.arange(num_pairs)),
+            "scattered": (self.block_order[:num_pairs],
+                          self.rng.permutation(host.shape[2])[:num_pairs]),
+        }
+        for order, (gpu_ids, host_ids) in orders.items():
+            out_pairs = np.stack([gpu_ids, host_ids], axis=1)
+            in_pairs = np.stack([host_ids, gpu_ids], axis=1)
+            for method in SWAP_METHODS:
+                for name, src, dst, pairs, base in (
+                    ("swap out", gpu, host, out_pairs, out_base),
+                    ("swap in", host, gpu, in_pairs, in_base),
+                ):
+                    ms = self.time(lambda s=src, d=dst, p=pairs, m=method: swap_blocks(
+                        s, d, p, method=m, buffers=self.buffers))
+                    label = f"{name} {method} {order}"
+                    base_name = "pinned DtoH" if name == "swap out" else "pinned HtoD"
+                    self.row(label, nbytes, None, ms, base_name, base)
 
 
 def run(dims: Dims, sizes_bytes: list[int], warmup: int, repeats: int) -> list[str]:
-    """Benchmark every kernel at every size; return the markdown table's lines."""
+    """Benchmark every operation at every size; return the markdown table's lines."""
     bench = Bench(dims, max(sizes_bytes), warmup, repeats)
     for size in sorted(sizes_bytes):
         bench.size(size)
     return bench.lines
 
 
+def big_pool_check(dims: Dims, num_blocks: int) -> list[str]:
+    """Write and read back the last block of a pool of `num_blocks` blocks, every wrapper.
+
+    Returns one line per check; raises AssertionError on a byte mismatch.
+    """
+    rng = np.random.default_rng(1)
+    dtype = np.dtype(dims.dtype)
+    shape = dims.shape(num_blocks)
+    elements = int(np.prod(shape))
+    pool = cuda.device_array(shape, dtype)
+    lines = [f"pool {shape} = {elements:,} elements ({elements * dtype.itemsize / 2**30:.2f} "
+             f"GiB), more than 2^31: {elements > 2**31}"]
+    last = num_blocks - 1
+    bs, heads = dims.block_size, (dims.num_kv_heads, dims.head_dim)
+    layer = dims.num_layers - 1
+    k = rng.standard_normal((bs, *heads)).astype(dtype)
+    v = rng.standard_normal((bs, *heads)).astype(dtype)
+    write_slots(pool, layer, k, v, last * bs + np.arange(bs))
+    got_k, got_v = gather_kv(pool, layer, [[last]], [bs])
+    assert np.array_equal(got_k.copy_to_host(), k) and np.array_equal(got_v.copy_to_host(), v)
+    assert np.array_equal(pool[layer, 1, last].copy_to_host(), v), "direct read of the end"
+    lines.append(f"slot write + gather of block {last} (the pool's last bytes): ok")
+    copy_blocks(pool, [(last, 0), (1, last - 1)])
+    got_k, _ = gather_kv(pool, layer, [[0]], [bs])
+    assert np.array_equal(got_k.copy_to_host(), k)
+    lines.append(f"block copy {last} -> 0: ok")
+    host = cuda.mapped_array(dims.shape(2), dtype)
+    for method in SWAP_METHODS:
+        host[:] = dtype.type(0)
+        swap_blocks(pool, host, [(last, 1)], method=method)
+        cuda.synchronize()
+        assert np.array_equal(host.copy_to_host()[layer, 0, 1], k)
+        swap_blocks(host, pool, [(1, last - 2)], method=method)
+        got_k, got_v = gather_kv(pool, layer, [[last - 2]], [bs])
+        assert np.array_equal(got_k.copy_to_host(), k)
+        assert np.array_equal(got_v.copy_to_host(), v)
+        lines.append(f"swap ({method}) of block {last} out and back in: ok")
+    return lines
+
+
 def main(argv: list[str] | None = None) -> int:
     """Print the benchmark table; exit 0 (also under the simulator, with a message)."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sizes", type=float, nargs="+", default=[16, 64, 256],
-                        help="MiB of KV moved per call (default: 16 64 256)")
+    parser.add_argument("--sizes", type=float, nargs="+", default=[256, 1024],
+                        help="MiB of KV moved per call (default: 256 1024)")
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--repeats", type=int, default=20)
+    parser.add_argument("--big-pool", action="store_true",
+                        help="check a pool of more than 2^31 elements instead")
     parser.add_argument("--tiny", action="store_true",
                         help="tiny dims and sizes: a smoke run, also on the simulator")
     args = parser.parse_args(argv)
@@ -249,7 +301,14 @@ def main(argv: list[str] | None = None) -> int:
     else:
         dims = Dims()
         sizes = [int(mib * MiB) for mib in args.sizes]
-    print(f"# Kernel bandwidth on {device.device_name()}\n")
+    if args.big_pool:
+        big = Dims(num_layers=1) if not args.tiny else dims
+        # 2 * 16 * 8 * 128 = 32,768 elements per block: 70,000 blocks are 2.29e9 > 2^31
+        num_blocks = 70_000 if not args.tiny else 6
+        print(f"# Pool beyond 2^31 elements on {device.device_name()}\n")
+        print("\n".join(big_pool_check(big, num_blocks)))
+        return 0
+    print(f"# Copy kernels and swap paths on {device.device_name()}\n")
     print(f"dims: {dims}; warm-up {args.warmup}, median of {args.repeats}; "
           f"GB/s = payload bytes / time / 1e9\n")
     print("\n".join(run(dims, sizes, args.warmup, args.repeats)))

@@ -6,7 +6,7 @@ Importing the package never imports numba: storage (and with it the kernels) loa
 a cache with storage is built.
 """
 
-from paged_kv import device  # noqa: F401  (first: chooses GPU or simulator before numba loads)
+from paged_kv import device  # noqa: F401  (GPU or simulator: chosen lazily, at first use)
 from paged_kv.cache import PagedKVCache
 from paged_kv.config import MODEL_PRESETS, CacheConfig, ModelSpec, blocks_for_bytes, get_model
 from paged_kv.device import device_name

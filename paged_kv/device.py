@@ -1,26 +1,46 @@
 """Which device runs the kernels: a real NVIDIA GPU or Numba's CUDA simulator.
 
-Numba reads ``NUMBA_ENABLE_CUDASIM`` once, when it is first imported, so the choice is
-made here, at import of `paged_kv`, before anything imports numba:
+Importing `paged_kv` chooses nothing, loads no driver and writes no environment
+variable. The choice is made once per process, at first use: the first call of
+`device_kind`, `cuda_api` or `jit` (importing `paged_kv.kernels` or `paged_kv.storage`
+decorates the kernels, which is such a call):
 
-* ``PAGED_KV_DEVICE=gpu`` or ``sim`` forces the choice;
+* ``PAGED_KV_DEVICE=gpu`` or ``sim`` forces it (any other value is a one-line
+  `DeviceChoiceError`);
+* otherwise ``NUMBA_ENABLE_CUDASIM=1`` means the simulator;
 * otherwise a real GPU is used when the CUDA driver (``libcuda``) loads and reports at
   least one device, and the simulator is used when it does not.
 
-This module never imports numba itself, so probing is cheap and cannot fail. If numba
-was imported before `paged_kv`, its setting stands and `device_kind()` reports it.
+The kernels and storage take their ``cuda`` module from `cuda_api`: ``numba.cuda`` on a
+GPU, ``numba.cuda.simulator`` (explicitly, whatever ``numba.cuda`` was imported as) in
+the simulator. So ``from numba import cuda; import paged_kv`` works on a machine without
+a GPU: the user's ``numba.cuda`` stays what it was, and paged_kv runs its kernels in the
+simulator all the same. Kernel sources still write ``cuda.grid(1)`` with ``from numba
+import cuda``: the simulator substitutes its own module for that name while it runs a
+kernel, and on a GPU the name is the real module.
+
+The one combination that cannot work is a GPU choice after ``numba.cuda`` was imported
+in simulator mode (``NUMBA_ENABLE_CUDASIM=1``): numba then has no real GPU API in this
+process, and `cuda_api` says so in one line.
 """
 
 from __future__ import annotations
 
 import ctypes
 import os
-import sys
-import warnings
+from types import ModuleType
+from typing import Any
 
-_ENV_OVERRIDE = "PAGED_KV_DEVICE"
+ENV_OVERRIDE = "PAGED_KV_DEVICE"
 _SIM_ENV = "NUMBA_ENABLE_CUDASIM"
 _CHOICES = ("gpu", "sim")
+
+#: The process's choice, made once by `device_kind` ("gpu" or "sim").
+_kind: str | None = None
+
+
+class DeviceChoiceError(RuntimeError):
+    """The device cannot be chosen as configured; the message says what to do."""
 
 
 def _driver_reports_a_device() -> bool:
@@ -42,51 +62,90 @@ def _driver_reports_a_device() -> bool:
     return False
 
 
+def _sim_env_set() -> bool:
+    return os.environ.get(_SIM_ENV, "").strip() not in ("", "0")
+
+
 def _decide() -> str:
-    override = os.environ.get(_ENV_OVERRIDE, "").strip().lower()
-    if override and override not in _CHOICES:
-        raise ValueError(f"{_ENV_OVERRIDE} must be one of {_CHOICES}, got {override!r}")
-    numba_loaded = "numba" in sys.modules
-    if numba_loaded:
-        # Too late to choose: report what numba already decided.
-        from_env = os.environ.get(_SIM_ENV, "0") not in ("", "0")
-        kind = "sim" if from_env else "gpu"
-        if override and override != kind:
-            warnings.warn(
-                f"{_ENV_OVERRIDE}={override} ignored: numba was imported before paged_kv "
-                f"with {_SIM_ENV}={'1' if from_env else '0'}",
-                RuntimeWarning,
-                stacklevel=3,
-            )
-        return kind
+    override = os.environ.get(ENV_OVERRIDE, "").strip().lower()
     if override:
-        kind = override
-    elif os.environ.get(_SIM_ENV, "").strip() not in ("", "0"):
-        kind = "sim"  # the user asked numba for the simulator directly
-    else:
-        kind = "gpu" if _driver_reports_a_device() else "sim"
-    os.environ[_SIM_ENV] = "1" if kind == "sim" else "0"
-    return kind
-
-
-_KIND = _decide()
+        if override not in _CHOICES:
+            raise DeviceChoiceError(
+                f"{ENV_OVERRIDE} must be one of {_CHOICES}, got {override!r}: set it to "
+                f"'gpu', 'sim', or unset it to choose by the driver"
+            )
+        return override
+    if _sim_env_set():
+        return "sim"  # the user asked numba for the simulator directly
+    return "gpu" if _driver_reports_a_device() else "sim"
 
 
 def device_kind() -> str:
-    """``"gpu"`` when kernels run on a real NVIDIA GPU, ``"sim"`` under the CUDA simulator."""
-    return _KIND
+    """``"gpu"`` when kernels run on a real NVIDIA GPU, ``"sim"`` under the CUDA simulator.
+
+    The first call makes the choice (see the module docstring); later calls return it.
+    """
+    global _kind
+    if _kind is None:
+        _kind = _decide()
+    return _kind
 
 
 def is_simulator() -> bool:
     """True when kernels run in Numba's CUDA simulator."""
-    return _KIND == "sim"
+    return device_kind() == "sim"
+
+
+def cuda_api() -> ModuleType:
+    """The ``cuda`` module for host-side calls: ``numba.cuda`` or ``numba.cuda.simulator``.
+
+    Use it for ``device_array``, ``to_device``, ``mapped_array``, ``stream``, ``event``,
+    ``synchronize`` and ``jit``; it is the same object for every caller in a process.
+    """
+    if is_simulator():
+        import numba.cuda.simulator as simulator  # noqa: PLC0415 - loaded at first use
+
+        return simulator
+    import numba.cuda as real  # noqa: PLC0415 - loaded at first use
+
+    if real.device_array.__module__.startswith("numba.cuda.simulator"):
+        raise DeviceChoiceError(
+            f"{ENV_OVERRIDE}=gpu, but numba.cuda runs in simulator mode in this process "
+            f"({_SIM_ENV}={os.environ.get(_SIM_ENV, '')!r} when numba was imported): "
+            f"unset {_SIM_ENV} before Python starts, or use {ENV_OVERRIDE}=sim"
+        )
+    return real
+
+
+def jit(*args: Any, **kwargs: Any) -> Any:
+    """``cuda_api().jit``: decorate a kernel (or ``device=True`` function) for the chosen
+    device. Use as ``@jit`` or ``@jit(device=True, inline=True)``; no signature, so the
+    kernel compiles at first launch (or in `paged_kv.kernels.compile_check`)."""
+    return cuda_api().jit(*args, **kwargs)
+
+
+def jitable(fn: Any) -> Any:
+    """A helper that kernels call: a plain function the simulator runs as it is, and that
+    ``register_jitable`` compiles into each kernel calling it on a GPU. (A ``device=True``
+    dispatcher would do too, but numba-cuda compiles one for "the current device", so
+    the compile check needs its stand-in there; a helper must not use ``cuda.*``
+    itself in the simulator: pass it ``threadIdx.x`` and friends.)"""
+    if is_simulator():
+        return fn
+    from numba.cuda.extending import register_jitable  # noqa: PLC0415 - GPU only
+
+    return register_jitable(fn)
+
+
+def new_event() -> Any:
+    """A CUDA event without timing (cheaper to record); the simulator's no-op event."""
+    api = cuda_api()
+    return api.event() if is_simulator() else api.event(timing=False)
 
 
 def device_name() -> str:
     """The GPU's name (e.g. ``"NVIDIA H100 80GB HBM3"``), or ``"CUDA simulator"``."""
-    if _KIND == "sim":
+    if is_simulator():
         return "CUDA simulator"
-    from numba import cuda  # noqa: PLC0415 - imported only once the choice is made
-
-    name = cuda.get_current_device().name
+    name = cuda_api().get_current_device().name
     return name.decode() if isinstance(name, bytes) else str(name)

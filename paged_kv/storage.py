@@ -12,32 +12,66 @@ in the model's dtype (float16 or float32), C-contiguous. A token's slot is
 layer ``l`` is ``pool[l, 0, block_id, offset]`` (``[num_kv_heads, head_dim]``) and its
 value ``pool[l, 1, block_id, offset]``. One block of one layer and one of K/V,
 ``pool[l, kv, block_id]``, is a contiguous ``block_size * num_kv_heads * head_dim``
-run of elements, so copying a block is ``2 * num_layers`` contiguous runs. No block
-id is reserved: every id in ``[0, num_blocks)`` holds data; block tables pad with -1.
+run of elements, so copying a block is ``2 * num_layers`` contiguous runs, and
+consecutive block ids are consecutive runs (a swap of ``n`` consecutive blocks is one
+2-D memcpy). No block id is reserved: every id in ``[0, num_blocks)`` holds data;
+block tables pad with -1.
 
-* GPU pool: a Numba device array (``cuda.device_array``), zeroed at construction.
+* GPU pool: a device array, zeroed at construction.
 * Host pool: page-locked host memory mapped into the device's address space
-  (``cuda.mapped_array``), zeroed at construction, so the swap kernel reads and
-  writes it directly. Under the CUDA simulator ``cuda.mapped_array`` returns the
-  simulator's array type and the same code runs. With ``num_host_blocks == 0`` the
-  host pool is an empty device array (no pinned allocation of zero bytes).
+  (``cuda.mapped_array``), zeroed at construction: the copy engines reach it directly
+  (``swap_method="memcpy"``) and so can the swap kernel (``"kernel"``). Under the CUDA
+  simulator both are the simulator's arrays and the same code runs. With
+  ``num_host_blocks == 0`` the host pool is an empty device array.
+
+Streams and in-flight blocks
+----------------------------
+Every data operation takes ``stream=None`` (keyword; None is the default stream) and
+only enqueues its work there. The rule that keeps bytes right across streams: **no
+work may write a block that in-flight work on another stream still reads, nor read or
+write a block that in-flight work on another stream still writes.** `KVStorage`
+enforces it for both pools with `paged_kv.fences.BlockFences`: each operation makes
+its stream wait (``cuStreamWaitEvent``) for the events of the earlier operations on
+other streams that touched the same blocks, and records an event for the blocks it
+touches. So the cache manager may free a swapped-out or copied-from block, and reuse
+its id, as soon as the call returns: a later write into that block (slot write, COW
+destination, swap in) is ordered after the copy that reads it, on the device, without
+the host waiting. While all work uses one stream nothing is recorded at all. Code that
+launches its own kernels on the pools (paged attention) declares what it touches with
+`KVStorage.access`. The host reads the pools only after `synchronize` (the snapshots
+and `gather` do it).
 
 `KVStorage` holds no allocation state: which block belongs to whom is the cache
-manager's business (`paged_kv.cache`). Its methods take and return NumPy arrays;
-every one validates before it launches (see `paged_kv.kernels`), so a bad argument
-raises `ValueError` and changes no byte.
+manager's business (`paged_kv.cache`). Its methods take NumPy (or device) arrays and
+return NumPy arrays; every one validates before it launches (see `paged_kv.kernels`),
+so a bad host argument raises `ValueError` and changes no byte. Ids given as device
+arrays are checked by the kernels (`paged_kv.kernels._validate`); what they skipped is
+reported as a `ValueError` by the next `synchronize` (or `gather`, or snapshot).
 """
 
 from __future__ import annotations
 
+import itertools
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
-from numba import cuda
 
+from paged_kv import device
 from paged_kv.checks import require_int
 from paged_kv.config import ModelSpec
-from paged_kv.kernels import copy_blocks, gather_kv, swap_blocks, write_slots
+from paged_kv.fences import BlockFences
+from paged_kv.kernels import (
+    DEFAULT_SWAP_METHOD,
+    SWAP_METHODS,
+    DeviceBuffers,
+    copy_blocks,
+    gather_kv,
+    swap_blocks,
+    write_slots,
+)
+from paged_kv.kernels._validate import is_cuda_array
 
 
 def _zeroed(array: Any) -> Any:
@@ -56,25 +90,43 @@ class KVStorage:
     ``KVStorage(model, block_size, num_gpu_blocks, num_host_blocks)`` allocates both
     pools (layout in the module docstring), zero-initialised. The cache manager calls
     `write`, `gather`, `copy_blocks`, `swap_out` and `swap_in` with block ids it owns;
-    tests read whole pools with `gpu_snapshot` and `host_snapshot`.
+    tests read whole pools with `gpu_snapshot` and `host_snapshot`. `swap_method`
+    chooses the swap path (``"memcpy"``: copy engines, ``"kernel"``: the mapped-memory
+    kernel; see `paged_kv.kernels.swap`); each swap call may override it.
     """
 
     def __init__(
-        self, model: ModelSpec, block_size: int, num_gpu_blocks: int, num_host_blocks: int
+        self,
+        model: ModelSpec,
+        block_size: int,
+        num_gpu_blocks: int,
+        num_host_blocks: int,
+        *,
+        swap_method: str = DEFAULT_SWAP_METHOD,
     ) -> None:
         if not isinstance(model, ModelSpec):
             raise ValueError(f"KVStorage.model must be a ModelSpec, got {model!r}")
+        if swap_method not in SWAP_METHODS:
+            raise ValueError(
+                f"KVStorage.swap_method must be one of {SWAP_METHODS}, got {swap_method!r}"
+            )
         self._model = model
         self._block_size = require_int("KVStorage.block_size", block_size, 1)
         self._num_gpu_blocks = require_int("KVStorage.num_gpu_blocks", num_gpu_blocks, 1)
         self._num_host_blocks = require_int("KVStorage.num_host_blocks", num_host_blocks, 0)
+        self._swap_method = swap_method
+        api = device.cuda_api()
         dtype = np.dtype(model.dtype)
-        self._gpu_pool = _zeroed(cuda.device_array(self._shape(self._num_gpu_blocks), dtype))
+        self._gpu_pool = _zeroed(api.device_array(self._shape(self._num_gpu_blocks), dtype))
         host_shape = self._shape(self._num_host_blocks)
         if self._num_host_blocks:
-            self._host_pool = _zeroed(cuda.mapped_array(host_shape, dtype))
+            self._host_pool = _zeroed(api.mapped_array(host_shape, dtype))
         else:
-            self._host_pool = cuda.device_array(host_shape, dtype)
+            self._host_pool = api.device_array(host_shape, dtype)
+        self._buffers = DeviceBuffers()
+        self._gpu_fences = BlockFences(self._num_gpu_blocks, device.new_event)
+        self._host_fences = BlockFences(self._num_host_blocks, device.new_event)
+        self._device_ids = False  # ids given on the device since the last error check
 
     def _shape(self, num_blocks: int) -> tuple[int, ...]:
         m = self._model
@@ -82,49 +134,147 @@ class KVStorage:
 
     # -- data operations -------------------------------------------------------------
 
-    def write(self, layer: int, k: np.ndarray, v: np.ndarray, slot_mapping: Any) -> None:
+    def write(
+        self, layer: int, k: Any, v: Any, slot_mapping: Any, *, stream: Any = None
+    ) -> None:
         """Write ``k, v[num_tokens, num_kv_heads, head_dim]`` of `layer` at `slot_mapping`.
 
         ``slot_mapping[i] = block_id * block_size + offset``; negative = padding. See
         `paged_kv.kernels.write_slots` for the rejected inputs.
         """
-        write_slots(self._gpu_pool, layer, k, v, slot_mapping)
+        with self.access(stream, gpu_writes=self._slot_blocks(slot_mapping)):
+            write_slots(self._gpu_pool, layer, k, v, slot_mapping, stream=stream,
+                        buffers=self._buffers)
 
     def gather(
-        self, layer: int, block_tables: Any, seq_lens: Any, starts: Any = None
+        self,
+        layer: int,
+        block_tables: Any,
+        seq_lens: Any,
+        starts: Any = None,
+        *,
+        stream: Any = None,
     ) -> tuple[np.ndarray, np.ndarray]:
         """Read positions ``starts[s] .. seq_lens[s] - 1`` of each sequence of `layer`.
 
         Returns NumPy ``k, v[total_tokens, num_kv_heads, head_dim]``, the sequences
-        concatenated in order. See `paged_kv.kernels.gather_kv`.
+        concatenated in order, once the gather on `stream` has completed. See
+        `paged_kv.kernels.gather_kv`.
         """
-        k, v = gather_kv(self._gpu_pool, layer, block_tables, seq_lens, starts)
-        return k.copy_to_host(), v.copy_to_host()
+        with self.access(stream, gpu_reads=self._table_blocks(block_tables)):
+            k, v = gather_kv(self._gpu_pool, layer, block_tables, seq_lens, starts,
+                             stream=stream, buffers=self._buffers)
+        k_host, v_host = k.copy_to_host(), v.copy_to_host()  # waits for the gather
+        if self._device_ids:
+            self.synchronize()
+        return k_host, v_host
 
-    def copy_blocks(self, pairs: Any) -> None:
+    def copy_blocks(self, pairs: Any, *, stream: Any = None) -> None:
         """Copy GPU block ``src`` onto GPU block ``dst`` for each ``(src, dst)``, all layers.
 
         See `paged_kv.kernels.copy_blocks` (no dst twice, no dst that is also a src).
         """
-        copy_blocks(self._gpu_pool, pairs)
+        src, dst = self._pair_blocks(pairs)
+        with self.access(stream, gpu_reads=src, gpu_writes=dst):
+            copy_blocks(self._gpu_pool, pairs, stream=stream, buffers=self._buffers)
 
-    def swap_out(self, pairs: Any) -> None:
+    def swap_out(self, pairs: Any, *, stream: Any = None, method: str | None = None) -> None:
         """Copy GPU block ``src`` to host block ``dst`` for each ``(src, dst)``."""
-        swap_blocks(self._gpu_pool, self._host_pool, pairs)
+        src, dst = self._pair_blocks(pairs)
+        with self.access(stream, gpu_reads=src, host_writes=dst):
+            swap_blocks(self._gpu_pool, self._host_pool, pairs, stream=stream,
+                        method=method or self._swap_method, buffers=self._buffers)
 
-    def swap_in(self, pairs: Any) -> None:
+    def swap_in(self, pairs: Any, *, stream: Any = None, method: str | None = None) -> None:
         """Copy host block ``src`` to GPU block ``dst`` for each ``(src, dst)``."""
-        swap_blocks(self._host_pool, self._gpu_pool, pairs)
+        src, dst = self._pair_blocks(pairs)
+        with self.access(stream, host_reads=src, gpu_writes=dst):
+            swap_blocks(self._host_pool, self._gpu_pool, pairs, stream=stream,
+                        method=method or self._swap_method, buffers=self._buffers)
+
+    @contextmanager
+    def access(
+        self,
+        stream: Any = None,
+        *,
+        gpu_reads: Any = (),
+        gpu_writes: Any = (),
+        host_reads: Any = (),
+        host_writes: Any = (),
+    ) -> Iterator[None]:
+        """Fence work that the body enqueues on `stream` and that touches these blocks.
+
+        On entry `stream` waits for in-flight work on other streams that the body must
+        follow (module docstring); on a normal exit one event is recorded for the blocks
+        touched. Block sets are id sequences; None means every block of that pool.
+        Kernels outside this module that read or write the pools (paged attention)
+        wrap their launch in it.
+        """
+        self._gpu_fences.wait(stream, gpu_reads, gpu_writes)
+        self._host_fences.wait(stream, host_reads, host_writes)
+        yield
+        self._gpu_fences.record(stream, gpu_reads, gpu_writes)
+        self._host_fences.record(stream, host_reads, host_writes)
+
+    def synchronize(self) -> None:
+        """Wait for all work on the device; then report ids the kernels skipped.
+
+        Raises `ValueError` when a kernel skipped out-of-range ids given as device
+        arrays since the last check (their bytes were not moved).
+        """
+        device.cuda_api().synchronize()
+        self._gpu_fences.reset()
+        self._host_fences.reset()
+        if self._device_ids:
+            self._device_ids = False
+            skipped = self._buffers.take_errors()
+            if skipped:
+                raise ValueError(
+                    f"KVStorage: kernels skipped {skipped} out-of-range ids given as device "
+                    f"arrays (nothing was written for them)"
+                )
+
+    # -- which blocks an operation touches (for the fences) ----------------------------
+
+    def _slot_blocks(self, slot_mapping: Any) -> Any:
+        if is_cuda_array(slot_mapping):
+            self._device_ids = True
+            return None
+        slots = _host_ints(slot_mapping)
+        return slots[slots >= 0] // self._block_size
+
+    def _table_blocks(self, block_tables: Any) -> Any:
+        if is_cuda_array(block_tables):
+            self._device_ids = True
+            return None
+        if isinstance(block_tables, (list, tuple)):
+            try:
+                flat = list(itertools.chain.from_iterable(block_tables))
+            except TypeError:
+                return ()
+            return _host_ints(flat)
+        return _host_ints(block_tables)
+
+    def _pair_blocks(self, pairs: Any) -> tuple[Any, Any]:
+        if is_cuda_array(pairs):
+            self._device_ids = True
+            return None, None
+        ids = _host_ints(pairs)
+        if ids.size % 2:
+            return (), ()
+        ids = ids.reshape(-1, 2)
+        return ids[:, 0], ids[:, 1]
 
     # -- inspection --------------------------------------------------------------------
 
     def gpu_snapshot(self) -> np.ndarray:
-        """A NumPy copy of the whole GPU pool."""
+        """A NumPy copy of the whole GPU pool, after all work on the device finished."""
+        self.synchronize()
         return self._gpu_pool.copy_to_host()
 
     def host_snapshot(self) -> np.ndarray:
-        """A NumPy copy of the whole host pool, after every launched kernel finished."""
-        cuda.synchronize()  # the swap kernel writes mapped memory asynchronously
+        """A NumPy copy of the whole host pool, after all work on the device finished."""
+        self.synchronize()  # swaps write the host pool asynchronously
         if isinstance(self._host_pool, np.ndarray):  # a mapped array is an ndarray on a GPU
             return np.array(self._host_pool, copy=True)
         return self._host_pool.copy_to_host()
@@ -138,6 +288,11 @@ class KVStorage:
     def host_pool(self) -> Any:
         """The host pool: a mapped pinned array (simulator: its array type)."""
         return self._host_pool
+
+    @property
+    def swap_method(self) -> str:
+        """The default swap path of `swap_out` and `swap_in`: "memcpy" or "kernel"."""
+        return self._swap_method
 
     @property
     def model(self) -> ModelSpec:
@@ -173,5 +328,17 @@ class KVStorage:
         return (
             f"KVStorage(model={self._model.name!r}, block_size={self._block_size}, "
             f"num_gpu_blocks={self._num_gpu_blocks}, num_host_blocks={self._num_host_blocks}, "
-            f"dtype={self._model.dtype})"
+            f"dtype={self._model.dtype}, swap_method={self._swap_method!r})"
         )
+
+
+def _host_ints(obj: Any) -> np.ndarray:
+    """`obj` as a flat int64 array, or empty when it is no integer array (the wrapper
+    then refuses it, so the fences need not know its blocks)."""
+    try:
+        arr = np.asarray(obj)
+    except (ValueError, TypeError):
+        return np.zeros(0, dtype=np.int64)
+    if arr.dtype.kind not in "iu":
+        return np.zeros(0, dtype=np.int64)
+    return arr.astype(np.int64, copy=False).ravel()

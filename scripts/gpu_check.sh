@@ -1,49 +1,78 @@
 #!/usr/bin/env bash
-# GPU check: the kernel tests, the data-plane demo and the kernel benchmark on a real
-# NVIDIA GPU (no simulator).
+# GPU check: every kernel test, the data-plane demo, the compile check and the
+# benchmarks on a real NVIDIA GPU (no simulator), in one run of about 10 minutes at most.
 #
-# For a machine whose image already has numba, numba-cuda and numpy: nothing is
-# installed, no virtualenv is made; `python3` from PATH runs the working tree through
-# PYTHONPATH=$PWD. Run from anywhere: bash scripts/gpu_check.sh
+# Nothing is installed and no virtualenv is made: it runs the working tree with
+# $PYTHON, else .venv/bin/python when present, else python3 (numba, numba-cuda, numpy
+# and, for the tests, pytest must be there). Run from anywhere:
 #
-# Steps
+#     OUT=/some/dir bash scripts/gpu_check.sh            # on a GPU machine
+#     OUT=/some/dir bash scripts/gpu_check.sh --dry-run  # anywhere: simulator, tiny sizes
+#
+# Steps (each under a time limit, so one hang cannot eat the budget)
 #   1. device: nvidia-smi's name, driver, memory; versions; numba must see a GPU.
-#   2. tests: pytest -v tests/test_kernel*.py tests/test_storage.py, plus the manager's
-#      data path (tests/test_cache_data.py, tests/test_attention.py: COW copies and
-#      swaps through the mapped host pool) with
-#      PAGED_KV_DEVICE=gpu (the "realistic"-size cases, skipped in the simulator, run
-#      here). Without pytest in the image the unit tests cannot run: the demo (step 3)
-#      still checks every kernel's bytes, and the exit status is 3.
+#   2. tests: pytest on the kernel, storage, fence and data-path tests with
+#      PAGED_KV_DEVICE=gpu (the "realistic"-size cases skipped in the simulator run here).
 #   3. demo: paged_kv.demo.run_demo() writes, gathers, copies and swaps, byte-checked.
-#   4. compile check: registers/spills for sm_80 and sm_90 (needs NVVM + ptxas; when
-#      the image lacks them this step is reported as not run, not as a failure).
-#   5. benchmark: benchmarks/kernels.py, GB/s per kernel vs a device-to-device copy.
+#   4. compile check: registers/spills/16-byte loads for sm_80 and sm_90.
+#   5. copy benchmark: benchmarks/kernels.py at BENCH_SIZES MiB (default 256 1024):
+#      copy kernels vs a device-to-device copy (goal >= 0.8x), swap by memcpy and by
+#      the mapped kernel vs a page-locked cudaMemcpy (goal >= 0.8x).
+#   6. big pool: a pool of more than 2^31 elements written and read back at its last
+#      block, through every wrapper.
+#   7. further benchmarks: each script of EXTRA_BENCHMARKS that exists (marked below).
 #
-# Output: stdout, and when OUT is set, $OUT/gpu_check.txt (everything) and
-# $OUT/benchmark.md (the benchmark table).
-# Environment: PYTHON (default python3), BENCH_SIZES (MiB per call, default "16 64 256").
+# Output, all under $OUT (default: a new temporary directory, printed): gpu_check.txt
+# (everything), benchmark.md, big_pool.txt, compile_check.txt, one .md per further
+# benchmark; Python's bytecode cache, when Python writes one, goes there too.
+# --dry-run: the same steps under the CUDA simulator at tiny sizes (a test in `make test`
+# runs it): it checks that the script works, and measures nothing.
 # Exit status: 0 every step passed; 1 a step failed; 3 pytest missing, the rest passed.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
-PY=${PYTHON:-python3}
-export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
-export PAGED_KV_DEVICE=gpu
-unset NUMBA_ENABLE_CUDASIM
-BENCH_SIZES=${BENCH_SIZES:-16 64 256}
-
-LOG=/dev/null
-BENCH_MD=/dev/null
-if [ -n "${OUT:-}" ]; then
-    mkdir -p "$OUT"
-    LOG="$OUT/gpu_check.txt"
-    BENCH_MD="$OUT/benchmark.md"
+DRY_RUN=0
+if [ "${1:-}" = "--dry-run" ]; then
+    DRY_RUN=1
 fi
+
+if [ -n "${PYTHON:-}" ]; then
+    PY=$PYTHON
+elif [ -x .venv/bin/python ]; then
+    PY=.venv/bin/python
+else
+    PY=python3
+fi
+OUT=${OUT:-$(mktemp -d -t paged_kv_gpu_check.XXXXXX)}
+mkdir -p "$OUT"
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+export PYTHONPYCACHEPREFIX="$OUT/pycache"
+BENCH_SIZES=${BENCH_SIZES:-256 1024}
+if [ "$DRY_RUN" -eq 1 ]; then
+    export PAGED_KV_DEVICE=sim
+    export NUMBA_ENABLE_CUDASIM=1
+    TINY=(--tiny)
+    TESTS=(tests/test_kernels_paths.py tests/test_fences.py)
+else
+    export PAGED_KV_DEVICE=gpu
+    unset NUMBA_ENABLE_CUDASIM
+    TINY=()
+    TESTS=(tests/test_kernel*.py tests/test_storage.py tests/test_fences.py
+           tests/test_cache_data.py tests/test_attention.py)
+fi
+
+# >>> further benchmarks: scripts run in step 7 when they exist, each with --tiny in the
+# >>> dry run. Add a line per script; its output goes to $OUT/<name>.md.
+EXTRA_BENCHMARKS=(
+    benchmarks/attention.py  # decode attention (issue 10 item 4), when it has landed
+)
+# <<< further benchmarks
 
 main() {
     local status=0 tests="failed" demo="failed" compile="failed" bench="failed"
+    local big="failed" extra=""
 
-    echo "== 1. device"
+    echo "== 1. device (output in $OUT)"
     date -u +"%Y-%m-%dT%H:%M:%SZ"
     git rev-parse --short HEAD 2>/dev/null || true
     if command -v nvidia-smi >/dev/null 2>&1; then
@@ -51,14 +80,14 @@ main() {
     else
         echo "nvidia-smi not found"
     fi
-    if ! "$PY" - <<'EOF'
+    if ! DRY_RUN=$DRY_RUN "$PY" - <<'EOF'
+import os
 import sys
-
-import paged_kv.device as device  # chooses the GPU (PAGED_KV_DEVICE=gpu) before numba loads
 
 import numba
 import numpy
-from numba import cuda
+
+from paged_kv import device
 
 print(f"python {sys.version.split()[0]}, numpy {numpy.__version__}, numba {numba.__version__}")
 try:
@@ -66,6 +95,10 @@ try:
     print(f"numba-cuda {md.version('numba-cuda')}")
 except Exception as exc:  # the image may ship numba-cuda under another name
     print(f"numba-cuda version unknown ({exc})")
+if os.environ["DRY_RUN"] == "1":
+    print(f"DRY RUN: kernels run on the {device.device_name()}; nothing below is a measurement")
+    sys.exit(0)
+cuda = device.cuda_api()
 if device.is_simulator() or not cuda.is_available():
     sys.exit("numba sees no CUDA GPU: nothing to check")
 print(f"kernels run on: {device.device_name()}, "
@@ -77,10 +110,9 @@ EOF
     fi
 
     echo
-    echo "== 2. kernel and data-path tests (PAGED_KV_DEVICE=gpu)"
+    echo "== 2. kernel, storage and data-path tests (PAGED_KV_DEVICE=$PAGED_KV_DEVICE)"
     if "$PY" -c "import pytest" >/dev/null 2>&1; then
-        if "$PY" -m pytest -v -p no:cacheprovider tests/test_kernel*.py tests/test_storage.py \
-                tests/test_cache_data.py tests/test_attention.py; then
+        if timeout 300 "$PY" -m pytest -q -p no:cacheprovider "${TESTS[@]}"; then
             tests="passed"
         else
             status=1
@@ -93,7 +125,8 @@ EOF
 
     echo
     echo "== 3. data-plane demo"
-    if "$PY" -c "import sys; from paged_kv.demo import run_demo; sys.exit(0 if run_demo() else 1)"
+    if timeout 120 "$PY" -c \
+        "import sys; from paged_kv.demo import run_demo; sys.exit(0 if run_demo() else 1)"
     then
         demo="passed"
     else
@@ -101,32 +134,63 @@ EOF
     fi
 
     echo
-    echo "== 4. compile check (sm_80, sm_90)"
-    "$PY" -m paged_kv.kernels.compile_check
-    case $? in
+    echo "== 4. compile check (sm_80, sm_90; needs NVVM and ptxas, no GPU)"
+    PAGED_KV_DEVICE=gpu NUMBA_ENABLE_CUDASIM=0 timeout 180 \
+        "$PY" -m paged_kv.kernels.compile_check | tee "$OUT/compile_check.txt"
+    case ${PIPESTATUS[0]} in
         0) compile="passed" ;;
         2) compile="NOT RUN (NVVM or ptxas missing in this image)" ;;
         *) status=1 ;;
     esac
 
     echo
-    echo "== 5. kernel benchmark"
+    echo "== 5. copy kernels and swap paths vs the driver's copies"
     # shellcheck disable=SC2086  # BENCH_SIZES is a list of numbers
-    if "$PY" benchmarks/kernels.py --sizes $BENCH_SIZES | tee "$BENCH_MD"; then
+    if timeout 300 "$PY" benchmarks/kernels.py "${TINY[@]}" --sizes $BENCH_SIZES \
+            | tee "$OUT/benchmark.md"; then
         bench="passed"
     else
         status=1
     fi
 
     echo
+    echo "== 6. a pool of more than 2^31 elements"
+    if timeout 180 "$PY" benchmarks/kernels.py "${TINY[@]}" --big-pool \
+            | tee "$OUT/big_pool.txt"; then
+        big="passed"
+    else
+        status=1
+    fi
+
+    echo
+    echo "== 7. further benchmarks"
+    for script in "${EXTRA_BENCHMARKS[@]}"; do
+        if [ ! -f "$script" ]; then
+            echo "$script: not present, skipped"
+            extra="$extra $(basename "$script" .py)=absent"
+            continue
+        fi
+        if timeout 240 "$PY" "$script" "${TINY[@]}" | tee "$OUT/$(basename "$script" .py).md"
+        then
+            extra="$extra $(basename "$script" .py)=passed"
+        else
+            extra="$extra $(basename "$script" .py)=failed"
+            status=1
+        fi
+    done
+
+    echo
     echo "== summary"
-    echo "tests:         $tests"
-    echo "demo:          $demo"
-    echo "compile check: $compile"
-    echo "benchmark:     $bench"
-    echo "exit status:   $status"
+    [ "$DRY_RUN" -eq 1 ] && echo "DRY RUN under the CUDA simulator: no GPU measured"
+    echo "tests:              $tests"
+    echo "demo:               $demo"
+    echo "compile check:      $compile"
+    echo "copy benchmark:     $bench"
+    echo "big pool:           $big"
+    echo "further benchmarks:${extra:- none}"
+    echo "exit status:        $status"
     return "$status"
 }
 
-main 2>&1 | tee "$LOG"
+main 2>&1 | tee "$OUT/gpu_check.txt"
 exit "${PIPESTATUS[0]}"

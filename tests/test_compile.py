@@ -17,14 +17,13 @@ from pathlib import Path
 
 import pytest
 
-from paged_kv.config import SUPPORTED_DTYPES
-from paged_kv.kernels import KERNELS
 from paged_kv.kernels.compile_check import (
     ARCHS,
     CompileResult,
     ToolchainMissing,
     find_ptxas,
     format_table,
+    kernel_variants,
     parse_ptxas_report,
 )
 
@@ -50,12 +49,16 @@ def test_every_kernel_compiles_for_sm80_and_sm90_without_spills(capsys) -> None:
         print("\n\nRegisters per thread (ptxas -v), every kernel launch signature:\n")
         print(format_table(results))
         print(proc.stdout.strip().splitlines()[-2])
-    expected = {(k, d, f"sm_{a}{b}") for k in KERNELS for d in SUPPORTED_DTYPES for a, b in ARCHS}
+    expected = {(k, d, f"sm_{a}{b}") for k, _, _, d in kernel_variants() for a, b in ARCHS}
     assert {(r.kernel, r.dtype, r.arch) for r in results} == expected
     for r in results:
         assert r.spill_store_bytes == 0 and r.spill_load_bytes == 0, r
         assert r.stack_bytes == 0, r
         assert 0 < r.registers <= 64, r  # 64 still allows full occupancy at 256 threads/block
+    copy_kernels = {"slot_write", "gather", "block_copy"}
+    for r in results:  # the copy kernels' uint64 variants move 16 bytes per instruction
+        if r.kernel in copy_kernels and r.dtype == "uint64":
+            assert r.vector_loads, r
 
 
 def test_ptxas_report_is_parsed() -> None:

@@ -14,10 +14,10 @@ from dataclasses import dataclass
 import numpy as np
 import pytest
 
-from paged_kv.device import is_simulator
-from paged_kv.kernels import KERNELS, copy_blocks, gather_kv, swap_blocks, write_slots
+from paged_kv.device import cuda_api, is_simulator
+from paged_kv.kernels import KERNELS, SWAP_METHODS, copy_blocks, gather_kv, swap_blocks, write_slots
 
-from numba import cuda  # isort: skip  (after paged_kv chose the device)
+cuda = cuda_api()  # numba.cuda on a GPU, numba.cuda.simulator otherwise
 
 DTYPES = ["float16", "float32"]
 
@@ -114,15 +114,17 @@ def test_write_slots_matches_reference(dims: Dims, dtype: str, seed: int) -> Non
     assert not np.array_equal(after.view(np.uint8), before.view(np.uint8))
 
 
-def test_write_slots_accepts_device_inputs_and_int32_mapping() -> None:
+@pytest.mark.parametrize("mapping_on_device", [False, True], ids=["host-int32", "device-int64"])
+def test_write_slots_accepts_device_inputs_and_int32_mapping(mapping_on_device: bool) -> None:
     rng = np.random.default_rng(2)
     dims, dtype = TINY, "float32"
     before = random_values(rng, dims.shape(), dtype)
     pool = cuda.to_device(before)
-    mapping = np.array([5, -1, 0, 47], dtype=np.int32)
+    mapping = np.array([5, -1, 0, 47], dtype=np.int64 if mapping_on_device else np.int32)
     k = random_values(rng, (4, dims.num_kv_heads, dims.head_dim), dtype)
     v = random_values(rng, k.shape, dtype)
-    write_slots(pool, 1, cuda.to_device(k), cuda.to_device(v), cuda.to_device(mapping))
+    given = cuda.to_device(mapping) if mapping_on_device else mapping
+    write_slots(pool, 1, cuda.to_device(k), cuda.to_device(v), given)
     expected = before.copy()
     for i, slot in enumerate(mapping):
         if slot >= 0:
@@ -262,10 +264,13 @@ def test_copy_blocks_empty_is_a_noop() -> None:
 # -- swap ----------------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("method", SWAP_METHODS)
 @pytest.mark.parametrize("dims", ALL_DIMS)
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("seed", [0, 1])
-def test_swap_round_trip_into_other_block_ids(dims: Dims, dtype: str, seed: int) -> None:
+def test_swap_round_trip_into_other_block_ids(
+    dims: Dims, dtype: str, seed: int, method: str
+) -> None:
     rng = np.random.default_rng(seed)
     gpu_before = random_values(rng, dims.shape(), dtype)
     host_before = random_values(rng, dims.shape(dims.num_host_blocks), dtype)
@@ -276,7 +281,7 @@ def test_swap_round_trip_into_other_block_ids(dims: Dims, dtype: str, seed: int)
     host_ids = rng.permutation(dims.num_host_blocks)[:3]
     out_pairs = np.stack([out_src, host_ids], axis=1)
 
-    swap_blocks(gpu, host, out_pairs)  # GPU -> host
+    swap_blocks(gpu, host, out_pairs, method=method)  # GPU -> host
 
     host_expected = host_before.copy()
     for src, dst in out_pairs:
@@ -284,7 +289,7 @@ def test_swap_round_trip_into_other_block_ids(dims: Dims, dtype: str, seed: int)
     assert_same_bytes(snapshot(host), host_expected)
     assert_same_bytes(snapshot(gpu), gpu_before)
 
-    swap_blocks(host, gpu, np.stack([host_ids, in_dst], axis=1))  # host -> GPU
+    swap_blocks(host, gpu, np.stack([host_ids, in_dst], axis=1), method=method)  # host -> GPU
 
     gpu_expected = gpu_before.copy()
     for src, dst in zip(out_src, in_dst, strict=True):
@@ -293,13 +298,14 @@ def test_swap_round_trip_into_other_block_ids(dims: Dims, dtype: str, seed: int)
     assert_same_bytes(snapshot(host), host_expected)
 
 
-def test_swap_within_one_pool_follows_copy_rules() -> None:
+@pytest.mark.parametrize("method", SWAP_METHODS)
+def test_swap_within_one_pool_follows_copy_rules(method: str) -> None:
     rng = np.random.default_rng(7)
     before = random_values(rng, TINY.shape(), "float32")
     pool = cuda.to_device(before)
     with pytest.raises(ValueError, match="both a source and a destination"):
-        swap_blocks(pool, pool, [(1, 2), (2, 3)])
-    swap_blocks(pool, pool, [(1, 2)])
+        swap_blocks(pool, pool, [(1, 2), (2, 3)], method=method)
+    swap_blocks(pool, pool[:], [(1, 2)], method=method)  # same memory, same shape: one pool
     expected = before.copy()
     expected[:, :, 2] = before[:, :, 1]
     assert_same_bytes(snapshot(pool), expected)
@@ -432,6 +438,22 @@ REJECTIONS = {
     "swap/plain numpy host pool": (
         lambda c: swap_blocks(c.gpu, np.zeros(TINY.shape(8), c.dtype), [(0, 1)]),
         r"device or mapped"),
+    "swap/unknown method": (
+        lambda c: swap_blocks(c.gpu, c.host, [(0, 1)], method="dma"), r"method must be one of"),
+    "swap/device int64 pairs": (
+        lambda c: swap_blocks(c.gpu, c.host, cuda.to_device(np.array([[0, 1]])), method="kernel"),
+        r"device pairs must be a 2-D int32"),
+    "copy/device pairs of 3 columns": (
+        lambda c: copy_blocks(c.gpu, cuda.to_device(np.zeros((1, 3), np.int32))), r"\[n, 2\]"),
+    "write/device int32 mapping": (
+        lambda c: write_slots(c.gpu, 0, c.k, c.v, cuda.to_device(np.arange(3, dtype=np.int32))),
+        r"device slot_mapping must be a 1-D int64"),
+    "gather/device int64 table": (
+        lambda c: gather_kv(c.gpu, 0, cuda.to_device(np.zeros((1, 2), np.int64)), [6]),
+        r"device block_tables must be a 2-D int32"),
+    "write/strided device k": (
+        lambda c: write_slots(c.gpu, 0, cuda.to_device(np.zeros((3, 2, 8), c.dtype))[:, :, ::2],
+                              c.v, [0, 1, 2]), r"C-contiguous"),
 }
 
 
@@ -462,6 +484,6 @@ def test_launched_signatures_are_the_compile_checked_ones(dtype: str) -> None:
     copy_blocks(gpu, [(0, 1)])
     swap_blocks(gpu, host, [(0, 1)])
     swap_blocks(host, gpu, [(1, 2)])
-    for name, (kernel, signature) in KERNELS.items():
+    for name, (kernel, signature, variants) in KERNELS.items():
         launched = [tuple(sig) for sig in kernel.signatures]
-        assert tuple(signature(dtype).args) in launched, (name, launched)
+        assert any(tuple(signature(v).args) in launched for v in variants), (name, launched)

@@ -1,4 +1,5 @@
-"""benchmarks/kernels.py keeps working: a tiny run of every row, and the simulator notice."""
+"""benchmarks/kernels.py keeps working: a tiny run of every row, the big-pool check at a
+tiny size, and the simulator notice."""
 
 from __future__ import annotations
 
@@ -21,15 +22,24 @@ def _load():
     return module
 
 
-def test_tiny_run_prints_every_kernel_row(capsys: pytest.CaptureFixture[str]) -> None:
+def test_tiny_run_prints_every_row(capsys: pytest.CaptureFixture[str]) -> None:
     assert _load().main(["--tiny"]) == 0
     out = capsys.readouterr().out
     rows = [line for line in out.splitlines() if line.startswith("| ") and "---" not in line]
     names = [row.split("|")[1].strip() for row in rows[1:]]
-    expected = ["slot write", "gather", "block copy", "swap out (GPU->host)",
-                "swap in (host->GPU)"]
-    assert names == expected * 2  # two sizes
-    assert rows[0].split("|")[1].strip() == "kernel"
+    swaps = [f"{direction} {method} {order}"
+             for order in ("contiguous", "scattered")
+             for method in ("memcpy", "kernel")
+             for direction in ("swap out", "swap in")]
+    assert names == (["slot write", "gather", "block copy"] + swaps) * 2  # two sizes
+    assert rows[0].split("|")[1].strip() == "operation"
+    assert all(row.rstrip(" |").endswith("(0.8)") for row in rows[1:])
+
+
+def test_tiny_big_pool_check_verifies_every_wrapper(capsys: pytest.CaptureFixture[str]) -> None:
+    assert _load().main(["--tiny", "--big-pool"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert sum(line.endswith(": ok") for line in lines) == 4  # write+gather, copy, 2 swaps
 
 
 @pytest.mark.skipif(not is_simulator(), reason="the notice is what the simulator prints")

@@ -10,8 +10,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from paged_kv import device
 from paged_kv.config import ModelSpec, get_model
+from paged_kv.kernels import SWAP_METHODS
 from paged_kv.storage import KVStorage
+
+cuda = device.cuda_api()
 
 MODELS = {
     "float16": get_model("tiny"),  # 2 layers, 2 KV heads, head_dim 8
@@ -148,3 +152,124 @@ def test_constructor_rejects_bad_values(args: tuple, message: str) -> None:
     model = args[0] if args[0] is not None else MODELS["float16"]
     with pytest.raises(ValueError, match=message):
         KVStorage(model, *args[1:])
+
+
+# -- swap paths and streams -------------------------------------------------------------
+
+
+@pytest.mark.parametrize("method", SWAP_METHODS)
+def test_swap_methods_move_the_same_bytes(method: str) -> None:
+    rng = np.random.default_rng(1)
+    model = MODELS["float16"]
+    storage = KVStorage(model, BLOCK_SIZE, num_gpu_blocks=8, num_host_blocks=6,
+                        swap_method=method)
+    assert storage.swap_method == method and repr(storage).endswith(f"swap_method={method!r})")
+    heads = (model.num_kv_heads, model.head_dim)
+    for layer in range(model.num_layers):
+        k = rng.standard_normal((32, *heads)).astype(np.float16)
+        storage.write(layer, k, -k, np.arange(32))
+    gpu = storage.gpu_snapshot()
+    pairs = [(2, 3), (3, 4), (4, 5), (7, 0)]  # one run of three, one single block
+    storage.swap_out(pairs)
+    host = storage.host_snapshot()
+    for src, dst in pairs:
+        assert same_bytes(host[:, :, dst], gpu[:, :, src])
+    other = "kernel" if method == "memcpy" else "memcpy"  # per-call override
+    storage.swap_in([(3, 0), (4, 1), (0, 6)], method=other)
+    after = storage.gpu_snapshot()
+    assert same_bytes(after[:, :, 0], gpu[:, :, 2]) and same_bytes(after[:, :, 1], gpu[:, :, 3])
+    assert same_bytes(after[:, :, 6], gpu[:, :, 7])
+    with pytest.raises(ValueError, match="swap_method must be one of"):
+        KVStorage(model, BLOCK_SIZE, 4, 2, swap_method="dma")
+
+
+class SpyEvent:
+    """An event that logs what is done with it (under the simulator events do nothing)."""
+
+    log: list[tuple[str, object, object]] = []
+
+    def record(self, stream=0) -> None:
+        SpyEvent.log.append(("record", self, stream))
+
+    def wait(self, stream=0) -> None:
+        SpyEvent.log.append(("wait", self, stream))
+
+
+@pytest.fixture
+def spied(monkeypatch: pytest.MonkeyPatch) -> KVStorage:
+    """Storage whose fences make SpyEvents; two layers of 4-token blocks, written."""
+    SpyEvent.log = []
+    monkeypatch.setattr(device, "new_event", SpyEvent)
+    storage = KVStorage(MODELS["float32"], BLOCK_SIZE, num_gpu_blocks=8, num_host_blocks=4)
+    k = np.arange(32 * 2 * 4, dtype=np.float32).reshape(32, 2, 4)
+    for layer in range(2):
+        storage.write(layer, k, k + 1, np.arange(32))
+    return storage
+
+
+def waits_on(stream, since: int = 0) -> list[tuple[object, object]]:
+    """(event, the stream it was recorded on) for each wait enqueued on `stream`, from
+    entry `since` of the log on."""
+    recorded_on = {id(e): s for kind, e, s in SpyEvent.log if kind == "record"}
+    return [(e, recorded_on.get(id(e))) for kind, e, s in SpyEvent.log[since:]
+            if kind == "wait" and s is stream]
+
+
+def test_one_stream_records_no_event(spied: KVStorage) -> None:
+    spied.swap_out([(1, 0)])
+    spied.copy_blocks([(2, 3)])
+    spied.write(0, np.zeros((1, 2, 4), np.float32), np.zeros((1, 2, 4), np.float32), [4])
+    assert SpyEvent.log == []
+
+
+def test_a_swapped_out_block_is_not_overwritten_before_the_swap_read_it(
+    spied: KVStorage,
+) -> None:
+    copy_stream, compute = cuda.stream(), cuda.stream()
+    spied.gather(0, [[5]], [4], stream=compute)  # waits once for the setup's writes
+    assert [s for _, s in waits_on(compute)] == [0]  # ... on the default stream
+    spied.swap_out([(1, 0), (2, 1)], stream=copy_stream)  # reads GPU blocks 1, 2
+    swap_event = [e for kind, e, s in SpyEvent.log if kind == "record" and s is copy_stream]
+    assert swap_event, "the swap on a second stream records an event"
+    since = len(SpyEvent.log)
+    row = np.ones((1, 2, 4), np.float32)
+
+    spied.write(0, row, row, [5 * BLOCK_SIZE], stream=compute)  # block 5: unrelated
+    assert waits_on(compute, since) == []
+    spied.write(0, row, row, [1 * BLOCK_SIZE + 2], stream=compute)  # block 1: the source
+    [(event, recorded_on)] = waits_on(compute, since)
+    assert event in swap_event and recorded_on is copy_stream
+    # and the bytes are right: the host has the old block 1, the GPU the new row
+    assert not spied.host_snapshot()[0, 0, 0, 2].tolist() == row[0].tolist()
+    assert same_bytes(spied.gpu_snapshot()[0, 0, 1, 2], row[0])
+
+
+def test_cow_source_and_swap_destinations_are_fenced(spied: KVStorage) -> None:
+    s1, s2 = cuda.stream(), cuda.stream()
+    spied.copy_blocks([(3, 6)], stream=s1)  # reads block 3
+    since = len(SpyEvent.log)
+    spied.swap_in([(0, 3)], stream=s2)  # writes block 3, the COW source: waits for s1
+    # (and once for the set-up's writes on the default stream, as every new stream does)
+    assert sorted(map(id, (s for _, s in waits_on(s2, since)))) == sorted(map(id, [0, s1]))
+    since = len(SpyEvent.log)
+    spied.gather(0, [[3]], [4], stream=s1)  # reads block 3, written by s2's swap in
+    assert [s for _, s in waits_on(s1, since)] == [s2]
+    spied.swap_out([(7, 1)], stream=s2)  # writes host block 1
+    since = len(SpyEvent.log)
+    spied.swap_in([(1, 7)], stream=s1)  # reads host block 1 that s2 wrote, and writes
+    # GPU block 7 that s2 read: one wait per pool, both on s2's swap out
+    assert [s for _, s in waits_on(s1, since)] == [s2, s2]
+
+
+def test_device_ids_fence_the_whole_pool_and_report_skipped_ids(spied: KVStorage) -> None:
+    s1, s2 = cuda.stream(), cuda.stream()
+    spied.swap_out([(2, 0)], stream=s1)
+    since = len(SpyEvent.log)
+    row = np.ones((1, 2, 4), np.float32)
+    spied.write(1, row, row, cuda.to_device(np.array([7 * BLOCK_SIZE])), stream=s2)
+    # unknown blocks: waits for all, the set-up's writes (default stream) and the swap
+    assert sorted(map(id, (s for _, s in waits_on(s2, since)))) == sorted(map(id, [0, s1]))
+    spied.write(1, row, row, cuda.to_device(np.array([10**6])))  # beyond the pool
+    with pytest.raises(ValueError, match="skipped 1 out-of-range ids given as device arrays"):
+        spied.synchronize()
+    spied.synchronize()  # reported once

@@ -1,39 +1,51 @@
 """Every ``@cuda.jit`` kernel of paged_kv, each behind a validating host wrapper.
 
 =============  ======================  =============================================
-wrapper        kernel                  moves
+wrapper        kernel / path           moves
 =============  ======================  =============================================
 write_slots    slot_write_kernel       new K/V tokens -> pool slots (one layer)
 gather_kv      gather_kernel           pool -> contiguous K/V of a batch (one layer)
 copy_blocks    block_copy_kernel       whole blocks within one pool (copy-on-write)
-swap_blocks    block_copy_kernel       whole blocks between GPU pool and host pool
+swap_blocks    copy engines (memcpy)   whole blocks between GPU pool and host pool
+               or block_copy_kernel
 =============  ======================  =============================================
 
-Kernels compile lazily (no eager signature), so importing this package needs no GPU.
-`KERNELS` lists each kernel with the signatures its wrapper launches, for
-`paged_kv.kernels.compile_check`.
+Every wrapper takes ``stream=None`` (keyword): the work is enqueued on that stream and
+the call returns (`paged_kv.kernels._launch` has the rules). Kernels move copy units of
+up to 16 bytes per thread (`paged_kv.kernels._units` has the rule). Kernels compile
+lazily (no eager signature); importing this package makes the device choice of
+`paged_kv.device` (simulator or GPU) but needs no GPU. `KERNELS` lists each kernel with
+the signatures its wrapper launches, for `paged_kv.kernels.compile_check`.
 """
 
 from __future__ import annotations
 
 from paged_kv.kernels import block_copy, gather, slot_write
-from paged_kv.kernels._launch import THREADS_PER_BLOCK
+from paged_kv.kernels._launch import THREADS_PER_BLOCK, DeviceBuffers, default_buffers
+from paged_kv.kernels._units import UNIT_DTYPES
 from paged_kv.kernels.block_copy import copy_blocks
 from paged_kv.kernels.gather import gather_kv
 from paged_kv.kernels.slot_write import write_slots
-from paged_kv.kernels.swap import swap_blocks
+from paged_kv.kernels.swap import DEFAULT_SWAP_METHOD, SWAP_METHODS, swap_blocks
 
-#: name -> (dispatcher, signature(dtype) function) for every kernel in the package.
+#: name -> (dispatcher, signature(variant) function, variants) for every kernel. The
+#: copy kernels move raw bytes, so their variants are the copy-unit dtypes rather than
+#: the KV dtypes; a 2-tuple entry means the variants are the KV dtypes
+#: (`paged_kv.config.SUPPORTED_DTYPES`).
 KERNELS = {
-    "slot_write": (slot_write.slot_write_kernel, slot_write.signature),
-    "gather": (gather.gather_kernel, gather.signature),
-    "block_copy": (block_copy.block_copy_kernel, block_copy.signature),
+    "slot_write": (slot_write.slot_write_kernel, slot_write.signature, UNIT_DTYPES),
+    "gather": (gather.gather_kernel, gather.signature, UNIT_DTYPES),
+    "block_copy": (block_copy.block_copy_kernel, block_copy.signature, UNIT_DTYPES),
 }
 
 __all__ = [
+    "DEFAULT_SWAP_METHOD",
     "KERNELS",
+    "SWAP_METHODS",
     "THREADS_PER_BLOCK",
+    "DeviceBuffers",
     "copy_blocks",
+    "default_buffers",
     "gather_kv",
     "swap_blocks",
     "write_slots",

@@ -1,9 +1,20 @@
 """Argument checks shared by the host wrappers.
 
 Every check runs on the host, before any launch, and raises `ValueError` whose message
-names the wrapper, the argument and the offending numbers. Index arrays given as device
-arrays are copied to the host to be checked (one small copy; ids must be known to be
-safe before a kernel writes through them).
+names the wrapper, the argument and the offending numbers.
+
+What is checked depends on where an index argument lives:
+
+* **host** (list, tuple, NumPy): everything, values included: ids in range, no
+  duplicate destination, no block both source and destination of one launch. A bad
+  argument raises before any launch and changes no byte.
+* **device** (a numba device array): rank, shape and dtype only; its values are *not*
+  copied back. The kernels check every id they use against the pool and skip an
+  out-of-range one (gather writes zeros in its place), counting it in the error count
+  of `paged_kv.kernels._launch.DeviceBuffers`, so a bad id never reads or writes
+  outside a pool. Duplicate destinations and source/destination overlap within one
+  launch are not detected on this path: the caller who builds ids on the device
+  vouches for them.
 """
 
 from __future__ import annotations
@@ -17,6 +28,9 @@ from paged_kv.config import SUPPORTED_DTYPES
 #: Axis names of a pool, in order; see `paged_kv.storage` for the layout.
 POOL_AXES = ("num_layers", "2 (K/V)", "num_blocks", "block_size", "num_kv_heads", "head_dim")
 
+#: Block ids travel to the kernels as int32 (pairs, block tables).
+MAX_BLOCK_ID = np.iinfo(np.int32).max
+
 
 def is_cuda_array(obj: object) -> bool:
     """True for arrays a kernel addresses in place: device, mapped or simulator arrays."""
@@ -24,7 +38,7 @@ def is_cuda_array(obj: object) -> bool:
 
 
 def check_pool(pool: Any, what: str, name: str = "pool") -> tuple[int, ...]:
-    """Check a pool's rank, K/V axis and dtype; return its shape."""
+    """Check a pool's rank, K/V axis, dtype and contiguity; return its shape."""
     shape = getattr(pool, "shape", None)
     dtype = getattr(pool, "dtype", None)
     if shape is None or dtype is None:
@@ -38,6 +52,11 @@ def check_pool(pool: Any, what: str, name: str = "pool") -> tuple[int, ...]:
         raise ValueError(
             f"{what}: {name} dtype must be one of {SUPPORTED_DTYPES}, got {np.dtype(dtype).name}"
         )
+    if shape[2] > MAX_BLOCK_ID:
+        raise ValueError(f"{what}: {name} has {shape[2]} blocks; block ids are int32, so at "
+                         f"most {MAX_BLOCK_ID}")
+    require_cuda_array(pool, what, name)
+    require_c_contiguous(pool, what, name)
     return shape
 
 
@@ -54,6 +73,40 @@ def require_cuda_array(obj: Any, what: str, name: str) -> None:
         )
 
 
+def require_c_contiguous(obj: Any, what: str, name: str) -> None:
+    """Kernels address arrays as flat runs: a strided view is refused."""
+    contiguous = getattr(obj, "is_c_contiguous", None)
+    flags = getattr(obj, "flags", None)
+    ok = contiguous() if callable(contiguous) else bool(flags and flags["C_CONTIGUOUS"])
+    if not ok:
+        raise ValueError(f"{what}: {name} must be C-contiguous, got a strided view")
+
+
+def memory_extent(arr: Any) -> tuple[int, int]:
+    """``(first byte, one past the last byte)`` of a contiguous array's memory."""
+    from paged_kv.kernels._units import base_address  # noqa: PLC0415 - loads numba
+
+    start = base_address(arr)
+    return start, start + int(arr.size) * np.dtype(arr.dtype).itemsize
+
+
+def same_or_disjoint(a: Any, b: Any, what: str, names: tuple[str, str]) -> bool:
+    """True when `a` and `b` are the same memory (same extent and shape), False when
+    they are disjoint; `ValueError` when they overlap otherwise (a view of one pool
+    passed as the other: the copy would read bytes it is overwriting)."""
+    a_start, a_end = memory_extent(a)
+    b_start, b_end = memory_extent(b)
+    if (a_start, a_end) == (b_start, b_end) and tuple(a.shape) == tuple(b.shape):
+        return True
+    if a_start < b_end and b_start < a_end and a_end > a_start and b_end > b_start:
+        raise ValueError(
+            f"{what}: {names[0]} (bytes {a_start:#x}..{a_end:#x}) and {names[1]} "
+            f"(bytes {b_start:#x}..{b_end:#x}) overlap in memory; pass two distinct "
+            f"pools, or the same pool object for a copy within one pool"
+        )
+    return False
+
+
 def check_layer(layer: Any, num_layers: int, what: str) -> int:
     """Check a layer index against the pool's layer count; return it as a Python int."""
     if isinstance(layer, (bool, np.bool_)) or not isinstance(layer, (int, np.integer)):
@@ -64,10 +117,12 @@ def check_layer(layer: Any, num_layers: int, what: str) -> int:
 
 
 def host_int_array(obj: Any, what: str, name: str, ndim: int) -> np.ndarray:
-    """Return an integer index argument as a host int64 array of rank `ndim`.
+    """Return a host integer index argument as an int64 array of rank `ndim`.
 
-    Accepts lists, NumPy arrays and device arrays; rejects booleans, floats and any
-    other rank. An empty sequence is an empty int64 array.
+    Accepts lists and NumPy arrays (a device array is copied back: only for inputs a
+    wrapper needs on the host, such as gather's lengths, which size its output);
+    rejects booleans, floats and any other rank. An empty sequence is an empty int64
+    array.
     """
     arr = obj.copy_to_host() if is_cuda_array(obj) else np.asarray(obj)
     if arr.size == 0 and arr.dtype.kind == "f" and not is_cuda_array(obj):
@@ -82,22 +137,21 @@ def host_int_array(obj: Any, what: str, name: str, ndim: int) -> np.ndarray:
     return arr.astype(np.int64, copy=False)
 
 
+def device_index_array(obj: Any, what: str, name: str, dtype: Any, ndim: int) -> Any:
+    """Check a device-resident index argument's dtype, rank and layout (not its values)."""
+    if np.dtype(obj.dtype) != np.dtype(dtype) or len(obj.shape) != ndim:
+        raise ValueError(
+            f"{what}: a device {name} must be a {ndim}-D {np.dtype(dtype).name} array "
+            f"(the dtype the kernel reads), got {len(obj.shape)}-D "
+            f"{np.dtype(obj.dtype).name}; pass a NumPy array to have it converted"
+        )
+    require_c_contiguous(obj, what, name)
+    return obj
+
+
 def kv_argument(obj: Any) -> Any:
     """A k/v argument as something with shape and dtype: device arrays pass through."""
     return obj if is_cuda_array(obj) else np.asarray(obj)
-
-
-def to_device(arr: Any, dtype: Any = None) -> Any:
-    """A device copy of host array `arr` (C-contiguous, cast to `dtype` if given);
-    device arrays of the right dtype pass through untouched."""
-    from numba import cuda  # noqa: PLC0415 - numba loads after paged_kv.device chose
-
-    if is_cuda_array(arr) and (dtype is None or np.dtype(arr.dtype) == np.dtype(dtype)):
-        return arr
-    if is_cuda_array(arr):
-        arr = arr.copy_to_host()
-    host = np.ascontiguousarray(arr if dtype is None else np.asarray(arr, dtype=dtype))
-    return cuda.to_device(host)
 
 
 def block_pairs(
@@ -106,8 +160,8 @@ def block_pairs(
     num_dst_blocks: int,
     same_pool: bool,
     what: str,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Check ``(src, dst)`` block pairs; return the source and destination id columns.
+) -> np.ndarray:
+    """Check host ``(src, dst)`` block pairs; return them as an int32 ``[n, 2]`` array.
 
     Rules: every src id in ``[0, num_src_blocks)``, every dst id in
     ``[0, num_dst_blocks)``; no dst twice (two writers, one block: the result would
@@ -116,7 +170,7 @@ def block_pairs(
     copy would see old or new bytes depending on thread order). A src may appear
     several times (one block copied to several destinations).
     """
-    if not is_cuda_array(pairs) and np.asarray(pairs).size == 0:
+    if np.asarray(pairs).size == 0:
         arr = np.zeros((0, 2), dtype=np.int64)  # [] or an empty array: nothing to move
     else:
         arr = host_int_array(pairs, what, "pairs", ndim=2)
@@ -138,7 +192,17 @@ def block_pairs(
                 f"{what}: block {int(both[0])} is both a source and a destination "
                 f"(ordering hazard within one launch)"
             )
-    return src.astype(np.int32), dst.astype(np.int32)
+    return np.ascontiguousarray(arr, dtype=np.int32)
+
+
+def device_block_pairs(pairs: Any, what: str) -> Any:
+    """Check a device-resident ``[n, 2]`` int32 pairs array's form (not its values)."""
+    device_index_array(pairs, what, "pairs", np.int32, ndim=2)
+    if int(pairs.shape[1]) != 2:
+        raise ValueError(
+            f"{what}: pairs must have shape [n, 2] (src, dst), got {tuple(pairs.shape)}"
+        )
+    return pairs
 
 
 def _check_ids(ids: np.ndarray, num_blocks: int, what: str, role: str) -> None:

@@ -1,11 +1,18 @@
 """Compile every kernel for real GPUs, without one: PTX by NVVM, SASS by ptxas.
 
-For each kernel in `paged_kv.kernels.KERNELS`, each KV dtype and each target
+For each kernel in `paged_kv.kernels.KERNELS`, each of its variants (the copy kernels:
+the copy-unit dtypes uint16/uint32/uint64; other kernels: the KV dtypes) and each target
 architecture (sm_80 = A100, sm_90 = H100), this compiles the exact signature the host
 wrapper launches with ``numba.cuda.compile_ptx``, assembles the PTX with ``ptxas -v``
 and reads back registers per thread, stack frame and spill bytes. A kernel that spills
-is a failure: these kernels hold a handful of indices and one element, and a spill
-would mean local-memory traffic on every element moved.
+is a failure: these kernels hold a handful of indices and one copy unit, and a spill
+would mean local-memory traffic on every unit moved. The table also says whether the
+PTX holds 16-byte vector loads (``ld.global.v2.u64``), which the uint64 variants of
+the copy kernels must.
+
+Kernels that call helper functions (``register_jitable`` or ``device=True``) make
+numba-cuda compile those for "the current device"; without a GPU there is none, so the
+check stands in a device of the architecture being compiled (`_target_device`).
 
 Run it with the simulator off (no driver needed)::
 
@@ -28,8 +35,12 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
 
 from paged_kv import device
 from paged_kv.config import SUPPORTED_DTYPES
@@ -55,6 +66,7 @@ class CompileResult:
     stack_bytes: int
     spill_store_bytes: int
     spill_load_bytes: int
+    vector_loads: bool = False
 
     @property
     def spills(self) -> bool:
@@ -97,37 +109,68 @@ def parse_ptxas_report(text: str) -> tuple[int, int, int, int]:
     return int(registers.group(1)), stack, stores, loads
 
 
+def kernel_variants() -> list[tuple[str, Any, Any, str]]:
+    """``(name, dispatcher, signature function, variant)`` for every kernel variant.
+
+    `paged_kv.kernels.KERNELS` entries are ``(dispatcher, signature)`` (variants: the
+    KV dtypes) or ``(dispatcher, signature, variants)``.
+    """
+    from paged_kv.kernels import KERNELS  # noqa: PLC0415 - decorates the kernels
+
+    rows = []
+    for name, entry in KERNELS.items():
+        kernel, signature = entry[0], entry[1]
+        variants = entry[2] if len(entry) > 2 else SUPPORTED_DTYPES
+        rows.extend((name, kernel, signature, variant) for variant in variants)
+    return rows
+
+
+@contextmanager
+def _target_device(cc: tuple[int, int]) -> Iterator[None]:
+    """Let numba-cuda compile helper functions for `cc` with no GPU present (module doc)."""
+    import numba.cuda.dispatcher as dispatcher  # noqa: PLC0415
+
+    real = getattr(dispatcher, "get_current_device", None)
+    if real is None:  # another numba-cuda: helpers compile without a device
+        yield
+        return
+    dispatcher.get_current_device = lambda: SimpleNamespace(compute_capability=cc)
+    try:
+        yield
+    finally:
+        dispatcher.get_current_device = real
+
+
 def compile_all(ptxas: str, workdir: Path) -> list[CompileResult]:
-    """Compile every kernel x dtype x arch; return ptxas's figures for each."""
+    """Compile every kernel variant x arch; return ptxas's figures for each."""
     from numba import cuda  # noqa: PLC0415 - only after paged_kv.device chose "gpu"
 
-    from paged_kv.kernels import KERNELS  # noqa: PLC0415
-
     results = []
-    for name, (kernel, signature) in KERNELS.items():
-        for dtype in SUPPORTED_DTYPES:
-            for cc in ARCHS:
-                arch = f"sm_{cc[0]}{cc[1]}"
-                try:
+    for name, kernel, signature, dtype in kernel_variants():
+        for cc in ARCHS:
+            arch = f"sm_{cc[0]}{cc[1]}"
+            try:
+                with _target_device(cc):
                     ptx, _ = cuda.compile_ptx(kernel.py_func, signature(dtype), cc=cc)
-                except Exception as exc:  # NVVM missing shows up as various errors
-                    if "nvvm" in str(exc).lower() or "libnvvm" in type(exc).__name__.lower():
-                        raise ToolchainMissing(f"NVVM unavailable ({exc}); {INSTALL_HINT}") from exc
-                    raise
-                ptx_path = workdir / f"{name}_{dtype}_{arch}.ptx"
-                ptx_path.write_text(ptx)
-                proc = subprocess.run(
-                    [ptxas, f"-arch={arch}", "-v", str(ptx_path), "-o",
-                     str(ptx_path.with_suffix(".cubin"))],
-                    capture_output=True, text=True, check=False,
+            except Exception as exc:  # NVVM missing shows up as various errors
+                if "nvvm" in str(exc).lower() or "libnvvm" in type(exc).__name__.lower():
+                    raise ToolchainMissing(f"NVVM unavailable ({exc}); {INSTALL_HINT}") from exc
+                raise
+            ptx_path = workdir / f"{name}_{dtype}_{arch}.ptx"
+            ptx_path.write_text(ptx)
+            proc = subprocess.run(
+                [ptxas, f"-arch={arch}", "-v", str(ptx_path), "-o",
+                 str(ptx_path.with_suffix(".cubin"))],
+                capture_output=True, text=True, check=False,
+            )
+            if proc.returncode != 0:
+                raise ToolchainMissing(
+                    f"ptxas ({ptxas}) failed on {ptx_path.name} (exit {proc.returncode}):\n"
+                    f"{proc.stdout}{proc.stderr}"
                 )
-                if proc.returncode != 0:
-                    raise ToolchainMissing(
-                        f"ptxas ({ptxas}) failed on {ptx_path.name} (exit {proc.returncode}):\n"
-                        f"{proc.stdout}{proc.stderr}"
-                    )
-                regs, stack, stores, loads = parse_ptxas_report(proc.stdout + proc.stderr)
-                results.append(CompileResult(name, dtype, arch, regs, stack, stores, loads))
+            regs, stack, stores, loads = parse_ptxas_report(proc.stdout + proc.stderr)
+            results.append(CompileResult(name, dtype, arch, regs, stack, stores, loads,
+                                         "ld.global.v2.u64" in ptx))
     return results
 
 
@@ -137,13 +180,15 @@ def format_table(results: list[CompileResult]) -> str:
     rows = {}
     for r in results:
         rows.setdefault((r.kernel, r.dtype), {})[r.arch] = r
-    header = ["kernel", "dtype"] + [f"{a} regs" for a in archs] + ["stack (B)", "spills (B)"]
+    header = (["kernel", "variant"] + [f"{a} regs" for a in archs]
+              + ["stack (B)", "spills (B)", "16-byte loads"])
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for (kernel, dtype), by_arch in rows.items():
         stack = max(r.stack_bytes for r in by_arch.values())
         spills = max(r.spill_store_bytes + r.spill_load_bytes for r in by_arch.values())
+        vector = "yes" if all(r.vector_loads for r in by_arch.values()) else "no"
         cells = [kernel, dtype] + [str(by_arch[a].registers) for a in archs]
-        lines.append("| " + " | ".join(cells + [str(stack), str(spills)]) + " |")
+        lines.append("| " + " | ".join(cells + [str(stack), str(spills), vector]) + " |")
     return "\n".join(lines)
 
 
