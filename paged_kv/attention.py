@@ -140,14 +140,17 @@ def dense_attention(
     return out.reshape(num_q, q_heads, head_dim).astype(np.float32)
 
 
-def _check_cache(cache: PagedKVCache) -> None:
+def check_cache(cache: PagedKVCache) -> None:
+    """Refuse a metadata-only cache (`MetadataOnlyError`): there is no KV to attend to."""
     if cache.storage is None or cache.model is None:
         raise MetadataOnlyError(
             "paged attention needs a cache with storage (a model and storage=True)"
         )
 
 
-def _check_q(cache: PagedKVCache, q: np.ndarray, what: str) -> np.ndarray:
+def check_query(cache: PagedKVCache, q: np.ndarray, what: str) -> np.ndarray:
+    """`q` as a 3-D array ``[what, q_heads, head_dim]`` of the cache's model, or
+    `ValueError`. Shared with the device forms in `paged_kv.paged_attention`."""
     model = cache.model
     q = _as_3d("q", q, f"{what}, q_heads, head_dim")
     if q.shape[1:] != (model.q_heads, model.head_dim):
@@ -178,8 +181,8 @@ def paged_attention(
     ``cache.read_kv`` (the gather kernel). Returns float32 ``[num_q_tokens, q_heads,
     head_dim]``.
     """
-    _check_cache(cache)
-    q = _check_q(cache, q, "num_q_tokens")
+    check_cache(cache)
+    q = check_query(cache, q, "num_q_tokens")
     num_tokens = cache.num_tokens(seq_id)
     num_q = q.shape[0]
     if q_start is None:
@@ -212,9 +215,9 @@ def paged_decode_attention(
     one ``cache.read_kv_batch`` (one gather launch). Returns float32
     ``[len(seq_ids), q_heads, head_dim]``.
     """
-    _check_cache(cache)
+    check_cache(cache)
     seq_ids = list(seq_ids)
-    q = _check_q(cache, q, "num_seqs")
+    q = check_query(cache, q, "num_seqs")
     if q.shape[0] != len(seq_ids):
         raise ValueError(f"q has {q.shape[0]} rows for {len(seq_ids)} sequences")
     model = cache.model
