@@ -425,32 +425,94 @@ def _stride(head_dim: int, itemsize: int) -> int:
     return stride
 
 
-def _launch(pool: Any, dims: tuple[int, ...], q: Any, table: np.ndarray, row_seq: np.ndarray,
-            row_len: np.ndarray, rows_per_tile: int, scale: np.float32, stream: Any) -> Any:
-    """Allocate ``out[rows, q_heads, head_dim]`` (float32, on the device) and launch."""
-    layer, num_blocks, block_size, num_kv_heads, head_dim = dims
-    rows, q_heads = int(q.shape[0]), int(q.shape[1])
-    stream = 0 if stream is None else stream
-    out = cuda.device_array((rows, q_heads, head_dim), dtype=np.float32, stream=stream)
-    if rows == 0:
-        return out
-    threads = next(t for t in THREAD_VARIANTS if head_dim <= t)
-    itemsize = np.dtype(pool.dtype).itemsize
-    stride = _stride(head_dim, itemsize)
-    tile = max(1, min(MAX_TILE, TILE_BYTES // (stride * itemsize)))
-    tiles = _tiles(row_seq, row_len, q_heads, num_kv_heads, head_dim, rows_per_tile)
-    token_elems = num_kv_heads * head_dim
-    v_offset = num_blocks * block_size * token_elems
-    q_dev = q if is_cuda_array(q) else cuda.to_device(q, stream=stream)
-    queries = 1 if tiles[:, TILE_LEN + 1].max() == 0 else MAX_QUERIES
-    kernel = KERNEL_VARIANTS[threads, queries]
-    kernel[tiles.shape[0], threads, stream, tile * stride * itemsize](
-        pool.reshape(pool.size), layer * 2 * v_offset, v_offset, block_size, token_elems,
-        stride, tile, q_dev.reshape(rows * q_heads, head_dim), scale,
-        cuda.to_device(table, stream=stream), cuda.to_device(tiles, stream=stream),
-        out.reshape(rows * q_heads, head_dim),
-    )
-    return out
+class AttentionLaunch:
+    """A checked paged-attention launch with its inputs on the device: calling it runs
+    the kernel on its stream and returns `out`, the float32 device array
+    ``[rows, q_heads, head_dim]`` it fills. `decode_attention` and `prefill_attention`
+    call one once; `benchmarks/attention.py` calls one repeatedly to time the kernel
+    without the host-side checks and uploads."""
+
+    def __init__(self, pool: Any, dims: tuple[int, ...], q: Any, table: np.ndarray,
+                 row_seq: np.ndarray, row_len: np.ndarray, rows_per_tile: int,
+                 scale: np.float32, stream: Any) -> None:
+        layer, num_blocks, block_size, num_kv_heads, head_dim = dims
+        rows, q_heads = int(q.shape[0]), int(q.shape[1])
+        stream = 0 if stream is None else stream
+        self.out = cuda.device_array((rows, q_heads, head_dim), dtype=np.float32,
+                                     stream=stream)
+        self._kernel = None
+        if rows == 0:
+            return  # nothing to launch
+        threads = next(t for t in THREAD_VARIANTS if head_dim <= t)
+        itemsize = np.dtype(pool.dtype).itemsize
+        stride = _stride(head_dim, itemsize)
+        tile = max(1, min(MAX_TILE, TILE_BYTES // (stride * itemsize)))
+        tiles = _tiles(row_seq, row_len, q_heads, num_kv_heads, head_dim, rows_per_tile)
+        queries = 1 if tiles[:, TILE_LEN + 1].max() == 0 else MAX_QUERIES
+        token_elems = num_kv_heads * head_dim
+        v_offset = num_blocks * block_size * token_elems
+        q_dev = q if is_cuda_array(q) else cuda.to_device(q, stream=stream)
+        self._kernel = KERNEL_VARIANTS[threads, queries]
+        self._config = (tiles.shape[0], threads, stream, tile * stride * itemsize)
+        self._args = (
+            pool.reshape(pool.size), layer * 2 * v_offset, v_offset, block_size, token_elems,
+            stride, tile, q_dev.reshape(rows * q_heads, head_dim), scale,
+            cuda.to_device(table, stream=stream), cuda.to_device(tiles, stream=stream),
+            self.out.reshape(rows * q_heads, head_dim),
+        )
+
+    def __call__(self) -> Any:
+        if self._kernel is not None:
+            self._kernel[self._config](*self._args)
+        return self.out
+
+
+def prepare_decode(pool: Any, layer: int, q: Any, block_tables: Any, seq_lens: Any, *,
+                   scale: float | None = None, stream: Any = None) -> AttentionLaunch:
+    """Check and upload `decode_attention`'s arguments; return the launch, not yet run."""
+    what = "decode_attention"
+    dims = _pool_dims(pool, layer, what)
+    _, num_blocks, block_size, num_kv_heads, head_dim = dims
+    table = pad_block_tables(block_tables, what)
+    batch = table.shape[0]
+    lens = host_int_array(seq_lens, what, "seq_lens", ndim=1)
+    if lens.shape[0] != batch:
+        raise ValueError(f"{what}: seq_lens has {lens.shape[0]} entries for {batch} block tables")
+    q = _query(q, batch, num_kv_heads, head_dim, what)
+    empty = np.flatnonzero(lens < 1)
+    if empty.size:
+        s = int(empty[0])
+        raise ValueError(
+            f"{what}: sequence {s} has seq_len {int(lens[s])}; a query needs at least one "
+            f"key (write the new token's K/V first)"
+        )
+    scale = _scale(scale, head_dim, what)
+    table = _checked_tables(table, lens, num_blocks, block_size, what)
+    return AttentionLaunch(pool, dims, q, table, np.arange(batch, dtype=np.int64), lens, 1,
+                           scale, stream)
+
+
+def prepare_prefill(pool: Any, layer: int, q: Any, block_table: Any, q_start: int, *,
+                    scale: float | None = None, stream: Any = None) -> AttentionLaunch:
+    """Check and upload `prefill_attention`'s arguments; return the launch, not yet run."""
+    what = "prefill_attention"
+    dims = _pool_dims(pool, layer, what)
+    _, num_blocks, block_size, num_kv_heads, head_dim = dims
+    table = host_int_array(block_table, what, "block_table", ndim=1)[None, :]
+    if isinstance(q_start, (bool, np.bool_)) or not isinstance(q_start, (int, np.integer)) \
+            or q_start < 0:
+        raise ValueError(f"{what}: q_start must be an integer >= 0, got {q_start!r}")
+    q_start = int(q_start)
+    q = _query(q, None, num_kv_heads, head_dim, what)
+    scale = _scale(scale, head_dim, what)
+    n = int(q.shape[0])
+    kv_len = q_start + n if n else 0  # no query reads nothing
+    table = _checked_tables(table, np.array([kv_len], dtype=np.int64), num_blocks, block_size,
+                            what)
+    heads = min(int(q.shape[1]) // num_kv_heads, MAX_QUERIES)
+    row_len = np.arange(q_start + 1, q_start + n + 1, dtype=np.int64)
+    return AttentionLaunch(pool, dims, q, table, np.zeros(n, dtype=np.int64), row_len,
+                           MAX_QUERIES // heads, scale, stream)
 
 
 def decode_attention(pool: Any, layer: int, q: Any, block_tables: Any, seq_lens: Any, *,
@@ -473,26 +535,7 @@ def decode_attention(pool: Any, layer: int, q: Any, block_tables: Any, seq_lens:
     a table has fewer than ``ceil(seq_len / block_size)`` entries or one of those is
     outside ``[0, num_blocks)``; scale is not a finite number.
     """
-    what = "decode_attention"
-    dims = _pool_dims(pool, layer, what)
-    _, num_blocks, block_size, num_kv_heads, head_dim = dims
-    table = pad_block_tables(block_tables, what)
-    batch = table.shape[0]
-    lens = host_int_array(seq_lens, what, "seq_lens", ndim=1)
-    if lens.shape[0] != batch:
-        raise ValueError(f"{what}: seq_lens has {lens.shape[0]} entries for {batch} block tables")
-    q = _query(q, batch, num_kv_heads, head_dim, what)
-    empty = np.flatnonzero(lens < 1)
-    if empty.size:
-        s = int(empty[0])
-        raise ValueError(
-            f"{what}: sequence {s} has seq_len {int(lens[s])}; a query needs at least one "
-            f"key (write the new token's K/V first)"
-        )
-    scale = _scale(scale, head_dim, what)
-    table = _checked_tables(table, lens, num_blocks, block_size, what)
-    return _launch(pool, dims, q, table, np.arange(batch, dtype=np.int64), lens, 1, scale,
-                   stream)
+    return prepare_decode(pool, layer, q, block_tables, seq_lens, scale=scale, stream=stream)()
 
 
 def prefill_attention(pool: Any, layer: int, q: Any, block_table: Any, q_start: int, *,
@@ -509,21 +552,5 @@ def prefill_attention(pool: Any, layer: int, q: Any, block_table: Any, q_start: 
     table has fewer than ``ceil((q_start + n) / block_size)`` entries or one of those is
     outside ``[0, num_blocks)``; and for the reasons `decode_attention` gives.
     """
-    what = "prefill_attention"
-    dims = _pool_dims(pool, layer, what)
-    _, num_blocks, block_size, num_kv_heads, head_dim = dims
-    table = host_int_array(block_table, what, "block_table", ndim=1)[None, :]
-    if isinstance(q_start, (bool, np.bool_)) or not isinstance(q_start, (int, np.integer)) \
-            or q_start < 0:
-        raise ValueError(f"{what}: q_start must be an integer >= 0, got {q_start!r}")
-    q_start = int(q_start)
-    q = _query(q, None, num_kv_heads, head_dim, what)
-    scale = _scale(scale, head_dim, what)
-    n = int(q.shape[0])
-    kv_len = q_start + n if n else 0  # no query reads nothing
-    table = _checked_tables(table, np.array([kv_len], dtype=np.int64), num_blocks, block_size,
-                            what)
-    heads = min(int(q.shape[1]) // num_kv_heads, MAX_QUERIES)
-    row_len = np.arange(q_start + 1, q_start + n + 1, dtype=np.int64)
-    return _launch(pool, dims, q, table, np.zeros(n, dtype=np.int64), row_len,
-                   MAX_QUERIES // heads, scale, stream)
+    return prepare_prefill(pool, layer, q, block_table, q_start, scale=scale,
+                           stream=stream)()
