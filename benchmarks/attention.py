@@ -42,7 +42,7 @@ import numpy as np
 from paged_kv import __version__, device
 from paged_kv.kernels.paged_attention import decode_attention, prepare_decode
 
-from numba import cuda  # isort: skip  (after paged_kv chose GPU or simulator)
+cuda = device.cuda_api()  # numba.cuda on a GPU, numba.cuda.simulator otherwise
 
 BLOCK_SIZES = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 GOAL = 0.5  # KV GB/s over copy GB/s at batch 64, context 2048, OPT-13B heads

@@ -11,9 +11,10 @@ Write the new tokens' K/V first (`PagedKVCache.write_kv`): a query attends to it
 position. Both return float32 NumPy arrays ``[num_queries, q_heads, head_dim]`` and
 take ``stream=None`` (the default stream); the call waits for its result.
 
-The cache is used only through its public surface: ``cache.storage`` (``gpu_pool``),
-``cache.model`` (``q_heads``, ``head_dim``), ``cache.get(seq_id)`` (``block_table``,
-``location``) and ``cache.num_tokens(seq_id)``.
+The cache is used only through its public surface: ``cache.storage`` (``gpu_pool``,
+and ``access``, which fences the launch against work on other streams that writes the
+blocks it reads), ``cache.model`` (``q_heads``, ``head_dim``), ``cache.get(seq_id)``
+(``block_table``, ``location``) and ``cache.num_tokens(seq_id)``.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import numpy as np
 from paged_kv.attention import check_cache, check_query
 from paged_kv.checks import is_int
 from paged_kv.errors import SequenceStateError
+from paged_kv.fences import stream_arg
 from paged_kv.kernels.paged_attention import decode_attention, prefill_attention
 
 if TYPE_CHECKING:
@@ -48,11 +50,10 @@ def _block_table(cache: PagedKVCache, seq_id: int) -> tuple[int, ...]:
 
 
 def _to_host(out: Any, stream: Any) -> np.ndarray:
-    """Copy a device result back and wait for it."""
-    if stream is None:
-        return out.copy_to_host()
-    host = out.copy_to_host(stream=stream)
-    stream.synchronize()
+    """Copy a device result back on `stream` and wait for it."""
+    host = out.copy_to_host(stream=stream_arg(stream))
+    if stream is not None:
+        stream.synchronize()
     return host
 
 
@@ -88,8 +89,10 @@ def decode(
     for seq_id, length in zip(seq_ids, lens):
         if length == 0:
             raise ValueError(f"sequence {seq_id} stores no tokens to attend to")
-    out = decode_attention(cache.storage.gpu_pool, layer, q, tables, lens, scale=scale,
-                           stream=stream)
+    storage = cache.storage
+    with storage.access(stream, gpu_reads=[b for table in tables for b in table]):
+        out = decode_attention(storage.gpu_pool, layer, q, tables, lens, scale=scale,
+                               stream=stream)
     return _to_host(out, stream)
 
 
@@ -131,6 +134,8 @@ def prefill(
             f"{n} queries from position {q_start} do not fit sequence {seq_id}'s "
             f"{num_tokens} stored tokens (write their KV first)"
         )
-    out = prefill_attention(cache.storage.gpu_pool, layer, q, list(table), q_start,
-                            scale=scale, stream=stream)
+    storage = cache.storage
+    with storage.access(stream, gpu_reads=table):
+        out = prefill_attention(storage.gpu_pool, layer, q, list(table), q_start,
+                                scale=scale, stream=stream)
     return _to_host(out, stream)

@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 
 from paged_kv.attention import dense_attention
-from paged_kv.device import is_simulator
+from paged_kv.device import cuda_api, is_simulator
 from paged_kv.kernels import decode_attention, paged_attention, prefill_attention
 from paged_kv.kernels.paged_attention import (
     MAX_QUERIES,
@@ -34,7 +34,7 @@ from paged_kv.kernels.paged_attention import (
     _tiles,
 )
 
-from numba import cuda  # isort: skip  (after paged_kv chose the device)
+cuda = cuda_api()  # numba.cuda on a GPU, numba.cuda.simulator otherwise
 
 NEEDS_GPU = pytest.mark.skipif(
     is_simulator(), reason="realistic sizes launch thousands of 128-thread CUDA blocks; "
@@ -312,6 +312,9 @@ def test_pool_and_query_kinds_are_refused() -> None:
     with pytest.raises(ValueError, match="head_dim 264 exceeds the kernel's limit of 256"):
         decode_attention(cuda.device_array((1, 2, 1, 1, 1, 264), np.float32), 0,
                          np.zeros((1, 1, 264)), [[0]], [1])
+    with pytest.raises(ValueError, match="a float16 pool needs an even head_dim, got 7"):
+        decode_attention(cuda.device_array((1, 2, 1, 1, 1, 7), np.float16), 0,
+                         np.zeros((1, 1, 7)), [[0]], [1])
     pool = cuda.device_array((1, 2, 1, 1, 1, 8), np.float32)
     with pytest.raises(ValueError, match="a device q must be float32, got float64"):
         decode_attention(pool, 0, cuda.to_device(q.astype(np.float64)), [[0]], [1])

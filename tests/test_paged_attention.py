@@ -12,10 +12,11 @@ import pytest
 
 from paged_kv import CacheConfig, ModelSpec, PagedKVCache, get_model
 from paged_kv.attention import dense_attention, paged_attention, paged_decode_attention
+from paged_kv.device import cuda_api
 from paged_kv.errors import MetadataOnlyError, SequenceStateError, UnknownSequenceError
 from paged_kv.paged_attention import decode, prefill
 
-from numba import cuda  # isort: skip  (after paged_kv chose the device)
+cuda = cuda_api()  # numba.cuda on a GPU, numba.cuda.simulator otherwise
 
 TINY = get_model("tiny")  # 2 layers, 4 q heads over 2 KV heads, head_dim 8, float16
 F32 = ModelSpec("f32-gqa", num_layers=1, num_kv_heads=2, head_dim=8, dtype="float32",

@@ -40,9 +40,10 @@ block walks its KV stream in tiles of ``T <= 128`` tokens, as many as fit one K 
 tile of `TILE_BYTES` (22 KiB) of shared memory in the pool's own dtype: 86 tokens at
 float16 and head_dim 128, 43 at float32. Per tile, five barriers::
 
-    1. all threads          stage K[t, :] in shared memory: consecutive threads read
-                            consecutive elements (coalesced), and each issues the loads
-                            of STAGE_UNROLL rows before its first store
+    1. all threads          stage K[t, :] in shared memory in 4-byte words (two halves
+                            or one float): consecutive threads read consecutive words
+                            (coalesced), and each issues the loads of STAGE_UNROLL
+                            rows before its first store
     2. thread t             scores s_j = (scale * q_j) . K[t] for its token and each
                             query j of the tile (-inf past that query's row_len)
     3. threads j < queries  running max m_j, rescale alpha_j = exp(m_old - m_new);
@@ -62,8 +63,9 @@ sized at launch. ``launch_bounds = (threads, 1024 // threads)`` caps registers a
 so 1024 threads (8 blocks of 128) can be resident per SM, which is also what about
 27 KiB of shared memory per block allows on an H100/H200 (228 KiB per SM).
 
-Limits (checked by the wrappers, ``ValueError`` before any launch): ``head_dim <= 256``;
-``q_heads`` a positive multiple of ``num_kv_heads``; every row attends to at least one
+Limits (checked by the wrappers, ``ValueError`` before any launch): ``head_dim <= 256``,
+and even for a float16 pool (a row must be whole words); ``q_heads`` a positive
+multiple of ``num_kv_heads``; every row attends to at least one
 key; every block id it reads inside the pool. Any block size works (1 to 256 tested),
 partial last blocks included; pools in float16 or float32, queries and outputs in
 float32.
@@ -79,17 +81,23 @@ import math
 from typing import Any
 
 import numpy as np
-from numba import cuda, float32, int64, types, uint64
+from numba import float32, int64, types, uint64
 
 from paged_kv import device
+from paged_kv.fences import stream_arg
+from paged_kv.kernels._launch import DeviceBuffers, default_buffers
+from paged_kv.kernels._units import flat_units
 from paged_kv.kernels._validate import (
     check_layer,
     check_pool,
     host_int_array,
     is_cuda_array,
+    require_c_contiguous,
     require_cuda_array,
 )
 from paged_kv.kernels.gather import PAD_BLOCK_ID, pad_block_tables
+
+from numba import cuda  # isort: skip  (kernel intrinsics; the simulator swaps this name)
 
 #: Query vectors one CUDA block serves (GQA heads of one group and/or prefill rows).
 MAX_QUERIES = 4
@@ -135,28 +143,31 @@ def _make_kernel(threads: int, queries: int) -> Any:
         "shared_memory_carveout": "MaxShared",
     }
 
-    @cuda.jit(**options)
-    def paged_attention_kernel(flat_pool, k_offset, v_offset, block_size, token_elems,
-                               stride, tile, q, scale, block_tables, tiles, out):
+    @device.jit(**options)
+    def paged_attention_kernel(flat_pool, words, k_offset, v_offset, block_size, token_words,
+                               row_words, stride, tile, q, scale, block_tables, tiles, out):
         """One CUDA block: one query tile (row ``cuda.blockIdx.x`` of `tiles`).
 
-        `flat_pool` is the pool viewed 1-D; element ``k_offset + slot * token_elems +
-        kv_head * head_dim + d`` is K, ``+ v_offset`` is V. `q` and `out` are
-        ``[query rows, head_dim]`` float32; `tiles` is ``[num_tiles, TILE_COLUMNS]``.
-        The dynamic shared memory holds ``tile`` rows of ``stride`` pool elements.
+        `words` is the pool viewed as 1-D uint32 words: the ``row_words`` words of a K
+        row start at word ``k_offset + slot * token_words + tiles[b, TILE_HEAD]``, V
+        ``v_offset`` words further. `flat_pool` (the pool as elements) only types the
+        shared tile. `q` and `out` are ``[query rows, head_dim]`` float32; `tiles` is
+        ``[num_tiles, TILE_COLUMNS]``. The dynamic shared memory holds ``tile`` rows of
+        ``stride`` pool elements, staged as words.
         Shared indices are cast to uint64: Numba adds no negative-index wrap-around
         to unsigned indices.
         """
         kv_sh = cuda.shared.array(0, flat_pool.dtype)  # [tile, stride]: K, then V
+        kv_words_sh = cuda.shared.array(0, words.dtype)  # the same memory, as words
         q_sh = cuda.shared.array(q_elems, float32)  # [queries, threads], scaled
         p_sh = cuda.shared.array(p_elems, float32)  # [queries, MAX_TILE]
-        base_sh = cuda.shared.array(MAX_TILE, int64)  # token t's K offset in the pool
+        base_sh = cuda.shared.array(MAX_TILE, int64)  # token t's K row, in pool words
         m_sh = cuda.shared.array(queries, float32)  # running max per query
         alpha_sh = cuda.shared.array(queries, float32)  # this tile's rescale
         s = cuda.local.array(queries, float32)  # my token's scores
         acc = cuda.local.array(queries, float32)  # my dim of each output
         l = cuda.local.array(queries, float32)  # softmax denominators
-        vals = cuda.local.array(STAGE_UNROLL, flat_pool.dtype)
+        vals = cuda.local.array(STAGE_UNROLL, words.dtype)
 
         tid = cuda.threadIdx.x
         b = cuda.blockIdx.x
@@ -178,12 +189,13 @@ def _make_kernel(threads: int, queries: int) -> Any:
         if tid < queries:
             m_sh[tid] = _NEG_INF
 
-        # Staging: thread tid moves dim d_stage of rows t_stage, t_stage + rows_per_pass,
-        # ... (threads past rows_per_pass * head_dim idle when head_dim does not divide
-        # the block).
-        rows_per_pass = threads // head_dim
-        t_stage = tid // head_dim
-        d_stage = tid - t_stage * head_dim
+        # Staging: thread tid moves word w_stage of rows t_stage, t_stage + rows_per_pass,
+        # ... (threads past rows_per_pass * row_words idle when row_words does not
+        # divide the block).
+        stride_words = stride * row_words // head_dim
+        rows_per_pass = threads // row_words
+        t_stage = tid // row_words
+        w_stage = tid - t_stage * row_words
         if t_stage >= rows_per_pass:
             t_stage = MAX_TILE
         # Thread tid finds token t0 + tid's slot; its block-table position advances by
@@ -194,7 +206,7 @@ def _make_kernel(threads: int, queries: int) -> Any:
         step_offset = tile - step_blocks * block_size
         if tid < min(tile, kv_len):
             slot = block_tables[seq, logical] * block_size + offset
-            base_sh[tid] = slot * token_elems + head_off
+            base_sh[tid] = slot * token_words + head_off
         cuda.syncthreads()
 
         t0 = 0
@@ -208,19 +220,19 @@ def _make_kernel(threads: int, queries: int) -> Any:
                         m_new = max(m_new, p_sh[uint64(tid * MAX_TILE + t)])
                     alpha_sh[tid] = math.exp(m_old - m_new)  # 0 on the first tile
                     m_sh[tid] = m_new
-                kv_off = half * v_offset + d_stage
+                kv_off = half * v_offset + w_stage
                 t_chunk = t_stage
                 while t_chunk < n:
                     # No branch around the loads (rows past the tile reload row n - 1),
                     # so all STAGE_UNROLL of them are in flight before a store waits.
                     t = t_chunk
                     for u in range(STAGE_UNROLL):
-                        vals[u] = flat_pool[uint64(base_sh[min(t, n - 1)] + kv_off)]
+                        vals[u] = words[uint64(base_sh[min(t, n - 1)] + kv_off)]
                         t += rows_per_pass
                     t = t_chunk
                     for u in range(STAGE_UNROLL):
                         if t < n:
-                            kv_sh[uint64(t * stride + d_stage)] = vals[u]
+                            kv_words_sh[uint64(t * stride_words + w_stage)] = vals[u]
                         t += rows_per_pass
                     t_chunk = t
                 cuda.syncthreads()
@@ -254,7 +266,7 @@ def _make_kernel(threads: int, queries: int) -> Any:
                 logical += 1
             if tid < min(tile, kv_len - t0 - n):
                 slot = block_tables[seq, logical] * block_size + offset
-                base_sh[tid] = slot * token_elems + head_off
+                base_sh[tid] = slot * token_words + head_off
             cuda.syncthreads()
             if tid < head_dim:
                 for j in range(queries):
@@ -292,8 +304,10 @@ def signature(dtype: str) -> Any:
     elem = getattr(types, dtype)
     i64 = types.int64
     return types.void(
-        types.Array(elem, 1, "C"),  # flat pool
-        i64, i64, i64, i64, i64, i64,  # k_offset, v_offset, block_size, token_elems, stride, tile
+        types.Array(elem, 1, "C"),  # the pool as elements (types the shared tile)
+        types.Array(types.uint32, 1, "C"),  # the pool as words
+        i64, i64, i64, i64,  # k_offset, v_offset (words), block_size, token_words
+        i64, i64, i64,  # row_words, stride (elements), tile
         types.Array(types.float32, 2, "C"),  # q [query rows, head_dim]
         types.float32,  # scale
         types.Array(types.int32, 2, "C"),  # block_tables
@@ -310,11 +324,17 @@ def _pool_dims(pool: Any, layer: Any, what: str) -> tuple[int, ...]:
     head_dim)``."""
     num_layers, _, num_blocks, block_size, num_kv_heads, head_dim = check_pool(pool, what)
     require_cuda_array(pool, what, "pool")
+    require_c_contiguous(pool, what, "pool")
     layer = check_layer(layer, num_layers, what)
     if head_dim > MAX_HEAD_DIM:
         raise ValueError(
             f"{what}: head_dim {head_dim} exceeds the kernel's limit of {MAX_HEAD_DIM} "
             f"(one output dim per thread, at most {THREAD_VARIANTS[-1]} threads)"
+        )
+    if (head_dim * np.dtype(pool.dtype).itemsize) % 4:
+        raise ValueError(
+            f"{what}: a {np.dtype(pool.dtype).name} pool needs an even head_dim, got "
+            f"{head_dim} (the kernel stages K and V in 4-byte words)"
         )
     return layer, num_blocks, block_size, num_kv_heads, head_dim
 
@@ -325,6 +345,7 @@ def _query(q: Any, rows: int | None, num_kv_heads: int, head_dim: int, what: str
     if is_cuda_array(q):
         if np.dtype(q.dtype) != np.float32:
             raise ValueError(f"{what}: a device q must be float32, got {np.dtype(q.dtype).name}")
+        require_c_contiguous(q, what, "q")
     else:
         q = np.asarray(q)
         if q.dtype.kind != "f":
@@ -426,20 +447,22 @@ def _stride(head_dim: int, itemsize: int) -> int:
 
 
 class AttentionLaunch:
-    """A checked paged-attention launch with its inputs on the device: calling it runs
-    the kernel on its stream and returns `out`, the float32 device array
+    """A checked paged-attention launch with its inputs on the device: calling it
+    enqueues the kernel on its stream and returns `out`, the float32 device array
     ``[rows, q_heads, head_dim]`` it fills. `decode_attention` and `prefill_attention`
     call one once; `benchmarks/attention.py` calls one repeatedly to time the kernel
-    without the host-side checks and uploads."""
+    without the host-side checks and uploads. Its inputs live in `DeviceBuffers`: it
+    may be called again until the next launch is prepared with the same buffers and
+    stream."""
 
     def __init__(self, pool: Any, dims: tuple[int, ...], q: Any, table: np.ndarray,
                  row_seq: np.ndarray, row_len: np.ndarray, rows_per_tile: int,
-                 scale: np.float32, stream: Any) -> None:
+                 scale: np.float32, stream: Any, buffers: DeviceBuffers | None) -> None:
         layer, num_blocks, block_size, num_kv_heads, head_dim = dims
         rows, q_heads = int(q.shape[0]), int(q.shape[1])
-        stream = 0 if stream is None else stream
-        self.out = cuda.device_array((rows, q_heads, head_dim), dtype=np.float32,
-                                     stream=stream)
+        api = device.cuda_api()
+        self.out = api.device_array((rows, q_heads, head_dim), dtype=np.float32,
+                                    stream=stream_arg(stream))
         self._kernel = None
         if rows == 0:
             return  # nothing to launch
@@ -449,15 +472,20 @@ class AttentionLaunch:
         tile = max(1, min(MAX_TILE, TILE_BYTES // (stride * itemsize)))
         tiles = _tiles(row_seq, row_len, q_heads, num_kv_heads, head_dim, rows_per_tile)
         queries = 1 if tiles[:, TILE_LEN + 1].max() == 0 else MAX_QUERIES
-        token_elems = num_kv_heads * head_dim
-        v_offset = num_blocks * block_size * token_elems
-        q_dev = q if is_cuda_array(q) else cuda.to_device(q, stream=stream)
+        per_word = 4 // itemsize  # float16: two elements per word
+        token_words = num_kv_heads * head_dim // per_word
+        v_offset = num_blocks * block_size * token_words
+        tiles[:, TILE_HEAD] //= per_word
+        buffers = default_buffers() if buffers is None else buffers
+        q_dev = q if is_cuda_array(q) else buffers.upload("attention_q", q, stream)
         self._kernel = KERNEL_VARIANTS[threads, queries]
-        self._config = (tiles.shape[0], threads, stream, tile * stride * itemsize)
+        self._config = (tiles.shape[0], threads, stream_arg(stream), tile * stride * itemsize)
         self._args = (
-            pool.reshape(pool.size), layer * 2 * v_offset, v_offset, block_size, token_elems,
-            stride, tile, q_dev.reshape(rows * q_heads, head_dim), scale,
-            cuda.to_device(table, stream=stream), cuda.to_device(tiles, stream=stream),
+            pool.reshape(pool.size), flat_units(pool, np.dtype(np.uint32)), layer * 2 * v_offset,
+            v_offset, block_size, token_words, head_dim // per_word, stride, tile,
+            q_dev.reshape(rows * q_heads, head_dim), scale,
+            buffers.upload("attention_tables", table, stream),
+            buffers.upload("attention_tiles", tiles, stream),
             self.out.reshape(rows * q_heads, head_dim),
         )
 
@@ -468,7 +496,8 @@ class AttentionLaunch:
 
 
 def prepare_decode(pool: Any, layer: int, q: Any, block_tables: Any, seq_lens: Any, *,
-                   scale: float | None = None, stream: Any = None) -> AttentionLaunch:
+                   scale: float | None = None, stream: Any = None,
+                   buffers: DeviceBuffers | None = None) -> AttentionLaunch:
     """Check and upload `decode_attention`'s arguments; return the launch, not yet run."""
     what = "decode_attention"
     dims = _pool_dims(pool, layer, what)
@@ -489,11 +518,12 @@ def prepare_decode(pool: Any, layer: int, q: Any, block_tables: Any, seq_lens: A
     scale = _scale(scale, head_dim, what)
     table = _checked_tables(table, lens, num_blocks, block_size, what)
     return AttentionLaunch(pool, dims, q, table, np.arange(batch, dtype=np.int64), lens, 1,
-                           scale, stream)
+                           scale, stream, buffers)
 
 
 def prepare_prefill(pool: Any, layer: int, q: Any, block_table: Any, q_start: int, *,
-                    scale: float | None = None, stream: Any = None) -> AttentionLaunch:
+                    scale: float | None = None, stream: Any = None,
+                    buffers: DeviceBuffers | None = None) -> AttentionLaunch:
     """Check and upload `prefill_attention`'s arguments; return the launch, not yet run."""
     what = "prefill_attention"
     dims = _pool_dims(pool, layer, what)
@@ -512,11 +542,12 @@ def prepare_prefill(pool: Any, layer: int, q: Any, block_table: Any, q_start: in
     heads = min(int(q.shape[1]) // num_kv_heads, MAX_QUERIES)
     row_len = np.arange(q_start + 1, q_start + n + 1, dtype=np.int64)
     return AttentionLaunch(pool, dims, q, table, np.zeros(n, dtype=np.int64), row_len,
-                           MAX_QUERIES // heads, scale, stream)
+                           MAX_QUERIES // heads, scale, stream, buffers)
 
 
 def decode_attention(pool: Any, layer: int, q: Any, block_tables: Any, seq_lens: Any, *,
-                     scale: float | None = None, stream: Any = None) -> Any:
+                     scale: float | None = None, stream: Any = None,
+                     buffers: DeviceBuffers | None = None) -> Any:
     """One decode step for a batch: sequence ``s``'s query attends to its ``seq_lens[s]``
     keys (positions ``0 .. seq_lens[s] - 1``, the last one its own).
 
@@ -526,8 +557,10 @@ def decode_attention(pool: Any, layer: int, q: Any, block_tables: Any, seq_lens:
     ``num_kv_heads``; `block_tables` is a padded 2-D integer array ``[batch,
     max_blocks]`` (-1 padding, never read) or a list of per-sequence lists; `seq_lens`
     is 1-D integer of length batch. `scale` multiplies ``q . k`` (default ``1 /
-    sqrt(head_dim)``). The uploads and the launch go on `stream` (None: the default
-    stream). Returns a new float32 device array ``[batch, q_heads, head_dim]``.
+    sqrt(head_dim)``). The uploads (into `buffers`, default `default_buffers()`) and
+    the launch are enqueued on `stream` (None: the default stream). Returns a new
+    float32 device array ``[batch, q_heads, head_dim]``; block tables are needed on the
+    host (to check every id read), so a device table is copied back.
 
     Raises `ValueError` before any launch when: the layer is out of range; head_dim >
     256; q has another shape or non-float values; q_heads is not a positive multiple
@@ -535,11 +568,13 @@ def decode_attention(pool: Any, layer: int, q: Any, block_tables: Any, seq_lens:
     a table has fewer than ``ceil(seq_len / block_size)`` entries or one of those is
     outside ``[0, num_blocks)``; scale is not a finite number.
     """
-    return prepare_decode(pool, layer, q, block_tables, seq_lens, scale=scale, stream=stream)()
+    return prepare_decode(pool, layer, q, block_tables, seq_lens, scale=scale, stream=stream,
+                          buffers=buffers)()
 
 
 def prefill_attention(pool: Any, layer: int, q: Any, block_table: Any, q_start: int, *,
-                      scale: float | None = None, stream: Any = None) -> Any:
+                      scale: float | None = None, stream: Any = None,
+                      buffers: DeviceBuffers | None = None) -> Any:
     """Causal attention of one sequence's new tokens over its cached prefix and themselves.
 
     `q` is ``[n, q_heads, head_dim]`` for positions ``q_start .. q_start + n - 1``; row
@@ -552,5 +587,5 @@ def prefill_attention(pool: Any, layer: int, q: Any, block_table: Any, q_start: 
     table has fewer than ``ceil((q_start + n) / block_size)`` entries or one of those is
     outside ``[0, num_blocks)``; and for the reasons `decode_attention` gives.
     """
-    return prepare_prefill(pool, layer, q, block_table, q_start, scale=scale,
-                           stream=stream)()
+    return prepare_prefill(pool, layer, q, block_table, q_start, scale=scale, stream=stream,
+                           buffers=buffers)()
