@@ -31,9 +31,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import sys
-from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -41,6 +39,9 @@ import numpy as np
 
 from paged_kv import __version__, device
 from paged_kv.kernels.paged_attention import decode_attention, prepare_decode
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _timing import gbps, median_ms  # noqa: E402
 
 cuda = device.cuda_api()  # numba.cuda on a GPU, numba.cuda.simulator otherwise
 
@@ -66,27 +67,9 @@ class Setup:
         return self.batch * self.context * 2 * self.num_kv_heads * self.head_dim * itemsize
 
 
-def median_ms(fn: Callable[[], object], warmup: int, repeats: int) -> float | None:
-    """Median milliseconds of `fn` between two CUDA events on the default stream, or
-    None when not measurable (the simulator's events measure nothing)."""
-    for _ in range(warmup):
-        fn()
-    cuda.synchronize()
-    times = []
-    for _ in range(repeats):
-        start, stop = cuda.event(), cuda.event()
-        start.record()
-        fn()
-        stop.record()
-        stop.synchronize()
-        times.append(start.elapsed_time(stop))
-    ms = float(statistics.median(times))
+def measured(ms: float) -> float | None:
+    """`ms`, or None when not measurable (the simulator's events report 0 or less)."""
     return ms if ms > 0 else None
-
-
-def gbps(num_bytes: int, ms: float | None) -> float | None:
-    """GB/s, or None when the time is not measurable."""
-    return None if ms is None else num_bytes / (ms * 1e-3) / 1e9
 
 
 def copy_gbps(num_bytes: int, warmup: int, repeats: int) -> float | None:
@@ -109,8 +92,9 @@ def measure(setup: Setup, block_size: int, warmup: int, repeats: int,
     lens = np.full(setup.batch, setup.context, dtype=np.int64)
     q = rng.standard_normal((setup.batch, setup.q_heads, setup.head_dim)).astype(np.float32)
     launch = prepare_decode(pool, 0, q, tables, lens)
-    kernel_ms = median_ms(launch, warmup, repeats)
-    wrapper_ms = median_ms(lambda: decode_attention(pool, 0, q, tables, lens), warmup, repeats)
+    kernel_ms = measured(median_ms(launch, warmup, repeats))
+    wrapper_ms = measured(median_ms(lambda: decode_attention(pool, 0, q, tables, lens),
+                                    warmup, repeats))
     if not np.isfinite(launch.out.copy_to_host()).all():
         raise RuntimeError(f"decode attention at block size {block_size} gave non-finite output")
     return {"block_size": block_size, "kernel_ms": kernel_ms, "wrapper_ms": wrapper_ms,
@@ -156,6 +140,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.tiny:
         setup = Setup(batch=2, context=9, num_kv_heads=2, q_heads=4, head_dim=8)
         block_sizes, args.warmup, args.repeats = [1, 4, 16], 0, 1
+        if device.is_simulator():
+            sys.setswitchinterval(2e-4)  # the simulator's barriers poll under the GIL
     else:
         setup = Setup(batch=args.batch, context=args.context)
         block_sizes = args.block_sizes

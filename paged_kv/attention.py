@@ -162,6 +162,23 @@ def check_query(cache: PagedKVCache, q: np.ndarray, what: str) -> np.ndarray:
     return q
 
 
+def query_start(cache: PagedKVCache, seq_id: int, num_q: int, q_start: int | None) -> int:
+    """The position of the first of `num_q` queries of `seq_id` (default: they are its
+    last positions), or `ValueError` when they do not fit its stored tokens."""
+    num_tokens = cache.num_tokens(seq_id)
+    if q_start is None:
+        q_start = num_tokens - num_q
+    elif isinstance(q_start, bool) or not isinstance(q_start, (int, np.integer)):
+        raise ValueError(f"q_start must be an integer, got {q_start!r}")
+    q_start = int(q_start)
+    if not 0 <= q_start <= num_tokens - num_q:
+        raise ValueError(
+            f"{num_q} queries from position {q_start} do not fit sequence {seq_id}'s "
+            f"{num_tokens} stored tokens (write their KV first)"
+        )
+    return q_start
+
+
 def paged_attention(
     cache: PagedKVCache,
     layer: int,
@@ -183,19 +200,8 @@ def paged_attention(
     """
     check_cache(cache)
     q = check_query(cache, q, "num_q_tokens")
-    num_tokens = cache.num_tokens(seq_id)
-    num_q = q.shape[0]
-    if q_start is None:
-        q_start = num_tokens - num_q
-    elif isinstance(q_start, bool) or not isinstance(q_start, (int, np.integer)):
-        raise ValueError(f"q_start must be an integer, got {q_start!r}")
-    q_start = int(q_start)
-    if not 0 <= q_start <= num_tokens - num_q:
-        raise ValueError(
-            f"{num_q} queries from position {q_start} do not fit sequence {seq_id}'s "
-            f"{num_tokens} stored tokens (write their KV first)"
-        )
-    end = q_start + num_q if causal else num_tokens
+    q_start = query_start(cache, seq_id, q.shape[0], q_start)
+    end = q_start + q.shape[0] if causal else cache.num_tokens(seq_id)
     k, v = cache.read_kv(seq_id, layer, end=end)
     return dense_attention(q, k, v, causal=causal, q_offset=q_start, scale=scale)
 

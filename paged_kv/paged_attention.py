@@ -24,8 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from paged_kv.attention import check_cache, check_query
-from paged_kv.checks import is_int
+from paged_kv.attention import check_cache, check_query, query_start
 from paged_kv.errors import SequenceStateError
 from paged_kv.fences import stream_arg
 from paged_kv.kernels.paged_attention import decode_attention, prefill_attention
@@ -122,18 +121,7 @@ def prefill(
     check_cache(cache)
     q = check_query(cache, q, "num_q_tokens")
     table = _block_table(cache, seq_id)
-    num_tokens = cache.num_tokens(seq_id)
-    n = q.shape[0]
-    if q_start is None:
-        q_start = num_tokens - n
-    elif not is_int(q_start):
-        raise ValueError(f"q_start must be an integer, got {q_start!r}")
-    q_start = int(q_start)
-    if not 0 <= q_start <= num_tokens - n:
-        raise ValueError(
-            f"{n} queries from position {q_start} do not fit sequence {seq_id}'s "
-            f"{num_tokens} stored tokens (write their KV first)"
-        )
+    q_start = query_start(cache, seq_id, q.shape[0], q_start)
     storage = cache.storage
     with storage.access(stream, gpu_reads=table):
         out = prefill_attention(storage.gpu_pool, layer, q, list(table), q_start,

@@ -1,16 +1,19 @@
 """`paged_kv.paged_attention` (attention on the device, through the cache) against the
 NumPy reference `paged_kv.attention` and against dense attention over KV this test
 keeps itself: decode after fork and copy-on-write, prefill over a prefix served by the
-prefix cache (only the new tokens' KV written), and the refusals."""
+prefix cache (only the new tokens' KV written), and the refusals. Models and helpers
+come from tests/test_attention.py, the simulator speed-up from
+tests/test_kernels_paged_attention.py."""
 
 from __future__ import annotations
 
-import sys
-
 import numpy as np
 import pytest
+from test_attention import MODELS, TINY, queries
+from test_attention import write_dense as write
+from test_kernels_paged_attention import _fast_simulator_barriers  # noqa: F401 (autouse)
 
-from paged_kv import CacheConfig, ModelSpec, PagedKVCache, get_model
+from paged_kv import CacheConfig, PagedKVCache
 from paged_kv.attention import dense_attention, paged_attention, paged_decode_attention
 from paged_kv.device import cuda_api
 from paged_kv.errors import MetadataOnlyError, SequenceStateError, UnknownSequenceError
@@ -18,40 +21,7 @@ from paged_kv.paged_attention import decode, prefill
 
 cuda = cuda_api()  # numba.cuda on a GPU, numba.cuda.simulator otherwise
 
-TINY = get_model("tiny")  # 2 layers, 4 q heads over 2 KV heads, head_dim 8, float16
-F32 = ModelSpec("f32-gqa", num_layers=1, num_kv_heads=2, head_dim=8, dtype="float32",
-                num_q_heads=6)  # groups of 3
-MODELS = pytest.mark.parametrize("model", [TINY, F32], ids=lambda m: m.name)
-TOL = {"rtol": 2e-5, "atol": 2e-6}
-
-
-@pytest.fixture(autouse=True)
-def _fast_simulator_barriers():
-    """Speed only: the simulator's barriers poll under the GIL (see
-    tests/test_kernels_paged_attention.py)."""
-    before = sys.getswitchinterval()
-    sys.setswitchinterval(2e-4)
-    yield
-    sys.setswitchinterval(before)
-
-
-def rand(rng, shape, dtype=np.float32):
-    return rng.standard_normal(shape).astype(dtype)
-
-
-def write(cache, seq, model, rng, n, start=None):
-    """Write random KV for `n` positions in every layer; return {layer: (k, v)}."""
-    out = {}
-    for layer in range(model.num_layers):
-        k = rand(rng, (n, model.num_kv_heads, model.head_dim), model.dtype)
-        v = rand(rng, (n, model.num_kv_heads, model.head_dim), model.dtype)
-        cache.write_kv(seq, layer, k, v, start=start)
-        out[layer] = (k, v)
-    return out
-
-
-def queries(rng, model, n):
-    return rand(rng, (n, model.q_heads, model.head_dim))
+TOL = {"rtol": 2e-5, "atol": 2e-6}  # float32 accumulation against a float64 reference
 
 
 @MODELS

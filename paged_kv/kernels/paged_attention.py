@@ -95,7 +95,7 @@ from paged_kv.kernels._validate import (
     require_c_contiguous,
     require_cuda_array,
 )
-from paged_kv.kernels.gather import PAD_BLOCK_ID, pad_block_tables
+from paged_kv.kernels.gather import pad_block_tables, read_blocks_only
 
 from numba import cuda  # isort: skip  (kernel intrinsics; the simulator swaps this name)
 
@@ -388,16 +388,8 @@ def _checked_tables(table: np.ndarray, kv_lens: np.ndarray, num_blocks: int,
             f"{what}: block table {s} has {table.shape[1]} entries, {int(kv_lens[s])} "
             f"tokens need {int(needed[s])} blocks of {block_size}"
         )
-    read = np.arange(table.shape[1])[None, :] < needed[:, None]
-    bad = read & ((table < 0) | (table >= num_blocks))
-    if np.any(bad):
-        s, j = (int(x) for x in np.argwhere(bad)[0])
-        found = "padding" if table[s, j] == PAD_BLOCK_ID else "out of range"
-        raise ValueError(
-            f"{what}: block_tables[{s}][{j}] = {int(table[s, j])} is {found} (valid ids: "
-            f"[0, {num_blocks})) but positions 0..{int(kv_lens[s]) - 1} read it"
-        )
-    return np.where(read, table, PAD_BLOCK_ID).astype(np.int32)
+    return read_blocks_only(table, np.zeros_like(kv_lens), kv_lens, block_size, num_blocks,
+                            what)
 
 
 def _tiles(row_seq: np.ndarray, row_len: np.ndarray, q_heads: int, num_kv_heads: int,
