@@ -203,7 +203,7 @@ def test_prefill_over_a_prefix_equals_the_tail_of_a_full_prefill() -> None:
 def test_prefill_launches_tiles_for_the_new_tokens_only() -> None:
     """q_start cached tokens cost no query tile: the grid covers the n new rows."""
     row_len = np.arange(101, 104)  # 3 new tokens after a 100-token prefix
-    tiles = _tiles(np.zeros(3, np.int64), row_len, q_heads=8, num_kv_heads=8, head_dim=4,
+    tiles = _tiles(np.zeros(3, np.int64), row_len, q_heads=8, num_kv_heads=8, row_words=4,
                    rows_per_tile=MAX_QUERIES)
     assert tiles.shape == (8, TILE_COLUMNS)  # one row tile per head
     assert (tiles[:, TILE_LEN:TILE_LEN + 3] == row_len).all()
@@ -216,7 +216,7 @@ def test_prefill_launches_tiles_for_the_new_tokens_only() -> None:
 def test_decode_tiles_group_query_heads_by_kv_head() -> None:
     """group 6 -> head tiles of 4 and 2; query (row r, head h) is row r * q_heads + h."""
     tiles = _tiles(np.array([0, 1]), np.array([5, 9]), q_heads=12, num_kv_heads=2,
-                   head_dim=16, rows_per_tile=1)
+                   row_words=16, rows_per_tile=1)
     assert tiles.shape == (2 * 2 * 2, TILE_COLUMNS)
     first = tiles[0]
     assert first[TILE_SEQ] == 0 and first[TILE_HEAD] == 0
@@ -234,7 +234,7 @@ def test_decode_tiles_group_query_heads_by_kv_head() -> None:
 def test_prefill_tiles_take_rows_times_heads() -> None:
     """group 2 -> 2 rows x 2 heads per tile; 5 rows leave the last tile half used."""
     tiles = _tiles(np.zeros(5, np.int64), np.arange(4, 9), q_heads=2, num_kv_heads=1,
-                   head_dim=8, rows_per_tile=2)
+                   row_words=8, rows_per_tile=2)
     assert tiles.shape == (3, TILE_COLUMNS)
     assert list(tiles[0, TILE_QUERY:TILE_QUERY + 4]) == [0, 1, 2, 3]
     assert list(tiles[0, TILE_LEN:TILE_LEN + 4]) == [4, 4, 5, 5]

@@ -115,7 +115,7 @@ THREAD_VARIANTS = (128, 256)
 QUERY_VARIANTS = (1, MAX_QUERIES)
 
 # Columns of the per-tile table the host builds (`_tiles`): the block-table row, the
-# KV head's element offset, then MAX_QUERIES query rows and MAX_QUERIES key counts.
+# KV head's offset in a token (pool words), then MAX_QUERIES query rows and key counts.
 TILE_SEQ = 0
 TILE_HEAD = 1
 TILE_QUERY = 2
@@ -393,8 +393,10 @@ def _checked_tables(table: np.ndarray, kv_lens: np.ndarray, num_blocks: int,
 
 
 def _tiles(row_seq: np.ndarray, row_len: np.ndarray, q_heads: int, num_kv_heads: int,
-           head_dim: int, rows_per_tile: int) -> np.ndarray:
+           row_words: int, rows_per_tile: int) -> np.ndarray:
     """The query tiles: ``[num_tiles, TILE_COLUMNS]`` int64 (columns: see TILE_*).
+
+    A KV head's row is `row_words` pool words; TILE_HEAD is its offset in a token.
 
     Query ``(row r, head h)`` is row ``r * q_heads + h`` of the kernel's 2-D q and out.
     A tile takes ``rows_per_tile`` consecutive rows (the caller guarantees they share a
@@ -418,7 +420,7 @@ def _tiles(row_seq: np.ndarray, row_len: np.ndarray, q_heads: int, num_kv_heads:
     shape = (row_tiles * num_kv_heads * chunks, rows_per_tile * heads)
     table = np.zeros((shape[0], TILE_COLUMNS), dtype=np.int64)
     table[:, TILE_SEQ] = row_seq[row[..., 0, 0]].reshape(-1)
-    table[:, TILE_HEAD] = (kvh[..., 0, 0] * head_dim).reshape(-1)
+    table[:, TILE_HEAD] = (kvh[..., 0, 0] * row_words).reshape(-1)
     head = kvh * group + np.minimum(in_group, group - 1)
     table[:, TILE_QUERY:TILE_QUERY + shape[1]] = (row * q_heads + head).reshape(shape)
     table[:, TILE_LEN:TILE_LEN + shape[1]] = np.where(used, row_len[row], 0).reshape(shape)
@@ -462,19 +464,18 @@ class AttentionLaunch:
         itemsize = np.dtype(pool.dtype).itemsize
         stride = _stride(head_dim, itemsize)
         tile = max(1, min(MAX_TILE, TILE_BYTES // (stride * itemsize)))
-        tiles = _tiles(row_seq, row_len, q_heads, num_kv_heads, head_dim, rows_per_tile)
-        queries = 1 if tiles[:, TILE_LEN + 1].max() == 0 else MAX_QUERIES
-        per_word = 4 // itemsize  # float16: two elements per word
-        token_words = num_kv_heads * head_dim // per_word
+        row_words = head_dim * itemsize // 4  # float16: two elements per word
+        token_words = num_kv_heads * row_words
         v_offset = num_blocks * block_size * token_words
-        tiles[:, TILE_HEAD] //= per_word
+        tiles = _tiles(row_seq, row_len, q_heads, num_kv_heads, row_words, rows_per_tile)
+        queries = 1 if tiles[:, TILE_LEN + 1].max() == 0 else MAX_QUERIES
         buffers = default_buffers() if buffers is None else buffers
         q_dev = q if is_cuda_array(q) else buffers.upload("attention_q", q, stream)
         self._kernel = KERNEL_VARIANTS[threads, queries]
         self._config = (tiles.shape[0], threads, stream_arg(stream), tile * stride * itemsize)
         self._args = (
             pool.reshape(pool.size), flat_units(pool, np.dtype(np.uint32)), layer * 2 * v_offset,
-            v_offset, block_size, token_words, head_dim // per_word, stride, tile,
+            v_offset, block_size, token_words, row_words, stride, tile,
             q_dev.reshape(rows * q_heads, head_dim), scale,
             buffers.upload("attention_tables", table, stream),
             buffers.upload("attention_tiles", tiles, stream),
