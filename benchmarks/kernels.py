@@ -32,10 +32,10 @@ which is how the test suite keeps this script working.
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -48,6 +48,9 @@ from paged_kv.kernels import (
     swap_blocks,
     write_slots,
 )
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _timing import gbps, median_ms  # noqa: E402
 
 MiB = 1 << 20
 cuda = device.cuda_api()
@@ -77,27 +80,6 @@ class Dims:
         """Pool shape with `num_blocks` blocks (layout of `paged_kv.storage`)."""
         return (self.num_layers, 2, num_blocks, self.block_size, self.num_kv_heads,
                 self.head_dim)
-
-
-def median_ms(fn: Callable[[], object], warmup: int, repeats: int) -> float:
-    """Median milliseconds of `fn` between two CUDA events on the default stream."""
-    for _ in range(warmup):
-        fn()
-    cuda.synchronize()
-    times = []
-    for _ in range(repeats):
-        start, stop = cuda.event(), cuda.event()  # timing events by default
-        start.record()
-        fn()
-        stop.record()
-        stop.synchronize()
-        times.append(start.elapsed_time(stop))
-    return statistics.median(times)
-
-
-def gbps(num_bytes: int, ms: float) -> float | None:
-    """GB/s, or None when the time is not measurable (the simulator reports <= 0)."""
-    return num_bytes / (ms * 1e-3) / 1e9 if ms > 0 else None
 
 
 def fmt(x: float | None, digits: int = 1) -> str:

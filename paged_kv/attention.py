@@ -140,14 +140,17 @@ def dense_attention(
     return out.reshape(num_q, q_heads, head_dim).astype(np.float32)
 
 
-def _check_cache(cache: PagedKVCache) -> None:
+def check_cache(cache: PagedKVCache) -> None:
+    """Refuse a metadata-only cache (`MetadataOnlyError`): there is no KV to attend to."""
     if cache.storage is None or cache.model is None:
         raise MetadataOnlyError(
             "paged attention needs a cache with storage (a model and storage=True)"
         )
 
 
-def _check_q(cache: PagedKVCache, q: np.ndarray, what: str) -> np.ndarray:
+def check_query(cache: PagedKVCache, q: np.ndarray, what: str) -> np.ndarray:
+    """`q` as a 3-D array ``[what, q_heads, head_dim]`` of the cache's model, or
+    `ValueError`. Shared with the device forms in `paged_kv.paged_attention`."""
     model = cache.model
     q = _as_3d("q", q, f"{what}, q_heads, head_dim")
     if q.shape[1:] != (model.q_heads, model.head_dim):
@@ -157,6 +160,23 @@ def _check_q(cache: PagedKVCache, q: np.ndarray, what: str) -> np.ndarray:
             f"got {q.shape}"
         )
     return q
+
+
+def query_start(cache: PagedKVCache, seq_id: int, num_q: int, q_start: int | None) -> int:
+    """The position of the first of `num_q` queries of `seq_id` (default: they are its
+    last positions), or `ValueError` when they do not fit its stored tokens."""
+    num_tokens = cache.num_tokens(seq_id)
+    if q_start is None:
+        q_start = num_tokens - num_q
+    elif isinstance(q_start, bool) or not isinstance(q_start, (int, np.integer)):
+        raise ValueError(f"q_start must be an integer, got {q_start!r}")
+    q_start = int(q_start)
+    if not 0 <= q_start <= num_tokens - num_q:
+        raise ValueError(
+            f"{num_q} queries from position {q_start} do not fit sequence {seq_id}'s "
+            f"{num_tokens} stored tokens (write their KV first)"
+        )
+    return q_start
 
 
 def paged_attention(
@@ -178,21 +198,10 @@ def paged_attention(
     ``cache.read_kv`` (the gather kernel). Returns float32 ``[num_q_tokens, q_heads,
     head_dim]``.
     """
-    _check_cache(cache)
-    q = _check_q(cache, q, "num_q_tokens")
-    num_tokens = cache.num_tokens(seq_id)
-    num_q = q.shape[0]
-    if q_start is None:
-        q_start = num_tokens - num_q
-    elif isinstance(q_start, bool) or not isinstance(q_start, (int, np.integer)):
-        raise ValueError(f"q_start must be an integer, got {q_start!r}")
-    q_start = int(q_start)
-    if not 0 <= q_start <= num_tokens - num_q:
-        raise ValueError(
-            f"{num_q} queries from position {q_start} do not fit sequence {seq_id}'s "
-            f"{num_tokens} stored tokens (write their KV first)"
-        )
-    end = q_start + num_q if causal else num_tokens
+    check_cache(cache)
+    q = check_query(cache, q, "num_q_tokens")
+    q_start = query_start(cache, seq_id, q.shape[0], q_start)
+    end = q_start + q.shape[0] if causal else cache.num_tokens(seq_id)
     k, v = cache.read_kv(seq_id, layer, end=end)
     return dense_attention(q, k, v, causal=causal, q_offset=q_start, scale=scale)
 
@@ -212,9 +221,9 @@ def paged_decode_attention(
     one ``cache.read_kv_batch`` (one gather launch). Returns float32
     ``[len(seq_ids), q_heads, head_dim]``.
     """
-    _check_cache(cache)
+    check_cache(cache)
     seq_ids = list(seq_ids)
-    q = _check_q(cache, q, "num_seqs")
+    q = check_query(cache, q, "num_seqs")
     if q.shape[0] != len(seq_ids):
         raise ValueError(f"q has {q.shape[0]} rows for {len(seq_ids)} sequences")
     model = cache.model

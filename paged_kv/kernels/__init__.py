@@ -10,6 +10,9 @@ swap_blocks    copy engines (memcpy)   whole blocks between GPU pool and host po
                or block_copy_kernel
 =============  ======================  =============================================
 
+`decode_attention` and `prefill_attention` (`paged_kv.kernels.paged_attention`, kernels
+``paged_attention_<threads>x<queries>``) attend to one layer's K/V through block tables.
+
 Every wrapper takes ``stream=None`` (keyword): the work is enqueued on that stream and
 the call returns (`paged_kv.kernels._launch` has the rules). Kernels move copy units of
 up to 16 bytes per thread (`paged_kv.kernels._units` has the rule). Kernels compile
@@ -20,11 +23,12 @@ the signatures its wrapper launches, for `paged_kv.kernels.compile_check`.
 
 from __future__ import annotations
 
-from paged_kv.kernels import block_copy, gather, slot_write
+from paged_kv.kernels import block_copy, gather, paged_attention, slot_write
 from paged_kv.kernels._launch import THREADS_PER_BLOCK, DeviceBuffers, default_buffers
 from paged_kv.kernels._units import UNIT_DTYPES
 from paged_kv.kernels.block_copy import copy_blocks
 from paged_kv.kernels.gather import gather_kv
+from paged_kv.kernels.paged_attention import decode_attention, prefill_attention
 from paged_kv.kernels.slot_write import write_slots
 from paged_kv.kernels.swap import DEFAULT_SWAP_METHOD, SWAP_METHODS, swap_blocks
 
@@ -36,6 +40,10 @@ KERNELS = {
     "slot_write": (slot_write.slot_write_kernel, slot_write.signature, UNIT_DTYPES),
     "gather": (gather.gather_kernel, gather.signature, UNIT_DTYPES),
     "block_copy": (block_copy.block_copy_kernel, block_copy.signature, UNIT_DTYPES),
+    **{
+        f"paged_attention_{threads}x{queries}": (kernel, paged_attention.signature)
+        for (threads, queries), kernel in paged_attention.KERNEL_VARIANTS.items()
+    },
 }
 
 __all__ = [
@@ -45,8 +53,10 @@ __all__ = [
     "THREADS_PER_BLOCK",
     "DeviceBuffers",
     "copy_blocks",
+    "decode_attention",
     "default_buffers",
     "gather_kv",
+    "prefill_attention",
     "swap_blocks",
     "write_slots",
 ]

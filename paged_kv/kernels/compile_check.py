@@ -150,8 +150,11 @@ def compile_all(ptxas: str, workdir: Path) -> list[CompileResult]:
         for cc in ARCHS:
             arch = f"sm_{cc[0]}{cc[1]}"
             try:
+                # The kernel's own launch bounds (its register cap), as a launch uses.
+                bounds = kernel.targetoptions.get("launch_bounds")
                 with _target_device(cc):
-                    ptx, _ = cuda.compile_ptx(kernel.py_func, signature(dtype), cc=cc)
+                    ptx, _ = cuda.compile_ptx(kernel.py_func, signature(dtype), cc=cc,
+                                              launch_bounds=bounds)
             except Exception as exc:  # NVVM missing shows up as various errors
                 if "nvvm" in str(exc).lower() or "libnvvm" in type(exc).__name__.lower():
                     raise ToolchainMissing(f"NVVM unavailable ({exc}); {INSTALL_HINT}") from exc
