@@ -58,13 +58,13 @@ else
     unset NUMBA_ENABLE_CUDASIM
     TINY=()
     TESTS=(tests/test_kernel*.py tests/test_storage.py tests/test_fences.py
-           tests/test_cache_data.py tests/test_attention.py)
+           tests/test_cache_data.py tests/test_attention.py tests/test_paged_attention.py)
 fi
 
 # >>> further benchmarks: scripts run in step 7 when they exist, each with --tiny in the
 # >>> dry run. Add a line per script; its output goes to $OUT/<name>.md.
 EXTRA_BENCHMARKS=(
-    benchmarks/attention.py  # decode attention (issue 10 item 4), when it has landed
+    benchmarks/attention.py  # decode attention: KV bandwidth, latency vs block size
 )
 # <<< further benchmarks
 
