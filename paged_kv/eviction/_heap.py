@@ -17,7 +17,12 @@ SLACK = 64
 
 
 class LazyHeap:
-    """A min-heap of tuples whose entries may go stale; the owner says which are live."""
+    """A min-heap of tuples whose entries may go stale; the owner says which are live.
+
+    The owner's *take* function gets each entry that reaches the top: for a live entry
+    it removes the block from the owner's candidates and returns True; for a stale one
+    it returns False (and the entry is dropped).
+    """
 
     __slots__ = ("entries",)
 
@@ -25,23 +30,23 @@ class LazyHeap:
         #: the heap list (heapq order); read-only for owners
         self.entries: list[tuple] = []
 
-    def push(self, entry: tuple) -> None:
-        """Add `entry`."""
-        heapq.heappush(self.entries, entry)
+    def push(self, entry: tuple, num_live: int) -> bool:
+        """Add `entry`; True when stale entries now outnumber the `num_live` live ones
+        (time for the owner to `rebuild`)."""
+        entries = self.entries
+        heapq.heappush(entries, entry)
+        return len(entries) > 2 * num_live + SLACK
 
-    def pop_live(self, is_live: Callable[[tuple], bool]) -> tuple | None:
-        """Pop entries until one is live and return it (None once the heap is empty)."""
+    def take(self, n: int, take: Callable[[tuple], bool]) -> list[tuple]:
+        """Pop entries until `take` accepted `n` of them (or the heap is empty); those."""
         entries = self.entries
         pop = heapq.heappop
-        while entries:
+        out: list[tuple] = []
+        while len(out) < n and entries:
             entry = pop(entries)
-            if is_live(entry):
-                return entry
-        return None
-
-    def top(self) -> tuple | None:
-        """The smallest entry, live or stale, without removing it."""
-        return self.entries[0] if self.entries else None
+            if take(entry):
+                out.append(entry)
+        return out
 
     def pop(self) -> tuple:
         """Remove and return the smallest entry, live or stale."""

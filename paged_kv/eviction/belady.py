@@ -104,20 +104,23 @@ class BeladyPolicy(EvictionPolicy):
                 while use < position:  # follow the key's accesses past the present
                     use = after[use]
                 self._push(block, use, stamp)
-        self._compact()
-
-    def _push(self, block: int, use: float, stamp: int) -> None:
-        self._cand[block] = (use, stamp)
-        self._evict_heap.push((-use, stamp, block))
-        if use != NEVER:
-            self._stale_heap.push((use, stamp, block))
-
-    def _compact(self) -> None:
-        """Rebuild both heaps from the live entries once stale ones outnumber them."""
-        cand = self._cand
         if self._evict_heap.bloated(len(cand)) or self._stale_heap.bloated(len(cand)):
-            self._evict_heap.rebuild((-u, s, b) for b, (u, s) in cand.items())
-            self._stale_heap.rebuild((u, s, b) for b, (u, s) in cand.items() if u != NEVER)
+            self._rebuild()
+
+    def _push(self, block: int, use: float, stamp: int) -> bool:
+        """Make `block` a candidate with this next use; True if a heap wants a rebuild."""
+        cand = self._cand
+        cand[block] = (use, stamp)
+        bloated = self._evict_heap.push((-use, stamp, block), len(cand))
+        if use != NEVER:
+            return self._stale_heap.push((use, stamp, block), len(cand)) or bloated
+        return bloated
+
+    def _rebuild(self) -> None:
+        """Rebuild both heaps from the live entries (stale ones outnumbered them)."""
+        cand = self._cand
+        self._evict_heap.rebuild((-u, s, b) for b, (u, s) in cand.items())
+        self._stale_heap.rebuild((u, s, b) for b, (u, s) in cand.items() if u != NEVER)
 
     # -- hooks -----------------------------------------------------------------------
     def on_cached(self, block_id: int, key: Hashable) -> None:
@@ -138,27 +141,32 @@ class BeladyPolicy(EvictionPolicy):
             if i < len(at):
                 use = at[i]
         self._clock = stamp = self._clock + 1
-        self._push(block_id, use, stamp)
-        self._compact()
+        if self._push(block_id, use, stamp):
+            self._rebuild()
 
     def remove(self, block_id: int) -> None:
         """`block_id` is no longer a candidate (O(1); its heap entries go stale)."""
         del self._cand[block_id]
 
-    def _live(self, entry: tuple[float, int, int]) -> bool:
-        """Whether an eviction-heap entry carries its block's current next use and stamp."""
+    def _take(self, entry: tuple[float, int, int]) -> bool:
+        """Evict the entry's block if the entry carries its current next use and stamp
+        (`LazyHeap.take` on the eviction heap)."""
         neg_use, stamp, block = entry
-        return self._cand.get(block) == (-neg_use, stamp)
+        if self._cand.get(block) == (-neg_use, stamp):
+            del self._cand[block]
+            self._key.pop(block, None)
+            return True
+        return False
 
     def pop(self) -> int:
         """Evict the candidate used farthest in the future (LRU among equals)."""
-        entry = self._evict_heap.pop_live(self._live)
-        if entry is None:
-            raise IndexError("no evictable block")
-        block = entry[2]
-        del self._cand[block]
-        self._key.pop(block, None)
-        return block
+        return self.pop_many(1)[0]
+
+    def pop_many(self, n: int) -> list[int]:
+        """`n` evictions in a row, in eviction order."""
+        if n > len(self._cand):
+            raise IndexError(f"{n} evictions asked, {len(self._cand)} candidates")
+        return [block for _, _, block in self._evict_heap.take(n, self._take)]
 
     def clear(self) -> None:
         """Drop every candidate and its key; the time stays where it is."""

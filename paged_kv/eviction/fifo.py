@@ -55,31 +55,34 @@ class FIFOPolicy(EvictionPolicy):
             stamp = self._stamp[block_id] = self._next_stamp()
         self._candidates.add(block_id)
         if self._queued.get(block_id) != stamp:
-            self._heap.push((stamp, block_id))
             self._queued[block_id] = stamp
-        if self._heap.bloated(len(self._candidates)):
-            self._rebuild()
+            if self._heap.push((stamp, block_id), len(self._candidates)):
+                self._rebuild()
 
     def remove(self, block_id: int) -> None:
         """`block_id` is no longer a candidate; it keeps its stamp (O(1))."""
         self._candidates.remove(block_id)
 
-    def _live(self, entry: tuple[int, int]) -> bool:
-        """Whether a heap entry is its block's current one (it leaves `_queued` either way)."""
+    def _take(self, entry: tuple[int, int]) -> bool:
+        """Evict the entry's block if the entry is its current one (`LazyHeap.take`)."""
         stamp, block = entry
         if self._queued.get(block) == stamp:
             del self._queued[block]
-        return block in self._candidates and self._stamp[block] == stamp
+        if block in self._candidates and self._stamp[block] == stamp:
+            self._candidates.remove(block)
+            del self._stamp[block]
+            return True
+        return False
 
     def pop(self) -> int:
         """Evict the candidate cached earliest and forget it."""
-        entry = self._heap.pop_live(self._live)
-        if entry is None:
-            raise IndexError("no evictable block")
-        block = entry[1]
-        self._candidates.remove(block)
-        del self._stamp[block]
-        return block
+        return self.pop_many(1)[0]
+
+    def pop_many(self, n: int) -> list[int]:
+        """`n` evictions in a row, oldest caching stamp first."""
+        if n > len(self._candidates):
+            raise IndexError(f"{n} evictions asked, {len(self._candidates)} candidates")
+        return [block for _, block in self._heap.take(n, self._take)]
 
     def clear(self) -> None:
         """Drop every candidate and its stamp; blocks still in use keep theirs."""

@@ -35,10 +35,15 @@ class LFUPolicy(EvictionPolicy):
         self._heap = LazyHeap()
         self._clock = 0
 
-    def _live(self, entry: tuple[int, int, int]) -> bool:
-        """Whether a heap entry carries its block's current frequency and release stamp."""
+    def _take(self, entry: tuple[int, int, int]) -> bool:
+        """Evict the entry's block if the entry carries its current frequency and release
+        stamp (`LazyHeap.take`)."""
         freq, stamp, block = entry
-        return self._released.get(block) == stamp and self._freq[block] == freq
+        if self._released.get(block) == stamp and self._freq[block] == freq:
+            del self._released[block]
+            del self._freq[block]
+            return True
+        return False
 
     def on_cached(self, block_id: int, key: Hashable) -> None:
         """A freshly cached block has been used once."""
@@ -52,8 +57,8 @@ class LFUPolicy(EvictionPolicy):
         self._freq[block_id] = freq
         stamp = self._released.get(block_id)
         if stamp is not None:  # a hit on a candidate reorders it at once
-            self._heap.push((freq, stamp, block_id))
-            self._compact()
+            if self._heap.push((freq, stamp, block_id), len(self._released)):
+                self._rebuild()
 
     def add(self, block_id: int) -> None:
         """`block_id` becomes a candidate, the most recently released one."""
@@ -62,8 +67,8 @@ class LFUPolicy(EvictionPolicy):
         freq = self._freq.setdefault(block_id, 1)
         self._clock += 1
         self._released[block_id] = self._clock
-        self._heap.push((freq, self._clock, block_id))
-        self._compact()
+        if self._heap.push((freq, self._clock, block_id), len(self._released)):
+            self._rebuild()
 
     def remove(self, block_id: int) -> None:
         """`block_id` is no longer a candidate; it keeps its frequency (O(1))."""
@@ -71,13 +76,13 @@ class LFUPolicy(EvictionPolicy):
 
     def pop(self) -> int:
         """Evict the least frequently used candidate (LRU among equals); forget it."""
-        entry = self._heap.pop_live(self._live)
-        if entry is None:
-            raise IndexError("no evictable block")
-        block = entry[2]
-        del self._released[block]
-        del self._freq[block]
-        return block
+        return self.pop_many(1)[0]
+
+    def pop_many(self, n: int) -> list[int]:
+        """`n` evictions in a row, in eviction order."""
+        if n > len(self._released):
+            raise IndexError(f"{n} evictions asked, {len(self._released)} candidates")
+        return [block for _, _, block in self._heap.take(n, self._take)]
 
     def clear(self) -> None:
         """Drop every candidate and its frequency; blocks still in use keep theirs."""
@@ -86,11 +91,10 @@ class LFUPolicy(EvictionPolicy):
         self._released.clear()
         self._heap.clear()
 
-    def _compact(self) -> None:
-        """Rebuild the heap from live entries once stale ones outnumber them."""
-        if self._heap.bloated(len(self._released)):
-            freq = self._freq
-            self._heap.rebuild((freq[b], s, b) for b, s in self._released.items())
+    def _rebuild(self) -> None:
+        """Rebuild the heap from the candidates' entries (stale ones outnumbered them)."""
+        freq = self._freq
+        self._heap.rebuild((freq[b], s, b) for b, s in self._released.items())
 
     def order(self) -> list[int]:
         """Candidates by (frequency, release stamp), ascending."""
