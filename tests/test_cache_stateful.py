@@ -110,17 +110,15 @@ class CacheMachine(RuleBasedStateMachine):
         return False
 
     def write(self, seq: int, start: int, data: np.ndarray, layers) -> bool:
-        """Write `data` [n, *ROW] at `start` into `layers`; False if refused."""
+        """Write `data` [n, *ROW] at `start` into `layers`, one layer at a time; False if
+        a layer was refused (a layer's write can publish a block the next one hits)."""
         end = start + len(data)
-        if self.immutable(seq, start, end):
-            for layer in layers:
-                call = lambda layer=layer: self.cache.write_kv(  # noqa: E731
-                    seq, layer, data[:, layer, 0], data[:, layer, 1], start=start)
-                assert self.refused(call, (ImmutableBlockError,)), "an immutable block changed"
-            return False
         for layer in layers:
             call = lambda layer=layer: self.cache.write_kv(  # noqa: E731
                 seq, layer, data[:, layer, 0], data[:, layer, 1], start=start)
+            if self.immutable(seq, start, end):
+                assert self.refused(call, (ImmutableBlockError,)), "an immutable block changed"
+                return False
             if self.refused(call):
                 return False
             self.kv[seq][start:end, layer] = data[:, layer]
@@ -204,12 +202,11 @@ class CacheMachine(RuleBasedStateMachine):
                                     unique=True))
         rows = self.fresh(len(chosen))
         starts = [len(self.tokens[s]) - 1 for s in chosen]
-        immutable = any(self.immutable(s, p, p + 1) for s, p in zip(chosen, starts))
         for layer in range(LAYERS):
             call = lambda layer=layer: self.cache.write_kv_batch(  # noqa: E731
                 layer, chosen, rows[:, layer, 0], rows[:, layer, 1],
                 num_tokens=[1] * len(chosen), starts=starts)
-            if immutable:
+            if any(self.immutable(s, p, p + 1) for s, p in zip(chosen, starts)):
                 assert self.refused(call, (ImmutableBlockError,)), "an immutable block changed"
                 return
             if self.refused(call):

@@ -223,3 +223,16 @@ def test_written_extents_merge_out_of_order_writes():
     copy = w.copy()
     w.add(1, 3, 9)
     assert (w.complete(), copy.complete()) == (9, 3)
+
+
+def test_the_write_that_completes_the_last_layer_publishes_the_block():
+    """Found by the long fuzz run: layer 1 first, then layer 0 completes the block, which
+    is published at once; rewriting layer 1 afterwards is refused."""
+    cache = make(model=MODEL)
+    a = cache.allocate(token_ids=[0, 1, 2, 3, 4])
+    write_layers(cache, a, 1, 4, start=0, layers=[1])
+    assert len(cache.prefix) == 0
+    write_layers(cache, a, 2, 4, start=0, layers=[0])
+    assert cache.num_computed_tokens(a) == 4 and len(cache.prefix) == 1
+    with pytest.raises(ImmutableBlockError):
+        write_layers(cache, a, 3, 4, start=0, layers=[1])
