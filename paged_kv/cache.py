@@ -283,15 +283,10 @@ class PagedKVCache:
         seq_ids = list(seq_ids)
         if len(set(seq_ids)) != len(seq_ids):
             raise ValueError("a sequence is named twice")
-        for seq_id in seq_ids:
-            if self._seqs.get(seq_id).token_ids is not None:
-                raise ValueError(f"sequence {seq_id} tracks token ids; use append")
-        cost = self.append_cost(seq_ids, num_tokens)
-        if cost > self.gpu.num_free:
-            self._failures += 1
-            raise OutOfBlocksError(GPU, cost, self.gpu.num_free, "append to a batch")
-        for seq_id in seq_ids:
-            self.append(seq_id, num_tokens)
+        if type(num_tokens) is not int or num_tokens < 0:
+            num_tokens = require_int("num_tokens", num_tokens)
+        get = self._seqs.get
+        self._apply(self._growth.append_many, [get(s) for s in seq_ids], num_tokens)
 
     def free(self, seq_id: int) -> None:
         """Release a sequence; each block whose last holder it was joins the free queue.

@@ -35,6 +35,19 @@ class Growth:
         cost = sum(t.blocks_needed(num_tokens) for t in tables)
         return cost + len(self._cow.plan([t for t in tables if t.last_block_partial]))
 
+    def append_many(self, records: Sequence[SequenceRecord], k: int) -> None:
+        """Append `k` tokens to each of `records` (distinct, counts only), all or none:
+        `OutOfBlocksError`, changing nothing, when `cost` exceeds the free blocks."""
+        for record in records:
+            if record.token_ids is not None:
+                raise ValueError(f"sequence {record.seq_id} tracks token ids; use append")
+        cost = self.cost([r.table for r in records], k)
+        if cost > self._gpu.num_free:
+            raise OutOfBlocksError(GPU, cost, self._gpu.num_free, "append to a batch")
+        append = self.append
+        for record in records:
+            append(record, k, None)
+
     def append(self, record: SequenceRecord, k: int, token_ids: list[int] | None) -> None:
         """Append `k` tokens (`token_ids`, if the sequence tracks them) to `record`.
 

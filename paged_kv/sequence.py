@@ -48,16 +48,16 @@ class SequenceRecord:
 
     def fork(self, child_id: int) -> SequenceRecord:
         """A record for a child sharing every block and all computed state."""
-        return SequenceRecord(
-            seq_id=child_id,
-            table=self.table.copy(),
-            location=self.location,
-            token_ids=None if self.token_ids is None else list(self.token_ids),
-            keys=list(self.keys),
-            salt=self.salt,
-            num_cached_tokens=self.num_cached_tokens,
-            num_computed_tokens=self.num_computed_tokens,
-            written=None if self.written is None else self.written.copy(),
+        return SequenceRecord(  # positional: the fork + free cycle is a hot path
+            child_id,
+            BlockTable(self.table.block_size, self.table.blocks, self.table.num_tokens),
+            self.location,
+            None if self.token_ids is None else list(self.token_ids),
+            list(self.keys),
+            self.salt,
+            self.num_cached_tokens,
+            self.num_computed_tokens,
+            None if self.written is None else self.written.copy(),
         )
 
 

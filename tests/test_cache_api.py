@@ -69,7 +69,7 @@ def test_numpy_integer_token_ids_are_accepted_as_ints():
 
 
 def test_try_allocate_admits_or_returns_none_changing_nothing():
-    cache = make(num_blocks=4, watermark_low=0.5, watermark_high=0.75)  # the watermark keeps 1 block free
+    cache = make(num_blocks=4, watermark_low=0.5, watermark_high=0.75)  # keeps 1 block free
     a = cache.try_allocate(token_ids=list(range(9)))  # 3 blocks
     assert a == 0 and cache.num_free_blocks == 1
     cache.commit(a)
