@@ -99,9 +99,8 @@ class PagedKVCache:
         self._swap = Swapper(self.gpu, self.host, self._kv)
         self._io = KVIO(self._kv, self._seqs, self.gpu, self._cow, self._prefix)
         self._pressure = PressureMonitor(self.gpu, config.watermark_low, config.watermark_high)
-        self._admission = Admission(
-            self.gpu, self._prefix, config.watermark_reserve_blocks, self._kv.new_extents
-        )
+        reserve = config.watermark_reserve_blocks
+        self._admission = Admission(self.gpu, self._prefix, reserve, self._kv.new_extents)
         self._failures = 0  # operations refused for lack of blocks
 
     @property
@@ -115,8 +114,7 @@ class PagedKVCache:
         return self._kv.storage
 
     def _apply(self, operation: Callable[..., None], *args: Any) -> None:
-        """Run a part's operation: count a refusal for lack of blocks, then let the
-        pressure monitor see the new usage."""
+        """Run a part's operation; count a refusal for lack of blocks; update pressure."""
         try:
             operation(*args)
         except OutOfBlocksError:
@@ -215,8 +213,8 @@ class PagedKVCache:
             self._failures += 1
             if not strict:
                 return None
-            have = plan.new_blocks - plan.short
-            raise OutOfBlocksError(GPU, plan.new_blocks, have, f"allocate {plan.num_tokens} tokens")
+            need, what = plan.new_blocks, f"allocate {plan.num_tokens} tokens"
+            raise OutOfBlocksError(GPU, need, need - plan.short, what)
         self._seqs.add(self._admission.admit(plan, seq_id))
         self._pressure.update()
         return seq_id
@@ -241,9 +239,8 @@ class PagedKVCache:
     def can_append(self, seq_id: int, num_tokens: int = 1) -> bool:
         """Whether `append(seq_id, num_tokens)` would find enough free GPU blocks."""
         table = self._seqs.get(seq_id).table
-        return self._growth.cost([table], require_int("num_tokens", num_tokens)) <= (
-            self.gpu.num_free
-        )
+        cost = self._growth.cost([table], require_int("num_tokens", num_tokens))
+        return cost <= self.gpu.num_free
 
     def append(
         self, seq_id: int, num_tokens: int | None = None, *, token_ids: Sequence[int] | None = None
@@ -500,8 +497,7 @@ class PagedKVCache:
         return checker.snapshot(self)
 
     def __repr__(self) -> str:
-        mode = "metadata-only" if self.storage is None else self.model.name
         return (
-            f"PagedKVCache({mode}, block_size={self.block_size}, "
+            f"PagedKVCache({self._kv.label}, block_size={self.block_size}, "
             f"gpu {self.gpu.num_used}/{self.gpu.num_blocks} used, {len(self._seqs)} sequences)"
         )

@@ -94,6 +94,8 @@ class KVBackend(Protocol):
 
     #: the wrapped `KVStorage`, or None in metadata-only mode
     storage: Any
+    #: what a cache's repr calls its mode ("metadata-only", or the model's name)
+    label: str
 
     def new_extents(self, written: int) -> WrittenExtents | None:
         """Bookkeeping of written positions for a new sequence (None: not tracked)."""
@@ -127,6 +129,7 @@ class NullBackend:
     """Metadata-only mode: no arrays; block copies and swaps move no bytes."""
 
     storage = None
+    label = "metadata-only"
 
     def new_extents(self, written: int) -> None:
         """Nothing is written without storage: not tracked."""
@@ -163,6 +166,8 @@ class StorageBackend:
 
         #: the wrapped storage (pools and kernels)
         self.storage = KVStorage(model, block_size, num_gpu_blocks, num_host_blocks)
+        #: the model's name
+        self.label = model.name
         self._model = model
 
     def new_extents(self, written: int) -> WrittenExtents:
