@@ -27,7 +27,8 @@ class LazyHeap:
     __slots__ = ("entries",)
 
     def __init__(self) -> None:
-        #: the heap list (heapq order); read-only for owners
+        #: the heap list (heapq order), always the same list object; owners read it and
+        #: may ``heapq.heappush`` onto it on a hot path (then check `bloated` themselves)
         self.entries: list[tuple] = []
 
     def push(self, entry: tuple, num_live: int) -> bool:
@@ -48,14 +49,12 @@ class LazyHeap:
                 out.append(entry)
         return out
 
-    def pop(self) -> tuple:
-        """Remove and return the smallest entry, live or stale."""
-        return heapq.heappop(self.entries)
-
     def rebuild(self, live: Iterable[tuple]) -> None:
-        """Replace the contents by `live` (the owner's live entries)."""
-        self.entries = list(live)
-        heapq.heapify(self.entries)
+        """Replace the contents by `live` (the owner's live entries), in place: the
+        `entries` list stays the same object."""
+        entries = self.entries
+        entries[:] = live
+        heapq.heapify(entries)
 
     def bloated(self, num_live: int) -> bool:
         """Whether stale entries outnumber the `num_live` live ones (time to `rebuild`)."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import heapq
 import math
 import operator
 from bisect import bisect_left
@@ -97,30 +98,28 @@ class BeladyPolicy(EvictionPolicy):
                 f"forward), got {position}"
             )
         self._now = position
-        stale, cand, after = self._stale_heap, self._cand, self._after
-        while stale.entries and stale.entries[0][0] < position:
-            use, stamp, block = stale.pop()
+        stale, cand, after = self._stale_heap.entries, self._cand, self._after
+        while stale and stale[0][0] < position:
+            use, stamp, block = heapq.heappop(stale)
             if cand.get(block) == (use, stamp):
                 while use < position:  # follow the key's accesses past the present
                     use = after[use]
                 self._push(block, use, stamp)
-        if self._evict_heap.bloated(len(cand)) or self._stale_heap.bloated(len(cand)):
-            self._rebuild()
+        self._compact()
 
-    def _push(self, block: int, use: float, stamp: int) -> bool:
-        """Make `block` a candidate with this next use; True if a heap wants a rebuild."""
-        cand = self._cand
-        cand[block] = (use, stamp)
-        bloated = self._evict_heap.push((-use, stamp, block), len(cand))
+    def _push(self, block: int, use: float, stamp: int) -> None:
+        """Make `block` a candidate with this next use (both heaps get an entry)."""
+        self._cand[block] = (use, stamp)
+        heapq.heappush(self._evict_heap.entries, (-use, stamp, block))
         if use != NEVER:
-            return self._stale_heap.push((use, stamp, block), len(cand)) or bloated
-        return bloated
+            heapq.heappush(self._stale_heap.entries, (use, stamp, block))
 
-    def _rebuild(self) -> None:
-        """Rebuild both heaps from the live entries (stale ones outnumbered them)."""
+    def _compact(self) -> None:
+        """Rebuild both heaps from the live entries once stale ones outnumber them."""
         cand = self._cand
-        self._evict_heap.rebuild((-u, s, b) for b, (u, s) in cand.items())
-        self._stale_heap.rebuild((u, s, b) for b, (u, s) in cand.items() if u != NEVER)
+        if self._evict_heap.bloated(len(cand)) or self._stale_heap.bloated(len(cand)):
+            self._evict_heap.rebuild([(-u, s, b) for b, (u, s) in cand.items()])
+            self._stale_heap.rebuild([(u, s, b) for b, (u, s) in cand.items() if u != NEVER])
 
     # -- hooks -----------------------------------------------------------------------
     def on_cached(self, block_id: int, key: Hashable) -> None:
@@ -141,8 +140,9 @@ class BeladyPolicy(EvictionPolicy):
             if i < len(at):
                 use = at[i]
         self._clock = stamp = self._clock + 1
-        if self._push(block_id, use, stamp):
-            self._rebuild()
+        self._push(block_id, use, stamp)
+        if self._evict_heap.bloated(len(self._cand)):  # the stale heap: at `advance`
+            self._compact()
 
     def remove(self, block_id: int) -> None:
         """`block_id` is no longer a candidate (O(1); its heap entries go stale)."""

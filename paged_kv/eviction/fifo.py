@@ -90,13 +90,13 @@ class FIFOPolicy(EvictionPolicy):
             del self._stamp[block]
         self._candidates.clear()
         stamp = self._stamp
-        self._heap.rebuild(e for e in self._heap.entries if stamp.get(e[1]) == e[0])
+        self._heap.rebuild([e for e in self._heap.entries if stamp.get(e[1]) == e[0]])
         self._queued = {b: s for s, b in self._heap.entries}
 
     def _rebuild(self) -> None:
         """Rebuild the heap from the candidates' entries (stale ones outnumbered them)."""
         stamp = self._stamp
-        self._heap.rebuild((stamp[b], b) for b in self._candidates)
+        self._heap.rebuild([(stamp[b], b) for b in self._candidates])
         self._queued = {b: s for s, b in self._heap.entries}
 
     def order(self) -> list[int]:

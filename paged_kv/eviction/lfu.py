@@ -94,7 +94,7 @@ class LFUPolicy(EvictionPolicy):
     def _rebuild(self) -> None:
         """Rebuild the heap from the candidates' entries (stale ones outnumbered them)."""
         freq = self._freq
-        self._heap.rebuild((freq[b], s, b) for b, s in self._released.items())
+        self._heap.rebuild([(freq[b], s, b) for b, s in self._released.items()])
 
     def order(self) -> list[int]:
         """Candidates by (frequency, release stamp), ascending."""
