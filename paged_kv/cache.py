@@ -258,7 +258,12 @@ class PagedKVCache:
             k = num_tokens if num_tokens >= 0 else require_int("num_tokens", num_tokens)
         else:
             k, token_ids = require_growth(num_tokens, token_ids, record)
-        self._apply(self._growth.append, record, k, token_ids)
+        try:  # _apply, inlined: a decode step's hot path
+            self._growth.append(record, k, token_ids)
+        except OutOfBlocksError:
+            self._failures += 1
+            raise
+        self._pressure.update()
 
     def append_cost(self, seq_ids: Sequence[int], num_tokens: int = 1) -> int:
         """Free GPU blocks that `append_many(seq_ids, num_tokens)` would take.

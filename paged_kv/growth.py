@@ -54,9 +54,11 @@ class Growth:
         Raises `OutOfBlocksError`, changing nothing, when the GPU pool lacks room.
         """
         table = record.table
-        copies = self._cow.plan((table,)) if k and table.last_block_partial else ()
-        new = table.blocks_needed(k)
         gpu = self._gpu
+        copies = ()
+        if k and table.last_block_partial and gpu.ref_counts[table.blocks[-1]] > 1:
+            copies = self._cow.plan((table,))
+        new = table.blocks_needed(k)
         if new + len(copies) > gpu.num_free:
             raise OutOfBlocksError(GPU, new + len(copies), gpu.num_free, f"append {k} tokens")
         if copies:

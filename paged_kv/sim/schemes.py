@@ -17,7 +17,6 @@ from __future__ import annotations
 from collections.abc import Hashable
 
 from paged_kv.cache import PagedKVCache
-from paged_kv.checks import cdiv
 from paged_kv.config import CacheConfig
 from paged_kv.sim.address_space import FirstFitSpace
 
@@ -71,7 +70,7 @@ class PagedScheme:
     # -- sizes ------------------------------------------------------------------------
     def slots_for(self, length: int) -> int:
         """Slots a sequence of `length` tokens holds (whole blocks)."""
-        return cdiv(length, self.block_size) * self.block_size
+        return -(-length // self.block_size) * self.block_size
 
     def fits_alone(self, final_len: int, num_seqs: int) -> bool:
         """Whether a request could run alone to completion (without any sharing)."""
