@@ -11,15 +11,19 @@ from paged_kv.cache import PagedKVCache
 from paged_kv.config import MODEL_PRESETS, CacheConfig, ModelSpec, blocks_for_bytes, get_model
 from paged_kv.device import device_name
 from paged_kv.errors import (
+    ConfigurationError,
+    ImmutableBlockError,
     InvariantError,
     MetadataOnlyError,
+    NoHostPoolError,
     OutOfBlocksError,
     PagedKVError,
+    PrefixCacheInUseError,
     SequenceStateError,
     UnknownSequenceError,
 )
 from paged_kv.sequence import SequenceInfo
-from paged_kv.stats import CacheStats
+from paged_kv.stats import CacheStats, PrefixCacheStats
 from paged_kv.watermark import PressureLevel
 
 __version__ = "0.1.0"
@@ -28,12 +32,17 @@ __all__ = [
     "MODEL_PRESETS",
     "CacheConfig",
     "CacheStats",
+    "ConfigurationError",
+    "ImmutableBlockError",
     "InvariantError",
     "MetadataOnlyError",
     "ModelSpec",
+    "NoHostPoolError",
     "OutOfBlocksError",
     "PagedKVCache",
     "PagedKVError",
+    "PrefixCacheInUseError",
+    "PrefixCacheStats",
     "PressureLevel",
     "SequenceInfo",
     "SequenceStateError",

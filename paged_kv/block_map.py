@@ -28,7 +28,6 @@ import pandas as pd
 
 from paged_kv.cache import PagedKVCache
 from paged_kv.config import CacheConfig
-from paged_kv.errors import InvariantError
 from paged_kv.sequence import GPU
 
 #: free and uncached
@@ -39,19 +38,6 @@ EVICTABLE = -2
 SHARED = -3
 
 
-def _holders(cache: PagedKVCache) -> list[list[tuple[int, int]]]:
-    """For each GPU block, ``(seq_id, tokens it stores in that block)`` of every holder."""
-    bs = cache.block_size
-    holders: list[list[tuple[int, int]]] = [[] for _ in range(cache.gpu.num_blocks)]
-    for seq_id in cache.handles():
-        info = cache.get(seq_id)
-        if info.location != GPU:
-            continue
-        for i, block in enumerate(info.block_table):
-            holders[block].append((seq_id, min(bs, info.num_tokens - i * bs)))
-    return holders
-
-
 def block_states(
     cache: PagedKVCache, owners: Mapping[int, int] | None = None
 ) -> np.ndarray:
@@ -59,21 +45,24 @@ def block_states(
 
     `owners` maps a sequence id to its owner id (e.g. the request that forked it); a
     sequence it does not name owns its blocks under its own id. Raises `InvariantError`
-    when a block's reference count disagrees with the block tables holding it.
+    when the cache's state is inconsistent (a reference count that disagrees with the
+    block tables holding the block, for instance): see `PagedKVCache.check_invariants`.
     """
+    cache.check_invariants()
     owners = {} if owners is None else owners
-    refs = cache.gpu.ref_counts
+    held: list[set[int]] = [set() for _ in range(cache.gpu.num_blocks)]
+    for seq_id in cache.handles():
+        info = cache.get(seq_id)
+        if info.location == GPU:
+            owner = int(owners.get(seq_id, seq_id))
+            for block in info.block_table:
+                held[block].add(owner)
     keys = cache.gpu.block_keys
     out = np.empty(cache.gpu.num_blocks, dtype=np.int64)
-    for block, held in enumerate(_holders(cache)):
-        if refs[block] != len(held):
-            raise InvariantError(
-                f"gpu block {block}: ref_count {refs[block]} but held by {len(held)} tables"
-            )
-        if not held:
+    for block, ids in enumerate(held):
+        if not ids:
             out[block] = FREE if keys[block] is None else EVICTABLE
             continue
-        ids = {int(owners.get(seq, seq)) for seq, _ in held}
         if min(ids) < 0:
             raise ValueError(f"owner ids must be >= 0, got {sorted(ids)} for block {block}")
         out[block] = ids.pop() if len(ids) == 1 else SHARED
@@ -86,14 +75,12 @@ def block_fill(cache: PagedKVCache) -> np.ndarray:
     A held block counts its holders' tokens in it (holders of one block agree; the
     largest is taken); an evictable block is a cached full block; a free block holds 0.
     """
-    keys = cache.gpu.block_keys
-    bs = cache.block_size
     out = np.zeros(cache.gpu.num_blocks, dtype=np.int64)
-    for block, held in enumerate(_holders(cache)):
-        if held:
-            out[block] = max(n for _, n in held)
-        elif keys[block] is not None:
-            out[block] = bs
+    for block, key in enumerate(cache.gpu.block_keys):
+        if key is not None:
+            out[block] = cache.block_size
+    for block, tokens in cache.gpu_block_tokens().items():
+        out[block] = tokens
     return out
 
 
@@ -121,8 +108,7 @@ class BlockMapRecorder:
         states = block_states(self.cache, self.owners)
         self._states.append(states)
         self._fill.append(block_fill(self.cache))
-        prefix = self.cache.prefix
-        self._evictions.append(0 if prefix is None else prefix.stats.evictions)
+        self._evictions.append(self.cache.stats().prefix_evictions)
         self.labels.append(label or str(len(self.labels)))
         return states
 
@@ -222,6 +208,7 @@ def scripted_serving(
                 break
             waiting.popleft()
             seq = cache.allocate(token_ids=prompts[r])
+            cache.commit(seq)  # prefilled in the step that admits it
             seqs = [seq] + [cache.fork(seq) for _ in range(samples[r] - 1)]
             for s in seqs:
                 owners[s] = r
@@ -243,6 +230,7 @@ def scripted_serving(
                 if r not in running:
                     break
                 cache.append(seq, token_ids=[int(rng.integers(vocab))])
+                cache.commit(seq)  # decoded in this step
             if r in running:
                 generated[r] += 1
         recorder.record(f"step {step}")

@@ -14,13 +14,17 @@ from __future__ import annotations
 
 import numpy as np
 
+from paged_kv.checks import cdiv, require_range
+
 
 class BlockTable:
     """The physical blocks of one sequence and how many token slots of them are filled."""
 
     __slots__ = ("block_size", "blocks", "num_tokens")
 
-    def __init__(self, block_size: int, blocks: list[int] | None = None, num_tokens: int = 0):
+    def __init__(
+        self, block_size: int, blocks: list[int] | None = None, num_tokens: int = 0
+    ) -> None:
         #: token slots per block
         self.block_size = block_size
         #: physical block ids, logical order
@@ -45,8 +49,7 @@ class BlockTable:
 
     def blocks_needed(self, num_new_tokens: int) -> int:
         """How many more blocks holding `num_new_tokens` more tokens takes."""
-        total = self.num_tokens + num_new_tokens
-        return -(-total // self.block_size) - len(self.blocks)
+        return cdiv(self.num_tokens + num_new_tokens, self.block_size) - len(self.blocks)
 
     def slot(self, position: int) -> int:
         """The pool slot of token `position`."""
@@ -55,10 +58,7 @@ class BlockTable:
 
     def slot_mapping(self, start: int, end: int) -> np.ndarray:
         """Slots of positions ``start .. end-1`` as an int64 array."""
-        if not 0 <= start <= end <= len(self.blocks) * self.block_size:
-            raise ValueError(
-                f"positions {start}..{end} outside the {len(self.blocks)} blocks of this table"
-            )
+        require_range("this table", start, end, len(self.blocks) * self.block_size)
         positions = np.arange(start, end, dtype=np.int64)
         table = np.asarray(self.blocks, dtype=np.int64)
         bs = self.block_size

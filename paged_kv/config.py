@@ -14,6 +14,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from paged_kv.checks import require_int
+from paged_kv.errors import ConfigurationError
+from paged_kv.eviction import EvictionPolicy, policy_names
 
 #: KV element types the pools and kernels support. Numba has no bfloat16 arithmetic;
 #: the kernels only load and store, but we keep to the two types tests cover.
@@ -118,6 +120,9 @@ class CacheConfig:
     free): below ``watermark_low`` the pressure level is NORMAL, from it up to
     ``watermark_high`` ELEVATED, at or above ``watermark_high`` CRITICAL. Admission
     that respects the watermark keeps ``1 - watermark_high`` of the pool free.
+    ``eviction_policy`` is a name from `paged_kv.eviction.policy_names` (any case,
+    stored lower-case); "belady" also needs the `BeladyPolicy` instance itself, passed
+    to `PagedKVCache(config, policy=...)`.
     """
 
     block_size: int = 16
@@ -148,11 +153,28 @@ class CacheConfig:
                 f"CacheConfig.enable_prefix_caching must be a bool, got "
                 f"{self.enable_prefix_caching!r}"
             )
-        if not isinstance(self.eviction_policy, str):
+        names = policy_names()
+        if not isinstance(self.eviction_policy, str) or self.eviction_policy.lower() not in names:
             raise ValueError(
-                f"CacheConfig.eviction_policy must be a policy name, got "
-                f"{self.eviction_policy!r}"
+                f"CacheConfig.eviction_policy: unknown eviction policy "
+                f"{self.eviction_policy!r}; valid names: {', '.join(names)}"
             )
+        object.__setattr__(self, "eviction_policy", self.eviction_policy.lower())
+
+    def eviction_policy_for(self, policy: EvictionPolicy | None) -> str | EvictionPolicy:
+        """What builds the GPU allocator's policy: `policy` itself when given (it must be
+        an `EvictionPolicy` named ``eviction_policy``, else `ConfigurationError`), or the
+        configured name."""
+        if policy is None:
+            return self.eviction_policy
+        if not isinstance(policy, EvictionPolicy):
+            raise ValueError(f"policy must be an EvictionPolicy instance, got {policy!r}")
+        if policy.name != self.eviction_policy:
+            raise ConfigurationError(
+                f"policy is a {policy.name!r} policy but CacheConfig.eviction_policy is "
+                f"{self.eviction_policy!r}; set CacheConfig(eviction_policy={policy.name!r})"
+            )
+        return policy
 
     @property
     def watermark_reserve_blocks(self) -> int:

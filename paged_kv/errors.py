@@ -1,8 +1,10 @@
 """Exceptions raised by paged_kv.
 
-Bad arguments are `ValueError` (not part of this hierarchy); running out of a resource
-and naming a sequence that does not exist are `PagedKVError` subclasses. Every
-operation that raises leaves the cache exactly as it was.
+Bad arguments are `ValueError`; running out of a resource, naming a sequence that does
+not exist, asking for something the cache was not configured with, and misusing the
+simulator are `PagedKVError` subclasses (two of them, `ImmutableBlockError` and
+`ConfigurationError`, are also `ValueError`s: they are bad requests). Every operation
+that raises leaves the cache exactly as it was.
 """
 
 
@@ -45,5 +47,54 @@ class MetadataOnlyError(PagedKVError):
     """A KV read or write on a cache that stores no KV (metadata-only mode)."""
 
 
+class ImmutableBlockError(PagedKVError, ValueError):
+    """A KV write into a block that must not change.
+
+    A block published to the prefix cache is immutable (later hits read it), and so is
+    a full block shared by several sequences (there is no partial block to copy).
+    """
+
+
+class ConfigurationError(PagedKVError, ValueError):
+    """The cache was built without what an operation needs, or with parts that disagree."""
+
+
+class NoHostPoolError(ConfigurationError):
+    """A swap on a cache built without a host pool (``CacheConfig.num_host_blocks == 0``)."""
+
+    def __init__(self, what: str = "swap") -> None:
+        super().__init__(
+            f"cannot {what}: this cache has no host pool; build it with "
+            f"CacheConfig(num_host_blocks=...) > 0 to swap sequences out"
+        )
+
+
+class PrefixCacheInUseError(PagedKVError):
+    """`reset_prefix_cache` refused: live sequences still hold cached blocks.
+
+    Attribute ``blocks``: the cached blocks in use.
+    """
+
+    def __init__(self, blocks: list[int]) -> None:
+        self.blocks = blocks
+        super().__init__(
+            f"cannot reset the prefix cache: {len(blocks)} cached blocks are in use by "
+            f"live sequences (e.g. block {blocks[0]}); free those sequences first"
+        )
+
+
 class InvariantError(PagedKVError, AssertionError):
     """`PagedKVCache.check_invariants` found the cache's state inconsistent."""
+
+
+class SimulationError(PagedKVError):
+    """Base class of the serving simulator's errors (`paged_kv.sim`)."""
+
+
+class SchemeStateError(SimulationError):
+    """A memory scheme used out of turn: reused for a second simulation, or told to
+    admit a request it has no room for."""
+
+
+class UnservableRequestError(SimulationError):
+    """A request the simulator can never run, even alone in an empty cache."""

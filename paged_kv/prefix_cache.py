@@ -1,56 +1,41 @@
-"""Prefix cache: which physical block holds which full block of tokens (metadata only).
+"""Prefix cache: prompt keys, longest-prefix matching and publishing (metadata only).
 
-Follows the vLLM v1 model. Only *full* blocks are cached. Block ``i``'s key chains its
-parent's key with its own token ids::
+Follows the vLLM v1 model. Only *full* blocks are cached, and only once their KV is
+*computed* (see `commit`). Block ``i``'s key chains its parent's hash with its own token
+ids, and carries both, so that a match compares token ids and not only the hash::
 
-    key[0] = hash((root, tokens[0 : bs]))          root = None, or the salt's namespace
-    key[i] = hash((key[i-1], tokens[i*bs : (i+1)*bs]))
+    h[-1]  = root                    None, or the salt's namespace hash
+    h[i]   = hash_fn((h[i-1], tokens[i*bs : (i+1)*bs]))
+    key[i] = (h[i], h[i-1], tokens[i*bs : (i+1)*bs])
 
-so equal keys mean equal prefixes up to a hash collision, and a salt (namespace) on the
-first block keeps tenants apart. When token ids are known a hit is *confirmed*: the
-cached block's parent key and token ids must equal the query's, so a collision is a miss,
-never someone else's KV. A caller may pass precomputed keys instead (trace replay, e.g.
-Mooncake ``hash_ids``); those are trusted as given.
+Equal keys mean equal block contents after an equal parent hash, so a hash collision
+(an injected ``hash_fn`` that collides) is a miss, never someone else's KV; a salt on
+the first block keeps tenants apart. A caller may pass precomputed keys instead (trace
+replay, e.g. Mooncake ``hash_ids``); those are trusted as given.
 
-The cache owns only the key -> block map and the hit statistics; the `BlockAllocator`
-owns reference counts, the free queue and the eviction policy, and tells the cache
-when it evicts a block.
+The key <-> block map itself lives in the `BlockAllocator` (one owner, as in vLLM's
+block pool): this class computes keys, matches prompts against the allocator's map,
+publishes a sequence's computed full blocks into it, and counts lookups. A disabled
+prefix cache (``enabled=False``) makes no keys, so it matches and publishes nothing,
+while `commit` still records computed tokens.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Hashable, Sequence
-from dataclasses import dataclass
 
 from paged_kv.block_allocator import BlockAllocator
+from paged_kv.checks import require_token_ids
+from paged_kv.errors import PrefixCacheInUseError
 from paged_kv.eviction import EvictionPolicy
+from paged_kv.sequence import GPU, SequenceRecord
+from paged_kv.stats import PrefixCacheStats
 
-
-@dataclass(slots=True)
-class PrefixCacheStats:
-    """Hit statistics, counted in tokens and requests."""
-
-    #: prompt tokens looked up
-    query_tokens: int = 0
-    #: prompt tokens served from cached blocks
-    hit_tokens: int = 0
-    #: lookups made (one per allocated prompt)
-    requests: int = 0
-    #: lookups with at least one cached block
-    hit_requests: int = 0
-    #: full blocks published to the cache
-    stored_blocks: int = 0
-    #: cached blocks evicted to make room
-    evictions: int = 0
-
-    @property
-    def hit_rate(self) -> float:
-        """hit_tokens / query_tokens (0 when nothing was queried)."""
-        return self.hit_tokens / self.query_tokens if self.query_tokens else 0.0
+__all__ = ["PrefixCache", "PrefixCacheStats"]
 
 
 class PrefixCache:
-    """Map from block keys to the physical blocks that hold them, on one allocator."""
+    """Keys, matching and publishing over one allocator's key map, plus hit statistics."""
 
     def __init__(
         self,
@@ -58,20 +43,26 @@ class PrefixCache:
         block_size: int,
         *,
         hash_fn: Callable[[object], Hashable] = hash,
+        enabled: bool = True,
     ) -> None:
+        #: the GPU pool's allocator, which owns the key <-> block map
         self.allocator = allocator
+        #: token slots per block
         self.block_size = block_size
-        #: function turning (parent_key, token tuple) into a key; injectable for tests
+        #: function turning (parent hash, token tuple) into a hash; injectable for tests
         self.hash_fn = hash_fn
-        self._blocks: dict[Hashable, int] = {}
-        # block -> (parent_key, tokens) for blocks published with their token ids
-        self._identity: dict[int, tuple[Hashable, tuple[int, ...]]] = {}
-        self.stats = PrefixCacheStats()
-        allocator.set_evict_hook(self._on_evict)
+        #: False: no keys are made, nothing is matched or published
+        self.enabled = enabled
+        policy = allocator.policy
+        # the policy's on_hit hook, or None when it keeps the base class's no-op
+        self._on_hit = None if type(policy).on_hit is EvictionPolicy.on_hit else policy.on_hit
+        self._requests = self._query_tokens = self._hit_requests = self._hit_tokens = 0
+        self._stored_base = allocator.num_cached_total
+        self._evicted_base = allocator.num_evicted_total
 
     # -- keys ------------------------------------------------------------------------
     def root_key(self, salt: Hashable | None) -> Hashable | None:
-        """The parent key of a first block: None, or the salt's namespace."""
+        """The parent hash of a first block: None, or the salt's namespace."""
         return None if salt is None else self.hash_fn(("paged_kv.salt", salt))
 
     def token_keys(
@@ -79,21 +70,28 @@ class PrefixCache:
         token_ids: Sequence[int],
         *,
         salt: Hashable | None = None,
-        parent: Hashable | None = None,
+        parent: tuple | None = None,
         first_block: int = 0,
-    ) -> list[Hashable]:
+    ) -> list[tuple]:
         """Keys of the full blocks of `token_ids` from logical block `first_block` on.
 
         `parent` is the key of block ``first_block - 1`` (ignored when first_block is 0,
-        where the salt's root is used).
+        where the salt's root is used). Token ids are checked (`ValueError` for a
+        non-integer).
         """
+        token_ids = require_token_ids(token_ids)
+        root = self.root_key(salt) if first_block == 0 else parent[0]
+        return self._chain(token_ids, root, first_block)
+
+    def _chain(self, token_ids: list[int], h: Hashable | None, first_block: int) -> list[tuple]:
+        """Keys of blocks `first_block`.. of checked `token_ids`, after parent hash `h`."""
         bs = self.block_size
-        key = self.root_key(salt) if first_block == 0 else parent
         keys = []
-        h = self.hash_fn
+        hash_fn = self.hash_fn
         for i in range(first_block, len(token_ids) // bs):
-            key = h((key, tuple(token_ids[i * bs : (i + 1) * bs])))
-            keys.append(key)
+            tokens = tuple(token_ids[i * bs : (i + 1) * bs])
+            parent_hash, h = h, hash_fn((h, tokens))
+            keys.append((h, parent_hash, tokens))
         return keys
 
     @staticmethod
@@ -101,186 +99,124 @@ class PrefixCache:
         """Precomputed keys (e.g. trace hash ids), namespaced by `salt` if given."""
         return list(keys) if salt is None else [(salt, k) for k in keys]
 
-    # -- lookup ----------------------------------------------------------------------
-    def match(
+    def prompt_keys(
         self,
-        keys: Sequence[Hashable],
-        *,
-        token_ids: Sequence[int] | None = None,
-        salt: Hashable | None = None,
-        max_blocks: int | None = None,
-    ) -> list[int]:
-        """Blocks holding the longest cached prefix of `keys`; changes nothing.
+        num_tokens: int,
+        token_ids: list[int] | None,
+        block_keys: Sequence[Hashable] | None,
+        salt: Hashable | None,
+    ) -> list[Hashable]:
+        """Keys of a prompt's full blocks (empty when disabled or nothing identifies it).
 
-        With `token_ids`, each candidate is confirmed by its parent key and tokens.
+        `token_ids` must have been checked (`paged_kv.checks.require_prompt`).
         """
-        limit = len(keys) if max_blocks is None else min(max_blocks, len(keys))
-        blocks = self._blocks
-        out: list[int] = []
-        if token_ids is None:
-            for i in range(limit):
-                block = blocks.get(keys[i])
-                if block is None:
-                    break
-                out.append(block)
-            return out
-        bs = self.block_size
-        parent = self.root_key(salt)
-        identity = self._identity
-        for i in range(limit):
-            block = blocks.get(keys[i])
-            if block is None or identity.get(block) != (
-                parent,
-                tuple(token_ids[i * bs : (i + 1) * bs]),
-            ):
-                break
-            out.append(block)
-            parent = keys[i]
-        return out
+        if not self.enabled:
+            return []
+        if token_ids is not None:
+            return self._chain(token_ids, self.root_key(salt), 0)
+        if block_keys is not None:
+            return self.external_keys(block_keys[: num_tokens // self.block_size], salt)
+        return []
+
+    def extend_keys(self, record: SequenceRecord, old_full: int) -> None:
+        """Append the keys of `record`'s blocks that became full since `old_full` were,
+        when its chain of keys is known (token ids, every earlier block keyed)."""
+        if not self.enabled or record.token_ids is None or len(record.keys) != old_full:
+            return  # counts only, or a chain broken by a trace's own keys: no caching
+        h = record.keys[-1][0] if record.keys else self.root_key(record.salt)
+        record.keys.extend(self._chain(record.token_ids, h, old_full))
+
+    # -- lookup ----------------------------------------------------------------------
+    def match(self, keys: Sequence[Hashable], max_blocks: int | None = None) -> list[int]:
+        """Blocks holding the longest cached prefix of `keys` (at most `max_blocks`);
+        changes nothing."""
+        limit = len(keys) if max_blocks is None else max_blocks
+        return self.allocator.match(keys, limit) if keys else []
 
     def record_lookup(self, num_tokens: int, hit_blocks: Sequence[int]) -> None:
         """Count one prompt's lookup in the statistics and tell the policy of its hits."""
-        stats = self.stats
-        stats.requests += 1
-        stats.query_tokens += num_tokens
+        self._requests += 1
+        self._query_tokens += num_tokens
         if hit_blocks:
-            stats.hit_requests += 1
-            stats.hit_tokens += len(hit_blocks) * self.block_size
-            policy = self.allocator.policy
-            if type(policy).on_hit is not EvictionPolicy.on_hit:
-                on_hit = policy.on_hit
+            self._hit_requests += 1
+            self._hit_tokens += len(hit_blocks) * self.block_size
+            on_hit = self._on_hit
+            if on_hit is not None:
                 for block in hit_blocks:
                     on_hit(block)
 
-    # -- publishing ------------------------------------------------------------------
-    def store(
-        self,
-        block: int,
-        key: Hashable,
-        *,
-        parent: Hashable | None = None,
-        tokens: Sequence[int] | None = None,
-    ) -> bool:
-        """Publish in-use `block` as holding the full block `key`.
+    # -- computed tokens and publishing ----------------------------------------------
+    def commit(self, record: SequenceRecord, num_tokens: int) -> None:
+        """Mark the first `num_tokens` tokens of `record` computed and publish every
+        full block they newly cover (a GPU sequence's; a swapped-out one publishes on
+        swap-in). Never lowers the computed count."""
+        old = record.num_computed_tokens
+        if num_tokens <= old:
+            return
+        record.num_computed_tokens = num_tokens
+        self.publish(record, old // self.block_size)
 
-        Returns False, changing nothing, when `key` is already cached (another block
-        holds the same content: the first one stays the cached copy) or `block` already
-        holds a key.
-        """
-        if key in self._blocks or self.allocator.block_keys[block] is not None:
-            return False
-        self._blocks[key] = block
-        if tokens is not None:
-            self._identity[block] = (parent, tuple(tokens))
-        self.allocator.set_key(block, key)
-        self.stats.stored_blocks += 1
-        return True
-
-    def store_many(self, blocks: Sequence[int], keys: Sequence[Hashable]) -> int:
-        """Publish fresh (uncached, in-use) blocks under precomputed keys; how many were new.
-
-        The trace-replay hot path: no token ids to confirm. A key already cached keeps
-        its first block, as in `store`.
-        """
-        cached = self._blocks
-        block_keys = self.allocator.block_keys
-        setdefault = cached.setdefault
-        on_cached = self._policy_on_cached
-        stored = 0
-        if on_cached is None:  # the common case, one loop with nothing else in it
-            skipped = 0
-            for block, key in zip(blocks, keys):
-                if setdefault(key, block) == block:
-                    block_keys[block] = key
-                else:
-                    skipped += 1
-            stored = min(len(blocks), len(keys)) - skipped
-        else:
-            for block, key in zip(blocks, keys):
-                if setdefault(key, block) == block:
-                    block_keys[block] = key
-                    on_cached(block, key)
-                    stored += 1
-        self.stats.stored_blocks += stored
-        return stored
-
-    @property
-    def _policy_on_cached(self):
-        """The policy's on_cached hook, or None when it keeps the base class's no-op."""
-        policy = self.allocator.policy
-        if type(policy).on_cached is EvictionPolicy.on_cached:
-            return None
-        return policy.on_cached
-
-    def _on_evict(self, blocks: list[int]) -> None:
-        """The allocator evicted `blocks`: forget their keys (both directions)."""
-        cached = self._blocks
-        keys = self.allocator.block_keys
-        for block in blocks:
-            del cached[keys[block]]
-            keys[block] = None
-        if self._identity:
-            pop = self._identity.pop
-            for block in blocks:
-                pop(block, None)
-        self.stats.evictions += len(blocks)
+    def publish(self, record: SequenceRecord, first: int) -> int:
+        """Offer `record`'s computed full blocks from logical block `first` on; how many
+        got their key (a key cached already keeps its first block)."""
+        last = min(record.num_computed_tokens // self.block_size, len(record.keys))
+        if first >= last or record.location != GPU:
+            return 0
+        blocks = record.table.blocks
+        if first == 0 and last == len(record.keys):  # zip stops at the last key
+            return self.allocator.cache_held(blocks, record.keys)
+        return self.allocator.cache_held(blocks[first:last], record.keys[first:last])
 
     # -- the reference design's prefix operations ------------------------------------
     def __contains__(self, key: object) -> bool:
-        return key in self._blocks
+        return self.allocator.cached_block(key) is not None
 
     def __len__(self) -> int:
         """Cached blocks, in use or evictable."""
-        return len(self._blocks)
+        return self.allocator.num_cached
 
     def block_of(self, key: Hashable) -> int | None:
         """The block holding `key`, or None."""
-        return self._blocks.get(key)
+        return self.allocator.cached_block(key)
 
     def evict(self, n: int) -> list[int]:
-        """Evict up to `n` evictable cached blocks in policy order; returns their ids."""
+        """Evict up to `n` evictable cached blocks in policy order; their ids."""
         return self.allocator.evict(n)
 
-    def reset(self) -> tuple[bool, str]:
-        """Drop the whole cache, if no cached block is in use.
+    def reset(self) -> list[int]:
+        """Drop every cached block; the ids dropped, in former eviction order.
 
-        Returns ``(True, "")`` on success, or ``(False, reason)`` and changes nothing
-        while some cached block is held by a sequence.
+        Raises `PrefixCacheInUseError`, changing nothing, while a live sequence holds a
+        cached block.
         """
-        refs = self.allocator.ref_counts
-        in_use = [b for b in self._blocks.values() if refs[b] > 0]
+        in_use = self.allocator.cached_in_use()
         if in_use:
-            return False, (
-                f"{len(in_use)} cached blocks are in use by live sequences "
-                f"(e.g. block {in_use[0]}); free them first"
-            )
-        self.allocator.drop_all_evictable()
-        self._blocks.clear()
-        self._identity.clear()
-        return True, ""
+            raise PrefixCacheInUseError(in_use)
+        return self.allocator.uncache_all()
+
+    # -- statistics ------------------------------------------------------------------
+    def stats(self) -> PrefixCacheStats:
+        """The figures at this moment (an immutable snapshot)."""
+        allocator = self.allocator
+        return PrefixCacheStats(
+            query_tokens=self._query_tokens,
+            hit_tokens=self._hit_tokens,
+            requests=self._requests,
+            hit_requests=self._hit_requests,
+            stored_blocks=allocator.num_cached_total - self._stored_base,
+            evictions=allocator.num_evicted_total - self._evicted_base,
+            cached_blocks=allocator.num_cached,
+        )
 
     def reset_stats(self) -> None:
-        """Zero the hit statistics."""
-        self.stats = PrefixCacheStats()
-
-    def check(self) -> list[str]:
-        """Problems with the key map's consistency with the allocator (empty if none)."""
-        problems = []
-        keys = self.allocator.block_keys
-        for key, block in self._blocks.items():
-            if keys[block] != key:
-                problems.append(f"prefix cache maps {key!r} to block {block}, which holds "
-                                f"{keys[block]!r}")
-        cached = sum(k is not None for k in keys)
-        if cached != len(self._blocks):
-            problems.append(f"allocator has {cached} keyed blocks, cache maps {len(self._blocks)}")
-        if not set(self._identity) <= set(self._blocks.values()):
-            problems.append("token identity kept for a block that is not cached")
-        return problems
+        """Zero the lookup, hit, stored and eviction counts."""
+        self._requests = self._query_tokens = self._hit_requests = self._hit_tokens = 0
+        self._stored_base = self.allocator.num_cached_total
+        self._evicted_base = self.allocator.num_evicted_total
 
     def state(self) -> tuple:
-        """A comparable picture of the key map (tests snapshot it)."""
+        """The statistics as a comparable tuple (the key map is the allocator's state)."""
         return (
-            tuple(sorted(self._blocks.items(), key=lambda kv: kv[1])),
-            tuple(sorted(self._identity.items())),
+            self._requests, self._query_tokens, self._hit_requests, self._hit_tokens,
+            self._stored_base, self._evicted_base,
         )

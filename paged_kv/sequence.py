@@ -1,11 +1,17 @@
-"""A sequence's record inside the cache manager, and the read-only view users get."""
+"""Sequences inside the cache manager: the per-sequence record, the read-only view users
+get, and the registry that owns the records and hands out ids."""
 
 from __future__ import annotations
 
-from collections.abc import Hashable
+from collections.abc import Hashable, Iterable, ValuesView
 from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
 
 from paged_kv.block_table import BlockTable
+from paged_kv.checks import require_int, require_token_ids
+from paged_kv.errors import SequenceStateError, UnknownSequenceError
 
 GPU = "gpu"
 HOST = "host"
@@ -13,7 +19,10 @@ HOST = "host"
 
 @dataclass(slots=True)
 class SequenceRecord:
-    """Mutable per-sequence state the manager keeps (not part of the public API)."""
+    """Mutable per-sequence state the manager keeps (not part of the public API).
+
+    ``num_cached_tokens <= num_computed_tokens <= table.num_tokens`` always holds.
+    """
 
     #: the handle users name the sequence by
     seq_id: int
@@ -29,6 +38,49 @@ class SequenceRecord:
     salt: Hashable | None
     #: prompt tokens that were served from the prefix cache at allocation
     num_cached_tokens: int = 0
+    #: leading tokens whose KV is computed (vLLM's num_computed_tokens): prefix hits,
+    #: committed tokens, and with storage the positions written in every layer. Only
+    #: full blocks inside this prefix are ever published to the prefix cache.
+    num_computed_tokens: int = 0
+    #: which positions hold written KV per layer (`paged_kv.kv_io.WrittenExtents`);
+    #: None in metadata-only mode
+    written: Any = None
+
+    def fork(self, child_id: int) -> SequenceRecord:
+        """A record for a child sharing every block and all computed state."""
+        return SequenceRecord(  # positional: the fork + free cycle is a hot path
+            child_id,
+            BlockTable(self.table.block_size, self.table.blocks, self.table.num_tokens),
+            self.location,
+            None if self.token_ids is None else list(self.token_ids),
+            list(self.keys),
+            self.salt,
+            self.num_cached_tokens,
+            self.num_computed_tokens,
+            None if self.written is None else self.written.copy(),
+        )
+
+
+def require_growth(
+    num_tokens: object, token_ids: object, record: SequenceRecord
+) -> tuple[int, list[int] | None]:
+    """Check an append to `record`: ``(tokens to add, checked token ids or None)``.
+
+    A sequence that tracks token ids must be given them (and only they say how many);
+    one that does not takes counts only (default 1).
+    """
+    if token_ids is not None:
+        token_ids = require_token_ids(token_ids)
+        if num_tokens is not None and num_tokens != len(token_ids):
+            raise ValueError(f"num_tokens={num_tokens} disagrees with {len(token_ids)} token_ids")
+        if record.token_ids is None:
+            raise ValueError(
+                f"sequence {record.seq_id} was allocated without token ids; append counts only"
+            )
+        return len(token_ids), token_ids
+    if record.token_ids is not None:
+        raise ValueError(f"sequence {record.seq_id} tracks token ids; pass token_ids")
+    return (1 if num_tokens is None else require_int("num_tokens", num_tokens)), None
 
 
 @dataclass(frozen=True)
@@ -47,6 +99,8 @@ class SequenceInfo:
     num_cached_tokens: int
     #: its token ids, if it tracks them
     token_ids: tuple[int, ...] | None
+    #: leading tokens whose KV is computed (hits, commits, complete writes)
+    num_computed_tokens: int = 0
 
     @property
     def num_blocks(self) -> int:
@@ -63,4 +117,80 @@ class SequenceInfo:
             location=record.location,
             num_cached_tokens=record.num_cached_tokens,
             token_ids=None if record.token_ids is None else tuple(record.token_ids),
+            num_computed_tokens=record.num_computed_tokens,
         )
+
+
+class SequenceRegistry:
+    """The live sequences' records by id, and the ids handed out.
+
+    Automatic ids count up from 0, skipping ids in use; an id named by the caller is
+    taken as given (and automatic ids continue after it).
+    """
+
+    def __init__(self) -> None:
+        self._seqs: dict[int, SequenceRecord] = {}
+        self._next_id = 0
+
+    def get(self, seq_id: int, location: str | None = GPU) -> SequenceRecord:
+        """The record of `seq_id`, which must be on `location` (None: either pool).
+
+        Raises `UnknownSequenceError` or `SequenceStateError`.
+        """
+        record = self._seqs.get(seq_id)
+        if record is None:
+            raise UnknownSequenceError(seq_id)
+        if location is not None and record.location != location:
+            raise SequenceStateError(
+                f"sequence {seq_id} is on the {record.location} pool; this needs it on the "
+                f"{location} pool" + (" (swap_in first)" if location == GPU else "")
+            )
+        return record
+
+    def get_many(self, seq_ids: int | Iterable[int], location: str) -> list[SequenceRecord]:
+        """Records of one id or of distinct ids, all on `location` (`ValueError` if an
+        id is named twice)."""
+        if isinstance(seq_ids, (int, np.integer)):
+            seq_ids = [seq_ids]
+        ids = list(seq_ids)
+        if len(set(ids)) != len(ids):
+            raise ValueError("a sequence is named twice")
+        return [self.get(s, location) for s in ids]
+
+    def new_id(self, seq_id: int | None = None) -> int:
+        """A free id: the next automatic one, or `seq_id` checked (not live, integer)."""
+        if seq_id is None:
+            while self._next_id in self._seqs:
+                self._next_id += 1
+            return self._next_id
+        seq_id = require_int("seq_id", seq_id)
+        if seq_id in self._seqs:
+            raise ValueError(f"seq_id {seq_id} is already a live sequence")
+        return seq_id
+
+    def add(self, record: SequenceRecord) -> None:
+        """Register `record` under its id (from `new_id`)."""
+        self._seqs[record.seq_id] = record
+        if record.seq_id >= self._next_id:
+            self._next_id = record.seq_id + 1
+
+    def remove(self, seq_id: int) -> SequenceRecord:
+        """Forget `seq_id` (`UnknownSequenceError` if it is not live); its record."""
+        record = self._seqs.pop(seq_id, None)
+        if record is None:
+            raise UnknownSequenceError(seq_id)
+        return record
+
+    def records(self) -> ValuesView[SequenceRecord]:
+        """Every live record, in creation order."""
+        return self._seqs.values()
+
+    def ids(self) -> list[int]:
+        """Ids of the live sequences, in creation order."""
+        return list(self._seqs)
+
+    def __contains__(self, seq_id: object) -> bool:
+        return seq_id in self._seqs
+
+    def __len__(self) -> int:
+        return len(self._seqs)

@@ -1,8 +1,46 @@
-"""A snapshot of a cache's statistics."""
+"""Statistics snapshots: immutable values, never the live counters.
+
+`PagedKVCache.stats()` returns a `CacheStats`; `PrefixCache.stats()` a
+`PrefixCacheStats`. Both are frozen: changing one is an error, and the cache's own
+counters cannot be reached through them.
+"""
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from paged_kv.cache import PagedKVCache
+
+
+@dataclass(frozen=True)
+class PrefixCacheStats:
+    """Prefix-cache figures at one moment, counted in tokens, requests and blocks.
+
+    Lookups and hits count since construction or the last `reset_stats`; so do the
+    stored and evicted blocks. `cached_blocks` is the cache's size now.
+    """
+
+    #: prompt tokens looked up (one lookup per allocated prompt that gave ids or keys)
+    query_tokens: int = 0
+    #: prompt tokens served from cached blocks
+    hit_tokens: int = 0
+    #: lookups made
+    requests: int = 0
+    #: lookups that hit at least one cached block
+    hit_requests: int = 0
+    #: full blocks published to the cache (each block counted once per publication)
+    stored_blocks: int = 0
+    #: cached blocks evicted to make room (a reset does not count)
+    evictions: int = 0
+    #: blocks holding a cached key now, in use or evictable
+    cached_blocks: int = 0
+
+    @property
+    def hit_rate(self) -> float:
+        """hit_tokens / query_tokens (0 when nothing was queried)."""
+        return self.hit_tokens / self.query_tokens if self.query_tokens else 0.0
 
 
 @dataclass(frozen=True)
@@ -12,7 +50,8 @@ class CacheStats:
     Blocks "used" have a reference count of at least 1; evictable cached blocks count
     as free. Byte figures are what the blocks hold, or would hold, for the cache's model
     (``bytes_per_block`` times blocks), with or without storage attached; a cache built
-    without a model reports them as 0.
+    without a model reports them as 0. Event counts run from the cache's construction,
+    the prefix-cache ones from construction or `reset_prefix_stats`.
     """
 
     #: blocks in the GPU pool
@@ -23,7 +62,7 @@ class CacheStats:
     gpu_free_blocks: int
     #: free GPU blocks still holding a cached full block
     gpu_evictable_blocks: int
-    #: blocks in the host pool
+    #: blocks in the host pool (0 without one)
     host_total_blocks: int
     #: host blocks held by swapped-out sequences
     host_used_blocks: int
@@ -43,22 +82,32 @@ class CacheStats:
     gpu_tokens: int
     #: live sequences (on either pool)
     num_sequences: int
-    #: operations refused for lack of blocks
+    #: operations refused for lack of blocks (raised or answered None)
     allocation_failures: int
     #: blocks copied by copy-on-write
     cow_copies: int
-    #: sequences swapped out / in
+    #: sequences swapped out (GPU -> host)
     swap_outs: int
+    #: sequences swapped in (host -> GPU)
     swap_ins: int
-    #: blocks moved GPU -> host / host -> GPU
+    #: blocks moved GPU -> host
     blocks_swapped_out: int
+    #: blocks moved host -> GPU
     blocks_swapped_in: int
-    #: prefix-cache figures (0 when prefix caching is off)
+    #: prompt tokens looked up in the prefix cache (0 when prefix caching is off)
     prefix_query_tokens: int
+    #: prompt tokens served from cached blocks
     prefix_hit_tokens: int
+    #: prompts looked up
     prefix_requests: int
+    #: prompts that hit at least one cached block
     prefix_hit_requests: int
+    #: full blocks published to the prefix cache
+    prefix_stored_blocks: int
+    #: cached blocks evicted to make room
     prefix_evictions: int
+    #: blocks holding a cached key now, in use or evictable
+    prefix_cached_blocks: int
 
     @property
     def gpu_usage(self) -> float:
@@ -70,6 +119,45 @@ class CacheStats:
         """Prompt tokens served from the prefix cache over prompt tokens looked up."""
         queried = self.prefix_query_tokens
         return self.prefix_hit_tokens / queried if queried else 0.0
+
+    @classmethod
+    def of(cls, cache: PagedKVCache) -> CacheStats:
+        """The figures of `cache` now, gathered from its parts (what `stats()` returns)."""
+        gpu, host, swap = cache.gpu, cache.host, cache._swap
+        bpb = cache.model.bytes_per_block(cache.block_size) if cache.model else 0
+        tokens = cache.gpu_tokens()
+        used_slots = gpu.num_used * cache.block_size
+        host_total, host_used = (host.num_blocks, host.num_used) if host else (0, 0)
+        prefix = cache._prefix.stats()
+        return cls(
+            gpu_total_blocks=gpu.num_blocks,
+            gpu_used_blocks=gpu.num_used,
+            gpu_free_blocks=gpu.num_free,
+            gpu_evictable_blocks=gpu.num_evictable,
+            host_total_blocks=host_total,
+            host_used_blocks=host_used,
+            host_free_blocks=host_total - host_used,
+            gpu_used_bytes=gpu.num_used * bpb,
+            gpu_capacity_bytes=gpu.num_blocks * bpb,
+            host_used_bytes=host_used * bpb,
+            host_capacity_bytes=host_total * bpb,
+            utilization=tokens / used_slots if used_slots else 1.0,
+            gpu_tokens=tokens,
+            num_sequences=len(cache),
+            allocation_failures=cache._failures,
+            cow_copies=cache._cow.copies,
+            swap_outs=swap.swap_outs,
+            swap_ins=swap.swap_ins,
+            blocks_swapped_out=swap.blocks_out,
+            blocks_swapped_in=swap.blocks_in,
+            prefix_query_tokens=prefix.query_tokens,
+            prefix_hit_tokens=prefix.hit_tokens,
+            prefix_requests=prefix.requests,
+            prefix_hit_requests=prefix.hit_requests,
+            prefix_stored_blocks=prefix.stored_blocks,
+            prefix_evictions=prefix.evictions,
+            prefix_cached_blocks=prefix.cached_blocks,
+        )
 
     def as_dict(self) -> dict[str, float]:
         """All fields plus the derived rates, for a DataFrame row."""

@@ -1,9 +1,12 @@
-"""Memory-pressure levels from low and high watermarks on GPU-pool usage."""
+"""Memory pressure: levels from low and high watermarks on GPU-pool usage, and the
+monitor that tells callbacks when the level changes."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from enum import IntEnum
+
+from paged_kv.block_allocator import BlockAllocator
 
 
 class PressureLevel(IntEnum):
@@ -28,3 +31,50 @@ def pressure_level(usage: float, low: float, high: float) -> PressureLevel:
 
 #: A pressure callback receives (old level, new level, usage fraction).
 PressureCallback = Callable[[PressureLevel, PressureLevel, float], None]
+
+
+class PressureMonitor:
+    """Watches one allocator's usage against two watermarks and calls back on changes.
+
+    The manager calls `update` after every operation that can change usage. With no
+    callback registered that costs one test: the level is recomputed when the first
+    callback registers.
+    """
+
+    def __init__(self, allocator: BlockAllocator, low: float, high: float) -> None:
+        self._allocator = allocator
+        self._low = low
+        self._high = high
+        self._callbacks: list[PressureCallback] = []
+        self._level = PressureLevel.NORMAL
+
+    @property
+    def level(self) -> PressureLevel:
+        """The level now."""
+        return pressure_level(self._allocator.usage, self._low, self._high)
+
+    def subscribe(self, callback: PressureCallback) -> PressureCallback:
+        """Call ``callback(old, new, usage)`` on each later level change; returns it."""
+        if not callable(callback):
+            raise ValueError(f"callback must be callable, got {callback!r}")
+        if not self._callbacks:
+            self._level = self.level
+        self._callbacks.append(callback)
+        return callback
+
+    def unsubscribe(self, callback: PressureCallback) -> None:
+        """Stop calling `callback` (a `ValueError` if it was never registered)."""
+        if callback not in self._callbacks:
+            raise ValueError(f"{callback!r} is not a registered pressure callback")
+        self._callbacks.remove(callback)
+
+    def update(self) -> None:
+        """Recompute the level; call every callback if it changed."""
+        if not self._callbacks:
+            return
+        usage = self._allocator.usage
+        level = pressure_level(usage, self._low, self._high)
+        if level != self._level:
+            old, self._level = self._level, level
+            for callback in list(self._callbacks):
+                callback(old, level, usage)

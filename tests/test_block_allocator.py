@@ -55,38 +55,53 @@ def test_double_free_and_bad_sizes_are_value_errors():
 
 def test_cached_blocks_become_evictable_and_are_taken_last():
     alloc = BlockAllocator(4)
-    evicted = []
-
-    def hook(blocks):  # the hook's contract: record, then forget the keys
-        for b in blocks:
-            evicted.append((b, alloc.block_keys[b]))
-            alloc.block_keys[b] = None
-
-    alloc.set_evict_hook(hook)
     blocks = alloc.allocate_many(4)
-    alloc.set_key(blocks[0], "k0")
-    alloc.set_key(blocks[1], "k1")
+    assert alloc.cache_block(blocks[0], "k0") and alloc.cache_block(blocks[1], "k1")
     for b in reversed(blocks):  # tail first, as the manager frees
         alloc.free(b)
     # uncached 3, 2 first; then evictable in LRU order: 1 (released first), then 0
     assert alloc.free_queue() == [3, 2, 1, 0]
-    assert alloc.num_evictable == 2
+    assert alloc.num_evictable == 2 and alloc.num_cached == 2
     assert alloc.allocate_many(3) == [3, 2, 1]
-    assert evicted == [(1, "k1")]
-    assert alloc.block_keys[1] is None and alloc.block_keys[0] == "k0"
+    # the eviction dropped block 1's key in both directions, and was counted once
+    assert alloc.block_keys[1] is None and alloc.cached_block("k1") is None
+    assert alloc.block_keys[0] == "k0" and alloc.cached_block("k0") == 0
+    assert (alloc.num_evicted_total, alloc.num_cached_total) == (1, 2)
     alloc.incref(0)  # a hit revives the evictable block
     assert alloc.ref_counts[0] == 1 and alloc.num_free == 0
     assert alloc.check() == []
 
 
-def test_drop_all_evictable_forgets_keys():
+def test_the_key_map_has_one_owner_and_counts_each_block_once():
+    alloc = BlockAllocator(4, "fifo")
+    a, b, c = alloc.allocate_many(3)
+    assert alloc.cache_blocks([a, b], ["x", "y"]) == 2
+    # the same blocks again, and another block under a cached key: nothing changes
+    before = alloc.state()
+    assert alloc.cache_blocks([a, b], ["x", "y"]) == 0
+    assert not alloc.cache_block(c, "x") and not alloc.cache_block(a, "z")
+    assert alloc.state() == before and alloc.num_cached_total == 2
+    assert alloc.policy.state() == ((), ((a, 1), (b, 2)))  # one FIFO stamp each
+    assert alloc.match(["x", "y", "q"], 3) == [a, b] and alloc.match(["x", "y"], 1) == [a]
+    alloc.free_many([c])
+    with pytest.raises(ValueError, match="in use"):
+        alloc.cache_block(c, "w")  # a free block cannot be cached
+    with pytest.raises(ValueError, match="2 blocks but 1 keys"):
+        alloc.cache_blocks([a, b], ["x"])
+    assert alloc.check() == []
+
+
+def test_uncache_all_forgets_keys():
     alloc = BlockAllocator(2)
     a, b = alloc.allocate_many(2)
-    alloc.set_key(a, "x")
+    alloc.cache_block(a, "x")
+    with pytest.raises(ValueError, match="in use"):
+        alloc.uncache_all()
     alloc.free(a)
     alloc.free(b)
-    assert alloc.drop_all_evictable() == [a]
+    assert alloc.uncache_all() == [a]
     assert alloc.free_queue() == [b, a] and alloc.block_keys == [None, None]
+    assert alloc.num_cached == 0 and alloc.cached_block("x") is None
     assert alloc.check() == []
 
 

@@ -44,6 +44,7 @@ def test_fork_cow_prefix_hit_and_eviction_step_by_step():
     assert block_states(cache).tolist() == [F] * 8
 
     a = cache.allocate(token_ids=list(range(10)))  # blocks 0, 1 full; 2 holds 2 tokens
+    cache.commit(a)  # computed: blocks 0 and 1 are published
     assert a == 0
     assert block_states(cache).tolist() == [0, 0, 0, F, F, F, F, F]
     assert block_fill(cache).tolist() == [4, 4, 2, 0, 0, 0, 0, 0]
@@ -115,6 +116,7 @@ def test_recorder_stacks_snapshots_and_reads_owners_live():
     rec = BlockMapRecorder(cache, owners)
     assert rec.states.shape == (0, 0) and len(rec) == 0
     a = cache.allocate(token_ids=list(range(6)))
+    cache.commit(a)  # block 0 is computed and published
     owners[a] = 3
     rec.record("a")
     b = cache.fork(a)
@@ -162,6 +164,7 @@ def test_plot_block_map_colours_slots():
     cache = _cache(enable_prefix_caching=True)
     rec = BlockMapRecorder(cache)
     a = cache.allocate(token_ids=list(range(6)))  # block 0 full, block 1 holds 2 of 4
+    cache.commit(a)
     b = cache.fork(a)
     rec.record()
     cache.free(a)

@@ -7,7 +7,12 @@ import pytest
 
 from paged_kv import CacheConfig, OutOfBlocksError, UnknownSequenceError
 from paged_kv.cache import PagedKVCache
-from paged_kv.errors import MetadataOnlyError, SequenceStateError
+from paged_kv.errors import (
+    ConfigurationError,
+    MetadataOnlyError,
+    NoHostPoolError,
+    SequenceStateError,
+)
 from paged_kv.watermark import PressureLevel
 
 
@@ -157,10 +162,20 @@ def test_swap_without_room_changes_nothing():
         cache.swap_out(a)
     assert cache.snapshot() == before
     assert not cache.can_swap_out(a)
-    nohost = make()
-    s = nohost.allocate(1)
-    with pytest.raises(OutOfBlocksError):
-        nohost.swap_out(s)
+
+
+def test_swap_without_a_host_pool_is_a_configuration_error():
+    cache = make()
+    s, empty = cache.allocate(1), cache.allocate(0)
+    before = cache.snapshot()
+    for call in (lambda: cache.swap_out(s), lambda: cache.swap_out(empty),
+                 lambda: cache.swap_out([]), lambda: cache.can_swap_out(s),
+                 lambda: cache.swap_in([]), lambda: cache.can_swap_in([])):
+        with pytest.raises(NoHostPoolError, match="no host pool.*num_host_blocks"):
+            call()
+    assert cache.snapshot() == before and cache.stats().allocation_failures == 0
+    assert issubclass(NoHostPoolError, ConfigurationError)
+    assert not issubclass(NoHostPoolError, OutOfBlocksError)
 
 
 def test_swap_in_without_room_changes_nothing():
@@ -242,7 +257,7 @@ def test_invariant_checker_catches_corruption():
     with pytest.raises(InvariantError, match="ref_count 2 but held by 1"):
         cache.check_invariants()
     cache.gpu.ref_counts[0] -= 1
-    cache._seqs[a].table.num_tokens = 9
+    cache._seqs.get(a).table.num_tokens = 9
     with pytest.raises(InvariantError, match="2 blocks for 9 tokens"):
         cache.check_invariants()
 

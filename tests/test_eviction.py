@@ -416,7 +416,7 @@ def test_state_sees_history_that_the_order_does_not_show(name):
 def make_cache(num_blocks: int, policy: str = "lru", instance=None) -> PagedKVCache:
     config = CacheConfig(
         block_size=BS, num_gpu_blocks=num_blocks, enable_prefix_caching=True,
-        eviction_policy=policy,
+        eviction_policy=policy if instance is None else instance.name,
     )
     cache = PagedKVCache(config, policy=instance)
     assert instance is None or cache.gpu.policy is instance, "PagedKVCache ignored policy="
@@ -428,6 +428,7 @@ def run(cache: PagedKVCache, keys: list, belady: BeladyPolicy | None = None, at:
     if belady is not None:
         belady.advance(at)
     seq = cache.allocate(block_keys=keys, num_tokens=len(keys) * BS + 1)
+    cache.commit(seq)  # the prompt is computed: its full blocks are published
     cache.free(seq)
 
 
@@ -448,7 +449,7 @@ def test_policies_evict_different_blocks_in_the_cache(name, evicted):
         run(cache, keys)
     assert cache.gpu.num_evictable == 3 and cache.gpu.num_free == 4
     run(cache, ["D"])  # needs 2 blocks: the uncached one and one eviction
-    assert cache.prefix_stats.evictions == 1
+    assert cache.stats().prefix_evictions == 1
     survivors = {k: cache.lookup_prefix(block_keys=[k], num_tokens=BS + 1) for k in "ABCD"}
     assert survivors == {k: 0 if k == evicted else BS for k in "ABCD"}
     cache.check_invariants()
@@ -502,7 +503,7 @@ def replay_hits(requests: list[list], capacity: int, name: str) -> int:
         run(cache, keys, belady, at=position)
         position += len(keys)
     cache.check_invariants()
-    return cache.prefix_stats.hit_tokens // BS
+    return cache.stats().prefix_hit_tokens // BS
 
 
 @pytest.mark.parametrize("seed", range(6))

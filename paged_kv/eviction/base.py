@@ -85,6 +85,14 @@ class EvictionPolicy(ABC):
     def __contains__(self, block_id: object) -> bool:
         """Whether `block_id` is an eviction candidate."""
 
+    def __bool__(self) -> bool:
+        """Always True: a policy is an object, not a container, even with no candidates.
+
+        Without this, `__len__` would make a policy with no candidate yet (an empty
+        `BeladyPolicy` before the replay starts) falsy, and ``policy or default`` wrong.
+        """
+        return True
+
     def __iter__(self) -> Iterator[int]:
         """Iterate the candidates in eviction order."""
         return iter(self.order())

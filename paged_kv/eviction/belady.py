@@ -8,6 +8,7 @@ import operator
 from bisect import bisect_left
 from collections.abc import Hashable, Sequence
 
+from paged_kv.eviction._heap import LazyHeap
 from paged_kv.eviction.base import EvictionPolicy
 
 #: the next use of a key that is never accessed again at or after the current time
@@ -39,7 +40,8 @@ class BeladyPolicy(EvictionPolicy):
     time passes it without the block being revived (the request that used the key
     missed it, e.g. because its prefix match stopped earlier). `advance` refreshes
     exactly those entries, found through a min-heap on the stored next use, so `pop` and
-    `order` are exact at every moment. A max-heap on the next use gives the victim.
+    `order` are exact at every moment. A max-heap on the next use gives the victim (both
+    heaps are `LazyHeap`s: entries of revived or refreshed blocks go stale in place).
     Each hook costs O(log n) amortized (plus O(log k) to look up the next of a key's
     ``k`` accesses); across a replay, each access of a key refreshes at most one entry.
     """
@@ -66,9 +68,9 @@ class BeladyPolicy(EvictionPolicy):
         #: candidate -> (stored next use, release stamp)
         self._cand: dict[int, tuple[float, int]] = {}
         # (-next use, stamp, block): the victim is on top
-        self._evict_heap: list[tuple[float, int, int]] = []
+        self._evict_heap = LazyHeap()
         # (next use, stamp, block) for finite next uses: the first to go stale on top
-        self._stale_heap: list[tuple[float, int, int]] = []
+        self._stale_heap = LazyHeap()
         self._clock = 0
 
     # -- time ------------------------------------------------------------------------
@@ -96,7 +98,7 @@ class BeladyPolicy(EvictionPolicy):
                 f"forward), got {position}"
             )
         self._now = position
-        stale, cand, after = self._stale_heap, self._cand, self._after
+        stale, cand, after = self._stale_heap.entries, self._cand, self._after
         while stale and stale[0][0] < position:
             use, stamp, block = heapq.heappop(stale)
             if cand.get(block) == (use, stamp):
@@ -106,21 +108,18 @@ class BeladyPolicy(EvictionPolicy):
         self._compact()
 
     def _push(self, block: int, use: float, stamp: int) -> None:
+        """Make `block` a candidate with this next use (both heaps get an entry)."""
         self._cand[block] = (use, stamp)
-        heapq.heappush(self._evict_heap, (-use, stamp, block))
+        heapq.heappush(self._evict_heap.entries, (-use, stamp, block))
         if use != NEVER:
-            heapq.heappush(self._stale_heap, (use, stamp, block))
+            heapq.heappush(self._stale_heap.entries, (use, stamp, block))
 
     def _compact(self) -> None:
         """Rebuild both heaps from the live entries once stale ones outnumber them."""
         cand = self._cand
-        limit = 2 * len(cand) + 64
-        if len(self._evict_heap) <= limit and len(self._stale_heap) <= limit:
-            return
-        self._evict_heap = [(-u, s, b) for b, (u, s) in cand.items()]
-        heapq.heapify(self._evict_heap)
-        self._stale_heap = [(u, s, b) for b, (u, s) in cand.items() if u != NEVER]
-        heapq.heapify(self._stale_heap)
+        if self._evict_heap.bloated(len(cand)) or self._stale_heap.bloated(len(cand)):
+            self._evict_heap.rebuild([(-u, s, b) for b, (u, s) in cand.items()])
+            self._stale_heap.rebuild([(u, s, b) for b, (u, s) in cand.items() if u != NEVER])
 
     # -- hooks -----------------------------------------------------------------------
     def on_cached(self, block_id: int, key: Hashable) -> None:
@@ -141,27 +140,33 @@ class BeladyPolicy(EvictionPolicy):
             if i < len(at):
                 use = at[i]
         self._clock = stamp = self._clock + 1
-        self._cand[block_id] = (use, stamp)
-        heapq.heappush(self._evict_heap, (-use, stamp, block_id))
-        if use != NEVER:
-            heapq.heappush(self._stale_heap, (use, stamp, block_id))
-        if len(self._evict_heap) > 2 * len(self._cand) + 64:
+        self._push(block_id, use, stamp)
+        if self._evict_heap.bloated(len(self._cand)):  # the stale heap: at `advance`
             self._compact()
 
     def remove(self, block_id: int) -> None:
         """`block_id` is no longer a candidate (O(1); its heap entries go stale)."""
         del self._cand[block_id]
 
+    def _take(self, entry: tuple[float, int, int]) -> bool:
+        """Evict the entry's block if the entry carries its current next use and stamp
+        (`LazyHeap.take` on the eviction heap)."""
+        neg_use, stamp, block = entry
+        if self._cand.get(block) == (-neg_use, stamp):
+            del self._cand[block]
+            self._key.pop(block, None)
+            return True
+        return False
+
     def pop(self) -> int:
         """Evict the candidate used farthest in the future (LRU among equals)."""
-        heap, cand = self._evict_heap, self._cand
-        while heap:
-            neg_use, stamp, block = heapq.heappop(heap)
-            if cand.get(block) == (-neg_use, stamp):
-                del cand[block]
-                self._key.pop(block, None)
-                return block
-        raise IndexError("no evictable block")
+        return self.pop_many(1)[0]
+
+    def pop_many(self, n: int) -> list[int]:
+        """`n` evictions in a row, in eviction order."""
+        if n > len(self._cand):
+            raise IndexError(f"{n} evictions asked, {len(self._cand)} candidates")
+        return [block for _, _, block in self._evict_heap.take(n, self._take)]
 
     def clear(self) -> None:
         """Drop every candidate and its key; the time stays where it is."""

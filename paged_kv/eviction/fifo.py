@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import heapq
 from collections.abc import Hashable
 
+from paged_kv.eviction._heap import LazyHeap
 from paged_kv.eviction.base import EvictionPolicy
 
 
@@ -18,10 +18,9 @@ class FIFOPolicy(EvictionPolicy):
     distinct, so there are no ties. A block added without ever being announced by
     `on_cached` is stamped when it is added.
 
-    The candidates sit in a min-heap on the stamp; a revived block's entry stays in the
+    The candidates sit in a `LazyHeap` on the stamp; a revived block's entry stays in the
     heap and is skipped (or reused, if the block is released again) when it reaches the
-    top, and the heap is rebuilt once stale entries outnumber live ones, so every hook
-    is O(log n) amortized.
+    top, so every hook is O(log n) amortized.
     """
 
     name = "fifo"
@@ -33,7 +32,7 @@ class FIFOPolicy(EvictionPolicy):
         self._candidates: set[int] = set()
         # (stamp, block) entries; an entry is live when its block is a candidate with
         # that stamp. `_queued[b]` is the stamp of b's entry while b has one.
-        self._heap: list[tuple[int, int]] = []
+        self._heap = LazyHeap()
         self._queued: dict[int, int] = {}
         self._clock = 0
 
@@ -56,43 +55,49 @@ class FIFOPolicy(EvictionPolicy):
             stamp = self._stamp[block_id] = self._next_stamp()
         self._candidates.add(block_id)
         if self._queued.get(block_id) != stamp:
-            heapq.heappush(self._heap, (stamp, block_id))
             self._queued[block_id] = stamp
-        self._compact()
+            if self._heap.push((stamp, block_id), len(self._candidates)):
+                self._rebuild()
 
     def remove(self, block_id: int) -> None:
         """`block_id` is no longer a candidate; it keeps its stamp (O(1))."""
         self._candidates.remove(block_id)
 
+    def _take(self, entry: tuple[int, int]) -> bool:
+        """Evict the entry's block if the entry is its current one (`LazyHeap.take`)."""
+        stamp, block = entry
+        if self._queued.get(block) == stamp:
+            del self._queued[block]
+        if block in self._candidates and self._stamp[block] == stamp:
+            self._candidates.remove(block)
+            del self._stamp[block]
+            return True
+        return False
+
     def pop(self) -> int:
         """Evict the candidate cached earliest and forget it."""
-        heap = self._heap
-        while heap:
-            stamp, block = heapq.heappop(heap)
-            if self._queued.get(block) == stamp:
-                del self._queued[block]
-            if block in self._candidates and self._stamp[block] == stamp:
-                self._candidates.remove(block)
-                del self._stamp[block]
-                return block
-        raise IndexError("no evictable block")
+        return self.pop_many(1)[0]
+
+    def pop_many(self, n: int) -> list[int]:
+        """`n` evictions in a row, oldest caching stamp first."""
+        if n > len(self._candidates):
+            raise IndexError(f"{n} evictions asked, {len(self._candidates)} candidates")
+        return [block for _, block in self._heap.take(n, self._take)]
 
     def clear(self) -> None:
         """Drop every candidate and its stamp; blocks still in use keep theirs."""
         for block in self._candidates:
             del self._stamp[block]
         self._candidates.clear()
-        self._heap = [(s, b) for s, b in self._heap if self._stamp.get(b) == s]
-        heapq.heapify(self._heap)
-        self._queued = {b: s for s, b in self._heap}
+        stamp = self._stamp
+        self._heap.rebuild([e for e in self._heap.entries if stamp.get(e[1]) == e[0]])
+        self._queued = {b: s for s, b in self._heap.entries}
 
-    def _compact(self) -> None:
-        """Rebuild the heap from live entries once stale ones outnumber them."""
-        if len(self._heap) > 2 * len(self._candidates) + 64:
-            stamp = self._stamp
-            self._heap = [(stamp[b], b) for b in self._candidates]
-            heapq.heapify(self._heap)
-            self._queued = {b: s for s, b in self._heap}
+    def _rebuild(self) -> None:
+        """Rebuild the heap from the candidates' entries (stale ones outnumbered them)."""
+        stamp = self._stamp
+        self._heap.rebuild([(stamp[b], b) for b in self._candidates])
+        self._queued = {b: s for s, b in self._heap.entries}
 
     def order(self) -> list[int]:
         """Candidates by caching stamp, oldest first."""

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import heapq
 from collections.abc import Hashable
 
+from paged_kv.eviction._heap import LazyHeap
 from paged_kv.eviction.base import EvictionPolicy
 
 
@@ -19,9 +19,9 @@ class LFUPolicy(EvictionPolicy):
     evicted (`pop`) or dropped (`clear`): a block cached again starts at 1. A block
     added without ever being announced by `on_cached` counts as cached then.
 
-    The candidates sit in a min-heap on ``(frequency, release stamp)``; entries made
-    stale by a revival or a hit are skipped when they reach the top, and the heap is
-    rebuilt once stale entries outnumber live ones: O(log n) amortized per hook.
+    The candidates sit in a `LazyHeap` on ``(frequency, release stamp)``; entries made
+    stale by a revival or a hit are skipped when they reach the top: O(log n)
+    amortized per hook.
     """
 
     name = "lfu"
@@ -32,11 +32,18 @@ class LFUPolicy(EvictionPolicy):
         #: candidate -> release stamp (larger = released more recently)
         self._released: dict[int, int] = {}
         # (frequency, release stamp, block); live when it matches the block's values
-        self._heap: list[tuple[int, int, int]] = []
+        self._heap = LazyHeap()
         self._clock = 0
 
-    def _live(self, freq: int, stamp: int, block: int) -> bool:
-        return self._released.get(block) == stamp and self._freq[block] == freq
+    def _take(self, entry: tuple[int, int, int]) -> bool:
+        """Evict the entry's block if the entry carries its current frequency and release
+        stamp (`LazyHeap.take`)."""
+        freq, stamp, block = entry
+        if self._released.get(block) == stamp and self._freq[block] == freq:
+            del self._released[block]
+            del self._freq[block]
+            return True
+        return False
 
     def on_cached(self, block_id: int, key: Hashable) -> None:
         """A freshly cached block has been used once."""
@@ -50,8 +57,8 @@ class LFUPolicy(EvictionPolicy):
         self._freq[block_id] = freq
         stamp = self._released.get(block_id)
         if stamp is not None:  # a hit on a candidate reorders it at once
-            heapq.heappush(self._heap, (freq, stamp, block_id))
-            self._compact()
+            if self._heap.push((freq, stamp, block_id), len(self._released)):
+                self._rebuild()
 
     def add(self, block_id: int) -> None:
         """`block_id` becomes a candidate, the most recently released one."""
@@ -60,8 +67,8 @@ class LFUPolicy(EvictionPolicy):
         freq = self._freq.setdefault(block_id, 1)
         self._clock += 1
         self._released[block_id] = self._clock
-        heapq.heappush(self._heap, (freq, self._clock, block_id))
-        self._compact()
+        if self._heap.push((freq, self._clock, block_id), len(self._released)):
+            self._rebuild()
 
     def remove(self, block_id: int) -> None:
         """`block_id` is no longer a candidate; it keeps its frequency (O(1))."""
@@ -69,14 +76,13 @@ class LFUPolicy(EvictionPolicy):
 
     def pop(self) -> int:
         """Evict the least frequently used candidate (LRU among equals); forget it."""
-        heap = self._heap
-        while heap:
-            freq, stamp, block = heapq.heappop(heap)
-            if self._live(freq, stamp, block):
-                del self._released[block]
-                del self._freq[block]
-                return block
-        raise IndexError("no evictable block")
+        return self.pop_many(1)[0]
+
+    def pop_many(self, n: int) -> list[int]:
+        """`n` evictions in a row, in eviction order."""
+        if n > len(self._released):
+            raise IndexError(f"{n} evictions asked, {len(self._released)} candidates")
+        return [block for _, _, block in self._heap.take(n, self._take)]
 
     def clear(self) -> None:
         """Drop every candidate and its frequency; blocks still in use keep theirs."""
@@ -85,12 +91,10 @@ class LFUPolicy(EvictionPolicy):
         self._released.clear()
         self._heap.clear()
 
-    def _compact(self) -> None:
-        """Rebuild the heap from live entries once stale ones outnumber them."""
-        if len(self._heap) > 2 * len(self._released) + 64:
-            freq = self._freq
-            self._heap = [(freq[b], s, b) for b, s in self._released.items()]
-            heapq.heapify(self._heap)
+    def _rebuild(self) -> None:
+        """Rebuild the heap from the candidates' entries (stale ones outnumbered them)."""
+        freq = self._freq
+        self._heap.rebuild([(freq[b], s, b) for b, s in self._released.items()])
 
     def order(self) -> list[int]:
         """Candidates by (frequency, release stamp), ascending."""

@@ -3,10 +3,10 @@
 `replay` drives the real `PagedKVCache` in metadata-only mode with a trace whose
 requests carry precomputed block keys (Mooncake ``hash_ids`` over 512-token blocks).
 Requests are taken one at a time in file order: allocate the prompt (reusing its
-longest cached prefix, capped so its last token is computed), publish its full blocks,
-free it. So the cache holds nothing but evictable cached blocks between requests, and
-the capacity in blocks and the eviction policy alone decide what is still cached: the
-setting of the Mooncake report's Table 1.
+longest cached prefix, capped so its last token is computed), commit it (the prompt is
+computed, so its full blocks are published), free it. So the cache holds nothing but
+evictable cached blocks between requests, and the capacity in blocks and the eviction
+policy alone decide what is still cached: the setting of the Mooncake report's Table 1.
 
 A request's hit is its longest cached prefix in tokens; the hit rate is token-weighted,
 ``sum(hit tokens) / sum(prompt tokens)``, where a partial last block weighs its real
@@ -153,12 +153,13 @@ def replay(
         block_size=block_size,
         num_gpu_blocks=capacity,
         enable_prefix_caching=True,
-        eviction_policy="lru" if belady else policy,
+        eviction_policy=policy,
     )
     cache = PagedKVCache(config, policy=belady)
 
     hit_tokens = []
-    allocate, free, cached = cache.allocate, cache.free, cache.num_cached_tokens
+    allocate, commit, free = cache.allocate, cache.commit, cache.free
+    cached = cache.num_cached_tokens
     position = 0
     iterator = tqdm(requests, desc=f"{policy} @ {label or 'unbounded'}", disable=not progress,
                     leave=False)
@@ -168,6 +169,7 @@ def replay(
             belady.advance(position)
             position += len(keys)
         seq = allocate(request.prompt_len, block_keys=keys)
+        commit(seq)
         hit_tokens.append(cached(seq))
         free(seq)
 
@@ -190,7 +192,7 @@ def replay(
         block_size=block_size,
         hit_rate=float(measured["hit_tokens"].sum() / measured["prompt_len"].sum()),
         requests=frame,
-        evictions=cache.prefix_stats.evictions,
+        evictions=cache.stats().prefix_evictions,
         warmup_requests=first,
     )
 

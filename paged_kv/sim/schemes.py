@@ -108,9 +108,15 @@ class PagedScheme:
         return self.cache.can_allocate(length, block_keys=keys, watermark=True)
 
     def admit(self, length: int, num_seqs: int, keys) -> tuple[list[int], int]:
-        """Allocate the prompt and fork it `num_seqs - 1` times; (seq ids, cached tokens)."""
+        """Allocate the prompt and fork it `num_seqs - 1` times; (seq ids, cached tokens).
+
+        The scheduler prefills a request in the step that admits it, so the prompt is
+        committed (computed: its full blocks are published to the prefix cache) here.
+        Decode tokens are never committed: their blocks have no keys to publish.
+        """
         cache = self.cache
         seq = cache.allocate(length, block_keys=keys)
+        cache.commit(seq)
         seqs = [cache.fork(seq) for _ in range(num_seqs - 1)]
         seqs.append(seq)  # the original last: its holders copy before it would
         return seqs, cache.num_cached_tokens(seq)
