@@ -35,7 +35,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -141,12 +141,17 @@ def _target_device(cc: tuple[int, int]) -> Iterator[None]:
         dispatcher.get_current_device = real
 
 
-def compile_all(ptxas: str, workdir: Path) -> list[CompileResult]:
-    """Compile every kernel variant x arch; return ptxas's figures for each."""
+def compile_all(
+    ptxas: str, workdir: Path, only: Collection[str] | None = None
+) -> list[CompileResult]:
+    """Compile every kernel variant x arch (or only the kernels named in `only`); return
+    ptxas's figures for each."""
     from numba import cuda  # noqa: PLC0415 - only after paged_kv.device chose "gpu"
 
     results = []
     for name, kernel, signature, dtype in kernel_variants():
+        if only is not None and name not in only:
+            continue
         for cc in ARCHS:
             arch = f"sm_{cc[0]}{cc[1]}"
             try:
@@ -200,6 +205,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--json", action="store_true", help="also print results as JSON")
     parser.add_argument("--keep", type=Path, help="write the PTX/cubin files here")
+    parser.add_argument("--only", nargs="+", metavar="KERNEL",
+                        help="compile only these kernels (names as in the table)")
     args = parser.parse_args(argv)
     if device.is_simulator():
         print("compile_check: the CUDA simulator is on; run with PAGED_KV_DEVICE=gpu and "
@@ -210,10 +217,10 @@ def main(argv: list[str] | None = None) -> int:
         ptxas = find_ptxas()
         if args.keep:
             args.keep.mkdir(parents=True, exist_ok=True)
-            results = compile_all(ptxas, args.keep)
+            results = compile_all(ptxas, args.keep, args.only)
         else:
             with tempfile.TemporaryDirectory(prefix="paged_kv_ptx_") as tmp:
-                results = compile_all(ptxas, Path(tmp))
+                results = compile_all(ptxas, Path(tmp), args.only)
     except ToolchainMissing as exc:
         print(f"compile_check: {exc}", file=sys.stderr)
         return 2
