@@ -4,6 +4,7 @@ the logits stray. The NumPy attention keeps these quick; tests/test_model.py run
 same script through the device kernels."""
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -24,6 +25,16 @@ def test_prints_each_step_and_the_tokens_each_mode_computed(capsys):
     assert "| False |" not in out
     # default 2 prompt blocks of 4: vLLM's rule recomputes 4 tokens the kept logits skip
     assert "4 fewer tokens computed than vLLM's rule (18 vs 22)" in out
+
+
+def test_the_readme_counts_are_what_the_command_prints(capsys):
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    assert main(QUICK) == 0
+    out = capsys.readouterr().out
+    for mode, shown in (("recompute", "recompute (vLLM)"), ("keep", "keep")):
+        printed = next(line for line in out.splitlines() if line.startswith(f"| {mode} | 26 |"))
+        counts = printed.split("|")[2:8]  # prompt tokens .. tokens computed
+        assert f"| {shown} |" + "|".join(counts) + "|" in readme
 
 
 def test_output_holds_every_step_with_the_settings(tmp_path, capsys):

@@ -181,8 +181,8 @@ def test_kept_logits_are_served_while_the_prompt_is_cached():
     kept = runner.cached_logits(prompt)
     assert np.array_equal(kept, result.logits)
     assert runner.cached_logits(prompt[:6]) is None  # not block-aligned: nothing kept
-    runner.prefill(tokens(6))
-    assert runner.cached_logits(tokens(6)) is None
+    runner.prefill(tokens(6, seed=5))
+    assert runner.cached_logits(tokens(6, seed=5)) is None
     # admitted with one more token, the whole prompt is served and one token computed
     admitted = runner.prefill(prompt + [int(np.argmax(kept))])
     assert (admitted.num_cached, admitted.num_computed) == (8, 1)
@@ -191,9 +191,20 @@ def test_kept_logits_are_served_while_the_prompt_is_cached():
     runner.free(result.seq_id)
     runner.free(admitted.seq_id)
     cache = runner.cache
-    assert cache.evict_cached(cache.num_free_blocks) > 0
+    cache.evict_cached(cache.num_free_blocks)
+    assert cache.stats().prefix_evictions >= 2
     assert runner.cached_logits(prompt) is None
     assert len(runner.prompt_logits) == 0  # the dead entry was dropped
+
+
+def test_kept_logits_never_outnumber_the_pool_blocks():
+    runner, dense = make(keep=True, num_gpu_blocks=3)
+    prompts = [tokens(BS, seed=10 + i) for i in range(7)]
+    for prompt in prompts:  # each evicts older cached blocks to make room
+        runner.free(runner.prefill(prompt).seq_id)
+        assert len(runner.prompt_logits) <= 3
+    assert runner.cached_logits(prompts[0]) is None
+    assert_close(runner.cached_logits(prompts[-1]), dense.next_logits(prompts[-1]))
 
 
 def test_without_keeping_no_logits_are_served():
