@@ -26,12 +26,13 @@ largest absolute difference, and whether both put the same token first.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
+from paged_kv.checks import require_int
 from paged_kv.model.config import get_model_config
 from paged_kv.model.dense import LOGITS_TOLERANCE, DenseModel
 from paged_kv.model.paged import PagedModelRunner
@@ -65,7 +66,7 @@ class Generation:
     #: one row per row of logits (computed, or kept ones served) and per swap or fork
     steps: pd.DataFrame
     #: tokens computed and served, agreement with the dense model, copy and swap counts
-    summary: dict = field(default_factory=dict)
+    summary: dict
 
 
 class _Script:
@@ -194,8 +195,7 @@ def run_generation(
                          f"{', '.join(PROMPT_LOGITS_MODES)}")
     for name, value, low in (("block_size", block_size, 1), ("prompt_blocks", prompt_blocks, 1),
                              ("new_tokens", new_tokens, 3), ("samples", samples, 1)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < low:
-            raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
+        require_int(name, value, low)
     config = get_model_config(model, kv_dtype=kv_dtype)
     rng = np.random.default_rng(seed)
     prompt = rng.integers(0, config.vocab_size, prompt_blocks * block_size).tolist()
