@@ -241,6 +241,8 @@ def test_bad_tokens_are_refused_before_the_cache_is_touched():
     a = runner.prefill([1, 2, 3]).seq_id
     with pytest.raises(ValueError, match="not a token id"):
         runner.decode([a], [-1])
+    with pytest.raises(ValueError, match="not a token id"):
+        runner.decode([a], [2.5])
     assert runner.cache.num_tokens(a) == 3
 
 

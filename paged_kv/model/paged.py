@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from paged_kv.checks import is_int
 from paged_kv.errors import OutOfBlocksError
 from paged_kv.model.prompt_logits import PromptLogits
 from paged_kv.model.transformer import Transformer
@@ -111,11 +112,11 @@ class PagedModelRunner:
         """`token_ids` as ints, or `ValueError` if one is not a token of the vocabulary
         (checked before the cache is touched)."""
         vocab = self.model.config.vocab_size
-        tokens = [int(t) for t in token_ids]
-        bad = [t for t in tokens if not 0 <= t < vocab]
+        tokens = list(token_ids)
+        bad = [t for t in tokens if not is_int(t) or not 0 <= t < vocab]
         if bad:
-            raise ValueError(f"{name} holds {bad[0]}, not a token id in [0, {vocab})")
-        return tokens
+            raise ValueError(f"{name} holds {bad[0]!r}, not a token id in [0, {vocab})")
+        return [int(t) for t in tokens]
 
     # -- prefill ---------------------------------------------------------------------------
     def prefill(self, prompt: Sequence[int], *, salt: Hashable | None = None) -> PrefillResult:
