@@ -12,6 +12,7 @@ plot_block_size     paged waste against block size
 plot_timeline       memory categories over one run
 plot_hit_rates      prefix-cache hit rate against capacity, per eviction policy
 plot_sharing        memory saved by sharing (parallel sampling, beam search)
+plot_generation     paged vs dense logits per step; tokens computed per mode
 plot_block_map      the physical block pool over time
 ==================  =================================================================
 """
@@ -20,6 +21,7 @@ from paged_kv.plots._style import COLORS, LABELS, figures_dir, new_axes, save
 from paged_kv.plots.block_map import BLOCK_MAP_COLORS, plot_block_map
 from paged_kv.plots.block_size import plot_block_size
 from paged_kv.plots.fragmentation import plot_fragmentation
+from paged_kv.plots.generation import plot_generation
 from paged_kv.plots.hit_rates import plot_hit_rates
 from paged_kv.plots.sharing import plot_sharing
 from paged_kv.plots.timeline import plot_timeline
@@ -33,6 +35,7 @@ __all__ = [
     "plot_block_map",
     "plot_block_size",
     "plot_fragmentation",
+    "plot_generation",
     "plot_hit_rates",
     "plot_sharing",
     "plot_timeline",

@@ -1,0 +1,97 @@
+"""The shape of a small decoder-only transformer: its KV part and the rest.
+
+The KV part is a `paged_kv.config.ModelSpec` (layers, KV heads, query heads, head_dim,
+the KV dtype the pools store), so a `PagedKVCache` built from ``config.spec`` holds
+exactly this model's KV. The rest (vocabulary, hidden and MLP widths, RoPE base) only
+the NumPy model needs. Presets are small enough that a whole generation runs through
+the CUDA simulator in seconds.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+from paged_kv.checks import require_int
+from paged_kv.config import SUPPORTED_DTYPES, ModelSpec, get_model
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """A Llama-style decoder: RMSNorm, grouped-query attention with RoPE, SwiGLU MLP.
+
+    ::
+
+        x = embed[token]                                         [hidden]
+        per layer:  x += W_o  . attention(RoPE(W_q . norm(x)), RoPE(W_k . norm(x)), W_v . norm(x))
+                    x += W_down . (silu(W_gate . norm(x)) * (W_up . norm(x)))
+        logits = lm_head . norm(x)                               [vocab_size]
+    """
+
+    #: the KV shape: num_layers, num_kv_heads, num_q_heads, head_dim, KV dtype
+    spec: ModelSpec
+    #: token ids are 0 .. vocab_size - 1
+    vocab_size: int
+    #: width of the residual stream
+    hidden_size: int
+    #: width of the SwiGLU MLP's inner layer
+    intermediate_size: int
+    #: RoPE base: pair i of a head rotates by position * rope_theta ** (-2i / head_dim)
+    rope_theta: float = 10000.0
+    #: RMSNorm's epsilon
+    norm_eps: float = 1e-6
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.spec, ModelSpec):
+            raise ValueError(f"ModelConfig.spec must be a ModelSpec, got {self.spec!r}")
+        for field in ("vocab_size", "hidden_size", "intermediate_size"):
+            require_int(f"ModelConfig.{field}", getattr(self, field), 1)
+        if self.spec.head_dim % 2:
+            raise ValueError(
+                f"ModelConfig.spec.head_dim must be even (RoPE rotates pairs), got "
+                f"{self.spec.head_dim}"
+            )
+        for field in ("rope_theta", "norm_eps"):
+            value = getattr(self, field)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+                raise ValueError(f"ModelConfig.{field} must be a number > 0, got {value!r}")
+
+    @property
+    def name(self) -> str:
+        """The preset's name (the spec's)."""
+        return self.spec.name
+
+    @property
+    def kv_dtype(self) -> str:
+        """The dtype K and V are stored in (the pools' dtype)."""
+        return self.spec.dtype
+
+    def with_kv_dtype(self, dtype: str) -> ModelConfig:
+        """The same model storing its KV in `dtype` (``"float16"`` or ``"float32"``)."""
+        if dtype not in SUPPORTED_DTYPES:
+            raise ValueError(f"kv dtype must be one of {SUPPORTED_DTYPES}, got {dtype!r}")
+        return dataclasses.replace(self, spec=dataclasses.replace(self.spec, dtype=dtype))
+
+
+#: Model presets. "tiny" has the KV shape of `paged_kv.config`'s "tiny" preset (2 layers,
+#: 2 KV heads, 4 query heads, head_dim 8) with float32 KV, so paged and dense logits
+#: agree to float32 rounding; `with_kv_dtype("float16")` gives the preset's own dtype.
+MODEL_CONFIGS: dict[str, ModelConfig] = {
+    "tiny": ModelConfig(
+        spec=dataclasses.replace(get_model("tiny"), dtype="float32"),
+        vocab_size=64,
+        hidden_size=32,
+        intermediate_size=64,
+    ),
+}
+
+
+def get_model_config(name: str, *, kv_dtype: str | None = None) -> ModelConfig:
+    """The preset `ModelConfig` called `name`, storing KV in `kv_dtype` if given."""
+    try:
+        config = MODEL_CONFIGS[name.lower()]
+    except KeyError:
+        raise ValueError(
+            f"unknown model {name!r}; valid names: {', '.join(sorted(MODEL_CONFIGS))}"
+        ) from None
+    return config if kv_dtype is None else config.with_kv_dtype(kv_dtype)
