@@ -124,6 +124,21 @@ class TraceArrays:
             metadata=dict(workload.metadata),
         )
 
+    def to_workload(self) -> Workload:
+        """The trace as a `Workload` (interned keys as block keys, every request at time
+        0 with one output token): what the manager replay takes."""
+        from paged_kv.sim.request import Request
+
+        keys = self.keys.tolist()
+        offsets = self.offsets.tolist()
+        requests = tuple(
+            Request(int(rid), 0.0, int(n), 1, tuple(keys[offsets[i]:offsets[i + 1]]),
+                    self.block_size)
+            for i, (rid, n) in enumerate(zip(self.request_ids.tolist(),
+                                             self.prompt_lens.tolist()))
+        )
+        return Workload(self.name, requests, dict(self.metadata))
+
     # -- shape -----------------------------------------------------------------------
     def __len__(self) -> int:
         return len(self.prompt_lens)
