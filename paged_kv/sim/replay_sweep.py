@@ -23,9 +23,10 @@ size, block size, warmup, engine) so that whoever saves it can save them alongsi
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
-from multiprocessing import get_context
+from multiprocessing import get_all_start_methods, get_context
 from typing import Any
 
 import numpy as np
@@ -86,6 +87,18 @@ def _init_worker(trace: TraceArrays | Workload) -> None:
 
 def _run_in_worker(policy: str, capacity: int | None, warmup: float, engine: str):
     return run_point(_WORKER_TRACE, policy, capacity, warmup, engine)
+
+
+def _start_method():
+    """fork while this process runs no other thread than tqdm's idle progress-bar
+    monitor (workers then start in milliseconds, the compiled engine already loaded);
+    spawn otherwise, since forking a process whose threads may hold locks (a Dask
+    client, say) can deadlock the child."""
+    others = [t for t in threading.enumerate()
+              if t is not threading.main_thread() and t.name != "tqdm_monitor"]
+    if "fork" in get_all_start_methods() and not others:
+        return get_context("fork")
+    return get_context("spawn")
 
 
 def _check_workers(workers: object) -> int:
@@ -168,8 +181,10 @@ def sweep(
     else:
         payload = arrays
     points = [(p, c) for p in policies for c in capacities]
-    bar = tqdm(total=len(points), desc=f"sweep {arrays.name}", disable=not progress)
     rows: list[dict[str, Any] | None] = [None] * len(points)
+
+    def progress_bar():  # made after any fork: its monitor thread must not be forked
+        return tqdm(total=len(points), desc=f"sweep {arrays.name}", disable=not progress)
 
     if scheduler is not None:
         client, owned = _dask_client(scheduler)
@@ -180,28 +195,28 @@ def sweep(
             index = {f.key: i for i, f in enumerate(futures)}
             from distributed import as_completed as dask_completed
 
-            for future in dask_completed(futures):
-                rows[index[future.key]] = future.result()
-                bar.update()
+            with progress_bar() as bar:
+                for future in dask_completed(futures):
+                    rows[index[future.key]] = future.result()
+                    bar.update()
         finally:
             if owned:
                 client.close()
-    else:
-        workers = min(_check_workers(workers), len(points))
-        if workers == 1:
+    elif min(_check_workers(workers), len(points)) == 1:
+        with progress_bar() as bar:
             for i, (p, c) in enumerate(points):
                 rows[i] = run_point(payload, p, c, warmup, engine)
                 bar.update()
-        else:
-            # spawn, not fork: the parent may hold threads (a Dask client, a progress bar)
-            with ProcessPoolExecutor(workers, mp_context=get_context("spawn"),
-                                     initializer=_init_worker, initargs=(payload,)) as pool:
-                futures = {pool.submit(_run_in_worker, p, c, warmup, engine): i
-                           for i, (p, c) in enumerate(points)}
+    else:
+        workers = min(_check_workers(workers), len(points))
+        with ProcessPoolExecutor(workers, mp_context=_start_method(),
+                                 initializer=_init_worker, initargs=(payload,)) as pool:
+            futures = {pool.submit(_run_in_worker, p, c, warmup, engine): i
+                       for i, (p, c) in enumerate(points)}
+            with progress_bar() as bar:
                 for future in as_completed(futures):
                     rows[futures[future]] = future.result()
                     bar.update()
-    bar.close()
     frame = pd.DataFrame(rows, columns=list(COLUMNS))
     frame["capacity"] = frame["capacity"].astype("Int64")
     frame.attrs.update({
