@@ -69,3 +69,15 @@ def test_bad_sweep_arguments(head):
         sweep(head, [-1], ["lru"])
     with pytest.raises(ValueError, match="scheduler"):
         sweep(head, [10], ["lru"], scheduler=42)
+
+
+def test_sweep_modules_do_not_import_numba_until_the_engine_runs():
+    import subprocess
+    import sys
+
+    code = ("import sys, paged_kv.sim.replay_sweep, paged_kv.sim.replay_arrays, "
+            "paged_kv.sim.replay_synthetic, paged_kv.sim.replay_mooncake; "
+            "print('numba' in sys.modules)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          check=True)
+    assert done.stdout.strip() == "False"
