@@ -289,21 +289,18 @@ def _replay_kernel(policy, capacity, block_size, offsets, keys, prompt_lens, nex
                     bit[victim] = 0  # second chance: to the back of the ring
                     _append(prev, nxt, ends, 0, victim)
             else:  # ARC's REPLACE; the victim's key becomes the newest ghost of its class
-                if ends[0] != _NIL and (n1 > arc_p or ends[2] == _NIL):
-                    victim = ends[0]
-                    _unlink(prev, nxt, ends, 0, victim)
+                lst = 0 if ends[0] != _NIL and (n1 > arc_p or ends[2] == _NIL) else 1
+                victim = ends[2 * lst]
+                _unlink(prev, nxt, ends, lst, victim)
+                _append(gprev, gnext, gends, lst, victim)
+                ghost[victim] = lst + 1
+                cls[victim] = 0
+                if lst == 0:
                     n1 -= 1
-                    ghost[victim] = 1
-                    _append(gprev, gnext, gends, 0, victim)
                     b1 += 1
                 else:
-                    victim = ends[2]
-                    _unlink(prev, nxt, ends, 1, victim)
                     n2 -= 1
-                    ghost[victim] = 2
-                    _append(gprev, gnext, gends, 1, victim)
                     b2 += 1
-                cls[victim] = 0
                 b1, b2 = _trim_ghosts(gprev, gnext, gends, ghost, n1, n2, b1, b2, arc_c)
             is_cand[victim] = 0
             cached[victim] = 0
@@ -326,26 +323,22 @@ def _replay_kernel(policy, capacity, block_size, offsets, keys, prompt_lens, nex
             elif policy == _CLOCK:
                 bit[key] = 0
             elif policy == _ARC:
-                if ghost[key] == 1:  # B1 ghost: T1 was too small
-                    delta = max(1.0, b2 / b1)
-                    _unlink(gprev, gnext, gends, 0, key)
-                    b1 -= 1
-                    n2 += 1
-                    arc_c = max(arc_c, n1 + n2)
-                    arc_p = min(float(arc_c), arc_p + delta)
-                    cls[key] = 2
-                elif ghost[key] == 2:  # B2 ghost: T2 was too small
-                    delta = max(1.0, b1 / b2)
-                    _unlink(gprev, gnext, gends, 1, key)
-                    b2 -= 1
-                    n2 += 1
-                    arc_c = max(arc_c, n1 + n2)
-                    arc_p = max(0.0, arc_p - delta)
-                    cls[key] = 2
-                else:
+                if ghost[key] == 0:
                     n1 += 1
                     arc_c = max(arc_c, n1 + n2)
                     cls[key] = 1
+                else:  # a ghost: its list was too small, so p moves towards it
+                    in_b1 = ghost[key] == 1
+                    delta = max(1.0, b2 / b1) if in_b1 else max(1.0, b1 / b2)
+                    _unlink(gprev, gnext, gends, 0 if in_b1 else 1, key)
+                    if in_b1:
+                        b1 -= 1
+                    else:
+                        b2 -= 1
+                    n2 += 1
+                    arc_c = max(arc_c, n1 + n2)
+                    arc_p = min(float(arc_c), arc_p + delta) if in_b1 else max(0.0, arc_p - delta)
+                    cls[key] = 2
                 ghost[key] = 0
                 b1, b2 = _trim_ghosts(gprev, gnext, gends, ghost, n1, n2, b1, b2, arc_c)
 
