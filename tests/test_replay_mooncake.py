@@ -92,3 +92,10 @@ def test_trace_arrays_of_a_file_equal_the_shipped_trace(tmp_path):
         f"{r.prompt_len},{' '.join(map(str, r.block_keys))}\n" for r in head))
     assert TraceArrays.from_workload(load_trace(str(path))).checksum == \
         TraceArrays.from_workload(head).checksum
+
+
+@pytest.mark.parametrize(("name", "rate"), [("mooncake-conversation", 0.3734),
+                                            ("mooncake-synthetic", 0.6504)])
+def test_the_unbounded_rates_the_data_readme_quotes(name, rate):
+    arrays = TraceArrays.from_workload(load_trace(name))
+    assert compiled_replay(arrays, None, "lru").hit_rate == pytest.approx(rate, abs=5e-5)
