@@ -82,13 +82,14 @@ def run(args: argparse.Namespace) -> int:
     from paged_kv.sim.replay_sweep import sweep  # noqa: PLC0415
 
     trace = as_trace_arrays(args.trace)
-    workers = args.workers if args.workers is not None else os.cpu_count() or 1
+    workers = None if args.scheduler is not None else args.workers or os.cpu_count() or 1
     frame = sweep(trace, args.capacities, args.policies, warmup=args.warmup,
                   engine=args.engine, workers=workers, scheduler=args.scheduler,
                   progress=progress_enabled(args))
     print(f"{trace.name}: {len(trace):,} requests ({frame['requests'].iloc[0]:,} measured), "
           f"{trace.num_accesses:,} block keys of {trace.block_size} tokens, "
-          f"checksum {trace.checksum}; engine {args.engine}\n")
+          f"checksum {trace.checksum}; engine {args.engine}, "
+          f"{'Dask scheduler ' + args.scheduler if workers is None else f'{workers} workers'}\n")
     shown = frame.assign(capacity=frame["capacity"].astype(object).where(
         frame["capacity"].notna(), "unbounded"))
     emit(shown, args, columns={
