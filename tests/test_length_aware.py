@@ -50,14 +50,17 @@ def test_in_the_cache_the_deeper_block_of_a_prompt_goes_first():
     bs = 4
     policy = LengthAwarePolicy({"p0": 0, "p1": 1, "q0": 0})
     cache = PagedKVCache(
-        CacheConfig(block_size=bs, num_gpu_blocks=4, enable_prefix_caching=True),
+        CacheConfig(block_size=bs, num_gpu_blocks=4, enable_prefix_caching=True,
+                    eviction_policy="length_aware"),
         policy=policy,
     )
-    cache.free(cache.allocate(2 * bs + 1, block_keys=["p0", "p1"]))
-    cache.free(cache.allocate(bs + 1, block_keys=["q0"]))
+    for n, keys in ((2 * bs + 1, ["p0", "p1"]), (bs + 1, ["q0"])):
+        seq = cache.allocate(n, block_keys=keys)
+        cache.commit(seq)  # computed: its full blocks are published
+        cache.free(seq)
     # three evictable blocks of frequency 1: p1 (depth 1) goes before p0 and q0
     seq = cache.allocate(2 * bs)  # uncached: takes the free block, then evicts one
-    assert cache.prefix_stats.evictions == 1
+    assert cache.stats().prefix_evictions == 1
     cache.free(seq)
     assert cache.lookup_prefix(block_keys=["p0", "p1"], num_tokens=2 * bs + 1) == bs
     assert cache.lookup_prefix(block_keys=["q0"], num_tokens=bs + 1) == bs

@@ -25,18 +25,18 @@ built from its name alone.
 
 from __future__ import annotations
 
-import heapq
 from collections.abc import Callable, Hashable, Mapping
 
+from paged_kv.eviction._heap import LazyHeap
 from paged_kv.eviction.base import EvictionPolicy
 
 
 class LengthAwarePolicy(EvictionPolicy):
     """LFU; among equal frequencies the deepest block goes first, then LRU.
 
-    The candidates sit in a min-heap on ``(frequency, -depth, release stamp)``; entries
-    made stale by a hit or a revival are skipped when they reach the top, and the heap
-    is rebuilt once stale entries outnumber live ones (O(log n) amortized per hook).
+    The candidates sit in a `LazyHeap` on ``(frequency, -depth, release stamp)``;
+    entries made stale by a hit or a revival are skipped when they reach the top
+    (O(log n) amortized per hook).
     """
 
     name = "length_aware"
@@ -57,7 +57,7 @@ class LengthAwarePolicy(EvictionPolicy):
         #: candidate -> release stamp (larger = released more recently)
         self._released: dict[int, int] = {}
         # (frequency, -depth, release stamp, block); live when it matches the block
-        self._heap: list[tuple[int, int, int, int]] = []
+        self._heap = LazyHeap()
         self._clock = 0
 
     def depth(self, key: Hashable) -> int:
@@ -74,6 +74,20 @@ class LengthAwarePolicy(EvictionPolicy):
     def _entry(self, block: int) -> tuple[int, int, int, int]:
         return (self._freq[block], -self._depth.get(block, 0), self._released[block], block)
 
+    def _push(self, block: int) -> None:
+        if self._heap.push(self._entry(block), len(self._released)):
+            self._heap.rebuild(self._entry(b) for b in self._released)
+
+    def _take(self, entry: tuple[int, int, int, int]) -> bool:
+        """Evict the entry's block if the entry is its current one (`LazyHeap.take`)."""
+        block = entry[3]
+        if block in self._released and self._entry(block) == entry:
+            del self._released[block]
+            del self._freq[block]
+            self._depth.pop(block, None)
+            return True
+        return False
+
     def on_cached(self, block_id: int, key: Hashable) -> None:
         """A freshly cached block has been used once; remember its depth."""
         if block_id in self._released:
@@ -85,8 +99,7 @@ class LengthAwarePolicy(EvictionPolicy):
         """One more use of `block_id` (a candidate is reordered at once)."""
         self._freq[block_id] = self._freq.get(block_id, 1) + 1
         if block_id in self._released:
-            heapq.heappush(self._heap, self._entry(block_id))
-            self._compact()
+            self._push(block_id)
 
     def add(self, block_id: int) -> None:
         """`block_id` becomes a candidate, the most recently released one."""
@@ -95,8 +108,7 @@ class LengthAwarePolicy(EvictionPolicy):
         self._freq.setdefault(block_id, 1)
         self._clock += 1
         self._released[block_id] = self._clock
-        heapq.heappush(self._heap, self._entry(block_id))
-        self._compact()
+        self._push(block_id)
 
     def remove(self, block_id: int) -> None:
         """`block_id` is no longer a candidate; it keeps its frequency (O(1))."""
@@ -104,16 +116,13 @@ class LengthAwarePolicy(EvictionPolicy):
 
     def pop(self) -> int:
         """Evict by (frequency, deepest, least recently released); forget the block."""
-        heap = self._heap
-        while heap:
-            entry = heapq.heappop(heap)
-            block = entry[3]
-            if block in self._released and self._entry(block) == entry:
-                del self._released[block]
-                del self._freq[block]
-                self._depth.pop(block, None)
-                return block
-        raise IndexError("no evictable block")
+        return self.pop_many(1)[0]
+
+    def pop_many(self, n: int) -> list[int]:
+        """`n` evictions in a row, in eviction order."""
+        if n > len(self._released):
+            raise IndexError(f"{n} evictions asked, {len(self._released)} candidates")
+        return [entry[3] for entry in self._heap.take(n, self._take)]
 
     def clear(self) -> None:
         """Drop every candidate with its frequency and depth."""
@@ -122,11 +131,6 @@ class LengthAwarePolicy(EvictionPolicy):
             self._depth.pop(block, None)
         self._released.clear()
         self._heap.clear()
-
-    def _compact(self) -> None:
-        if len(self._heap) > 2 * len(self._released) + 64:
-            self._heap = [self._entry(b) for b in self._released]
-            heapq.heapify(self._heap)
 
     def order(self) -> list[int]:
         """Candidates in eviction order."""
