@@ -98,12 +98,13 @@ def test_try_allocate_hashes_and_matches_the_prompt_once(monkeypatch):
 
 def test_an_unknown_policy_name_fails_in_the_config_listing_the_valid_names():
     with pytest.raises(ValueError, match="'nope'.*valid names: arc, belady, clock, fifo, "
-                                         "lfu, lru"):
+                                         "length_aware, lfu, lru"):
         CacheConfig(eviction_policy="nope")
     with pytest.raises(ValueError, match="valid names"):
         CacheConfig(eviction_policy=3)
     assert CacheConfig(eviction_policy="FIFO").eviction_policy == "fifo"
-    assert set(policy_names()) == {"arc", "belady", "clock", "fifo", "lfu", "lru"}
+    assert set(policy_names()) == {"arc", "belady", "clock", "fifo", "length_aware", "lfu",
+                                   "lru"}
 
 
 def test_a_policy_instance_must_agree_with_the_configured_name():

@@ -50,8 +50,8 @@ def test_replay_command_prints_the_hit_rate(capsys):
 
 
 def test_bad_arguments_exit_2_with_a_message(capsys):
-    assert main(["replay", "--capacity", "3", "--no-progress"]) == 2
-    assert "smaller than the longest request" in capsys.readouterr().err
+    assert main(["replay", "--capacity", "0", "--no-progress"]) == 2
+    assert "argument --capacity: must be a whole number of blocks" in capsys.readouterr().err
     assert main(["fragmentation", "--workload", "nope", "--no-progress"]) == 2
 
 

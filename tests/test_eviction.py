@@ -527,8 +527,10 @@ def test_unknown_policy_name_lists_every_valid_name():
         make_policy("mru")
     for name in policy_names():
         assert repr(name) in repr(str(info.value)) or name in str(info.value)
-    assert set(policy_names()) == {"arc", "belady", "clock", "fifo", "lfu", "lru"}
-    with pytest.raises(ValueError, match="valid names: arc, belady, clock, fifo, lfu, lru"):
+    assert set(policy_names()) == {"arc", "belady", "clock", "fifo", "length_aware", "lfu",
+                                   "lru"}
+    with pytest.raises(ValueError,
+                       match="valid names: arc, belady, clock, fifo, length_aware, lfu, lru"):
         PagedKVCache(CacheConfig(enable_prefix_caching=True, eviction_policy="mru"))
 
 

@@ -1,4 +1,5 @@
-"""Trace replay: hit rates against independent references, warmup, Belady, errors."""
+"""Trace replay through the manager: hit rates against independent references, warmup,
+Belady, the capacity rule for prompts longer than the cache, errors."""
 
 import importlib.util
 from pathlib import Path
@@ -6,7 +7,8 @@ from pathlib import Path
 import pytest
 
 from paged_kv.sim import Request, Workload, load_trace
-from paged_kv.sim.replay import replay, sweep, unbounded_capacity
+from paged_kv.sim.replay import replay, unbounded_capacity
+from paged_kv.sim.replay_sweep import sweep
 
 _spec = importlib.util.spec_from_file_location(
     "_minimal_lru", Path(__file__).resolve().parents[1] / "benchmarks" / "_minimal_lru.py"
@@ -85,16 +87,32 @@ def test_bad_arguments(conversation):
     head = conversation.head(10)
     with pytest.raises(ValueError, match="valid names"):
         replay(head, 100, "random")
-    with pytest.raises(ValueError, match="smaller than the longest request"):
-        replay(head, 2, "lru")
+    with pytest.raises(ValueError, match="capacity must be a positive integer"):
+        replay(head, 0, "lru")
     with pytest.raises(ValueError, match="warmup"):
         replay(head, 100, "lru", warmup=1.0)
     with pytest.raises(ValueError, match="block keys"):
         replay(load_trace("azure-conv", limit=5), 100, "lru")
 
 
+def test_a_prompt_longer_than_the_cache_caches_what_fits():
+    bs = 4
+    reqs = [
+        Request(0, 0.0, 18, 1, (1, 2, 3, 4, 5), bs),  # 5 blocks > 3: served as 12 tokens
+        Request(1, 1.0, 18, 1, (1, 2, 3, 4, 5), bs),  # hits 2 blocks (the third is capped)
+        Request(2, 2.0, 9, 1, (1, 2, 9), bs),         # fits: hits 1, 2
+        Request(3, 3.0, 5, 1, (1, 7), bs),             # fits: hits 1
+    ]
+    result = replay(Workload("long", reqs), 3, "lru")
+    assert list(result.requests["hit_blocks"]) == [0, 2, 2, 1]
+    assert result.hit_rate == pytest.approx((0 + 8 + 8 + 4) / (18 + 18 + 9 + 5))
+    # a one-block cache: every prompt is its first block, always recomputed
+    assert replay(Workload("long", reqs), 1, "lru").requests["hit_blocks"].sum() == 0
+
+
 def test_sweep_has_a_row_per_run(conversation):
-    frame = sweep(conversation.head(200), [500, None], ["lru", "fifo"], progress=False)
+    frame = sweep(conversation.head(200), [500, None], ["lru", "fifo"], progress=False,
+                  engine="manager", workers=1)
     assert list(frame["policy"]) == ["lru", "lru", "fifo", "fifo"]
     assert list(frame["capacity"].isna()) == [False, True, False, True]
     assert frame["hit_rate"].between(0, 1).all()

@@ -10,12 +10,33 @@ from paged_kv.cli import add_command
 from paged_kv.cli._common import add_output_options, emit, fraction, progress_enabled
 
 NAME = "replay"
-HELP = "prefix-cache hit rate of a Mooncake trace"
+HELP = "prefix-cache hit rate of a trace with block keys (shipped name or file)"
 DESCRIPTION = """\
 Replay a trace with precomputed block keys through the real cache manager
 (metadata-only): each request looks up its longest cached prefix, publishes its full
-blocks and is freed. Prints the token-weighted hit rate."""
-TRACES = ("mooncake-conversation", "mooncake-synthetic")
+blocks and is freed. Prints the token-weighted hit rate.
+
+--trace takes a shipped trace name or the path of a Mooncake-format JSONL file (plain
+or gzip) or a CSV file with the columns input_length,hash_ids[,timestamp,output_length,
+block_size] (hash_ids separated by spaces). A prompt longer than the cache is replayed
+as the part that fits."""
+
+
+def trace_argument(text: str) -> str:
+    """A replayable shipped trace name, or the path of an existing trace file."""
+    from pathlib import Path  # noqa: PLC0415
+
+    from paged_kv.sim.traces import replayable_traces  # noqa: PLC0415
+
+    if text in replayable_traces() or Path(text).is_file():
+        return text
+    raise argparse.ArgumentTypeError(
+        f"{text!r} is neither a trace with block keys ({', '.join(replayable_traces())}) "
+        f"nor an existing file"
+    )
+
+
+trace_argument.__name__ = "trace"
 
 
 def capacity(text: str) -> int | None:
@@ -33,31 +54,41 @@ def capacity(text: str) -> int | None:
     return value
 
 
+def add_trace_options(parser: argparse.ArgumentParser) -> None:
+    """``--trace`` and ``--warmup``, shared with ``paged-kv sweep``."""
+    parser.add_argument("--trace", type=trace_argument, default="mooncake-conversation",
+                        metavar="NAME|PATH",
+                        help="mooncake-conversation, mooncake-synthetic, or a trace file")
+    parser.add_argument("--warmup", type=fraction, default=0.0,
+                        help="fraction of leading requests left out of the hit rate")
+
+
 def register(subparsers) -> None:
     """Add ``replay`` and its options."""
     from paged_kv.eviction import policy_names  # noqa: PLC0415
 
     parser = add_command(subparsers, __name__, NAME, HELP, DESCRIPTION)
-    parser.add_argument("--trace", default="mooncake-conversation", choices=TRACES,
-                        help="shipped trace to replay")
+    add_trace_options(parser)
     parser.add_argument("--capacity", type=capacity, default=10000,
                         help="cache capacity in blocks, or 'unbounded'")
     parser.add_argument("--policy", default="lru", choices=policy_names(),
                         help="eviction policy (belady: the offline optimum)")
-    parser.add_argument("--warmup", type=fraction, default=0.0,
-                        help="fraction of leading requests left out of the hit rate")
     add_output_options(parser)
 
 
 def run(args: argparse.Namespace) -> int:
     """Replay, print the hit rate."""
     from paged_kv.sim.replay import replay  # noqa: PLC0415
+    from paged_kv.sim.replay_arrays import TraceArrays  # noqa: PLC0415
+    from paged_kv.sim.traces import load_trace  # noqa: PLC0415
 
-    result = replay(args.trace, args.capacity, args.policy, warmup=args.warmup,
+    workload = load_trace(args.trace)
+    result = replay(workload, args.capacity, args.policy, warmup=args.warmup,
                     progress=progress_enabled(args))
     measured = int(result.requests["measured"].sum())
     shown = "unbounded" if args.capacity is None else f"{args.capacity}"
     print(f"{result.trace}: {measured} requests measured, capacity {shown} blocks of "
           f"{result.block_size} tokens, policy {result.policy}\n")
-    emit(pd.DataFrame([result.summary()]), args, floatfmt="{:.4f}")
+    emit(pd.DataFrame([result.summary()]), args, floatfmt="{:.4f}",
+         trace_checksum=TraceArrays.from_workload(workload).checksum)
     return 0

@@ -9,11 +9,13 @@ from paged_kv.eviction.base import EvictionPolicy
 from paged_kv.eviction.belady import BeladyPolicy, belady_needs_trace
 from paged_kv.eviction.clock import ClockPolicy
 from paged_kv.eviction.fifo import FIFOPolicy
+from paged_kv.eviction.length_aware import LengthAwarePolicy, length_aware_needs_depths
 from paged_kv.eviction.lfu import LFUPolicy
 from paged_kv.eviction.lru import LRUPolicy
 
-#: name -> factory; `make_policy` is the only place that reads it. The "belady" factory
-#: raises `ValueError` saying how to build one: it needs the trace's future accesses.
+#: name -> factory; `make_policy` is the only place that reads it. The "belady" and
+#: "length_aware" factories raise `ValueError` saying how to build one: they need the
+#: trace's future accesses, or each key's depth in its prompt.
 POLICIES: dict[str, Callable[[], EvictionPolicy]] = {
     LRUPolicy.name: LRUPolicy,
     FIFOPolicy.name: FIFOPolicy,
@@ -21,11 +23,13 @@ POLICIES: dict[str, Callable[[], EvictionPolicy]] = {
     ClockPolicy.name: ClockPolicy,
     ARCPolicy.name: ARCPolicy,
     BeladyPolicy.name: belady_needs_trace,
+    LengthAwarePolicy.name: length_aware_needs_depths,
 }
 
-#: the policies `make_policy` can build from a name alone (all but "belady")
+#: the policies `make_policy` can build from a name alone (all but "belady" and
+#: "length_aware")
 ONLINE_POLICIES: tuple[str, ...] = tuple(
-    sorted(name for name in POLICIES if name != BeladyPolicy.name)
+    sorted(name for name in POLICIES if name not in (BeladyPolicy.name, LengthAwarePolicy.name))
 )
 
 
@@ -38,7 +42,8 @@ def make_policy(policy: str | EvictionPolicy) -> EvictionPolicy:
     """Return a fresh policy for a name, or `policy` itself if it is already one.
 
     Raises `ValueError` listing the valid names for an unknown name, and `ValueError`
-    explaining how to construct `BeladyPolicy` for "belady".
+    explaining how to construct `BeladyPolicy` for "belady" and `LengthAwarePolicy` for
+    "length_aware".
     """
     if isinstance(policy, EvictionPolicy):
         return policy
@@ -59,6 +64,7 @@ __all__ = [
     "FIFOPolicy",
     "LFUPolicy",
     "LRUPolicy",
+    "LengthAwarePolicy",
     "make_policy",
     "policy_names",
 ]

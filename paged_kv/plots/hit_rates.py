@@ -11,7 +11,7 @@ from paged_kv.plots._style import new_axes
 def plot_hit_rates(sweep: pd.DataFrame, ax=None, title: str = "") -> plt.Figure:
     """Prefix-cache hit rate against capacity, one line per policy.
 
-    `sweep` is `paged_kv.sim.replay.sweep`'s frame; the unbounded run (capacity None)
+    `sweep` is `paged_kv.sim.replay_sweep.sweep`'s frame; the unbounded run (capacity NA)
     is drawn as a dashed line.
     """
     fig, ax = new_axes(ax)

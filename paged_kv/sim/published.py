@@ -112,3 +112,46 @@ MOONCAKE_TABLE1_LRU_HIT_RATE: Mapping[int | None, float] = MappingProxyType({
     50_000: 0.50,
     None: 0.51,
 })
+
+
+# ======================================================================================
+# Mooncake: FAST'25 Fig. 9 and the arXiv report's Table 1 in full (section kept by the
+# replay work, paged_kv.sim.replay*; used by notebook 02 and paged_kv.sim.replay_mooncake)
+# ======================================================================================
+
+#: Mooncake FAST'25 Fig. 9 ("Quantitative analysis of prefix cache hit rates with
+#: varying cache capacities. We consider only the sequence of requests"): hit rate at a
+#: cache capacity in *tokens* (None = unbounded), per shipped trace. Values read off the
+#: paper's log-scale figure (FAST25-release/Mooncake-FAST25.pdf in kvcache-ai/Mooncake),
+#: so about +-0.01; the unbounded value is the plateau, which Table 2 reports as the
+#: trace's "cache ratio" (40% and 66%).
+MOONCAKE_FIG9_HIT_RATE: Mapping[str, Mapping[int | None, float]] = MappingProxyType({
+    "mooncake-conversation": MappingProxyType({
+        1_000_000: 0.087, 4_000_000: 0.215, 10_000_000: 0.326, 50_000_000: 0.398,
+        None: 0.401,
+    }),
+    "mooncake-synthetic": MappingProxyType({
+        1_000_000: 0.146, 4_000_000: 0.380, 10_000_000: 0.589, 50_000_000: 0.658,
+        None: 0.658,
+    }),
+})
+
+#: Mooncake arXiv report (Qin et al., arXiv:2407.00079, §4.2) Table 1, "Cache hit rates
+#: under different cache policies and capacities", all rows and columns: policy -> block
+#: capacity (512-token blocks; None = "Inf") -> hit rate, on the report's own
+#: 23,608-request trace (arxiv-trace/mooncake_trace.jsonl, not shipped here). The report
+#: describes LengthAwareCache only as "similar to LFU but prioritizing cache blocks
+#: occurring later in requests" (see paged_kv.eviction.length_aware for our reading).
+#: Sources: the LRU row as quoted in this project's issue 11; the LFU and LengthAware
+#: rows (and the LRU row again) from three independent public reading notes of the
+#: report, found by a full-text search of public repositories, which agree cell for
+#: cell. The report's PDF itself could not be opened from here, so these two rows are
+#: second-hand.
+MOONCAKE_TABLE1_HIT_RATE: Mapping[str, Mapping[int | None, float]] = MappingProxyType({
+    "lru": MappingProxyType({1_000: 0.30, 10_000: 0.40, 30_000: 0.48, 50_000: 0.50,
+                             100_000: 0.51, None: 0.51}),
+    "lfu": MappingProxyType({1_000: 0.30, 10_000: 0.35, 30_000: 0.43, 50_000: 0.49,
+                             100_000: 0.51, None: 0.51}),
+    "length_aware": MappingProxyType({1_000: 0.30, 10_000: 0.35, 30_000: 0.42, 50_000: 0.48,
+                                      100_000: 0.50, None: 0.51}),
+})

@@ -15,17 +15,36 @@ Each loader returns a `Workload` whose requests are in file order with
 
 Parsed files are cached (``functools.lru_cache``) as tuples of frozen `Request`
 objects or read-only arrays, so a second load costs only the `Workload` around them.
+
+**Trace files.** ``load_trace(path)`` also reads a trace from a file of one of two forms
+(gzip-compressed or not, told by its first bytes, whatever its name):
+
+* Mooncake JSONL: one JSON object per line with ``input_length`` and ``hash_ids``
+  (prefix-chained block keys, integers), optionally ``timestamp`` (milliseconds),
+  ``output_length`` (default 1) and ``block_size`` (tokens per key block, default 512,
+  the same on every line). Blank lines are skipped.
+* CSV: a header row naming the same fields as columns (``input_length`` and
+  ``hash_ids`` required), one request per row, ``hash_ids`` as integers separated by
+  spaces, e.g. ``timestamp,input_length,output_length,hash_ids`` then
+  ``0,1100,20,7 8 9``. A file is CSV when its name ends in ``.csv`` or ``.csv.gz``.
+
+Each request needs 1 to ``ceil(input_length / block_size)`` keys, timestamps must not
+decrease, and a bad line fails with one ``ValueError`` line naming the file and the
+line. `replayable_traces` lists the shipped traces that carry block keys.
 """
 
 from __future__ import annotations
 
+import csv
 import gzip
 import io
 import json
-from collections.abc import Callable, Mapping
+import os
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from functools import lru_cache
 from importlib import resources
+from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
@@ -116,6 +135,15 @@ TRACES: Mapping[str, TraceInfo] = MappingProxyType({
 def list_traces() -> dict[str, str]:
     """Names of the shipped traces, each with a one-line description."""
     return {name: info.description for name, info in TRACES.items()}
+
+
+#: the shipped traces whose requests carry block keys, so that they can be replayed
+REPLAYABLE: tuple[str, ...] = ("mooncake-conversation", "mooncake-synthetic")
+
+
+def replayable_traces() -> dict[str, str]:
+    """The shipped traces a prefix-cache replay can run (they carry block keys)."""
+    return {name: TRACES[name].description for name in REPLAYABLE}
 
 
 def _read_bytes(filename: str) -> bytes:
@@ -268,6 +296,121 @@ def load_mooncake_synthetic(*, limit: int | None = None) -> Workload:
     return _load_mooncake("mooncake-synthetic", limit)
 
 
+# --- trace files ------------------------------------------------------------------
+
+#: fields a trace file's request may have; the first two are required
+FILE_FIELDS = ("input_length", "hash_ids", "timestamp", "output_length", "block_size")
+
+
+def _open_lines(path: Path) -> Iterator[str]:
+    """The file's text lines, decompressed when it starts with gzip's magic bytes."""
+    with open(path, "rb") as raw:
+        gzipped = raw.read(2) == b"\x1f\x8b"
+    opener = gzip.open if gzipped else open
+    with opener(path, "rt", encoding="utf-8", newline="") as handle:
+        yield from handle
+
+
+def _file_rows(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
+    """(line number, record) for every request of a JSONL or CSV trace file."""
+    name = path.name.lower()
+    if name.endswith((".csv", ".csv.gz")):
+        lines = _open_lines(path)
+        reader = csv.DictReader(lines)
+        missing = [f for f in FILE_FIELDS[:2] if f not in (reader.fieldnames or ())]
+        if missing:
+            raise ValueError(f"{path} line 1: the CSV header must name {', '.join(missing)}, "
+                             f"got {reader.fieldnames}")
+        for row in reader:
+            line_no = reader.line_num
+            try:
+                record: dict[str, Any] = {
+                    k: int(v) for k, v in row.items() if k != "hash_ids" and v not in ("", None)
+                }
+                record["hash_ids"] = [int(k) for k in (row["hash_ids"] or "").split()]
+            except (TypeError, ValueError) as err:
+                raise ValueError(f"{path} line {line_no}: {err}") from None
+            yield line_no, record
+        return
+    for line_no, line in enumerate(_open_lines(path), start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{path} line {line_no}: not JSON ({err.msg})") from None
+        if not isinstance(record, dict):
+            raise ValueError(f"{path} line {line_no}: expected a JSON object, got "
+                             f"{type(record).__name__}")
+        yield line_no, record
+
+
+def _file_request(path: Path, line_no: int, record: dict[str, Any], index: int,
+                  block_size: int, previous: float) -> Request:
+    def bad(message: str) -> ValueError:
+        return ValueError(f"{path} line {line_no}: {message}")
+
+    for field_name in FILE_FIELDS[:2]:
+        if field_name not in record:
+            raise bad(f"no {field_name!r} field")
+    keys = record["hash_ids"]
+    if not isinstance(keys, list) or not keys:
+        raise bad(f"hash_ids must be a non-empty list of integers, got {keys!r}")
+    time = record.get("timestamp")
+    arrival = previous if time is None else time / 1000.0 if _number(time) else None
+    if arrival is None:
+        raise bad(f"timestamp must be a number of milliseconds, got {time!r}")
+    if arrival < previous:
+        raise bad(f"timestamp {time} ms is before the previous request's "
+                  f"({previous * 1000:g} ms): requests must be in arrival order")
+    try:
+        return Request(index, arrival, record["input_length"], record.get("output_length", 1),
+                       tuple(keys), block_size)
+    except ValueError as err:
+        raise bad(str(err).replace("Request.", "")) from None
+
+
+def _number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def load_trace_file(path: str | os.PathLike, *, limit: int | None = None) -> Workload:
+    """A trace from a Mooncake-format JSONL file or a CSV file (see the module docstring).
+
+    Request ids are the 0-based request rows; arrival times are the timestamps in
+    seconds. Raises `ValueError` naming the file and line of the first bad request.
+    """
+    limit = _check_limit(limit)
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"no trace file {str(path)!r}")
+    requests: list[Request] = []
+    block_size: int | None = None
+    previous = 0.0
+    for line_no, record in _file_rows(path):
+        if limit is not None and len(requests) >= limit:
+            break
+        size = record.get("block_size", MOONCAKE_BLOCK_SIZE)
+        if block_size is None:
+            if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+                raise ValueError(f"{path} line {line_no}: block_size must be a positive "
+                                 f"integer, got {size!r}")
+            block_size = size
+        elif size != block_size:
+            raise ValueError(f"{path} line {line_no}: block_size {size!r} differs from the "
+                             f"first request's {block_size}")
+        request = _file_request(path, line_no, record, len(requests), block_size, previous)
+        previous = request.arrival_time
+        requests.append(request)
+    if not requests:
+        raise ValueError(f"{path}: no requests")
+    metadata = {
+        "source": "file", "trace": path.name, "file": str(path), "limit": limit,
+        "time_unit_in_file": "ms", "key_block_size": block_size,
+    }
+    return Workload(path.name, requests, metadata)
+
+
 # --- dispatch ---------------------------------------------------------------------
 
 _TIMESTAMPED_LOADERS: Mapping[str, Callable[..., Workload]] = MappingProxyType({
@@ -279,18 +422,33 @@ _TIMESTAMPED_LOADERS: Mapping[str, Callable[..., Workload]] = MappingProxyType({
 
 
 def load_trace(
-    name: str, *, limit: int | None = None, rate: float | None = None, seed: int = 0
+    name: str | os.PathLike, *, limit: int | None = None, rate: float | None = None,
+    seed: int = 0,
 ) -> Workload:
-    """Load the shipped trace called `name` (see `list_traces`).
+    """Load the shipped trace called `name` (see `list_traces`), or a trace file.
 
     `rate` and `seed` set the Poisson arrivals of ``"sharegpt"`` (rate required
     there); the other traces keep their recorded timestamps, reject `rate` and
-    ignore `seed`. `limit` keeps the first `limit` requests.
+    ignore `seed`. `limit` keeps the first `limit` requests. A `name` that is not a
+    shipped trace's is read as the path of a JSONL or CSV trace file
+    (`load_trace_file`).
     """
+    if isinstance(name, os.PathLike) or (isinstance(name, str) and name not in TRACES
+                                         and _looks_like_path(name)):
+        _no_rate(str(name), rate)
+        return load_trace_file(name, limit=limit)
     if name == "sharegpt":
         return load_sharegpt(rate=rate, limit=limit, seed=seed)
     loader = _TIMESTAMPED_LOADERS.get(name) if isinstance(name, str) else None
     if loader is None:
-        raise ValueError(f"unknown trace {name!r}; valid names: {', '.join(TRACES)}")
+        raise ValueError(f"unknown trace {name!r}; valid names: {', '.join(TRACES)}, "
+                         f"or the path of a JSONL or CSV trace file")
     _no_rate(name, rate)
     return loader(limit=limit)
+
+
+def _looks_like_path(name: str) -> bool:
+    """A name that is an existing file, or is spelled like a path or a trace file name."""
+    lowered = name.lower()
+    return (os.path.exists(name) or os.sep in name or "/" in name
+            or lowered.endswith((".jsonl", ".json", ".csv", ".gz")))

@@ -1,0 +1,108 @@
+"""``paged-kv sweep``: hit rates of a trace at every policy x capacity point."""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+from paged_kv.cli import add_command
+from paged_kv.cli._common import (
+    UsageError,
+    add_output_options,
+    choice_list,
+    emit,
+    positive_int,
+    progress_enabled,
+)
+from paged_kv.cli.replay import add_trace_options, capacity
+
+NAME = "sweep"
+HELP = "hit rates at every eviction policy x cache capacity (compiled, parallel)"
+DESCRIPTION = """\
+Replay a trace at every (policy, capacity) point and print one row per point: the
+token-weighted and block-weighted hit rates, the evictions and the requests measured.
+The compiled engine (default) gives the same numbers as the manager replay, much
+faster; points run on local worker processes (--workers) or on a Dask cluster
+(--scheduler ADDRESS, needs pip install 'paged_kv[distributed]'). --output saves the
+rows with the settings, the package version and the trace's checksum."""
+
+
+def capacity_list(text: str) -> list[int | None]:
+    """Comma-separated capacities in blocks (or 'unbounded'), each listed once."""
+    parts = [part.strip() for part in text.split(",") if part.strip()]
+    if not parts:
+        raise argparse.ArgumentTypeError("expected at least one capacity")
+    values = [capacity(part) for part in parts]
+    if len(set(values)) != len(values):
+        raise argparse.ArgumentTypeError(f"a capacity is listed twice in {text!r}")
+    return values
+
+
+capacity_list.__name__ = "capacities"
+
+
+def register(subparsers) -> None:
+    """Add ``sweep`` and its options."""
+    from paged_kv.eviction import policy_names  # noqa: PLC0415
+    from paged_kv.sim.replay_sweep import ENGINES  # noqa: PLC0415
+
+    parser = add_command(subparsers, __name__, NAME, HELP, DESCRIPTION)
+    add_trace_options(parser)
+    parser.add_argument("--policies", type=choice_list(policy_names()),
+                        default=["lru", "fifo", "belady"], metavar="P1,P2,...",
+                        help=f"eviction policies, from {', '.join(policy_names())}")
+    parser.add_argument("--capacities", type=capacity_list,
+                        default=[1000, 10000, 30000, 50000, 100000], metavar="C1,C2,...",
+                        help="cache capacities in blocks ('unbounded' allowed)")
+    parser.add_argument("--engine", choices=ENGINES, default="compiled",
+                        help="compiled (Numba) or manager (the reference path)")
+    parser.add_argument("--workers", type=positive_int, default=None,
+                        help="local worker processes (default: one per CPU)")
+    parser.add_argument("--scheduler", default=None, metavar="ADDRESS",
+                        help="run the points on this Dask scheduler, e.g. tcp://host:8786")
+    add_output_options(parser, figure="figures/sweep_hit_rates.png")
+
+
+def check(args: argparse.Namespace) -> None:
+    """Refuse --scheduler without the distributed extra, and --workers with it."""
+    if args.scheduler is not None:
+        if args.workers is not None:
+            raise UsageError("argument --workers: not used with --scheduler (the cluster's "
+                             "workers run the points)")
+        try:
+            import distributed  # noqa: F401, PLC0415
+        except ImportError:
+            raise UsageError("argument --scheduler: needs the optional extra: "
+                             "pip install 'paged_kv[distributed]'") from None
+
+
+def run(args: argparse.Namespace) -> int:
+    """Sweep, print the table, write the figure."""
+    from paged_kv.sim.replay_arrays import as_trace_arrays  # noqa: PLC0415
+    from paged_kv.sim.replay_sweep import sweep  # noqa: PLC0415
+
+    trace = as_trace_arrays(args.trace)
+    workers = None if args.scheduler is not None else args.workers or os.cpu_count() or 1
+    frame = sweep(trace, args.capacities, args.policies, warmup=args.warmup,
+                  engine=args.engine, workers=workers, scheduler=args.scheduler,
+                  progress=progress_enabled(args))
+    print(f"{trace.name}: {len(trace):,} requests ({frame['requests'].iloc[0]:,} measured), "
+          f"{trace.num_accesses:,} block keys of {trace.block_size} tokens, "
+          f"checksum {trace.checksum}; engine {args.engine}, "
+          f"{'Dask scheduler ' + args.scheduler if workers is None else f'{workers} workers'}\n")
+    shown = frame.assign(capacity=frame["capacity"].astype(object).where(
+        frame["capacity"].notna(), "unbounded"))
+    emit(shown, args, columns={
+        "policy": "policy", "capacity": "capacity (blocks)",
+        "hit_rate": "hit rate (tokens)|{:.4f}", "block_hit_rate": "hit rate (blocks)|{:.4f}",
+        "evictions": "evictions", "requests": "requests",
+    }, trace_checksum=trace.checksum, trace_requests=len(trace),
+        block_size=trace.block_size, workers=workers)
+    if args.figure is not None:
+        from paged_kv.plots import plot_hit_rates, save  # noqa: PLC0415
+
+        title = (f"{trace.name}: prefix-cache hit rate, {trace.block_size}-token blocks, "
+                 f"requests replayed one at a time"
+                 + (f", first {args.warmup:.0%} as warm-up" if args.warmup else ""))
+        print(f"wrote {save(plot_hit_rates(frame, title=title), args.figure)}")
+    return 0

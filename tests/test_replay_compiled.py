@@ -1,0 +1,113 @@
+"""The compiled replay engine against the manager replay: identical per-request hits.
+
+By default each Mooncake trace is cut to its first requests (CI time); set
+``PAGED_KV_FULL_TRACES=1`` to compare the full traces (a few minutes).
+"""
+
+import os
+
+import numpy as np
+import pytest
+
+from paged_kv.eviction import policy_names
+from paged_kv.sim import Request, Workload, load_trace
+from paged_kv.sim.replay import replay
+from paged_kv.sim.replay_arrays import NEVER, TraceArrays
+from paged_kv.sim.replay_compiled import POLICY_CODES, compile_engine, compiled_replay
+
+FULL = os.environ.get("PAGED_KV_FULL_TRACES", "") not in ("", "0")
+HEAD = None if FULL else 700
+#: from a cache smaller than most prompts (the capacity rule) to one that never evicts
+CAPACITIES = [2, 25, 300, 3000, None] if not FULL else [2, 100, 1000, 10000, 50000, None]
+
+
+@pytest.fixture(scope="module", params=["mooncake-conversation", "mooncake-synthetic"])
+def trace(request):
+    workload = load_trace(request.param)
+    if HEAD is not None:
+        workload = workload.head(HEAD)
+    compile_engine()
+    return workload, TraceArrays.from_workload(workload)
+
+
+def test_every_policy_has_a_kernel():
+    assert set(POLICY_CODES) == set(policy_names())
+
+
+@pytest.mark.parametrize("policy", sorted(POLICY_CODES))
+def test_identical_hits_to_the_manager(trace, policy):
+    workload, arrays = trace
+    for capacity in CAPACITIES:
+        expected = replay(workload, capacity, policy)
+        got = compiled_replay(arrays, capacity, policy)
+        assert np.array_equal(got.requests["hit_tokens"], expected.requests["hit_tokens"]), (
+            policy, capacity)
+        assert got.evictions == expected.evictions, (policy, capacity)
+        assert got.hit_rate == expected.hit_rate
+        assert got.requests.equals(expected.requests)
+    if policy != "belady":
+        assert got.hit_rate > 0
+
+
+def test_warmup_and_result_fields_match(trace):
+    workload, arrays = trace
+    a = replay(workload, 400, "lfu", warmup=0.3)
+    b = compiled_replay(arrays, 400, "lfu", warmup=0.3)
+    assert (a.warmup_requests, a.hit_rate, a.block_hit_rate) == (
+        b.warmup_requests, b.hit_rate, b.block_hit_rate)
+    assert a.summary() == b.summary()
+
+
+def hand_trace(requests, block_size=4):
+    workload = Workload("hand", [Request(i, float(i), n, 1, keys, block_size)
+                                 for i, (n, keys) in enumerate(requests)])
+    return workload, TraceArrays.from_workload(workload)
+
+
+def test_hand_built_cases_for_every_policy():
+    # repeated prompts, a prompt that is a multiple of the block size (the cap), a key
+    # cached but not hit (the chain broke before it), and prompts longer than the cache
+    requests = [
+        (9, (1, 2, 3)), (8, (1, 2)), (8, (1, 2)), (13, (5, 2, 3, 4)), (9, (1, 2, 6)),
+        (30, (1, 2, 3, 4, 7, 8, 9, 10)), (16, (1, 2, 3, 11)), (5, (1, 12)), (9, (1, 2, 3)),
+    ]
+    workload, arrays = hand_trace(requests)
+    for policy in POLICY_CODES:
+        for capacity in (1, 2, 3, 4, 6, None):
+            expected = replay(workload, capacity, policy).requests["hit_blocks"].tolist()
+            got = compiled_replay(arrays, capacity, policy).requests["hit_blocks"].tolist()
+            assert got == expected, (policy, capacity)
+
+
+def test_trace_arrays_derived_arrays():
+    _, arrays = hand_trace([(9, (10, 20, 30)), (8, (10, 20)), (9, (10, 40, 50))])
+    assert arrays.keys.tolist() == [0, 1, 2, 0, 1, 0, 3, 4]
+    assert arrays.offsets.tolist() == [0, 3, 5, 8]
+    assert arrays.next_access.tolist() == [3, 4, NEVER, 5, NEVER, NEVER, NEVER, NEVER]
+    assert arrays.depth.tolist() == [0, 1, 2, 1, 2]
+    assert arrays.unbounded_capacity() == 5 + 3
+    assert arrays.head(2).num_keys == 3
+    same = hand_trace([(9, (7, 8, 9)), (8, (7, 8)), (9, (7, 1, 2))])[1]
+    assert same.checksum == arrays.checksum  # interned: key values do not matter
+    assert hand_trace([(9, (7, 8, 9)), (8, (7, 8))])[1].checksum != arrays.checksum
+
+
+def test_trace_arrays_refuse_bad_traces():
+    with pytest.raises(ValueError, match="repeats a block key"):
+        TraceArrays("bad", 4, np.array([0, 2]), np.array([3, 3]), np.array([8]),
+                    np.array([0]))
+    with pytest.raises(ValueError, match="request 5: 3 block keys for 8 prompt tokens"):
+        TraceArrays("bad", 4, np.array([0, 3]), np.array([0, 1, 2]), np.array([8]),
+                    np.array([5]))
+    with pytest.raises(ValueError, match="no block keys"):
+        TraceArrays.from_workload(load_trace("azure-conv", limit=3))
+
+
+def test_compiled_replay_refuses_bad_arguments(trace):
+    _, arrays = trace
+    with pytest.raises(ValueError, match="valid names"):
+        compiled_replay(arrays, 10, "mru")
+    with pytest.raises(ValueError, match="capacity"):
+        compiled_replay(arrays, 0, "lru")
+    with pytest.raises(ValueError, match="warmup"):
+        compiled_replay(arrays, 10, "lru", warmup=1.5)
