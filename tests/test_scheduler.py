@@ -6,6 +6,7 @@ import pytest
 
 from paged_kv.sim import Request, Workload
 from paged_kv.sim.accounting import CATEGORIES
+from paged_kv.sim.errors import SchemeReusedError, UnservableRequestError, UnsupportedError
 from paged_kv.sim.scheduler import SchedulerConfig, StepTimeModel, simulate
 from paged_kv.sim.schemes import ContiguousScheme, PagedScheme
 from paged_kv.sim.workloads import sharegpt_like
@@ -30,12 +31,20 @@ def categories(result):
         (ContiguousScheme(32, "max", 16), dict(
             token_states=[8, 10, 12, 8], reservation=[5, 3, 1, 0],
             internal_frag=[19, 19, 19, 8], external_frag=[0, 0, 0, 0], free=[0, 0, 0, 16])),
-        # Pow2: 8 and 8 (B's final length 5 rounds up to 8: 3 slots never used)
+        # Pow2 rounds the output only: A reserves 5 + 4 = 9 (1 never used), B 3 + 2 = 5;
+        # the buddy allocator places them in chunks of 16 and 8 (7 + 3 slots of rounding)
         (ContiguousScheme(32, "pow2", 16), dict(
             token_states=[8, 10, 12, 8], reservation=[5, 3, 1, 0],
-            internal_frag=[3, 3, 3, 0], external_frag=[0, 0, 0, 0], free=[16, 16, 16, 24])),
-        # Oracle: exactly 8 and 5
+            internal_frag=[1, 1, 1, 1], external_frag=[10, 10, 10, 7], free=[8, 8, 8, 16])),
+        # the same reservations placed first-fit: no rounding
+        (ContiguousScheme(32, "pow2", 16, allocator="first-fit"), dict(
+            token_states=[8, 10, 12, 8], reservation=[5, 3, 1, 0],
+            internal_frag=[1, 1, 1, 1], external_frag=[0, 0, 0, 0], free=[18, 18, 18, 23])),
+        # Oracle: exactly 8 and 5, in chunks of 8 and 8 (B's chunk rounds 3 slots)
         (ContiguousScheme(32, "oracle", 16), dict(
+            token_states=[8, 10, 12, 8], reservation=[5, 3, 1, 0],
+            internal_frag=[0, 0, 0, 0], external_frag=[3, 3, 3, 0], free=[16, 16, 16, 24])),
+        (ContiguousScheme(32, "oracle", 16, allocator="first-fit"), dict(
             token_states=[8, 10, 12, 8], reservation=[5, 3, 1, 0],
             internal_frag=[0, 0, 0, 0], external_frag=[0, 0, 0, 0], free=[19, 19, 19, 24])),
         # Paged, blocks of 4: A holds 2 blocks, B 1 then 2 at step 2 (its 5th token);
@@ -44,7 +53,7 @@ def categories(result):
             token_states=[8, 10, 12, 8], reservation=[4, 2, 1, 0],
             internal_frag=[0, 0, 3, 0], external_frag=[0, 0, 0, 0], free=[20, 20, 16, 24])),
     ],
-    ids=["max", "pow2", "oracle", "paged"],
+    ids=["max", "pow2", "pow2-first-fit", "oracle", "oracle-first-fit", "paged"],
 )
 def test_hand_worked_two_requests(scheme, expected):
     result = simulate(two_requests(), scheme, UNIT_STEPS)
@@ -138,12 +147,15 @@ def test_same_seed_same_frames_and_a_different_seed_differs():
 
 def test_bad_inputs():
     work = two_requests()
-    with pytest.raises(ValueError, match="cannot fit"):
+    with pytest.raises(UnservableRequestError, match="cannot fit"):
         simulate(work, PagedScheme(1, 4))
-    with pytest.raises(ValueError, match="single sampling"):
-        simulate(work, ContiguousScheme(32, "max", 16), SchedulerConfig(sampling="beam", n=2))
-    with pytest.raises(ValueError, match="host pool"):
+    # a contiguous scheme reserves one range per sequence: two ranges of 16 do not fit 16
+    with pytest.raises(UnservableRequestError, match="cannot fit"):
+        simulate(work, ContiguousScheme(16, "max", 16), SchedulerConfig(sampling="beam", n=2))
+    with pytest.raises(UnsupportedError, match="host pool"):
         simulate(work, PagedScheme(8, 4), SchedulerConfig(preemption="swap"))
+    with pytest.raises(ValueError, match="valid names"):
+        ContiguousScheme(32, "max", 16, allocator="slab")
     with pytest.raises(ValueError, match="valid names"):
         ContiguousScheme(32, "buddy", 16)
     with pytest.raises(ValueError, match="preemption"):
@@ -194,7 +206,7 @@ def test_prefix_caching_in_the_simulator_saves_prefill_on_a_real_trace():
 def test_a_scheme_serves_one_simulation():
     scheme = PagedScheme(8, 4, watermark=0.0)
     simulate(two_requests(), scheme, UNIT_STEPS)
-    with pytest.raises(ValueError, match="already served"):
+    with pytest.raises(SchemeReusedError, match="already served"):
         simulate(two_requests(), scheme, UNIT_STEPS)
 
 
@@ -211,5 +223,6 @@ def test_recompute_that_could_not_fit_one_step_is_refused_up_front():
 
 def test_recomputed_requests_publish_only_their_prompts_full_blocks():
     scheme = PagedScheme(4096, 16, prefix_caching=True)
-    keys = scheme.block_keys((7, 8), 32, prompt_len=40)  # 2 full blocks of 16 + 8 tokens
+    request = Request(0, 0.0, 40, 5, block_keys=(7, 8), key_block_size=32)
+    keys = scheme._block_keys(request)  # 2 full blocks of 16 + 8 tokens
     assert keys == [(7, 0), (7, 1)]
