@@ -359,11 +359,11 @@ class Simulator:
         """Bring the scheme's copy of the group up to `length` tokens (no allocation)."""
         if g.held < length:
             delta = length - g.held
-            if self.scheme.grow_cost(g.handles, delta):
+            if self.scheme.grow_cost(g.handles, g.held, delta):
                 raise SchedulerStateError(
                     f"request {g.request.request_id} would need blocks to reach {length} "
                     f"tokens within its memory")
-            self.scheme.grow(g.handles, delta)
+            self.scheme.grow(g.handles, g.held, delta)
             g.held = length
 
     def _finish(self, g: _Group) -> None:
@@ -448,11 +448,11 @@ class Simulator:
             self._sync_to(g, target - 1)  # beams fork from the history computed so far
             self._reparent(g, target)
         delta = target - g.held
-        cost = scheme.grow_cost(g.handles, delta)
+        cost = scheme.grow_cost(g.handles, g.held, delta)
         if cost > 0 and not self._make_room(g, cost):
             return
         self._untrack(g)
-        g.alloc = scheme.grow(g.handles, delta)
+        g.alloc = scheme.grow(g.handles, g.held, delta)
         g.sync_step, g.sync_len, g.held = step, target, max(target, g.held)
         g.counted = g.n
         self._track(g)

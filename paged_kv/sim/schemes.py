@@ -6,8 +6,9 @@ operation, so the scheduler never asks which kind it drives:
 * `try_admit` admits a request's prompt for its ``n`` sequences in one call, or returns
   None and changes nothing (as vLLM's ``allocate_slots`` returns None): the prompt is
   hashed and matched once;
-* `grow_cost` / `grow` extend the sequences by some tokens (the cost is in blocks the
-  scheme must find; a contiguous reservation already holds them, so its cost is 0);
+* `grow_cost` / `grow` extend the sequences from the length they hold by some tokens
+  (the cost is in blocks the scheme must find; a contiguous reservation already holds
+  them, so its cost is 0);
 * `fork_step` re-parents beams, `release` frees, `commit` publishes computed tokens;
 * `can_swap_out` / `swap_out` / `swap_in_cost` / `swap_in` move a group to host memory;
 * `used` and `external` feed the Fig. 2 accounting.
@@ -85,16 +86,19 @@ class MemoryScheme(ABC):
         changing nothing when they do not fit now."""
 
     @abstractmethod
-    def grow_cost(self, handles: Sequence[int], delta: int) -> int:
-        """Free blocks appending `delta` tokens to each sequence takes (0: none)."""
+    def grow_cost(self, handles: Sequence[int], length: int, delta: int) -> int:
+        """Free blocks appending `delta` tokens to each sequence, which holds `length`
+        tokens, takes (0: none)."""
 
     @abstractmethod
-    def grow(self, handles: Sequence[int], delta: int) -> int:
-        """Append `delta` tokens to each sequence (the caller made `grow_cost` blocks
-        free); the slots each sequence now holds for its tokens."""
+    def grow(self, handles: Sequence[int], length: int, delta: int) -> int:
+        """Append `delta` tokens to each sequence holding `length` (the caller made
+        `grow_cost` blocks free); the slots each sequence now holds for its tokens."""
 
+    @abstractmethod
     def commit(self, handles: Sequence[int], num_tokens: int) -> None:
-        """Mark the first `num_tokens` tokens of each sequence as computed."""
+        """Mark the first `num_tokens` tokens of each sequence as computed (a prefix
+        cache may publish their full blocks)."""
 
     @abstractmethod
     def fork_step(self, handles: Sequence[int], parents: Sequence[int]) -> list[int]:
@@ -238,17 +242,23 @@ class PagedScheme(MemoryScheme):
             shared_partial=num_seqs > 1 and prefill_len % self.block_size != 0,
         )
 
-    def grow_cost(self, handles: Sequence[int], delta: int) -> int:
+    def commit(self, handles: Sequence[int], num_tokens: int) -> None:
+        """Publish the computed prompt blocks to the prefix cache.
+
+        TODO(h9 commit): ``cache.commit(seq, num_tokens)`` for each handle; until the
+        cache's commit lands, `allocate` publishes the prompt's blocks at once.
+        """
+
+    def grow_cost(self, handles: Sequence[int], length: int, delta: int) -> int:
         """Free blocks appending `delta` tokens to each sequence takes (COW included)."""
         if delta <= 0:
             return 0
-        if len(handles) == 1:
-            length = self.cache.num_tokens(handles[0])
+        if len(handles) == 1:  # a private sequence: new blocks only, no copy
             bs = self.block_size
             return -(-(length + delta) // bs) - -(-length // bs)
         return self.cache.append_cost(handles, delta)
 
-    def grow(self, handles: Sequence[int], delta: int) -> int:
+    def grow(self, handles: Sequence[int], length: int, delta: int) -> int:
         """Append `delta` tokens to each sequence; the slots each now holds."""
         cache = self.cache
         if delta > 0:
@@ -256,7 +266,7 @@ class PagedScheme(MemoryScheme):
                 cache.append(handles[0], delta)
             else:
                 cache.append_many(handles, delta)
-        return self.slots_for(cache.num_tokens(handles[0]))
+        return self.slots_for(length + max(delta, 0))
 
     def fork_step(self, handles: Sequence[int], parents: Sequence[int]) -> list[int]:
         """Beams re-parented: a new fork for each moved beam; the replaced ones freed."""
@@ -403,11 +413,14 @@ class ContiguousScheme(MemoryScheme):
         self._reserved_total += num_seqs * length
         return Admission(handles=starts, alloc=length, cached_tokens=0, shared_partial=False)
 
-    def grow_cost(self, handles: Sequence[int], delta: int) -> int:
+    def commit(self, handles: Sequence[int], num_tokens: int) -> None:
+        """Contiguous memory caches no prefixes: nothing to publish."""
+
+    def grow_cost(self, handles: Sequence[int], length: int, delta: int) -> int:
         """The reservation already holds every token: nothing to find."""
         return 0
 
-    def grow(self, handles: Sequence[int], delta: int) -> int:
+    def grow(self, handles: Sequence[int], length: int, delta: int) -> int:
         """Tokens fill the reservation; it does not change."""
         return self._reserved[handles[0]]
 

@@ -95,9 +95,13 @@ class StepTimeModel(StepTime):
 #: the paper with an assumption stated; ``choice``: a modelling choice.
 CALIBRATION: Mapping[str, Mapping[str, object]] = MappingProxyType({
     "memory_efficiency": MappingProxyType({
-        "value": 0.6, "status": "fitted",
-        "note": "share of peak memory bandwidth a step achieves; fitted to Fig. 13a's "
-                "average batch sizes at 2 req/s (7.00 / 9.81 / 13.62 / 30.42)",
+        "value": 0.64, "status": "fitted",
+        "note": "share of peak memory bandwidth a step achieves; fitted to vLLM's numbers "
+                "of the 2 req/s ShareGPT run (Fig. 13a: 30.42 batched requests; Fig. 2: "
+                "96.3% of the pool holding tokens), the Orca batches (7.00 / 9.81 / "
+                "13.62) being memory-bound at any plausible speed; a grid of 0.50-0.70 "
+                "by 0.02, three seeds; the same value as Little's law gives (45 ms per "
+                "step at 30.42 requests and 96.3% of 15,728 slots of KV)",
     }),
     "compute_efficiency": MappingProxyType({
         "value": 0.5, "status": "choice",
@@ -152,8 +156,15 @@ class RooflineStepTime(StepTime):
             value = getattr(self, name)
             if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
                 raise ValueError(f"RooflineStepTime.{name} must be >= 0, got {value!r}")
-        object.__setattr__(self, "_bandwidth", self.memory_efficiency * self.gpu.memory_bandwidth)
-        object.__setattr__(self, "_flops", self.compute_efficiency * self.gpu.fp16_flops)
+        # the per-step constants, once: step_seconds runs for every interval simulated
+        kv = self.model.bytes_per_token
+        bandwidth = self.memory_efficiency * self.gpu.memory_bandwidth
+        flops = self.compute_efficiency * self.gpu.fp16_flops
+        object.__setattr__(self, "_weight_s", self.compute.weight_bytes / bandwidth)
+        object.__setattr__(self, "_kv_s", kv / bandwidth)
+        object.__setattr__(self, "_token_s", 2.0 * self.compute.num_params / flops)
+        object.__setattr__(self, "_pair_s", 4.0 * self.compute.num_layers
+                           * self.compute.hidden_size / flops)
 
     def kv_read_factor(self, kv_block_size: int | None) -> float:
         """Cost of reading paged KV relative to contiguous KV (1 for contiguous)."""
@@ -164,11 +175,11 @@ class RooflineStepTime(StepTime):
     def step_seconds(self, tokens: int, kv_tokens: int, attention_pairs: int,
                      kv_block_size: int | None) -> float:
         """The larger of the memory time and the compute time, plus the overhead."""
-        kv = self.model.bytes_per_token
-        read = self.compute.weight_bytes + kv * (kv_tokens * self.kv_read_factor(kv_block_size)
-                                                 + tokens)
-        flops = self.compute.flops(tokens, attention_pairs)
-        return max(read / self._bandwidth, flops / self._flops) + self.overhead_s
+        factor = 1.0 if kv_block_size is None else \
+            1.0 + self.paged_overhead_tokens / kv_block_size
+        memory = self._weight_s + self._kv_s * (kv_tokens * factor + tokens)
+        compute = self._token_s * tokens + self._pair_s * attention_pairs
+        return (memory if memory > compute else compute) + self.overhead_s
 
     def swap_seconds(self, blocks: int, block_size: int) -> float:
         """Host-link time of `blocks` blocks, plus a fixed latency per copy."""

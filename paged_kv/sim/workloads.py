@@ -201,14 +201,13 @@ def _log_means(model: LengthModel, max_len: int | None) -> tuple[float, float]:
 #: ShareGPT-like lengths: the ShareGPT first-turn requests the vLLM paper serves, means
 #: 161.31 / 337.99 tokens (§6.1, stated). The spreads are fitted, not stated: the paper
 #: prints only histograms (Fig. 11a), so the log-space sigmas (prompt 2.0, output 1.0)
-#: were chosen on a grid (prompt 1.0-2.25, output 0.8-1.1) against the paper's numbers
-#: that depend on the length distribution, served at 2 req/s as in §6.2: the four
-#: shares of each Orca bar in Fig. 2, vLLM's token-state share, and Fig. 13a's batch
-#: sizes (`paged_kv.sim.studies.calibration.fit_length_spread`). Narrower outputs match
-#: the Orca bars slightly better but hold shorter sequences than the paper's vLLM does
-#: (30.42 requests filling 96.3% of 15,728 slots: 498 tokens each); wide prompts (many
-#: short questions, a tail of pasted documents) bring Pow2's buddy rounding to the
-#: paper's level.
+#: were chosen on a grid (prompt 1.5-2.25, output 0.85-1.05), served at 2 req/s as in
+#: §6.2, as the pair whose token-state shares best meet Fig. 2's for all four systems
+#: (`paged_kv.sim.studies.calibration.fit_length_spread`). Narrower outputs match the
+#: Orca bars' other shares better but hold shorter sequences than the paper's vLLM does
+#: (30.42 requests filling 96.3% of 15,728 slots: 498 tokens each), leaving its pool
+#: emptier; wide prompts (many short questions, a tail of pasted documents) bring Pow2's
+#: buddy rounding near the paper's.
 SHAREGPT_LIKE = LengthModel(
     name="sharegpt-like",
     prompt_mean=published.VLLM_SHAREGPT_MEAN_PROMPT_LEN,

@@ -58,9 +58,12 @@ DURATION_S = 3600.0
 #: request rates (req/s) the latency curves sweep, by workload
 RATES: Mapping[str, tuple[float, ...]] = {
     "sharegpt-like": tuple(np.round(np.arange(0.25, 3.01, 0.25), 2)),
-    "alpaca-like": tuple(np.round(np.arange(5.0, 60.1, 5.0), 1)),
-    "shared-prefix-80": tuple(np.round(np.arange(2.0, 40.1, 2.0), 1)),
-    "shared-prefix-341": tuple(np.round(np.arange(1.0, 30.1, 1.0), 1)),
+    "alpaca-like": (1.0, 2.0, 3.0, 4.0, 5.0, 7.5, 10.0, 12.5, 15.0, 20.0, 25.0, 30.0, 35.0,
+                    40.0, 45.0, 50.0, 55.0, 60.0, 70.0, 80.0),
+    "shared-prefix-80": (2.5, 5.0, 7.5, 10.0, 15.0, 20.0, 25.0, 30.0, 35.0, 40.0, 50.0, 60.0,
+                         70.0, 80.0, 100.0, 120.0),
+    "shared-prefix-341": (2.5, 5.0, 7.5, 10.0, 15.0, 20.0, 25.0, 30.0, 35.0, 40.0, 50.0, 60.0,
+                          70.0, 80.0, 100.0, 120.0),
 }
 
 
@@ -277,7 +280,7 @@ def block_size_latency(
     of swap space per GPU); other block sizes get the same bytes.
     """
     runner = _Runner(**setting)  # type: ignore[arg-type]
-    rates = {**BLOCK_SIZE_RATES, **(rates or {})}
+    rates = dict(BLOCK_SIZE_RATES if rates is None else rates)
     host_slots = (4 * 2**30 // runner.spec.bytes_per_token if num_host_blocks is None
                   else num_host_blocks * 16)
     rows = []
