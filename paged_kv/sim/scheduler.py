@@ -75,7 +75,7 @@ BEAM_PARENTS = ("lineage", "uniform")
 #: (``paged_kv.sim.studies.sharing.fit_beam_model``): the exponent comes out 0, a
 #: fixed number of replacements per beam whatever the output length (a constant rate
 #: per token would leave Alpaca's short outputs sharing far too little).
-BEAM_REPLACEMENTS = 8.0
+BEAM_REPLACEMENTS = 10.0
 BEAM_LENGTH_EXPONENT = 0.0
 
 

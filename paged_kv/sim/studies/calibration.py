@@ -3,8 +3,8 @@
 Both fit against numbers the vLLM paper reports for one experiment: OPT-13B on an
 A100-40GB serving ShareGPT at 2 req/s (§6.2): Fig. 2's shares of the KV pool and
 Fig. 13a's average batch sizes. Errors are in percent: shares as differences of
-percentages (points), batch sizes as relative errors; each objective is a root mean
-square of its errors, averaged over seeds.
+percentages (points), batch sizes as relative errors; each objective is the root mean
+square of the errors of the results averaged over seeds (the model's prediction).
 
 * `fit_memory_efficiency`: the step-time model's memory efficiency
   (`paged_kv.sim.timing.CALIBRATION`). Only vLLM's two numbers move with it, so only
@@ -43,22 +43,26 @@ _SLOTS = 15_728
 _MAX_LEN = 2048
 
 
-def _errors(key: str, summary: dict) -> dict[str, list[float]]:
-    """Percent errors of one scheme's run against Figs. 2 and 13a, by kind: the token
-    share, every share the paper gives, the batch size."""
+#: the summary columns the fits compare with the paper
+_COLUMNS = ("mean_requests", *(f"{c}_pct" for c in FIG2_CATEGORIES))
+
+
+def _errors(key: str, values: pd.Series) -> dict[str, list[float]]:
+    """Percent errors of one scheme's (seed-averaged) results against Figs. 2 and 13a, by
+    kind: the token share, every share the paper gives, the batch size."""
     paper = VLLM_FIG2_KV_USAGE_PCT[PAPER_ROW[key]]
-    shares = [summary[f"{ours}_pct"] - paper[theirs]
+    shares = [values[f"{ours}_pct"] - paper[theirs]
               for ours, theirs in FIG2_CATEGORIES.items()
               if theirs in paper and not (key == "oracle" and ours == "internal_frag")]
     batch = VLLM_FIG13_BATCH_SIZE[("sharegpt", PAPER_ROW[key])]
-    return {"token": [summary["token_states_pct"] - paper["token_states"]],
+    return {"token": [values["token_states_pct"] - paper["token_states"]],
             "shares": shares,
-            "batch": [100.0 * (summary["mean_requests"] / batch - 1.0)]}
+            "batch": [100.0 * (values["mean_requests"] / batch - 1.0)]}
 
 
 def _runs(lengths: LengthModel, efficiencies: Sequence[float], seeds: Sequence[int],
           duration_s: float) -> pd.DataFrame:
-    """One row per (memory efficiency, seed, scheme) with its summary and errors."""
+    """One row per (memory efficiency, seed, scheme) with the numbers the paper gives."""
     rows = []
     for seed in seeds:
         work = synthetic_workload(lengths, requests_for(FIG2_RATE, duration_s), FIG2_RATE,
@@ -67,26 +71,24 @@ def _runs(lengths: LengthModel, efficiencies: Sequence[float], seeds: Sequence[i
             config = SchedulerConfig(step_time=calibrated_step_time(memory_efficiency=eta))
             for key in SCHEMES:
                 s = simulate(work, make_scheme(key, _SLOTS, _MAX_LEN), config).summary()
-                row = {"memory_efficiency": eta, "seed": seed, "key": key,
-                       "token_states_pct": s["token_states_pct"],
-                       "mean_requests": s["mean_requests"]}
-                for kind, errors in _errors(key, s).items():
-                    row[f"{kind}_sse"] = float(np.sum(np.square(errors)))
-                    row[f"{kind}_n"] = len(errors)
-                rows.append(row)
+                rows.append({"memory_efficiency": eta, "seed": seed, "key": key,
+                             **{c: s[c] for c in _COLUMNS}})
     return pd.DataFrame(rows)
 
 
 def _objective(runs: pd.DataFrame, by: list[str], kinds: Sequence[str],
                name: str = "rms_error") -> pd.DataFrame:
-    """RMS percent error of the errors of `kinds` per group of `by`, the mean of each
-    seed's RMS."""
-    per_seed = runs.groupby([*by, "seed"])[
-        [f"{k}_{part}" for k in kinds for part in ("sse", "n")]].sum()
-    sse = sum(per_seed[f"{k}_sse"] for k in kinds)
-    count = sum(per_seed[f"{k}_n"] for k in kinds)
-    per_seed[name] = np.sqrt(sse / count)
-    return per_seed.groupby(by)[name].mean().reset_index()
+    """RMS percent error of the errors of `kinds` per group of `by`: each scheme's
+    results are averaged over the seeds first (the model's prediction), then compared."""
+    means = runs.groupby([*by, "key"])[list(_COLUMNS)].mean()
+    rows = []
+    for group, frame in means.groupby(level=list(range(len(by)))):
+        errors = [e for (*_, key), values in frame.iterrows()
+                  for kind, errs in _errors(key, values).items() if kind in kinds
+                  for e in errs]
+        group = group if isinstance(group, tuple) else (group,)
+        rows.append({**dict(zip(by, group)), name: float(np.sqrt(np.mean(np.square(errors))))})
+    return pd.DataFrame(rows)
 
 
 def fit_memory_efficiency(
@@ -100,8 +102,8 @@ def fit_memory_efficiency(
     """The memory efficiency whose 2 req/s ShareGPT runs best meet Figs. 2 and 13a.
 
     Returns the best candidate and one row per candidate: the RMS error of vLLM's batch
-    size (relative) and token-state share (points), in percent, mean over seeds; every
-    scheme's mean batch size; vLLM's token-state share.
+    size (relative) and token-state share (points), in percent, of the seeds' mean;
+    every scheme's mean batch size; vLLM's token-state share.
     """
     runs = pd.concat([_runs(lengths, [eta], seeds, duration_s)
                       for eta in tqdm(candidates, desc="memory efficiency",

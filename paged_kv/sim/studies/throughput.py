@@ -235,6 +235,7 @@ def shared_prefix_study(
     *,
     prefix_lens: Sequence[int] = (80, 341),
     threshold_s: float = SUSTAIN_THRESHOLD_S,
+    rates: Mapping[str, Sequence[float]] | None = None,
     model: str | ModelSpec = "llama-13b",
     progress: bool = True,
     **setting: object,
@@ -242,10 +243,11 @@ def shared_prefix_study(
     """Fig. 16: sustained rate of Orca (Oracle) and of paged memory sharing the prefix
     through its prefix cache, and their ratio beside the paper's 1.67x and 3.58x."""
     runner = _Runner(model=model, **setting)  # type: ignore[arg-type]
+    grids = {**RATES, **(rates or {})}
     rows = []
     for prefix in tqdm(prefix_lens, desc="shared prefix", disable=not progress):
         workload = f"shared-prefix-{prefix}"
-        rates = {}
+        sustained = {}
         for key, caching in (("oracle", False), ("paged", True)):
             memo: dict[float, float] = {}
 
@@ -255,10 +257,11 @@ def shared_prefix_study(
                                             prefix_caching=caching)["normalized_latency_s"]
                 return memo[rate]
 
-            rates[key] = sustained_rate(latency_at, RATES[workload], threshold_s)
-        rows.append({"prefix_len": prefix, "oracle_rate": rates["oracle"],
-                     "paged_rate": rates["paged"],
-                     "speedup": rates["paged"] / rates["oracle"] if rates["oracle"] else np.inf,
+            sustained[key] = sustained_rate(latency_at, grids[workload], threshold_s)
+        rows.append({"prefix_len": prefix, "oracle_rate": sustained["oracle"],
+                     "paged_rate": sustained["paged"],
+                     "speedup": sustained["paged"] / sustained["oracle"]
+                     if sustained["oracle"] else np.inf,
                      "paper_speedup": VLLM_SHARED_PREFIX_SPEEDUP.get(prefix, np.nan)})
     return pd.DataFrame(rows)
 
