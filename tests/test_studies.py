@@ -18,20 +18,22 @@ from paged_kv.sim.studies.throughput import (
 )
 
 
-def test_default_fragmentation_study_is_within_three_points_of_fig2():
-    # issue 11's goal: every token-state bar within 3 points of the paper's Fig. 2
-    table = fragmentation_study(progress=False).table.set_index("key")
-    gap = (table["token_states_pct"] - table["paper_token_states_pct"]).abs()
+def test_fragmentation_study_in_the_papers_setting():
+    # the default run's 3-point goal is checked by tests/test_readme.py on the command
+    table = fragmentation_study(duration_s=600, seeds=(0, 1), progress=False).table
+    table = table.set_index("key")
     assert list(table["scheme"]) == ["Max", "Pow2", "Oracle", "paged (block 16)"]
-    assert (gap <= 3.0).all(), gap.to_dict()
-    # Max's external fragmentation is the buddy allocator's useless tail: 8.9%
-    assert table.loc["max", "external_and_others_pct"] == pytest.approx(8.85, abs=0.1)
+    shares = table["token_states_pct"]
+    assert shares.is_monotonic_increasing and (table["token_states_sd"] > 0).all()
+    # Max's external fragmentation is the buddy allocator's useless tail, 8.85% of the pool
+    # (plus the free memory of the first seconds, before seven requests are resident)
+    assert 8.85 <= table.loc["max", "external_and_others_pct"] < 9.5
     # shares of the whole pool add up to 100%
     total = table[["token_states_pct", "reservation_pct", "internal_frag_pct",
                    "external_and_others_pct"]].sum(axis=1)
     np.testing.assert_allclose(total, 100.0)
     assert table.loc["oracle", "internal_frag_pct"] == 0.0
-    assert table.loc["max", "mean_requests"] == pytest.approx(7.0, abs=0.05)
+    assert table.loc["max", "mean_requests"] == pytest.approx(7.0, abs=0.1)
 
 
 def test_fragmentation_study_takes_a_model_spec_and_first_fit():

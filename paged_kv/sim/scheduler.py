@@ -49,10 +49,9 @@ from collections import deque
 from dataclasses import dataclass, field
 
 import numpy as np
-import pandas as pd
 from tqdm import tqdm
 
-from paged_kv.sim.accounting import Interval, MemoryLedger, expand_intervals, summarize
+from paged_kv.sim.accounting import Interval, MemoryLedger, expand_intervals
 from paged_kv.sim.errors import (
     SchedulerStateError,
     SchemeReusedError,
@@ -60,85 +59,21 @@ from paged_kv.sim.errors import (
     UnsupportedError,
 )
 from paged_kv.sim.request import Request, Workload
+from paged_kv.sim.result import SimResult, requests_frame
+from paged_kv.sim.scheduler_config import (
+    BEAM_LENGTH_EXPONENT,
+    BEAM_PARENTS,
+    BEAM_REPLACEMENTS,
+    SAMPLING,
+    SchedulerConfig,
+)
 from paged_kv.sim.schemes import MemoryScheme
-from paged_kv.sim.timing import StepTime, StepTimeModel, calibrated_step_time
+from paged_kv.sim.timing import StepTimeModel, later_seconds, steps_until
 
-__all__ = ["SchedulerConfig", "SimResult", "Simulator", "StepTimeModel", "simulate"]
+__all__ = ["BEAM_LENGTH_EXPONENT", "BEAM_PARENTS", "BEAM_REPLACEMENTS", "SAMPLING",
+           "SchedulerConfig", "SimResult", "Simulator", "StepTimeModel", "simulate"]
 
 WAITING, RUNNING, SWAPPED, DONE = "waiting", "running", "swapped", "done"
-SAMPLING = ("single", "parallel", "beam")
-BEAM_PARENTS = ("lineage", "uniform")
-
-#: Beam search (``beam_parents="lineage"``): a beam is replaced on average
-#: ``BEAM_REPLACEMENTS * (output_len - 1) ** BEAM_LENGTH_EXPONENT`` times over a request.
-#: Both are fitted to the vLLM paper's Fig. 15 beam-search savings on both workloads
-#: (``paged_kv.sim.studies.sharing.fit_beam_model``): the exponent comes out 0, a
-#: fixed number of replacements per beam whatever the output length (a constant rate
-#: per token would leave Alpaca's short outputs sharing far too little).
-BEAM_REPLACEMENTS = 10.0
-BEAM_LENGTH_EXPONENT = 0.0
-
-
-@dataclass(frozen=True)
-class SchedulerConfig:
-    """Scheduling limits and policies."""
-
-    #: most sequences running at once
-    max_num_seqs: int = 256
-    #: most tokens one step may batch (prefill tokens + decoding sequences)
-    max_num_batched_tokens: int = 4096
-    #: "recompute" or "swap" (swap needs a host pool)
-    preemption: str = "recompute"
-    #: "single", "parallel" (n samples) or "beam" (width n)
-    sampling: str = "single"
-    #: samples or beams per request
-    n: int = 1
-    #: step-time model (default: OPT-13B on an A100-40GB, calibrated)
-    step_time: StepTime = field(default_factory=calibrated_step_time)
-    #: seed of beam search's choices
-    seed: int = 0
-    #: beam search: "lineage" (persistent lineages, replaced now and then) or "uniform"
-    beam_parents: str = "lineage"
-    #: beam search with lineages: a beam is replaced ``beam_replacements *
-    #: (output_len - 1) ** beam_length_exponent`` times on average (exponent 0: a fixed
-    #: number per beam; 1: a fixed rate per generated token)
-    beam_replacements: float = BEAM_REPLACEMENTS
-    beam_length_exponent: float = BEAM_LENGTH_EXPONENT
-
-    def __post_init__(self) -> None:
-        for name in ("max_num_seqs", "max_num_batched_tokens", "n"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"SchedulerConfig.{name} must be a positive integer, "
-                                 f"got {value!r}")
-        if self.preemption not in ("recompute", "swap"):
-            raise ValueError(f"SchedulerConfig.preemption must be 'recompute' or 'swap', "
-                             f"got {self.preemption!r}")
-        if self.sampling not in SAMPLING:
-            raise ValueError(f"SchedulerConfig.sampling must be one of {SAMPLING}, "
-                             f"got {self.sampling!r}")
-        if self.sampling == "single" and self.n != 1:
-            raise ValueError(f"SchedulerConfig.n must be 1 for single sampling, got {self.n}")
-        if self.n > self.max_num_seqs:
-            raise ValueError(f"SchedulerConfig.n={self.n} exceeds max_num_seqs")
-        if not isinstance(self.step_time, StepTime):
-            raise ValueError(f"SchedulerConfig.step_time must be a StepTime, "
-                             f"got {self.step_time!r}")
-        if self.beam_parents not in BEAM_PARENTS:
-            raise ValueError(f"SchedulerConfig.beam_parents must be one of {BEAM_PARENTS}, "
-                             f"got {self.beam_parents!r}")
-        rate = self.beam_replacements
-        if isinstance(rate, bool) or not isinstance(rate, (int, float)) or \
-                not 0 <= rate < math.inf:
-            raise ValueError(f"SchedulerConfig.beam_replacements must be a finite number "
-                             f">= 0, got {rate!r}")
-        exponent = self.beam_length_exponent
-        if isinstance(exponent, bool) or not isinstance(exponent, (int, float)) or \
-                not 0 <= exponent <= 1:
-            raise ValueError(f"SchedulerConfig.beam_length_exponent must be in [0, 1], "
-                             f"got {exponent!r}")
-
-
 @dataclass(slots=True, eq=False)
 class _Group:
     """A request in flight: its sequences share a length at every step."""
@@ -179,51 +114,6 @@ class _Group:
     def last_step(self) -> int:
         """The step in which the group reaches its final length."""
         return self.sync_step + (self.final_len - self.sync_len)
-
-
-@dataclass
-class SimResult:
-    """What a simulation produced."""
-
-    #: the scheme's label, e.g. "paged (block 16)" or "Max"
-    scheme: str
-    #: one row per step: time, batch, and the memory categories in token slots
-    steps: pd.DataFrame = field(repr=False)
-    #: one row per request: arrival, admission, finish, preemptions, swaps, output
-    requests: pd.DataFrame = field(repr=False)
-    #: pool size in token slots
-    capacity: int = 0
-    #: decode tokens generated (all sequences)
-    decode_tokens: int = 0
-    #: copy-on-write block copies (paged)
-    cow_copies: int = 0
-
-    @property
-    def last_arrival(self) -> float:
-        """Seconds at which the last request arrived."""
-        return float(self.requests["arrival_time"].max())
-
-    def summary(self, *, over: str = "arrivals", weight: str = "time") -> dict[str, object]:
-        """Averaged category shares, batch size and latency.
-
-        `over` and `weight` choose the steps and their weights
-        (`paged_kv.sim.accounting.summarize`); the default averages over time while the
-        workload's requests arrive. Latency columns are over all requests:
-        ``normalized_latency_s`` is the mean of (finish - arrival) / output length, the
-        vLLM paper's metric (§6.1).
-        """
-        out = summarize(self.steps, over=over, weight=weight, until=self.last_arrival)
-        req = self.requests
-        out["scheme"] = self.scheme
-        out["preemptions"] = int(req["preemptions"].sum())
-        out["swaps"] = int(req["swaps"].sum())
-        out["cow_copies"] = self.cow_copies
-        out["decode_tokens"] = self.decode_tokens
-        out["makespan_s"] = float(req["finish_time"].max())
-        latency = req["finish_time"] - req["arrival_time"]
-        out["mean_latency_s"] = float(latency.mean())
-        out["normalized_latency_s"] = float((latency / req["output_len"]).mean())
-        return out
 
 
 class Simulator:
@@ -525,26 +415,6 @@ class Simulator:
         slope = timer.step_seconds(running, c2, c2, bs) - later
         return first, later, slope
 
-    @staticmethod
-    def _later_time(k: int, later: float, slope: float) -> float:
-        """Seconds that `k` later steps take."""
-        return k * later + slope * k * (k - 1) / 2
-
-    def _steps_until(self, wait: float, later: float, slope: float) -> int:
-        """Fewest later steps after which `wait` seconds have passed."""
-        if wait <= 0:
-            return 0
-        if slope <= 1e-12 * later:
-            k = math.ceil(wait / later)
-        else:
-            a, b = slope / 2, later - slope / 2
-            k = math.ceil((-b + math.sqrt(b * b + 4 * a * wait)) / (2 * a))
-        while k > 0 and self._later_time(k - 1, later, slope) >= wait:
-            k -= 1
-        while self._later_time(k, later, slope) < wait:
-            k += 1
-        return k
-
     # -- the loop -------------------------------------------------------------------------
     def run(self, progress: bool = False, label: str = "") -> SimResult:
         """Simulate until every request has finished."""
@@ -605,7 +475,7 @@ class Simulator:
             nxt = self._next_step(events, budget_stop)
             if next_arrival < len(groups):
                 wait = arrivals[next_arrival] - (self.time + first)
-                nxt = min(nxt, self.step + 1 + self._steps_until(wait, later, slope))
+                nxt = min(nxt, self.step + 1 + steps_until(wait, later, slope))
             head = self.waiting[0].request if self.waiting else None
             ledger = self.ledger
             self.intervals.append(Interval(
@@ -614,7 +484,7 @@ class Simulator:
                 self.scheme.used, self.scheme.external(head), self.scheme.capacity,
                 ledger.unused_const, ledger.unused_slope, ledger.internal, ledger.logical,
             ))
-            self.time += first + self._later_time(nxt - self.step - 1, later, slope)
+            self.time += first + later_seconds(nxt - self.step - 1, later, slope)
             self.step = nxt
         bar.close()
         return self._result()
@@ -628,30 +498,10 @@ class Simulator:
         return max(nxt, self.step + 1)
 
     def _result(self) -> SimResult:
-        rows = []
-        for g in self.groups:
-            r = g.request
-            rows.append({
-                "request_id": r.request_id,
-                "arrival_time": r.arrival_time,
-                "prompt_len": r.prompt_len,
-                "output_len": r.output_len,
-                "num_seqs": g.n,
-                "admit_step": g.admit_step,
-                "admit_time": g.admit_time,
-                "finish_step": g.finish_step,
-                "finish_time": g.finish_time,
-                "generated": g.generated,
-                "preemptions": g.preemptions,
-                "swaps": g.swaps,
-                "restarts": g.restarts,
-                "recomputed_tokens": g.recomputed_tokens,
-                "cached_tokens": g.cached_tokens,
-            })
         return SimResult(
             scheme=self.scheme.label,
             steps=expand_intervals(self.intervals),
-            requests=pd.DataFrame(rows),
+            requests=requests_frame(self.groups),
             capacity=self.scheme.capacity,
             decode_tokens=sum(g.generated * g.n for g in self.groups),
             cow_copies=self.scheme.cow_copies,

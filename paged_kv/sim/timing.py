@@ -197,3 +197,25 @@ def calibrated_step_time(model: str | ModelSpec = "opt-13b",
     the KV bytes) on `gpu` with the `CALIBRATION` constants; `overrides` replace any."""
     spec = model_spec(model)
     return RooflineStepTime(get_gpu(gpu), spec, model_compute(spec), **overrides)
+
+
+def later_seconds(k: int, later: float, slope: float) -> float:
+    """Seconds that `k` steps take when the first takes `later` and each next one `slope`
+    more (the decode steps of an interval, whose KV read grows step by step)."""
+    return k * later + slope * k * (k - 1) / 2
+
+
+def steps_until(wait: float, later: float, slope: float) -> int:
+    """Fewest steps (as in `later_seconds`) after which `wait` seconds have passed."""
+    if wait <= 0:
+        return 0
+    if slope <= 1e-12 * later:
+        k = math.ceil(wait / later)
+    else:
+        a, b = slope / 2, later - slope / 2
+        k = math.ceil((-b + math.sqrt(b * b + 4 * a * wait)) / (2 * a))
+    while k > 0 and later_seconds(k - 1, later, slope) >= wait:
+        k -= 1
+    while later_seconds(k, later, slope) < wait:
+        k += 1
+    return k
