@@ -40,5 +40,5 @@ def plot_sharing(frame: pd.DataFrame, ax=None, title: str | None = None) -> plt.
     ax.set_xticks(range(len(groups)), [f"{w}\n{s}" for (w, s), _ in groups])
     ax.set_ylabel("memory saved by sharing (%)")
     ax.set_title(title or "Block sharing: parallel sampling and beam search")
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     return fig

@@ -298,4 +298,4 @@ def block_size_latency(
 
 #: fixed rates of the block-size study (Fig. 18b), req/s: near paged memory's knee at
 #: block 16 (a modelling choice; the paper does not print its rates)
-BLOCK_SIZE_RATES: Mapping[str, float] = {"sharegpt-like": 2.0, "alpaca-like": 30.0}
+BLOCK_SIZE_RATES: Mapping[str, float] = {"sharegpt-like": 2.0, "alpaca-like": 45.0}
