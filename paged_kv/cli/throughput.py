@@ -115,7 +115,7 @@ def _with_ratios(study) -> pd.DataFrame:
     frame["paged_over"] = float("nan")
     frame["paper"] = "-"
     for _, r in study.ratios.iterrows():
-        for key in ("oracle", "max"):
+        for key in ("oracle", "pow2", "max"):
             if f"paged_over_{key}" not in r or pd.isna(r[f"paged_over_{key}"]):
                 continue
             at = (frame["workload"] == r["workload"]) & (frame["key"] == key)
