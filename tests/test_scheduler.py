@@ -265,15 +265,15 @@ def test_beam_search_shares_history_and_frees_everything(parents):
     scheme = PagedScheme(2000, 16, num_host_blocks=2000)
     config = SchedulerConfig(sampling="beam", n=4, preemption="swap", beam_parents=parents,
                              seed=5)
-    result = simulate(workload(40), scheme, config)
+    result = simulate(workload(25), scheme, config)
     assert (result.requests["generated"] == result.requests["output_len"]).all()
     assert scheme.cache.num_used_blocks == 0 and len(scheme.cache) == 0
     scheme.cache.check_invariants()
     saved = result.summary(over="run")["sharing_saved_pct"]
-    parallel = simulate(workload(40), PagedScheme(2000, 16, num_host_blocks=2000),
+    parallel = simulate(workload(25), PagedScheme(2000, 16, num_host_blocks=2000),
                         SchedulerConfig(sampling="parallel", n=4, preemption="swap"))
     assert saved > parallel.summary(over="run")["sharing_saved_pct"]
-    again = simulate(workload(40), PagedScheme(2000, 16, num_host_blocks=2000), config)
+    again = simulate(workload(25), PagedScheme(2000, 16, num_host_blocks=2000), config)
     pd.testing.assert_frame_equal(again.steps, result.steps)
 
 

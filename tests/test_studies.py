@@ -89,7 +89,8 @@ def test_shared_prefix_workload_and_study():
     assert all(k[:21] == tuple(range(1, 22)) for k in keys)  # 341 // 16 shared blocks
     assert len({k[21] for k in keys}) == len(keys)  # the block the prefix ends in is not
     assert all(r.prompt_len > 341 for r in work)
-    frame = shared_prefix_study(prefix_lens=(341,), duration_s=60, progress=False)
+    frame = shared_prefix_study(prefix_lens=(341,), duration_s=60, progress=False,
+                                rates={"shared-prefix-341": (5.0, 20.0, 60.0)})
     assert frame["speedup"].iloc[0] > 1.5 and frame["paper_speedup"].iloc[0] == 3.58
 
 
