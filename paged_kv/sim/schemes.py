@@ -36,6 +36,7 @@ from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
 
 from paged_kv.cache import PagedKVCache
+from paged_kv.checks import cdiv
 from paged_kv.config import CacheConfig
 from paged_kv.sim.address_space import ALLOCATORS, make_space, next_power_of_two
 from paged_kv.sim.request import Request
@@ -202,7 +203,7 @@ class PagedScheme(MemoryScheme):
 
     def slots_for(self, length: int) -> int:
         """Slots a sequence of `length` tokens holds (whole blocks)."""
-        return -(-length // self.block_size) * self.block_size
+        return cdiv(length, self.block_size) * self.block_size
 
     def fits_alone(self, request: Request, num_seqs: int) -> bool:
         """Whether `num_seqs` unshared copies of the finished request fit the pool."""
@@ -225,14 +226,16 @@ class PagedScheme(MemoryScheme):
         return [(keys[i // per], i % per) for i in range(count)]
 
     def try_admit(self, request: Request, prefill_len: int, num_seqs: int) -> Admission | None:
-        """Allocate the prompt under the watermark and fork it; None if it does not fit."""
+        """Allocate the prompt under the watermark and fork it; None if it does not fit.
+
+        `PagedKVCache.try_allocate` hashes and matches the prompt once; the scheduler
+        commits the prompt (`commit`) once the step that admits it has computed it.
+        """
         cache = self.cache
-        keys = self._block_keys(request)
-        # TODO(h9 try_allocate): one call, hashing and matching the prompt once:
-        #   seq = cache.try_allocate(prefill_len, block_keys=keys, watermark=True)
-        if not cache.can_allocate(prefill_len, block_keys=keys, watermark=True):
+        seq = cache.try_allocate(prefill_len, block_keys=self._block_keys(request),
+                                 watermark=True)
+        if seq is None:
             return None
-        seq = cache.allocate(prefill_len, block_keys=keys)
         seqs = [cache.fork(seq) for _ in range(num_seqs - 1)]
         seqs.append(seq)  # the original last: its holders copy before it would
         return Admission(
@@ -243,11 +246,11 @@ class PagedScheme(MemoryScheme):
         )
 
     def commit(self, handles: Sequence[int], num_tokens: int) -> None:
-        """Publish the computed prompt blocks to the prefix cache.
-
-        TODO(h9 commit): ``cache.commit(seq, num_tokens)`` for each handle; until the
-        cache's commit lands, `allocate` publishes the prompt's blocks at once.
-        """
+        """Mark the first `num_tokens` tokens computed: the prompt's full blocks go to
+        the prefix cache (decode blocks have no keys, so nothing else is published)."""
+        commit = self.cache.commit
+        for seq in handles:
+            commit(seq, num_tokens)
 
     def grow_cost(self, handles: Sequence[int], length: int, delta: int) -> int:
         """Free blocks appending `delta` tokens to each sequence takes (COW included)."""
@@ -255,7 +258,7 @@ class PagedScheme(MemoryScheme):
             return 0
         if len(handles) == 1:  # a private sequence: new blocks only, no copy
             bs = self.block_size
-            return -(-(length + delta) // bs) - -(-length // bs)
+            return cdiv(length + delta, bs) - cdiv(length, bs)
         return self.cache.append_cost(handles, delta)
 
     def grow(self, handles: Sequence[int], length: int, delta: int) -> int:

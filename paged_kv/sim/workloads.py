@@ -45,7 +45,7 @@ from types import MappingProxyType
 
 import numpy as np
 
-from paged_kv.checks import is_int, require_int
+from paged_kv.checks import cdiv, is_int, require_int
 from paged_kv.sim import published
 from paged_kv.sim.request import Request, Workload
 
@@ -433,7 +433,7 @@ def shared_prefix_workload(
     for r in base:
         prompt = prefix_len + r.prompt_len
         output = r.output_len
-        blocks = -(-prompt // size)
+        blocks = cdiv(prompt, size)
         keys = tuple(range(1, shared + 1)) + tuple(
             (r.request_id + 1) << 20 | j for j in range(shared, blocks))
         requests.append(Request(r.request_id, r.arrival_time, prompt, output, keys, size))
