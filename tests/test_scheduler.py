@@ -6,6 +6,7 @@ import pytest
 
 from paged_kv.sim import Request, Workload
 from paged_kv.sim.accounting import CATEGORIES
+from paged_kv.sim.errors import SchemeReusedError, UnservableRequestError, UnsupportedError
 from paged_kv.sim.scheduler import SchedulerConfig, StepTimeModel, simulate
 from paged_kv.sim.schemes import ContiguousScheme, PagedScheme
 from paged_kv.sim.workloads import sharegpt_like
@@ -30,12 +31,20 @@ def categories(result):
         (ContiguousScheme(32, "max", 16), dict(
             token_states=[8, 10, 12, 8], reservation=[5, 3, 1, 0],
             internal_frag=[19, 19, 19, 8], external_frag=[0, 0, 0, 0], free=[0, 0, 0, 16])),
-        # Pow2: 8 and 8 (B's final length 5 rounds up to 8: 3 slots never used)
+        # Pow2 rounds the output only: A reserves 5 + 4 = 9 (1 never used), B 3 + 2 = 5;
+        # the buddy allocator places them in chunks of 16 and 8 (7 + 3 slots of rounding)
         (ContiguousScheme(32, "pow2", 16), dict(
             token_states=[8, 10, 12, 8], reservation=[5, 3, 1, 0],
-            internal_frag=[3, 3, 3, 0], external_frag=[0, 0, 0, 0], free=[16, 16, 16, 24])),
-        # Oracle: exactly 8 and 5
+            internal_frag=[1, 1, 1, 1], external_frag=[10, 10, 10, 7], free=[8, 8, 8, 16])),
+        # the same reservations placed first-fit: no rounding
+        (ContiguousScheme(32, "pow2", 16, allocator="first-fit"), dict(
+            token_states=[8, 10, 12, 8], reservation=[5, 3, 1, 0],
+            internal_frag=[1, 1, 1, 1], external_frag=[0, 0, 0, 0], free=[18, 18, 18, 23])),
+        # Oracle: exactly 8 and 5, in chunks of 8 and 8 (B's chunk rounds 3 slots)
         (ContiguousScheme(32, "oracle", 16), dict(
+            token_states=[8, 10, 12, 8], reservation=[5, 3, 1, 0],
+            internal_frag=[0, 0, 0, 0], external_frag=[3, 3, 3, 0], free=[16, 16, 16, 24])),
+        (ContiguousScheme(32, "oracle", 16, allocator="first-fit"), dict(
             token_states=[8, 10, 12, 8], reservation=[5, 3, 1, 0],
             internal_frag=[0, 0, 0, 0], external_frag=[0, 0, 0, 0], free=[19, 19, 19, 24])),
         # Paged, blocks of 4: A holds 2 blocks, B 1 then 2 at step 2 (its 5th token);
@@ -44,7 +53,7 @@ def categories(result):
             token_states=[8, 10, 12, 8], reservation=[4, 2, 1, 0],
             internal_frag=[0, 0, 3, 0], external_frag=[0, 0, 0, 0], free=[20, 20, 16, 24])),
     ],
-    ids=["max", "pow2", "oracle", "paged"],
+    ids=["max", "pow2", "pow2-first-fit", "oracle", "oracle-first-fit", "paged"],
 )
 def test_hand_worked_two_requests(scheme, expected):
     result = simulate(two_requests(), scheme, UNIT_STEPS)
@@ -138,12 +147,15 @@ def test_same_seed_same_frames_and_a_different_seed_differs():
 
 def test_bad_inputs():
     work = two_requests()
-    with pytest.raises(ValueError, match="cannot fit"):
+    with pytest.raises(UnservableRequestError, match="cannot fit"):
         simulate(work, PagedScheme(1, 4))
-    with pytest.raises(ValueError, match="single sampling"):
-        simulate(work, ContiguousScheme(32, "max", 16), SchedulerConfig(sampling="beam", n=2))
-    with pytest.raises(ValueError, match="host pool"):
+    # a contiguous scheme reserves one range per sequence: two ranges of 16 do not fit 16
+    with pytest.raises(UnservableRequestError, match="cannot fit"):
+        simulate(work, ContiguousScheme(16, "max", 16), SchedulerConfig(sampling="beam", n=2))
+    with pytest.raises(UnsupportedError, match="host pool"):
         simulate(work, PagedScheme(8, 4), SchedulerConfig(preemption="swap"))
+    with pytest.raises(ValueError, match="valid names"):
+        ContiguousScheme(32, "max", 16, allocator="slab")
     with pytest.raises(ValueError, match="valid names"):
         ContiguousScheme(32, "buddy", 16)
     with pytest.raises(ValueError, match="preemption"):
@@ -194,7 +206,7 @@ def test_prefix_caching_in_the_simulator_saves_prefill_on_a_real_trace():
 def test_a_scheme_serves_one_simulation():
     scheme = PagedScheme(8, 4, watermark=0.0)
     simulate(two_requests(), scheme, UNIT_STEPS)
-    with pytest.raises(ValueError, match="already served"):
+    with pytest.raises(SchemeReusedError, match="already served"):
         simulate(two_requests(), scheme, UNIT_STEPS)
 
 
@@ -211,5 +223,106 @@ def test_recompute_that_could_not_fit_one_step_is_refused_up_front():
 
 def test_recomputed_requests_publish_only_their_prompts_full_blocks():
     scheme = PagedScheme(4096, 16, prefix_caching=True)
-    keys = scheme.block_keys((7, 8), 32, prompt_len=40)  # 2 full blocks of 16 + 8 tokens
+    request = Request(0, 0.0, 40, 5, block_keys=(7, 8), key_block_size=32)
+    keys = scheme._block_keys(request)  # 2 full blocks of 16 + 8 tokens
     assert keys == [(7, 0), (7, 1)]
+
+
+def test_the_scheduler_never_asks_the_schemes_kind():
+    from pathlib import Path
+
+    import paged_kv.sim.scheduler as scheduler
+
+    source = Path(scheduler.__file__).read_text()
+    for word in ("PagedScheme", "ContiguousScheme", "isinstance(scheme", "self.paged",
+                 "scheme.cache", "scheme.space", "scheme.policy"):
+        assert word not in source, word
+
+
+def test_unadmittable_request_is_a_typed_error():
+    # fits the pool, but the watermark keeps half of it free: no admission ever
+    work = Workload("one", [Request(0, 0.0, 20, 4)])
+    with pytest.raises(UnservableRequestError, match="empty cache"):
+        simulate(work, PagedScheme(8, 4, watermark=0.5), UNIT_STEPS)
+
+
+def test_contiguous_parallel_sampling_reserves_a_range_per_sample():
+    config = SchedulerConfig(sampling="parallel", n=3, max_num_batched_tokens=64,
+                             step_time=StepTimeModel(1.0, 0.0))
+    scheme = ContiguousScheme(64, "oracle", 16)
+    result = simulate(two_requests(), scheme, config)
+    steps = result.steps
+    # A: 3 x 8 slots, B: 3 x chunks of 8 for 5 slots: 48 held at first, nothing shared
+    assert steps["token_states"].iloc[0] == 3 * (5 + 3)
+    assert steps["external_frag"].iloc[0] == 3 * 3
+    assert result.summary(over="run")["sharing_saved_pct"] == 0.0
+    assert (result.requests["generated"] == result.requests["output_len"]).all()
+    assert scheme.space.used == 0
+
+
+@pytest.mark.parametrize("parents", ["lineage", "uniform"])
+def test_beam_search_shares_history_and_frees_everything(parents):
+    scheme = PagedScheme(2000, 16, num_host_blocks=2000)
+    config = SchedulerConfig(sampling="beam", n=4, preemption="swap", beam_parents=parents,
+                             seed=5)
+    result = simulate(workload(25), scheme, config)
+    assert (result.requests["generated"] == result.requests["output_len"]).all()
+    assert scheme.cache.num_used_blocks == 0 and len(scheme.cache) == 0
+    scheme.cache.check_invariants()
+    saved = result.summary(over="run")["sharing_saved_pct"]
+    parallel = simulate(workload(25), PagedScheme(2000, 16, num_host_blocks=2000),
+                        SchedulerConfig(sampling="parallel", n=4, preemption="swap"))
+    assert saved > parallel.summary(over="run")["sharing_saved_pct"]
+    again = simulate(workload(25), PagedScheme(2000, 16, num_host_blocks=2000), config)
+    pd.testing.assert_frame_equal(again.steps, result.steps)
+
+
+def test_more_beam_replacements_share_more():
+    def saved(replacements):
+        config = SchedulerConfig(sampling="beam", n=4, beam_replacements=replacements)
+        result = simulate(workload(40), PagedScheme(2000, 16), config)
+        return result.summary(over="run")["sharing_saved_pct"]
+
+    assert saved(0.0) < saved(4.0) < saved(16.0)
+
+
+def test_step_times_add_up_and_grow_with_the_kv_read():
+    from paged_kv.sim.timing import calibrated_step_time
+
+    work = sharegpt_like(200, rate=5.0, seed=1, max_len=2048)
+    result = simulate(work, PagedScheme(983, 16), SchedulerConfig())
+    steps = result.steps
+    gaps = steps["time_s"].diff().iloc[1:].to_numpy()
+    durations = steps["step_s"].iloc[:-1].to_numpy()
+    busy = gaps < durations * 1.5  # idle jumps to the next arrival are the exception
+    assert busy.mean() > 0.95
+    np.testing.assert_allclose(gaps[busy], durations[busy], rtol=1e-9)
+    # while the batch stays the same, each decode step reads more KV and takes longer
+    same = ((steps["running"] == steps["running"].shift())
+            & (steps["batched_tokens"] == steps["running"])
+            & (steps["batched_tokens"].shift() == steps["running"]))
+    growth = steps["step_s"].diff()[same]
+    assert len(growth) > 1000 and (growth > 0).all()
+    timer = calibrated_step_time()
+    one = steps.iloc[[0]]  # the first step prefills the first request alone
+    prompt = int(work[0].prompt_len)
+    assert one["step_s"].iloc[0] == pytest.approx(timer.step_seconds(
+        prompt, prompt, prompt * (prompt + 1) // 2, 16))
+
+
+class _SwapCost(StepTimeModel):
+    def swap_seconds(self, blocks, block_size):
+        return 100.0 * blocks
+
+
+def test_swaps_are_charged_to_the_step_that_makes_them():
+    scheme = PagedScheme(48, 16, num_host_blocks=512)
+    config = SchedulerConfig(preemption="swap", step_time=_SwapCost(1.0, 0.0))
+    result = simulate(workload(80), scheme, config)
+    swaps = int(result.requests["swaps"].sum())
+    assert swaps > 0
+    slow = result.steps[result.steps["step_s"] >= 100.0]
+    stats = scheme.cache.stats()
+    moved = stats.blocks_swapped_in + stats.blocks_swapped_out
+    assert 0 < len(slow) <= 2 * swaps
+    assert slow["step_s"].sum() == pytest.approx(100.0 * moved + len(slow) * 1.0)

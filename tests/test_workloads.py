@@ -342,5 +342,5 @@ def test_metadata_records_the_generator_settings():
     assert meta["source"] == "synthetic" and meta["length_model"] == "sharegpt-like"
     assert (meta["rate"], meta["process"], meta["cv"], meta["seed"], meta["max_len"]) == (
         2.5, "gamma", 2.0, 6, 4096)
-    assert (meta["prompt_sigma"], meta["output_sigma"]) == (1.0, 1.0)
+    assert (meta["prompt_sigma"], meta["output_sigma"]) == (2.0, 1.0)
     assert "vLLM" in meta["calibrated_to"]

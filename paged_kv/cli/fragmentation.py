@@ -8,60 +8,91 @@ from paged_kv.cli import add_command
 from paged_kv.cli._common import (
     add_output_options,
     emit,
+    int_list,
     positive_int,
     positive_number,
     progress_enabled,
-    seed,
 )
 
 NAME = "fragmentation"
 HELP = "vLLM Fig. 2: where the KV memory goes (Max, Pow2, Oracle, paged)"
 DESCRIPTION = """\
 Serve one workload with continuous batching on four memory schemes (Orca's contiguous
-Max, Pow2 and Oracle reservations, and the paged cache) and report the shares of KV
-memory holding token states, reservations, internal and external fragmentation."""
-WORKLOADS = ("sharegpt", "sharegpt-like", "alpaca-like", "azure-conv", "azure-code")
+Max, Pow2 and Oracle reservations behind a buddy allocator, and the paged cache) and
+report the time-averaged shares of the whole KV pool holding token states,
+reservations, internal fragmentation, and external fragmentation & others (free slots
+included), beside the paper's Fig. 2. Defaults are the paper's setting: OPT-13B on an
+A100-40GB with 12 GiB of KV, ShareGPT first-turn lengths (sharegpt-like, the paper's
+means), Poisson arrivals at 2 req/s for an hour, three seeds. The shipped multi-turn
+ShareGPT lengths are --workload sharegpt."""
+WORKLOADS = ("sharegpt-like", "sharegpt", "alpaca-like", "azure-conv", "azure-code")
+COLUMNS = {
+    "scheme": "scheme",
+    "token_states_pct": "token states %",
+    "paper_token_states_pct": "paper %",
+    "token_states_sd": "sd|{:.2f}",
+    "reservation_pct": "reservation %",
+    "paper_reservation_pct": "paper %",
+    "internal_frag_pct": "internal frag. %",
+    "paper_internal_frag_pct": "paper %",
+    "external_and_others_pct": "ext. frag. & others %",
+    "paper_external_and_others_pct": "paper %",
+    "mean_requests": "batch|{:.2f}",
+    "paper_mean_requests": "paper (Fig. 13a)|{:.2f}",
+}
 
 
 def register(subparsers) -> None:
     """Add ``fragmentation`` and its options."""
     parser = add_command(subparsers, __name__, NAME, HELP, DESCRIPTION)
-    parser.add_argument("--workload", default="sharegpt", choices=WORKLOADS,
-                        help="request lengths: shipped ShareGPT, synthetic, or Azure traces")
+    parser.add_argument("--workload", default="sharegpt-like", choices=WORKLOADS,
+                        help="request lengths: synthetic (paper's means), shipped ShareGPT "
+                             "conversations, or Azure traces")
     parser.add_argument("--model", default="opt-13b", help="model preset")
+    parser.add_argument("--gpu", default="A100-40GB", help="GPU preset (sets the step time)")
     parser.add_argument("--kv-gib", type=positive_number, default=12.0,
                         help="KV cache size in GiB")
     parser.add_argument("--block-size", type=positive_int, default=16,
                         help="tokens per block of the paged cache")
-    parser.add_argument("--rate", type=positive_number, default=10.0,
+    parser.add_argument("--allocator", default="buddy", choices=("buddy", "first-fit"),
+                        help="placement of the contiguous baselines")
+    parser.add_argument("--rate", type=positive_number, default=2.0,
                         help="arrivals per second")
-    parser.add_argument("--num-requests", type=positive_int, default=2000,
-                        help="requests to serve")
-    parser.add_argument("--seed", type=seed, default=0, help="seed of lengths and arrivals")
+    parser.add_argument("--duration", type=positive_number, default=3600.0,
+                        help="seconds of arrivals (requests = rate x duration)")
+    parser.add_argument("--num-requests", type=positive_int, default=None,
+                        help="requests to serve (overrides --duration)")
+    parser.add_argument("--seeds", type=int_list(0, 2**32 - 1), default=[0, 1, 2],
+                        help="comma-separated seeds of lengths and arrivals, one run each")
     add_output_options(parser, figure="figures/fragmentation.png")
 
 
 def run(args: argparse.Namespace) -> int:
-    """Run the study, print the table, write the figure."""
+    """Run the study, print the table beside the paper's, write the figure."""
     from paged_kv.plots import plot_fragmentation, save  # noqa: PLC0415
     from paged_kv.sim.studies import fragmentation_study  # noqa: PLC0415
 
     study = fragmentation_study(
-        model=args.model, kv_bytes=int(args.kv_gib * 2**30), workload=args.workload,
-        num_requests=args.num_requests, rate=args.rate, block_size=args.block_size,
-        seed=args.seed, progress=progress_enabled(args),
+        model=args.model, gpu=args.gpu, kv_bytes=int(args.kv_gib * 2**30),
+        workload=args.workload, rate=args.rate, duration_s=args.duration,
+        num_requests=args.num_requests, block_size=args.block_size,
+        allocator=args.allocator, seeds=tuple(args.seeds),
+        progress=progress_enabled(args),
     )
     s = study.settings
-    print(f"{s['model']}: {s['kv_slots']:,} KV token slots, max length {s['max_seq_len']}; "
-          f"{s['workload']}: {s['requests']} requests (mean prompt {s['mean_prompt']:.0f}, "
-          f"output {s['mean_output']:.0f} tokens) at {s['rate']} req/s, seed {s['seed']}")
-    print("Shares of the KV memory in use, averaged over steps while requests wait:\n")
-    emit(study.table, args, columns={
-        "scheme": "scheme", "token_states_pct": "token states %",
-        "paper_token_states_pct": "paper (Fig. 2) %", "reservation_pct": "reservation %",
-        "internal_frag_pct": "internal frag. %", "external_frag_pct": "external frag. %",
-        "waste_pct": "waste %",
-    })
+    print(f"{s['model']} on {s['gpu']}: {s['kv_slots']:,} KV token slots, max length "
+          f"{s['max_seq_len']}; {s['workload']}: {s['requests']} requests per seed (mean "
+          f"prompt {s['mean_prompt']:.0f}, output {s['mean_output']:.0f} tokens) at "
+          f"{s['rate']} req/s; seeds {', '.join(map(str, s['seeds']))}; contiguous "
+          f"baselines placed by {s['allocator']}")
+    print("Shares of the whole KV pool, time-averaged while requests arrive (mean over "
+          "seeds; sd of the token share), beside the vLLM paper's Fig. 2 and Fig. 13a:\n")
+    emit(study.table, args, columns=COLUMNS,
+         **{k: v for k, v in s.items() if k in ("kv_slots", "requests", "mean_prompt",
+                                                 "mean_output", "step_time")})
     if args.figure is not None:
-        print(f"wrote {save(plot_fragmentation(study.table), args.figure)}")
+        fig = plot_fragmentation(study.table, title=(
+            f"Where the KV memory goes: {s['model']}, {s['kv_slots']:,} slots, "
+            f"{s['workload']} at {s['rate']:g} req/s\n(ours | vLLM paper Fig. 2, hatched)"))
+        print(f"wrote {save(fig, args.figure)}")
     return 0

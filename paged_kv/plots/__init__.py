@@ -8,6 +8,7 @@ figures compare at a glance.
 function            draws
 ==================  =================================================================
 plot_fragmentation  vLLM Fig. 2: where the KV memory goes, per scheme
+plot_latency        vLLM Fig. 12: normalised latency against request rate
 plot_block_size     paged waste against block size
 plot_timeline       memory categories over one run
 plot_hit_rates      prefix-cache hit rate against capacity, per eviction policy
@@ -24,6 +25,7 @@ from paged_kv.plots.fragmentation import plot_fragmentation
 from paged_kv.plots.generation import plot_generation
 from paged_kv.plots.hit_rates import plot_hit_rates
 from paged_kv.plots.sharing import plot_sharing
+from paged_kv.plots.throughput import plot_latency
 from paged_kv.plots.timeline import plot_timeline
 
 __all__ = [
@@ -37,6 +39,7 @@ __all__ = [
     "plot_fragmentation",
     "plot_generation",
     "plot_hit_rates",
+    "plot_latency",
     "plot_sharing",
     "plot_timeline",
     "save",

@@ -11,8 +11,11 @@ from paged_kv.plots._style import new_axes
 def plot_block_size(frame: pd.DataFrame, ax=None) -> plt.Figure:
     """Paged waste (all but token states) against block size, one line per workload."""
     fig, ax = new_axes(ax)
-    for name, rows in frame.groupby("workload", sort=False):
-        ax.plot(rows["block_size"], rows["waste_pct"], marker="o", label=name)
+    styles = [("o", "-"), ("s", "--"), ("^", ":"), ("D", "-.")]
+    for (name, rows), (marker, line) in zip(frame.groupby("workload", sort=False),
+                                            styles * len(frame)):
+        ax.plot(rows["block_size"], rows["waste_pct"], marker=marker, linestyle=line,
+                label=name)
     ax.set_xscale("log", base=2)
     ax.set_xlabel("block size (tokens)")
     ax.set_ylabel("waste: reservation + fragmentation (%)")

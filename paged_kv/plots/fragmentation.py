@@ -1,4 +1,4 @@
-"""Fig. 2: stacked shares of KV memory per scheme, the paper's token share as a mark."""
+"""Fig. 2: where the KV memory goes, per scheme, beside the vLLM paper's bars."""
 
 from __future__ import annotations
 
@@ -6,35 +6,54 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
-from paged_kv.plots._style import COLORS, LABELS, new_axes
-from paged_kv.sim.accounting import CATEGORIES
+from paged_kv.plots._style import COLORS, new_axes
+
+#: Fig. 2's categories (the paper's last one counts free slots too) and their colours
+FIG2_BARS = {
+    "token_states": ("token states", COLORS["token_states"]),
+    "reservation": ("reservation", COLORS["reservation"]),
+    "internal_frag": ("internal frag.", COLORS["internal_frag"]),
+    "external_and_others": ("external frag. & others (free)", COLORS["external_frag"]),
+}
 
 
 def plot_fragmentation(table: pd.DataFrame, ax=None, title: str | None = None) -> plt.Figure:
-    """Stacked shares of non-free KV memory per scheme; the paper's token share as a mark.
+    """Stacked shares of the whole KV pool per scheme: ours (left bar of each pair,
+    labelled with the token-state share) and the paper's (right, hatched) where it gives
+    them; the paper breaks down only the token states of vLLM.
 
-    `table` is `FragmentationStudy.table` (columns ``*_pct`` and
-    ``paper_token_states_pct``).
+    `table` is `FragmentationStudy.table` (columns ``{category}_pct`` and
+    ``paper_{category}_pct`` for the categories of `FIG2_BARS`).
     """
-    fig, ax = new_axes(ax)
+    fig, ax = new_axes(ax, size=(8, 4.2))
     x = np.arange(len(table))
-    bottom = np.zeros(len(table))
-    for cat in CATEGORIES[:-1]:
-        values = table[f"{cat}_pct"].to_numpy()
-        ax.bar(x, values, bottom=bottom, color=COLORS[cat], label=LABELS[cat], width=0.6)
-        bottom += values
-    paper = table.get("paper_token_states_pct", pd.Series([np.nan] * len(table)))
-    for xi, ours, theirs in zip(x, table["token_states_pct"], paper):
-        # the label sits near the top of the green bar, or mid-bar if the mark is there
-        y = ours - 5 if not abs(ours - 5 - theirs) < 6 else ours / 2
-        ax.text(xi, y, f"{ours:.1f}%", ha="center", va="center", color="white",
-                fontsize=9, fontweight="bold")
+    width = 0.38
+    for offset, prefix, hatch in ((-width / 2, "", None), (width / 2, "paper_", "//")):
+        bottom = np.zeros(len(table))
+        for cat, (label, color) in FIG2_BARS.items():
+            column = f"{prefix}{cat}_pct"
+            if column not in table:
+                continue
+            values = table[column].fillna(0.0).to_numpy()
+            ax.bar(x + offset, values, bottom=bottom, width=width, color=color,
+                   hatch=hatch, edgecolor="white", linewidth=0.5,
+                   label=label if not prefix else None)
+            bottom += values
+        if prefix:  # what the paper leaves unbroken (vLLM beyond its token states)
+            rest = np.where(bottom > 0, 100.0 - bottom, 0.0)
+            ax.bar(x + offset, rest, bottom=bottom, width=width, color="#ced4da",
+                   hatch=hatch, edgecolor="white", linewidth=0.5,
+                   label="not broken down by the paper")
+    for xi, ours in zip(x, table["token_states_pct"]):
+        ax.text(xi - width / 2, ours / 2, f"{ours:.1f}", ha="center", va="center",
+                color="white", fontsize=8, fontweight="bold")
     if "paper_token_states_pct" in table:
-        ax.scatter(x, table["paper_token_states_pct"], marker="D", color="black", zorder=3,
-                   label="token states, vLLM paper Fig. 2")
-    ax.set_xticks(x, table["scheme"])
-    ax.set_ylabel("share of KV memory in use (%)")
+        for xi, theirs in zip(x, table["paper_token_states_pct"]):
+            ax.text(xi + width / 2, theirs / 2, f"{theirs:.1f}", ha="center", va="center",
+                    color="white", fontsize=8, fontweight="bold")
+    ax.set_xticks(x, [f"{s}\nours | paper" for s in table["scheme"]], fontsize=8)
+    ax.set_ylabel("share of the KV pool (%)")
     ax.set_ylim(0, 100)
-    ax.set_title(title or "Where the KV memory goes")
+    ax.set_title(title or "Where the KV memory goes (ours | vLLM paper Fig. 2, hatched)")
     ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8)
     return fig

@@ -8,20 +8,29 @@ import pandas as pd
 from paged_kv.plots._style import new_axes
 from paged_kv.sim.published import VLLM_FIG15_MEMORY_SAVED_PCT
 
+_HATCHES = ("", "..", "//", "xx", "\\\\")
 
-def plot_sharing(frame: pd.DataFrame, ax=None) -> plt.Figure:
-    """Memory saved by sharing per workload, decoding and width; the paper's ranges shaded."""
+
+def plot_sharing(frame: pd.DataFrame, ax=None, title: str | None = None) -> plt.Figure:
+    """Memory saved by sharing per workload, decoding and width; the paper's ranges shaded.
+
+    `frame` is `sharing_study`'s table; with a ``saved_sd`` column (several seeds) each
+    bar carries its standard deviation as an error bar.
+    """
     fig, ax = new_axes(ax, size=(8, 4))
     groups = list(frame.groupby(["workload", "sampling"], sort=False))
     widths = sorted(frame["n"].unique())
     bar = 0.8 / len(widths)
     for gi, ((workload, sampling), rows) in enumerate(groups):
         for wi, n in enumerate(widths):
-            value = rows.loc[rows["n"] == n, "saved_pct"]
-            if not value.empty:
-                ax.bar(gi - 0.4 + (wi + 0.5) * bar, value.iloc[0], width=bar,
-                       color=plt.cm.viridis(wi / max(1, len(widths) - 1)),
-                       label=f"n = {n}" if gi == 0 else None)
+            row = rows[rows["n"] == n]
+            if row.empty:
+                continue
+            error = row["saved_sd"].iloc[0] if "saved_sd" in row else None
+            ax.bar(gi - 0.4 + (wi + 0.5) * bar, row["saved_pct"].iloc[0], width=bar,
+                   yerr=error, capsize=2, hatch=_HATCHES[wi % len(_HATCHES)],
+                   color=plt.cm.viridis(wi / max(1, len(widths) - 1)), edgecolor="white",
+                   label=f"n = {n}" if gi == 0 else None)
         key = (workload.replace("-like", ""),
                "parallel_sampling" if sampling == "parallel" else "beam_search")
         if key in VLLM_FIG15_MEMORY_SAVED_PCT:
@@ -30,6 +39,6 @@ def plot_sharing(frame: pd.DataFrame, ax=None) -> plt.Figure:
                             label="vLLM paper Fig. 15 range" if gi == 0 else None)
     ax.set_xticks(range(len(groups)), [f"{w}\n{s}" for (w, s), _ in groups])
     ax.set_ylabel("memory saved by sharing (%)")
-    ax.set_title("Block sharing: parallel sampling and beam search")
-    ax.legend(fontsize=8)
+    ax.set_title(title or "Block sharing: parallel sampling and beam search")
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     return fig

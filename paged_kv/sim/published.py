@@ -63,7 +63,65 @@ VLLM_FIG2_SETTING: Mapping[str, object] = MappingProxyType({
     "token_slots": (12 * 2**30) // 819_200,  # 15,728
     "max_seq_len": 2048,
     "workload": "sharegpt",
+    "mean_prompt_len": VLLM_SHAREGPT_MEAN_PROMPT_LEN,
+    "mean_output_len": VLLM_SHAREGPT_MEAN_OUTPUT_LEN,
+    "allocator": "buddy",
+    "pow2_rounds": "output",
+    "rate": 2.0,
+    "duration_s": 3600,
+    "arrivals": "poisson",
+    "shares_of": "whole pool",
 })
+
+#: Which of `VLLM_FIG2_SETTING` the paper states and which this project infers, and why.
+VLLM_FIG2_SETTING_STATUS: Mapping[str, str] = MappingProxyType({
+    "model": "stated: Fig. 2 reports the experiment of §6.2, whose Fig. 13a is OPT-13B",
+    "gpu": "stated: Table 1, OPT-13B on one A100 (40 GB)",
+    "kv_cache_bytes": "stated: Table 1, 12 GB of KV cache, 15.7K slots",
+    "bytes_per_token": "stated: §3, 800 KB per OPT-13B token (2 x 5120 x 40 x 2 bytes)",
+    "token_slots": "stated: Table 1, 'Max. # KV cache slots 15.7K'",
+    "max_seq_len": "stated: §6.1, Orca (Max) reserves 'up to ... 2048 tokens'",
+    "workload": "stated: §6.2 / Fig. 13a, ShareGPT",
+    "mean_prompt_len": "stated: §6.1 / Fig. 11, ShareGPT mean input length",
+    "mean_output_len": "stated: §6.1 / Fig. 11, ShareGPT mean output length",
+    "allocator": "stated: §6.1, 'We assume Orca uses the buddy allocation algorithm'",
+    "pow2_rounds": "stated: §6.1, 'if the true output length is 25, it reserves 32 "
+                   "positions for outputs'",
+    "rate": "inferred: Fig. 2 reports 'the experiment in §6.2'; §6.2's Fig. 13a, the "
+            "batch sizes of the same OPT-13B ShareGPT runs, is at 2 req/s",
+    "duration_s": "stated: §6.1, 'we evaluate the systems with 1-hour traces'",
+    "arrivals": "stated: §6.1, Poisson arrivals",
+    "shares_of": "inferred: the Orca bars each sum to 100% and the Max bar's 8.9% "
+                 "external fragmentation is (15,728 - 7 x 2,048) / 15,728, so the bars "
+                 "are shares of the whole pool, free slots counted in 'External frag. & "
+                 "Others'",
+})
+
+#: vLLM paper Fig. 13a: average number of batched requests serving OPT-13B on ShareGPT at
+#: 2 req/s (caption), by system. Keys are ``(workload, system)``.
+VLLM_FIG13_BATCH_SIZE: Mapping[tuple[str, str], float] = MappingProxyType({
+    ("sharegpt", "orca-max"): 7.00,
+    ("sharegpt", "orca-pow2"): 9.81,
+    ("sharegpt", "orca-oracle"): 13.62,
+    ("sharegpt", "vllm"): 30.42,
+})
+#: vLLM paper Fig. 13 caption: the request rates (req/s) its batch sizes were measured at.
+VLLM_FIG13_RATE: Mapping[str, float] = MappingProxyType({"sharegpt": 2.0, "alpaca": 30.0})
+
+#: vLLM paper §6.2: on ShareGPT vLLM sustains these multiples (low, high) of each Orca
+#: baseline's request rate at similar latency, over OPT-13B, 66B and 175B.
+VLLM_SUSTAINED_RATE_RATIO: Mapping[str, tuple[float, float]] = MappingProxyType({
+    "orca-oracle": (1.7, 2.7),
+    "orca-max": (2.7, 8.0),
+})
+
+#: vLLM paper §6.4 / Fig. 16 (LLaMA-13B, WMT16 En-De): vLLM's throughput over Orca
+#: (Oracle) with a shared prefix of 80 tokens (one example) and 341 tokens (five).
+VLLM_SHARED_PREFIX_SPEEDUP: Mapping[int, float] = MappingProxyType({80: 1.67, 341: 3.58})
+
+#: vLLM paper §7.1 / Fig. 18a: PagedAttention's kernel latency above FasterTransformer's
+#: contiguous attention kernel, percent (low, high).
+VLLM_FIG18A_KERNEL_OVERHEAD_PCT: tuple[float, float] = (20.0, 26.0)
 
 #: vLLM paper Fig. 15 (OPT-13B): memory saved by sharing, in percent, as the
 #: (low, high) range over n (parallel sampling) or beam width 2, 4 and 6.

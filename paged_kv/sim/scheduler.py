@@ -7,28 +7,38 @@ The model of serving (Orca's iteration-level scheduling as vLLM runs it):
   after step ``s``) and then gains one token per step, finishing after step
   ``s + output_len`` with ``prompt_len + output_len`` tokens; its memory is released
   before the next step.
-* A step takes ``StepTimeModel.seconds(batched_tokens)`` seconds (prefill tokens plus
-  one per decoding sequence), which maps arrival times in seconds onto steps.
-* **Admission** is FCFS: the head of the queue is admitted while it fits the scheme
-  (under the watermark for paged memory), ``max_num_seqs`` and the step's
-  ``max_num_batched_tokens``; a request that does not fit blocks those behind it.
-  Preempted requests come first: swapped-out groups are swapped back in before any new
-  admission, and recomputed ones re-enter at the front of the queue.
-* **Preemption** (paged memory): when a running sequence needs a block and none is
-  free, the latest-arrived running request is preempted (possibly the one asking). By
-  recompute, its blocks are freed and it is re-admitted later with its prompt plus the
-  tokens generated so far as the new prompt; by swap, its blocks move to the host pool
-  (recompute when the host pool is full). A request of several sequences (parallel
-  sampling, beam search) that is recomputed restarts from its prompt.
+* A step takes the time `SchedulerConfig.step_time` gives it (`paged_kv.sim.timing`:
+  by default the roofline model of OPT-13B on an A100-40GB calibrated to the vLLM
+  paper), from the tokens it computes, the KV it reads and the swaps it makes; this
+  maps arrival times in seconds onto steps.
+* **Admission** is FCFS: the head of the queue is admitted while the scheme takes it
+  (`MemoryScheme.try_admit`: under the watermark for paged memory, a free range for a
+  contiguous one), within ``max_num_seqs`` and the step's ``max_num_batched_tokens``;
+  a request that does not fit blocks those behind it. Preempted requests come first:
+  swapped-out groups are swapped back in before any new admission, and recomputed ones
+  re-enter at the front of the queue.
+* **Preemption** (schemes that allocate as sequences grow): when a running sequence
+  needs a block and none is free, the latest-arrived running request is preempted
+  (possibly the one asking). By recompute, its blocks are freed and it is re-admitted
+  later with its prompt plus the tokens generated so far as the new prompt; by swap,
+  its blocks move to the host pool (recompute when the host pool is full). A request of
+  several sequences (parallel sampling, beam search) that is recomputed restarts from
+  its prompt.
 * **Parallel sampling** forks ``n`` sequences after the prefill; they share the prompt's
   blocks, and each copies the shared partial block when it first writes (COW).
-  **Beam search** keeps ``n`` beams; at each step each new beam picks a parent among the
-  current beams (seeded), forks it, and the old beams are freed.
+  **Beam search** keeps ``n`` beams. By default (``beam_parents="lineage"``) each beam
+  keeps its own lineage and is *replaced* now and then (at seeded, uniformly spread
+  moments) by a copy of another beam, ``beam_replacements * (output_len - 1) **
+  beam_length_exponent`` times on average: a model fitted to the paper's Fig. 15, not
+  a trace of real beam search. ``beam_parents="uniform"`` draws every new beam's parent
+  uniformly at every step instead, which makes all beams merge within a few steps.
+  Contiguous schemes reserve one range per sequence and share nothing.
 
-The loop is event-driven: between arrivals, admissions, finishes and block boundaries
-nothing but one token per sequence happens, so the scheduler jumps from event to event
-and `paged_kv.sim.accounting` expands the memory categories into one row per step.
-Allocator work happens only at those events.
+The loop is event-driven: between arrivals, admissions, finishes, block boundaries and
+beam replacements nothing but one token per sequence happens, so the scheduler jumps
+from event to event and `paged_kv.sim.accounting` expands the memory categories into
+one row per step. Allocator work happens only at those events. The scheduler talks to
+the memory through `paged_kv.sim.schemes.MemoryScheme` only and never asks its kind.
 """
 
 from __future__ import annotations
@@ -39,78 +49,31 @@ from collections import deque
 from dataclasses import dataclass, field
 
 import numpy as np
-import pandas as pd
 from tqdm import tqdm
 
-from paged_kv.sim.accounting import Interval, MemoryLedger, expand_intervals, summarize
+from paged_kv.sim.accounting import Interval, MemoryLedger, expand_intervals
+from paged_kv.sim.errors import (
+    SchedulerStateError,
+    SchemeReusedError,
+    UnservableRequestError,
+    UnsupportedError,
+)
 from paged_kv.sim.request import Request, Workload
-from paged_kv.sim.schemes import ContiguousScheme, PagedScheme
+from paged_kv.sim.result import SimResult, requests_frame
+from paged_kv.sim.scheduler_config import (
+    BEAM_LENGTH_EXPONENT,
+    BEAM_PARENTS,
+    BEAM_REPLACEMENTS,
+    SAMPLING,
+    SchedulerConfig,
+)
+from paged_kv.sim.schemes import MemoryScheme
+from paged_kv.sim.timing import StepTimeModel, later_seconds, steps_until
+
+__all__ = ["BEAM_LENGTH_EXPONENT", "BEAM_PARENTS", "BEAM_REPLACEMENTS", "SAMPLING",
+           "SchedulerConfig", "SimResult", "Simulator", "StepTimeModel", "simulate"]
 
 WAITING, RUNNING, SWAPPED, DONE = "waiting", "running", "swapped", "done"
-SAMPLING = ("single", "parallel", "beam")
-
-
-@dataclass(frozen=True)
-class StepTimeModel:
-    """Seconds per step, linear in the tokens it batches: ``base_s + per_token_s * tokens``.
-
-    The defaults are a modelling assumption, not a measurement: 15 ms of fixed cost per
-    iteration plus 0.1 ms per batched token, the order of magnitude of a 13B model on one
-    A100. Only the order of events depends on them, never the memory accounting.
-    """
-
-    base_s: float = 0.015
-    per_token_s: float = 1.0e-4
-
-    def __post_init__(self) -> None:
-        if not (self.base_s > 0 and self.per_token_s >= 0):
-            raise ValueError(
-                f"StepTimeModel needs base_s > 0 and per_token_s >= 0, got {self.base_s!r}, "
-                f"{self.per_token_s!r}"
-            )
-
-    def seconds(self, batched_tokens: int) -> float:
-        """Duration of a step that batches `batched_tokens` tokens."""
-        return self.base_s + self.per_token_s * batched_tokens
-
-
-@dataclass(frozen=True)
-class SchedulerConfig:
-    """Scheduling limits and policies."""
-
-    #: most sequences running at once
-    max_num_seqs: int = 256
-    #: most tokens one step may batch (prefill tokens + decoding sequences)
-    max_num_batched_tokens: int = 4096
-    #: "recompute" or "swap" (swap needs a host pool)
-    preemption: str = "recompute"
-    #: "single", "parallel" (n samples) or "beam" (width n)
-    sampling: str = "single"
-    #: samples or beams per request
-    n: int = 1
-    #: step-time model
-    step_time: StepTimeModel = field(default_factory=StepTimeModel)
-    #: seed of beam search's parent choices
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        for name in ("max_num_seqs", "max_num_batched_tokens", "n"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"SchedulerConfig.{name} must be a positive integer, "
-                                 f"got {value!r}")
-        if self.preemption not in ("recompute", "swap"):
-            raise ValueError(f"SchedulerConfig.preemption must be 'recompute' or 'swap', "
-                             f"got {self.preemption!r}")
-        if self.sampling not in SAMPLING:
-            raise ValueError(f"SchedulerConfig.sampling must be one of {SAMPLING}, "
-                             f"got {self.sampling!r}")
-        if self.sampling == "single" and self.n != 1:
-            raise ValueError(f"SchedulerConfig.n must be 1 for single sampling, got {self.n}")
-        if self.n > self.max_num_seqs:
-            raise ValueError(f"SchedulerConfig.n={self.n} exceeds max_num_seqs")
-
-
 @dataclass(slots=True, eq=False)
 class _Group:
     """A request in flight: its sequences share a length at every step."""
@@ -121,15 +84,17 @@ class _Group:
     final_len: int
     prefill_len: int
     state: str = WAITING
-    seqs: list[int] = field(default_factory=list)
-    start: int = -1  # contiguous range start
+    handles: list[int] = field(default_factory=list)  # the scheme's, one per sequence
     alloc: int = 0  # slots held per sequence
     counted: int = 0  # sequences with a private partial block (ledger)
     sync_step: int = 0
     sync_len: int = 0
-    held: int = 0  # tokens per sequence the manager holds (paged): >= the computed ones
+    held: int = 0  # tokens per sequence the scheme holds: >= the computed ones
     entry: tuple | None = None
     version: int = 0
+    # beam replacements (lineage model): (generated tokens, beam, new parent), in order
+    beam_events: list[tuple[int, int, int]] = field(default_factory=list)
+    beam_next: int = 0
     # statistics
     admit_step: int = -1
     admit_time: float = math.nan
@@ -151,78 +116,25 @@ class _Group:
         return self.sync_step + (self.final_len - self.sync_len)
 
 
-@dataclass
-class SimResult:
-    """What a simulation produced."""
-
-    #: the scheme's label, e.g. "paged (block 16)" or "Max"
-    scheme: str
-    #: one row per step: time, batch, and the memory categories in token slots
-    steps: pd.DataFrame = field(repr=False)
-    #: one row per request: arrival, admission, finish, preemptions, swaps, output
-    requests: pd.DataFrame = field(repr=False)
-    #: pool size in token slots
-    capacity: int = 0
-    #: decode tokens generated (all sequences)
-    decode_tokens: int = 0
-    #: copy-on-write block copies (paged)
-    cow_copies: int = 0
-
-    def summary(self, *, loaded_only: bool = True) -> dict[str, object]:
-        """Step-averaged category shares (see `paged_kv.sim.accounting.summarize`)."""
-        out = summarize(self.steps, loaded_only=loaded_only)
-        out["scheme"] = self.scheme
-        out["preemptions"] = int(self.requests["preemptions"].sum())
-        out["swaps"] = int(self.requests["swaps"].sum())
-        out["cow_copies"] = self.cow_copies
-        out["decode_tokens"] = self.decode_tokens
-        out["makespan_s"] = float(self.requests["finish_time"].max())
-        return out
-
-
 class Simulator:
     """Runs a workload through one memory scheme. Use `simulate`."""
 
-    def __init__(self, workload: Workload, scheme: PagedScheme | ContiguousScheme,
+    def __init__(self, workload: Workload, scheme: MemoryScheme,
                  config: SchedulerConfig) -> None:
         self.scheme = scheme
         self.config = config
-        self.paged = isinstance(scheme, PagedScheme)
-        if getattr(scheme, "simulated", False):
-            raise ValueError("this scheme already served a simulation; build a fresh one")
+        if scheme.simulated:
+            raise SchemeReusedError(
+                "this scheme already served a simulation; build a fresh one")
         scheme.simulated = True
-        if not self.paged and config.sampling != "single":
-            raise ValueError(
-                f"contiguous schemes simulate single sampling only, not {config.sampling!r}"
-            )
-        if config.preemption == "swap" and self.paged and scheme.cache.host is None:
-            raise ValueError("swap preemption needs a host pool (num_host_blocks > 0)")
+        if config.preemption == "swap" and scheme.may_preempt and not scheme.supports_swap:
+            raise UnsupportedError("swap preemption needs a host pool (num_host_blocks > 0)")
         n = config.n
         self.groups = [
-            _Group(index=i, request=r, n=n, final_len=r.prompt_len + r.output_len,
-                   prefill_len=r.prompt_len)
+            _Group(index=i, request=r, n=n, final_len=r.total_len, prefill_len=r.prompt_len)
             for i, r in enumerate(workload)
         ]
-        for g in self.groups:
-            if not scheme.fits_alone(g.final_len, n):
-                raise ValueError(
-                    f"request {g.request.request_id} ({g.final_len} tokens x {n}) cannot fit "
-                    f"the {scheme.capacity}-slot pool even alone; filter the workload "
-                    f"(Workload.filter_max_len)"
-                )
-            if g.prefill_len > config.max_num_batched_tokens:
-                raise ValueError(
-                    f"request {g.request.request_id}'s prompt ({g.prefill_len}) exceeds "
-                    f"max_num_batched_tokens={config.max_num_batched_tokens}"
-                )
-            if (self.paged and config.preemption == "recompute" and n == 1
-                    and g.final_len - 1 > config.max_num_batched_tokens):
-                raise ValueError(
-                    f"request {g.request.request_id} may have to recompute up to "
-                    f"{g.final_len - 1} tokens in one step after a preemption, above "
-                    f"max_num_batched_tokens={config.max_num_batched_tokens}; raise it or "
-                    f"preempt by swap"
-                )
+        self._check_servable()
         self.rng = np.random.default_rng(config.seed)
         self.ledger = MemoryLedger()
         self.waiting: deque[_Group] = deque()
@@ -238,11 +150,39 @@ class Simulator:
         self.released = 0
         self._refused: _Group | None = None
         self._refused_at = -1
+        # what the current step does besides decoding, for its duration
+        self._prefill_pairs = 0
+        self._prefill_context = 0
+        self._prefill_reads = 0
+        self._swapped_blocks = 0
+
+    def _check_servable(self) -> None:
+        config, scheme, n = self.config, self.scheme, self.config.n
+        for g in self.groups:
+            rid = g.request.request_id
+            if not scheme.fits_alone(g.request, n):
+                raise UnservableRequestError(
+                    f"request {rid} ({g.final_len} tokens x {n}) cannot fit the "
+                    f"{scheme.capacity}-slot pool even alone; filter the workload "
+                    f"(Workload.filter_max_len)"
+                )
+            if g.prefill_len > config.max_num_batched_tokens:
+                raise UnservableRequestError(
+                    f"request {rid}'s prompt ({g.prefill_len}) exceeds "
+                    f"max_num_batched_tokens={config.max_num_batched_tokens}"
+                )
+            if (scheme.may_preempt and config.preemption == "recompute" and n == 1
+                    and g.final_len - 1 > config.max_num_batched_tokens):
+                raise UnservableRequestError(
+                    f"request {rid} may have to recompute up to {g.final_len - 1} tokens "
+                    f"in one step after a preemption, above max_num_batched_tokens="
+                    f"{config.max_num_batched_tokens}; raise it or preempt by swap"
+                )
 
     # -- ledger -------------------------------------------------------------------------
     def _track(self, g: _Group) -> None:
         g.entry = MemoryLedger.contribution(g.counted, g.alloc, g.sync_len, g.sync_step,
-                                            g.final_len, g.n * g.alloc)
+                                            g.final_len, g.n * g.alloc, g.n)
         self.ledger.add(g.entry)
 
     def _untrack(self, g: _Group) -> None:
@@ -253,58 +193,76 @@ class Simulator:
     def _schedule(self, g: _Group) -> None:
         """Push the group's next event: finish, block boundary, COW or beam step."""
         last = g.last_step()
-        if self.config.sampling == "beam":
-            nxt = g.sync_step + 1
-        elif self.paged and g.counted < g.n and g.sync_len % self.scheme.block_size:
+        if g.counted < g.n:
             nxt = g.sync_step + 1  # shared partial block: copy-on-write at the next token
-        elif self.paged:
-            nxt = g.sync_step + (g.alloc + 1 - g.sync_len)  # first token past the blocks
         else:
-            nxt = last + 1
+            nxt = g.sync_step + (g.alloc + 1 - g.sync_len)  # first token past its memory
+        if g.n > 1 and self.config.sampling == "beam":
+            if self.config.beam_parents == "uniform":
+                nxt = g.sync_step + 1
+            elif g.beam_next < len(g.beam_events):
+                at = g.request.prompt_len + g.beam_events[g.beam_next][0]
+                nxt = min(nxt, g.sync_step + max(1, at - g.sync_len))
         g.version += 1
         heapq.heappush(self.events, (min(nxt, last + 1), g.index, g.version))
 
+    def _draw_beam_events(self, g: _Group) -> None:
+        """Replacement times of a beam group (lineage model), by generated-token count."""
+        k, out = g.n, g.request.output_len
+        if self.config.sampling != "beam" or self.config.beam_parents != "lineage" or out < 2:
+            return
+        rng = self.rng
+        per_beam = self.config.beam_replacements * (out - 1) ** self.config.beam_length_exponent
+        count = int(rng.poisson(k * per_beam))
+        times = np.sort(rng.integers(1, out, size=count))
+        beams = rng.integers(0, k, size=count)
+        parents = (beams + rng.integers(1, k, size=count)) % k
+        g.beam_events = list(zip(times.tolist(), beams.tolist(), parents.tolist()))
+
     # -- transitions --------------------------------------------------------------------
-    def _admit(self, g: _Group) -> int:
+    def _admit(self, g: _Group, admission) -> int:
         """Admit the head of the queue at this step; the prefill tokens it computes."""
-        scheme, step = self.scheme, self.step
-        r = g.request
-        if self.paged:
-            keys = scheme.block_keys(r.block_keys, r.key_block_size, r.prompt_len)
-            g.seqs, cached = scheme.admit(g.prefill_len, g.n, keys)
-            g.alloc = scheme.slots_for(g.prefill_len)
-            partial = g.prefill_len % scheme.block_size
-            g.counted = 1 if (partial and g.n > 1) else g.n
-        else:
-            g.start, g.alloc = scheme.admit(g.final_len)
-            cached = 0
-            g.counted = 1
+        step = self.step
+        cached = admission.cached_tokens
+        g.handles = admission.handles
+        g.alloc = admission.alloc
+        g.counted = 1 if admission.shared_partial else g.n
         g.cached_tokens += cached
         g.state = RUNNING
         g.sync_step, g.sync_len = step, g.prefill_len
         g.held = g.prefill_len
+        g.beam_next = 0
         if g.admit_step < 0:
             g.admit_step, g.admit_time = step, self.time
+            self._draw_beam_events(g)
         self.running[g.index] = g
         self.running_seqs += g.n
         self._track(g)
         self._schedule(g)
-        return g.prefill_len - cached
+        length = g.prefill_len
+        self._prefill_pairs += (length * (length + 1) - cached * (cached + 1)) // 2
+        self._prefill_context += g.n * length
+        self._prefill_reads += length
+        return length - cached
+
+    def _sync_to(self, g: _Group, length: int) -> None:
+        """Bring the scheme's copy of the group up to `length` tokens (no allocation)."""
+        if g.held < length:
+            delta = length - g.held
+            if self.scheme.grow_cost(g.handles, g.held, delta):
+                raise SchedulerStateError(
+                    f"request {g.request.request_id} would need blocks to reach {length} "
+                    f"tokens within its memory")
+            self.scheme.grow(g.handles, g.held, delta)
+            g.held = length
 
     def _finish(self, g: _Group) -> None:
         step = self.step
         self._untrack(g)
-        if self.paged:
-            scheme = self.scheme
-            delta = g.final_len - scheme.length(g.seqs)
-            if scheme.grow_cost(g.seqs, delta):
-                raise AssertionError(f"request {g.index} would need blocks to finish")
-            scheme.grow(g.seqs, delta)
-            g.generated = scheme.length(g.seqs) - g.request.prompt_len
-            scheme.release(g.seqs)
-        else:
-            g.generated = g.length(step - 1) - g.request.prompt_len
-            self.scheme.release(g.start)
+        self._sync_to(g, g.final_len)
+        g.generated = g.length(step - 1) - g.request.prompt_len
+        self.scheme.release(g.handles)
+        g.handles = []
         g.state = DONE
         self.released += 1
         g.finish_step, g.finish_time = step - 1, self.time
@@ -316,8 +274,8 @@ class Simulator:
 
     def _preempt(self, v: _Group) -> None:
         """Take `v` off the GPU before this step runs: swap it out, or recompute later."""
-        scheme, step = self.scheme, self.step
-        done = v.length(step - 1)
+        scheme = self.scheme
+        done = v.length(self.step - 1)
         self._untrack(v)
         del self.running[v.index]
         self.running_seqs -= v.n
@@ -325,26 +283,25 @@ class Simulator:
         v.preemptions += 1
         self.preempted_now = True
         self.released += 1
-        if self.paged and v.held < done:
-            scheme.grow(v.seqs, done - v.held)  # within its blocks: no allocation
-            v.held = done
+        self._sync_to(v, done)
         # v.held may exceed `done` by the slot it was given at this step: kept for later
-        if self.config.preemption == "swap" and scheme.can_swap_out(v.seqs):
-            scheme.swap_out(v.seqs)
+        if self.config.preemption == "swap" and scheme.can_swap_out(v.handles):
+            self._swapped_blocks += scheme.swap_out(v.handles)
             v.state = SWAPPED
             v.swaps += 1
             v.sync_len = done
             self.swapped.append(v)
             self.swapped.sort(key=lambda g: g.index)
             return
-        scheme.release(v.seqs)
-        v.seqs = []
+        scheme.release(v.handles)
+        v.handles = []
         if v.n == 1:
             v.prefill_len = done
             v.recomputed_tokens += done - v.request.prompt_len
         else:
             v.prefill_len = v.request.prompt_len
             v.restarts += 1
+        v.held = 0
         v.state = WAITING
         self.waiting.appendleft(v)
 
@@ -357,26 +314,36 @@ class Simulator:
                 return False
         return True
 
-    def _grow(self, g: _Group) -> None:
-        """Bring a running group's blocks up to its length at this step."""
-        scheme, step = self.scheme, self.step
-        if self.config.sampling == "beam":
-            k = g.n
-            parents = self.rng.integers(0, k, size=k).tolist()
-            g.seqs = scheme.fork_step(g.seqs, parents)
+    def _reparent(self, g: _Group, target: int) -> None:
+        """Beam search: apply the group's parent changes up to `target` tokens."""
+        k, scheme = g.n, self.scheme
+        if self.config.beam_parents == "uniform":
+            g.handles = scheme.fork_step(g.handles, self.rng.integers(0, k, size=k).tolist())
             self.released += 1  # beams no parent chose released their blocks
+            return
+        events, prompt = g.beam_events, g.request.prompt_len
+        while g.beam_next < len(events) and prompt + events[g.beam_next][0] <= target:
+            _, beam, parent = events[g.beam_next]
+            parents = list(range(k))
+            parents[beam] = parent
+            g.handles = scheme.fork_step(g.handles, parents)
+            g.beam_next += 1
+            self.released += 1
+
+    def _grow(self, g: _Group) -> None:
+        """Bring a running group's memory up to its length at this step."""
+        scheme, step = self.scheme, self.step
         target = g.length(step)
+        if g.n > 1 and self.config.sampling == "beam":
+            self._sync_to(g, target - 1)  # beams fork from the history computed so far
+            self._reparent(g, target)
         delta = target - g.held
-        if g.n == 1:
-            cost = (scheme.slots_for(target) - g.alloc) // scheme.block_size
-        else:
-            cost = scheme.grow_cost(g.seqs, delta)
+        cost = scheme.grow_cost(g.handles, g.held, delta)
         if cost > 0 and not self._make_room(g, cost):
             return
         self._untrack(g)
-        scheme.grow(g.seqs, delta)
+        g.alloc = scheme.grow(g.handles, g.held, delta)
         g.sync_step, g.sync_len, g.held = step, target, max(target, g.held)
-        g.alloc = scheme.slots_for(g.held)
         g.counted = g.n
         self._track(g)
         self._schedule(g)
@@ -385,16 +352,14 @@ class Simulator:
         scheme = self.scheme
         while self.swapped:
             g = self.swapped[0]
-            need = scheme.swap_in_cost(g.seqs) + g.n  # plus a block each to grow into
+            need = scheme.swap_in_cost(g.handles) + g.n  # plus a block each to grow into
             if (need + scheme.watermark_blocks > scheme.num_free_blocks
                     or self.running_seqs + g.n > self.config.max_num_seqs):
                 return
             self.swapped.pop(0)
-            scheme.swap_in(g.seqs)
+            self._swapped_blocks += scheme.swap_in(g.handles)
             g.state = RUNNING
             g.sync_step = self.step - 1
-            g.alloc = scheme.slots_for(g.held)
-            g.counted = g.n
             self.running[g.index] = g
             self.running_seqs += g.n
             self._grow(g)  # the token of this step
@@ -403,36 +368,57 @@ class Simulator:
         """Admit from the queue head; (prefill tokens, whether the token budget stopped it).
 
         A head refused for memory is not asked again until memory was freed: free
-        memory only shrinks between finishes and preemptions.
+        memory only shrinks between finishes and preemptions. The prompts admitted are
+        committed (published to the prefix cache) once the step has computed them, so
+        two requests admitted in one step never serve each other blocks not yet written.
         """
         config, scheme = self.config, self.scheme
         tokens = 0
+        admitted = []
         while self.waiting:
             g = self.waiting[0]
             if g is self._refused and self.released == self._refused_at:
-                return tokens, False
+                break
             if self.running_seqs + g.n > config.max_num_seqs:
-                return tokens, False
+                break
             if tokens + g.prefill_len > config.max_num_batched_tokens:
+                self._commit(admitted)
                 return tokens, True
-            if self.paged:
-                r = g.request
-                keys = scheme.block_keys(r.block_keys, r.key_block_size, r.prompt_len)
-                fits = scheme.can_admit(g.prefill_len, keys)
-            else:
-                fits = scheme.can_admit(g.final_len)
-            if not fits:
+            admission = scheme.try_admit(g.request, g.prefill_len, g.n)
+            if admission is None:
                 self._refused, self._refused_at = g, self.released
-                return tokens, False
+                break
             self.waiting.popleft()
-            tokens += self._admit(g)
+            tokens += self._admit(g, admission)
+            admitted.append(g)
+        self._commit(admitted)
         return tokens, False
+
+    def _commit(self, groups: list[_Group]) -> None:
+        for g in groups:
+            self.scheme.commit(g.handles, g.prefill_len)
+
+    # -- time ---------------------------------------------------------------------------
+    def _durations(self, prefill: int, decoding: int) -> tuple[float, float, float]:
+        """(first step, second step, growth per later step) of the interval from now."""
+        timer, bs = self.config.step_time, self.scheme.kv_block_size
+        ledger, step = self.ledger, self.step
+        context = ledger.tokens(step)
+        decode_context = context - self._prefill_context
+        first = timer.step_seconds(prefill + decoding, decode_context + self._prefill_reads,
+                                   decode_context + self._prefill_pairs, bs)
+        if self._swapped_blocks:
+            first += timer.swap_seconds(self._swapped_blocks, bs or 1)
+        running = self.running_seqs
+        c1, c2 = ledger.tokens(step + 1), ledger.tokens(step + 2)
+        later = timer.step_seconds(running, c1, c1, bs)
+        slope = timer.step_seconds(running, c2, c2, bs) - later
+        return first, later, slope
 
     # -- the loop -------------------------------------------------------------------------
     def run(self, progress: bool = False, label: str = "") -> SimResult:
         """Simulate until every request has finished."""
         groups, events = self.groups, self.events
-        step_time = self.config.step_time
         arrivals = [g.request.arrival_time for g in groups]
         next_arrival = 0
         finished = 0
@@ -446,6 +432,8 @@ class Simulator:
                 self.time = arrivals[next_arrival]  # idle: jump to the next arrival
                 continue
             self.preempted_now = False
+            self._prefill_pairs = self._prefill_context = self._prefill_reads = 0
+            self._swapped_blocks = 0
             due = []
             while events and events[0][0] <= self.step:
                 _, index, version = heapq.heappop(events)
@@ -477,29 +465,26 @@ class Simulator:
             if not self.running:
                 if self.waiting or self.swapped:
                     g = self.waiting[0] if self.waiting else self.swapped[0]
-                    raise RuntimeError(
+                    raise UnservableRequestError(
                         f"request {g.request.request_id} ({g.prefill_len} tokens to prefill, "
                         f"{g.n} sequences) cannot be admitted even into an empty cache: "
                         f"check the watermark and max_num_batched_tokens"
                     )
                 continue
-            first = step_time.seconds(prefill + decoding)
-            later = step_time.seconds(self.running_seqs)
+            first, later, slope = self._durations(prefill, decoding)
             nxt = self._next_step(events, budget_stop)
             if next_arrival < len(groups):
                 wait = arrivals[next_arrival] - (self.time + first)
-                nxt = min(nxt, self.step + 1 + max(0, math.ceil(wait / later)))
-            head = self.waiting[0] if self.waiting else None
+                nxt = min(nxt, self.step + 1 + steps_until(wait, later, slope))
+            head = self.waiting[0].request if self.waiting else None
             ledger = self.ledger
             self.intervals.append(Interval(
-                self.step, nxt, self.time, first, later, prefill + decoding,
-                self.running_seqs, len(self.waiting), len(self.swapped),
-                self.scheme.used,
-                0 if head is None else self.scheme.external(head.final_len),
-                self.scheme.capacity, ledger.unused_const, ledger.unused_slope,
-                ledger.internal, ledger.logical,
+                self.step, nxt, self.time, first, later, slope, prefill + decoding,
+                self.running_seqs, len(self.running), len(self.waiting), len(self.swapped),
+                self.scheme.used, self.scheme.external(head), self.scheme.capacity,
+                ledger.unused_const, ledger.unused_slope, ledger.internal, ledger.logical,
             ))
-            self.time += first + (nxt - self.step - 1) * later
+            self.time += first + later_seconds(nxt - self.step - 1, later, slope)
             self.step = nxt
         bar.close()
         return self._result()
@@ -513,47 +498,26 @@ class Simulator:
         return max(nxt, self.step + 1)
 
     def _result(self) -> SimResult:
-        rows = []
-        for g in self.groups:
-            r = g.request
-            rows.append({
-                "request_id": r.request_id,
-                "arrival_time": r.arrival_time,
-                "prompt_len": r.prompt_len,
-                "output_len": r.output_len,
-                "num_seqs": g.n,
-                "admit_step": g.admit_step,
-                "admit_time": g.admit_time,
-                "finish_step": g.finish_step,
-                "finish_time": g.finish_time,
-                "generated": g.generated,
-                "preemptions": g.preemptions,
-                "swaps": g.swaps,
-                "restarts": g.restarts,
-                "recomputed_tokens": g.recomputed_tokens,
-                "cached_tokens": g.cached_tokens,
-            })
-        cow = self.scheme.cache.stats().cow_copies if self.paged else 0
         return SimResult(
             scheme=self.scheme.label,
             steps=expand_intervals(self.intervals),
-            requests=pd.DataFrame(rows),
+            requests=requests_frame(self.groups),
             capacity=self.scheme.capacity,
             decode_tokens=sum(g.generated * g.n for g in self.groups),
-            cow_copies=cow,
+            cow_copies=self.scheme.cow_copies,
         )
 
 
 def simulate(
     workload: Workload,
-    scheme: PagedScheme | ContiguousScheme,
+    scheme: MemoryScheme,
     config: SchedulerConfig | None = None,
     *,
     progress: bool = False,
 ) -> SimResult:
     """Serve `workload` with continuous batching on `scheme`; per-step and per-request results.
 
-    Requests must be in arrival order (a `Workload` is). Raises `ValueError` for a request
-    that could not run even alone in the pool.
+    Requests must be in arrival order (a `Workload` is). Raises `UnservableRequestError`
+    (a `ValueError`) for a request that could not run even alone in the pool.
     """
     return Simulator(workload, scheme, config or SchedulerConfig()).run(progress=progress)

@@ -1,0 +1,143 @@
+"""``paged-kv throughput``: the vLLM paper's Fig. 12, the rate each memory scheme sustains."""
+
+from __future__ import annotations
+
+import argparse
+
+import pandas as pd
+
+from paged_kv.cli import add_command
+from paged_kv.cli._common import (
+    add_output_options,
+    choice_list,
+    emit,
+    format_table,
+    positive_number,
+    progress_enabled,
+    seed,
+)
+
+NAME = "throughput"
+HELP = "vLLM Fig. 12: the request rate each memory scheme sustains, and the ratios"
+DESCRIPTION = """\
+Serve each workload at rising request rates on the four memory schemes with the
+calibrated step time, and report the highest rate at which each keeps its normalised
+latency (mean end-to-end latency per output token) at or under the threshold, with
+paged memory's rate over Orca (Oracle)'s and Orca (Max)'s beside the paper's ranges
+(vLLM: 1.7-2.7x Oracle and 2.7-8x Max on ShareGPT, §6.2). Defaults are the paper's
+setting: OPT-13B on an A100-40GB with 12 GiB of KV, Poisson arrivals; the step time and
+the length spreads are calibrated models (see paged_kv.sim.timing and workloads).
+--batch-sizes adds Fig. 13's batch sizes; --shared-prefix adds Fig. 16's
+shared-prefix workloads (LLaMA-13B)."""
+WORKLOADS = ("sharegpt-like", "alpaca-like")
+SCHEMES = ("max", "pow2", "oracle", "paged")
+
+
+def register(subparsers) -> None:
+    """Add ``throughput`` and its options."""
+    parser = add_command(subparsers, __name__, NAME, HELP, DESCRIPTION)
+    parser.add_argument("--workloads", type=choice_list(WORKLOADS), default=list(WORKLOADS),
+                        help="comma-separated workloads")
+    parser.add_argument("--schemes", type=choice_list(SCHEMES), default=list(SCHEMES),
+                        help="comma-separated memory schemes")
+    parser.add_argument("--model", default="opt-13b", help="model preset")
+    parser.add_argument("--gpu", default="A100-40GB", help="GPU preset (sets the step time)")
+    parser.add_argument("--threshold", type=positive_number, default=0.25,
+                        help="normalised latency (s/token) a sustained rate stays under")
+    parser.add_argument("--duration", type=positive_number, default=900.0,
+                        help="seconds of arrivals per run (the paper: 3600)")
+    parser.add_argument("--seed", type=seed, default=0, help="seed of lengths and arrivals")
+    parser.add_argument("--curves", action="store_true",
+                        help="run every rate of the grid (the figure's curves), not only "
+                             "the search for the sustained rate")
+    parser.add_argument("--batch-sizes", action="store_true",
+                        help="also report Fig. 13's batch sizes (ShareGPT 2, Alpaca 30 req/s)")
+    parser.add_argument("--shared-prefix", action="store_true",
+                        help="also run Fig. 16's shared-prefix workloads (80, 341 tokens)")
+    add_output_options(parser, figure="")
+
+
+def check(args: argparse.Namespace) -> None:
+    """Paged memory's ratios need paged memory; a figure needs the curves."""
+    from paged_kv.cli._common import UsageError  # noqa: PLC0415
+
+    if args.figure is not None and not args.curves:
+        raise UsageError("argument --figure: draws the latency curves; add --curves")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run the study, print the sustained rates and the ratios beside the paper's."""
+    from paged_kv.sim.studies.throughput import (  # noqa: PLC0415
+        batch_size_study,
+        shared_prefix_study,
+        throughput_study,
+    )
+
+    progress = progress_enabled(args)
+    setting = dict(model=args.model, gpu=args.gpu, duration_s=args.duration, seed=args.seed)
+    study = throughput_study(workloads=tuple(args.workloads), schemes=tuple(args.schemes),
+                             threshold_s=args.threshold, curves=args.curves,
+                             progress=progress, **setting)
+    s = study.settings
+    print(f"{s['model']} on {s['gpu']}: {s['kv_slots']:,} KV token slots; "
+          f"{s['duration_s']:g} s of Poisson arrivals per run, seed {s['seed']}; a rate "
+          f"is sustained while the normalised latency stays <= {s['threshold_s']:g} s/token")
+    print("Highest rate each scheme sustains, and paged memory's over it beside the vLLM "
+          "paper's (ShareGPT, over OPT-13B/66B/175B, §6.2; no Alpaca ratios given):\n")
+    emit(_with_ratios(study), args, columns={
+        "workload": "workload", "scheme": "scheme", "sustained_rate": "sustained req/s|{:.2f}",
+        "paged_over": "paged / scheme|{:.2f}", "paper": "paper (§6.2)"},
+        threshold_s=s["threshold_s"], kv_slots=s["kv_slots"], step_time=s["step_time"])
+    if args.batch_sizes:
+        batches = batch_size_study(workloads=tuple(args.workloads),
+                                   schemes=tuple(args.schemes), progress=progress, **setting)
+        print("\nAverage batched requests at Fig. 13's rates:\n")
+        print(format_table(batches, {"workload": "workload", "rate": "req/s|{:g}",
+                                     "scheme": "scheme", "mean_requests": "batch|{:.2f}",
+                                     "paper_mean_requests": "paper (Fig. 13)|{:.2f}"}))
+    if args.shared_prefix:
+        prefix = shared_prefix_study(threshold_s=args.threshold, progress=progress,
+                                     duration_s=args.duration, seed=args.seed, gpu=args.gpu)
+        print("\nShared prefix (LLaMA-13B, translation, Fig. 16): sustained req/s of Orca "
+              "(Oracle) and of paged memory sharing the prefix through its prefix cache:\n")
+        print(format_table(prefix, {"prefix_len": "prefix tokens", "oracle_rate":
+                                    "Oracle|{:.2f}", "paged_rate": "paged|{:.2f}",
+                                    "speedup": "paged / Oracle|{:.2f}",
+                                    "paper_speedup": "paper|{:.2f}"}))
+    if args.figure is not None:
+        _figure(study, args)
+    return 0
+
+
+def _with_ratios(study) -> pd.DataFrame:
+    """The sustained rates with paged memory's rate over each and the paper's range."""
+    frame = study.sustained.copy()
+    frame["paged_over"] = float("nan")
+    frame["paper"] = "-"
+    for _, r in study.ratios.iterrows():
+        for key in ("oracle", "pow2", "max"):
+            if f"paged_over_{key}" not in r or pd.isna(r[f"paged_over_{key}"]):
+                continue
+            at = (frame["workload"] == r["workload"]) & (frame["key"] == key)
+            frame.loc[at, "paged_over"] = r[f"paged_over_{key}"]
+            low, high = r[f"paper_{key}_low"], r[f"paper_{key}_high"]
+            if not pd.isna(low):
+                frame.loc[at, "paper"] = f"{low:g}-{high:g}x"
+    return frame
+
+
+def _figure(study, args: argparse.Namespace) -> None:
+    import matplotlib.pyplot as plt  # noqa: PLC0415
+
+    from paged_kv.plots import plot_latency, save  # noqa: PLC0415
+
+    workloads = list(study.curves["workload"].drop_duplicates())
+    fig, axes = plt.subplots(1, len(workloads), figsize=(5.2 * len(workloads), 3.8),
+                             squeeze=False)
+    s = study.settings
+    for ax, workload in zip(axes[0], workloads):
+        plot_latency(study.curves[study.curves["workload"] == workload], ax=ax,
+                     threshold_s=s["threshold_s"],
+                     title=f"{s['model']}, {s['gpu']}: {workload}")
+    fig.tight_layout()
+    print(f"wrote {save(fig, args.figure)}")
