@@ -27,7 +27,6 @@ from collections.abc import Mapping
 
 import numpy as np
 import pandas as pd
-from tqdm.auto import tqdm
 
 from paged_kv.cache import PagedKVCache
 from paged_kv.checks import require_int
@@ -223,6 +222,8 @@ def scripted_serving(
     generated: dict[int, int] = {}
     rows = []
     step = arrived = done = 0
+    from tqdm.auto import tqdm  # noqa: PLC0415 - here: importing it in a notebook warns
+
     bar = tqdm(total=num_requests, desc="block map", unit="req", disable=not progress)
     while done < num_requests:
         while arrived < num_requests and arrivals[arrived] <= step:
