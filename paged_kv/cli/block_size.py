@@ -57,5 +57,7 @@ def run(args: argparse.Namespace) -> int:
     emit(frame, args, columns={"workload": "workload", "block_size": "block size",
                                "waste_pct": "waste %|{:.2f}"})
     if args.figure is not None:
-        print(f"wrote {save(plot_block_size(frame), args.figure)}")
+        title = (f"Paged waste against block size: {args.model}, 12 GiB of KV, "
+                 f"{args.num_requests} requests per run at {args.rate:g} req/s")
+        print(f"wrote {save(plot_block_size(frame, title=title), args.figure)}")
     return 0

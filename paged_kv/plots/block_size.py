@@ -8,8 +8,10 @@ import pandas as pd
 from paged_kv.plots._style import new_axes
 
 
-def plot_block_size(frame: pd.DataFrame, ax=None) -> plt.Figure:
-    """Paged waste (all but token states) against block size, one line per workload."""
+def plot_block_size(frame: pd.DataFrame, ax=None, title: str = "") -> plt.Figure:
+    """Paged waste (all but token states) against block size, one line per workload.
+
+    `title` should state the setup (model, memory, requests)."""
     fig, ax = new_axes(ax)
     styles = [("o", "-"), ("s", "--"), ("^", ":"), ("D", "-.")]
     for (name, rows), (marker, line) in zip(frame.groupby("workload", sort=False),
@@ -19,7 +21,7 @@ def plot_block_size(frame: pd.DataFrame, ax=None) -> plt.Figure:
     ax.set_xscale("log", base=2)
     ax.set_xlabel("block size (tokens)")
     ax.set_ylabel("waste: reservation + fragmentation (%)")
-    ax.set_title("Paged KV waste against block size")
+    ax.set_title(title or "Paged KV waste against block size", fontsize=10)
     ax.grid(True, alpha=0.3)
     ax.legend()
     return fig
