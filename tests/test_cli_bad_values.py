@@ -156,6 +156,7 @@ ISSUE_CASES = [
     (["demo", "--model", "opt-13b"], "--model"),  # minutes in the simulator
     (["timeline", "--scheme", "max", "--block-size", "32"], "--block-size"),
     (["block-map", "--num-blocks", "10"], "--num-blocks"),
+    (["fragmentation", "--rat", "5"], "unrecognized arguments: --rat"),  # no abbreviations
 ]
 
 
@@ -164,7 +165,8 @@ def test_the_cases_of_issue_14(argv, flag, capsys, no_work, monkeypatch):
     monkeypatch.setattr(device, "device_kind", lambda: "sim")  # the estimate is for the sim
     assert main(argv) == 2
     line = _one_error_line(capsys)
-    assert line.startswith(f"paged-kv {argv[0]}: error: argument {flag}"), line
+    expected = flag if flag.startswith("unrecognized") else f"argument {flag}"
+    assert line.startswith(f"paged-kv {argv[0]}: error: {expected}"), line
 
 
 def test_an_unwritable_output_is_refused_before_the_run(tmp_path, monkeypatch, capsys, no_work):

@@ -106,7 +106,10 @@ def _run(argv: Sequence[str] | None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
     try:
-        args = parser.parse_args(argv)
+        args, unknown = parser.parse_known_args(argv)
+        if unknown:  # reported by the subcommand, whose --help lists what it takes
+            _subparser(parser, args.command).error(
+                f"unrecognized arguments: {' '.join(unknown)}")
     except SystemExit as done:  # --help, --version, or a bad flag (already reported)
         return done.code if isinstance(done.code, int) else 2
     args._argv = argv  # what was typed: `paged_kv.cli._common.given` reads it
