@@ -386,6 +386,30 @@ def check_simulator_time(args: argparse.Namespace, seconds: float, flag: str,
 # -- options most subcommands share -------------------------------------------------------
 
 
+def add_serving_options(parser: argparse.ArgumentParser, *, workloads: Sequence[str],
+                        block_size_help: str = "tokens per block of the paged cache",
+                        num_requests: int = 2000) -> None:
+    """Add the options of a serving simulation: ``--workload`` (from `workloads`, the first
+    is the default), ``--model``, ``--kv-gib``, ``--block-size``, ``--rate``,
+    ``--num-requests`` and ``--seed`` (`check_serving_options` checks them together)."""
+    from paged_kv.config import MODEL_PRESETS  # noqa: PLC0415
+
+    parser.add_argument("--workload", default=workloads[0], choices=workloads,
+                        help="request lengths: shipped ShareGPT, synthetic, or Azure traces")
+    parser.add_argument("--model", default="opt-13b", choices=sorted(MODEL_PRESETS),
+                        help="model preset")
+    parser.add_argument("--kv-gib", type=positive_number, default=12.0,
+                        help="KV cache size in GiB")
+    parser.add_argument("--block-size", type=int_at_least(1, 4096), default=16,
+                        help=block_size_help)
+    parser.add_argument("--rate", type=positive_number, default=10.0,
+                        help="arrivals per second (not for the Azure traces, which keep "
+                             "their recorded arrivals)")
+    parser.add_argument("--num-requests", type=int_at_least(1, 100_000), default=num_requests,
+                        help="requests to serve")
+    parser.add_argument("--seed", type=seed, default=0, help="seed of lengths and arrivals")
+
+
 def add_output_options(parser: argparse.ArgumentParser, *, figure: str | None = None) -> None:
     """Add ``--output`` (results with settings), ``--figure`` if the command draws one
     (`figure` is its default path, or "" for none by default), and ``--no-progress``."""

@@ -7,15 +7,12 @@ import argparse
 from paged_kv.cli import add_command
 from paged_kv.cli._common import (
     add_output_options,
+    add_serving_options,
     applies_rate,
     emit,
-    int_at_least,
-    positive_number,
     progress_enabled,
     refuse_if_given,
-    seed,
 )
-from paged_kv.config import MODEL_PRESETS
 
 NAME = "timeline"
 HELP = "memory categories over the time of one serving run"
@@ -32,22 +29,10 @@ def register(subparsers) -> None:
     from paged_kv.sim.studies import WORKLOADS  # noqa: PLC0415
 
     parser = add_command(subparsers, __name__, NAME, HELP, DESCRIPTION)
-    parser.add_argument("--workload", default="sharegpt", choices=WORKLOADS,
-                        help="request lengths: shipped ShareGPT, synthetic, or Azure traces")
     parser.add_argument("--scheme", default="paged", choices=SCHEMES,
                         help="memory scheme: the paged cache or Orca's contiguous reservations")
-    parser.add_argument("--model", default="opt-13b", choices=sorted(MODEL_PRESETS),
-                        help="model preset")
-    parser.add_argument("--kv-gib", type=positive_number, default=12.0,
-                        help="KV cache size in GiB")
-    parser.add_argument("--block-size", type=int_at_least(1, 4096), default=16,
-                        help="tokens per block (paged scheme only)")
-    parser.add_argument("--rate", type=positive_number, default=10.0,
-                        help="arrivals per second (not for the Azure traces, which keep "
-                             "their recorded arrivals)")
-    parser.add_argument("--num-requests", type=int_at_least(1, 100_000), default=2000,
-                        help="requests to serve")
-    parser.add_argument("--seed", type=seed, default=0, help="seed of lengths and arrivals")
+    add_serving_options(parser, workloads=WORKLOADS,
+                        block_size_help="tokens per block (paged scheme only)")
     add_output_options(parser, figure="figures/timeline.png")
 
 
