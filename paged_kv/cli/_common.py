@@ -184,6 +184,18 @@ positive_number = number_in(0.0, low_open=True)
 fraction = number_in(0.0, 1.0, high_open=True)
 
 
+@_refuses("", "banana", "host:0", "host:99999", "tcp://:8786", "tcp://host")
+def address(text: str) -> str:
+    """A type for a network address ``[scheme://]host:port`` (a Dask scheduler, a
+    server): the host non-empty, the port in 1..65535. Returns the text as given."""
+    rest = text.split("://", 1)[1] if "://" in text else text
+    host, _, port = rest.rpartition(":")
+    if not host or not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise argparse.ArgumentTypeError(
+            f"expected an address [scheme://]host:port (port 1..65535), got {text!r}")
+    return text
+
+
 def choice_list(choices: Iterable[str]) -> Callable[[str], list[str]]:
     """A type accepting a comma-separated list of distinct names from `choices`."""
     valid = list(choices)
