@@ -140,6 +140,7 @@ def test_a_gpu_asked_for_without_one_is_refused_by_kernel_commands(monkeypatch, 
 ISSUE_CASES = [
     (["fragmentation", "--block-size", "0"], "--block-size"),
     (["fragmentation", "--block-size", "100000"], "--block-size"),
+    (["timeline", "--block-size", "4096", "--kv-gib", "4"], "--block-size"),  # 1 block < 2048
     (["fragmentation", "--num-requests", "0"], "--num-requests"),
     (["fragmentation", "--kv-gib", "-3"], "--kv-gib"),
     (["fragmentation", "--kv-gib", "0.5"], "--kv-gib"),  # fewer slots than one sequence

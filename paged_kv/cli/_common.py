@@ -339,19 +339,38 @@ RECORDED_ARRIVALS = ("azure-conv", "azure-code")
 
 def check_serving_options(args: argparse.Namespace) -> None:
     """The checks of a serving simulation's options (``--model``, ``--kv-gib``,
-    ``--workload``, ``--rate``), run for every command that has them: the KV pool must
-    hold one longest sequence, and ``--rate`` is refused for a trace with recorded
-    arrivals (a command then prints no rate: `applies_rate`)."""
+    ``--block-size``, ``--workload``, ``--rate``), run for every command that has them:
+    the model is a preset, the KV pool holds one longest sequence (in whole blocks, with
+    a block size), and ``--rate`` is refused for a trace with recorded arrivals (a
+    command then prints no rate: `applies_rate`)."""
     from paged_kv.config import get_model  # noqa: PLC0415
 
-    if hasattr(args, "kv_gib") and hasattr(args, "model"):
-        spec = get_model(args.model)
+    spec = None
+    if isinstance(getattr(args, "model", None), str):
+        try:
+            spec = get_model(args.model)
+        except ValueError as err:
+            raise UsageError(f"argument --model: {err}") from None
+    if spec is not None and isinstance(getattr(args, "kv_gib", None), float):
         slots = int(args.kv_gib * 2**30) // spec.bytes_per_token
         if slots < spec.max_seq_len:
             raise UsageError(
                 f"argument --kv-gib: {args.kv_gib:g} GiB holds {slots:,} token slots of "
                 f"{spec.name}, fewer than one {spec.max_seq_len}-token sequence"
             )
+        block = getattr(args, "block_size", None)
+        if isinstance(block, int):
+            from paged_kv.config import CacheConfig  # noqa: PLC0415
+
+            blocks = slots // block
+            usable = blocks - (CacheConfig(block, max(1, blocks)).watermark_reserve_blocks
+                               if blocks else 0)  # admission keeps the watermark free
+            if usable * block < spec.max_seq_len:
+                raise UsageError(
+                    f"argument --block-size: the {slots:,}-slot pool holds {blocks} blocks of "
+                    f"{block} tokens, {usable} of them admissible under the watermark: "
+                    f"fewer than one {spec.max_seq_len}-token sequence"
+                )
     if getattr(args, "workload", None) in RECORDED_ARRIVALS and hasattr(args, "rate"):
         refuse_if_given(args, "--rate", f"{args.workload} keeps its recorded arrival times")
 
