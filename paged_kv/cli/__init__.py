@@ -47,8 +47,11 @@ def build_parser() -> Parser:
 
     parser = Parser(
         prog="paged-kv",
-        description="A research toolkit for paged KV-cache memory management: "
-        "kernels, the cache, trace replay and serving studies.",
+        description="A research toolkit for paged KV-cache memory management: kernels, the\n"
+        "cache, trace replay and serving studies.",
+        epilog="'paged-kv COMMAND --help' lists a command's options with their defaults.\n"
+        "A bad value is refused before any work, in one line, with exit status 2.\n"
+        "PAGED_KV_DEVICE=gpu|sim chooses the device (default: a GPU if the driver sees one).",
         formatter_class=HelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"paged-kv {__version__}")
