@@ -96,7 +96,9 @@ def run(args: argparse.Namespace) -> int:
              f"{args.policy.upper()} eviction, seed {args.seed}")
     print(f"block map: {setup}\n")
     facts = block_map_summary(recorder, log)
-    print(format_table(pd.DataFrame([facts])) + "\n")
+    print(format_table(pd.DataFrame({"what happened": list(facts),
+                                     "value": ["-" if v is None else str(v)
+                                          for v in facts.values()]})) + "\n")
     steps = log.merge(recorder.counts().drop(columns="label"), left_index=True,
                       right_index=True)
     emit(steps, args, max_rows=12, columns={
