@@ -144,7 +144,7 @@ ISSUE_CASES = [
     (["fragmentation", "--num-requests", "0"], "--num-requests"),
     (["fragmentation", "--kv-gib", "-3"], "--kv-gib"),
     (["fragmentation", "--kv-gib", "0.5"], "--kv-gib"),  # fewer slots than one sequence
-    (["fragmentation", "--seed", "-1"], "--seed"),
+    (["timeline", "--seed", "-1"], "--seed"),
     (["fragmentation", "--workload", "azure-conv", "--rate", "5"], "--rate"),
     (["block-size", "--block-sizes", "0", "16"], "--block-sizes"),
     (["block-size", "--block-sizes", "16", "16"], "--block-sizes"),

@@ -338,11 +338,11 @@ RECORDED_ARRIVALS = ("azure-conv", "azure-code")
 
 
 def check_serving_options(args: argparse.Namespace) -> None:
-    """The checks of a serving simulation's options (``--model``, ``--kv-gib``,
+    """The checks of a serving simulation's options (``--model``, ``--gpu``, ``--kv-gib``,
     ``--block-size``, ``--workload``, ``--rate``), run for every command that has them:
-    the model is a preset, the KV pool holds one longest sequence (in whole blocks, with
-    a block size), and ``--rate`` is refused for a trace with recorded arrivals (a
-    command then prints no rate: `applies_rate`)."""
+    the model and the GPU are presets, the KV pool holds one longest sequence (in whole
+    blocks, with a block size), and ``--rate`` is refused for a trace with recorded
+    arrivals (a command then prints no rate: `applies_rate`)."""
     from paged_kv.config import get_model  # noqa: PLC0415
 
     spec = None
@@ -371,6 +371,16 @@ def check_serving_options(args: argparse.Namespace) -> None:
                     f"{block} tokens, {usable} of them admissible under the watermark: "
                     f"fewer than one {spec.max_seq_len}-token sequence"
                 )
+    if isinstance(getattr(args, "gpu", None), str):
+        try:
+            from paged_kv.sim.hardware import get_gpu  # noqa: PLC0415 - where GPU presets live
+        except ImportError:
+            get_gpu = None
+        if get_gpu is not None:
+            try:
+                get_gpu(args.gpu)
+            except ValueError as err:
+                raise UsageError(f"argument --gpu: {err}") from None
     if getattr(args, "workload", None) in RECORDED_ARRIVALS and hasattr(args, "rate"):
         refuse_if_given(args, "--rate", f"{args.workload} keeps its recorded arrival times")
 
