@@ -30,6 +30,9 @@ autodoc_default_options = {
     "undoc-members": True,
     "show-inheritance": True,
     "member-order": "bysource",
+    # each name where it is defined: a module that re-exports another's names in its
+    # __all__ does not document them twice (two targets for one `name`)
+    "ignore-module-all": True,
 }
 autodoc_preserve_defaults = True
 autodoc_typehints = "signature"
