@@ -436,11 +436,11 @@ def add_serving_options(parser: argparse.ArgumentParser, *, workloads: Sequence[
     """Add the options of a serving simulation: ``--workload`` (from `workloads`, the first
     is the default), ``--model``, ``--kv-gib``, ``--block-size``, ``--rate``,
     ``--num-requests`` and ``--seed`` (`check_serving_options` checks them together)."""
-    from paged_kv.config import MODEL_PRESETS  # noqa: PLC0415
+    from paged_kv.sim.hardware import MODEL_COMPUTE  # noqa: PLC0415 - the simulator's models
 
     parser.add_argument("--workload", default=workloads[0], choices=workloads,
                         help="request lengths: shipped ShareGPT, synthetic, or Azure traces")
-    parser.add_argument("--model", default="opt-13b", choices=sorted(MODEL_PRESETS),
+    parser.add_argument("--model", default="opt-13b", choices=sorted(MODEL_COMPUTE),
                         help="model preset")
     parser.add_argument("--kv-gib", type=positive_number, default=12.0,
                         help="KV cache size in GiB")

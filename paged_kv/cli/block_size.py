@@ -14,7 +14,7 @@ from paged_kv.cli._common import (
     progress_enabled,
     seed,
 )
-from paged_kv.config import MODEL_PRESETS
+from paged_kv.sim.hardware import MODEL_COMPUTE
 
 NAME = "block-size"
 HELP = "paged waste against block size"
@@ -33,7 +33,7 @@ def register(subparsers) -> None:
                         help="block sizes to run, in tokens")
     parser.add_argument("--workloads", nargs="+", choices=WORKLOADS, default=list(WORKLOADS),
                         help="synthetic length models to serve")
-    parser.add_argument("--model", default="opt-13b", choices=sorted(MODEL_PRESETS),
+    parser.add_argument("--model", default="opt-13b", choices=sorted(MODEL_COMPUTE),
                         help="model preset")
     parser.add_argument("--rate", type=positive_number, default=20.0,
                         help="arrivals per second")
@@ -57,7 +57,7 @@ def run(args: argparse.Namespace) -> int:
     emit(frame, args, columns={"workload": "workload", "block_size": "block size",
                                "waste_pct": "waste %|{:.2f}"})
     if args.figure is not None:
-        title = (f"Paged waste against block size: {args.model}, 12 GiB of KV, "
+        title = (f"Paged waste against block size: {args.model} on one A100-40GB, "
                  f"{args.num_requests} requests per run at {args.rate:g} req/s")
         print(f"wrote {save(plot_block_size(frame, title=title), args.figure)}")
     return 0
