@@ -1,19 +1,28 @@
 # Two commands do all set-up on a fresh machine with Python 3.10+:
-#   make demo   creates .venv if missing, installs paged_kv, runs the main job:
-#               the data-plane round trip, then the fragmentation study
-#   make test   same environment, runs the whole suite (tests, compile check, notebooks)
+#   make demo       creates .venv if missing, installs paged_kv, runs the main job:
+#                   the data-plane round trip, then the fragmentation study
+#   make test       same environment, runs the whole suite (tests, compile check, notebooks)
+# and the others use the same environment:
+#   make lint       ruff over the package, the tests and the benchmarks
+#   make bench      the kernel benchmarks (benchmarks/RESULTS.md has the numbers)
+#   make gpu-check  on a machine with a GPU: kernel tests, demo, compile check, benchmarks
+#   make docs       the documentation site, warnings as errors -> docs/_build/html
+#   make notebooks  re-run every notebook at full size, in place, with its figures
+#                   (NOTEBOOKS="04_block_map" for some; long: run it with nice)
+#   make clean      removes the environment and every cache and build
 PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.paged_kv-installed
+NOTEBOOKS ?= $(basename $(notdir $(wildcard notebooks/*.ipynb)))
 
-.PHONY: demo test lint bench gpu-check clean
+.PHONY: demo test lint bench gpu-check docs notebooks clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 10) else "paged_kv needs Python 3.10+")'
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[dev,cuda,distributed]'
+	$(PY) -m pip install --quiet -e '.[dev,cuda,distributed,docs]'
 	@touch $(STAMP)
 
 demo: $(STAMP)
@@ -24,7 +33,7 @@ test: $(STAMP)
 	PAGED_KV_NOTEBOOK_SIZE=small $(PY) -m pytest -v tests notebooks --nbmake
 
 lint: $(STAMP)
-	$(PY) -m ruff check paged_kv tests benchmarks
+	$(PY) -m ruff check paged_kv tests benchmarks scripts
 
 bench: $(STAMP)
 	$(PY) benchmarks/kernels.py
@@ -32,5 +41,12 @@ bench: $(STAMP)
 gpu-check: $(STAMP)
 	bash scripts/gpu_check.sh
 
+docs: $(STAMP)
+	$(PY) -m sphinx -W --keep-going -q -b html docs docs/_build/html
+	@echo "documentation: docs/_build/html/index.html"
+
+notebooks: $(STAMP)
+	$(PY) scripts/run_notebooks.py $(NOTEBOOKS)
+
 clean:
-	rm -rf $(VENV) .pytest_cache .hypothesis
+	rm -rf $(VENV) .pytest_cache .hypothesis .ruff_cache docs/_build paged_kv.egg-info

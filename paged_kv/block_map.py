@@ -12,7 +12,9 @@ state. `block_fill` says how many of each block's ``block_size`` slots hold a to
 unfilled slots of a held block are its internal fragmentation. `BlockMapRecorder` stacks
 snapshots of both into ``[snapshot, block]`` arrays, which `paged_kv.plots.plot_block_map`
 draws; `scripted_serving` is a short seeded serving loop (prefix caching, parallel
-sampling with copy-on-write, eviction) that produces such a recording.
+sampling with copy-on-write, eviction) that produces such a recording, and
+`block_map_summary` the numbers a recording is read by (``paged-kv block-map`` prints
+them).
 
 Only the GPU pool is mapped: a swapped-out sequence holds host blocks and is skipped.
 Everything here is metadata: no KV is read.
@@ -27,6 +29,7 @@ import numpy as np
 import pandas as pd
 
 from paged_kv.cache import PagedKVCache
+from paged_kv.checks import require_int
 from paged_kv.config import CacheConfig
 from paged_kv.sequence import GPU
 
@@ -144,6 +147,19 @@ class BlockMapRecorder:
         })
 
 
+#: private prompt tokens after the shared prefix (1 to 7) and tokens decoded (6 to 29)
+_MAX_PRIVATE, _MAX_OUTPUT = 7, 29
+
+
+def min_blocks(block_size: int, prefix_lens: tuple[int, ...], parallel_every: int) -> int:
+    """The fewest blocks `scripted_serving` needs: its longest request, twice over when
+    some requests fork a second sample (below that, a request could never be served)."""
+    if not prefix_lens or min(prefix_lens) < 1:
+        raise ValueError(f"prefix_lens must be one or more lengths >= 1, got {prefix_lens!r}")
+    longest = max(prefix_lens) + _MAX_PRIVATE + _MAX_OUTPUT
+    return -(-longest // block_size) * (2 if parallel_every else 1)
+
+
 def scripted_serving(
     *,
     num_blocks: int = 96,
@@ -154,6 +170,7 @@ def scripted_serving(
     parallel_every: int = 4,
     seed: int = 0,
     policy: str = "lru",
+    progress: bool = False,
 ) -> tuple[BlockMapRecorder, pd.DataFrame]:
     """A short seeded serving loop over a metadata-only cache with prefix caching on.
 
@@ -168,7 +185,18 @@ def scripted_serving(
 
     Returns the recorder and one row per step: step, running, waiting, admitted,
     hit_tokens (prefix-cache hits of the requests admitted), preempted, cow_copies.
+    `progress` shows a bar of finished requests.
     """
+    for name, value, low in (("num_blocks", num_blocks, 1), ("block_size", block_size, 1),
+                             ("num_requests", num_requests, 1), ("max_running", max_running, 1),
+                             ("parallel_every", parallel_every, 0)):
+        require_int(name, value, low)
+    needed = min_blocks(block_size, prefix_lens, parallel_every)
+    if num_blocks < needed:
+        raise ValueError(
+            f"num_blocks={num_blocks} cannot hold the longest request (with its second "
+            f"sample) in blocks of {block_size} tokens; give at least {needed}"
+        )
     rng = np.random.default_rng(seed)
     cache = PagedKVCache(CacheConfig(
         block_size=block_size, num_gpu_blocks=num_blocks, enable_prefix_caching=True,
@@ -182,8 +210,9 @@ def scripted_serving(
     prompts, outputs, samples = [], [], []
     for r in range(num_requests):
         shared = prefixes[int(rng.choice(len(prefixes), p=odds))]
-        prompts.append(shared + rng.integers(vocab, size=int(rng.integers(1, 8))).tolist())
-        outputs.append(int(rng.integers(6, 30)))
+        private = int(rng.integers(1, _MAX_PRIVATE + 1))
+        prompts.append(shared + rng.integers(vocab, size=private).tolist())
+        outputs.append(int(rng.integers(6, _MAX_OUTPUT + 1)))
         samples.append(2 if parallel_every and r % parallel_every == parallel_every - 1 else 1)
 
     owners: dict[int, int] = {}
@@ -193,6 +222,9 @@ def scripted_serving(
     generated: dict[int, int] = {}
     rows = []
     step = arrived = done = 0
+    from tqdm.auto import tqdm  # noqa: PLC0415 - here: importing it in a notebook warns
+
+    bar = tqdm(total=num_requests, desc="block map", unit="req", disable=not progress)
     while done < num_requests:
         while arrived < num_requests and arrivals[arrived] <= step:
             waiting.append(arrived)
@@ -201,6 +233,7 @@ def scripted_serving(
             for seq in running.pop(r):
                 cache.free(seq)
             done += 1
+            bar.update()
         admitted = hits = preempted = 0
         while waiting and len(running) < max_running:
             r = waiting[0]
@@ -242,5 +275,37 @@ def scripted_serving(
         step += 1
         if not running and not waiting and arrived < num_requests:
             step = max(step, int(arrivals[arrived]))
+    bar.close()
     cache.check_invariants()
     return recorder, pd.DataFrame(rows)
+
+
+def block_map_summary(recorder: BlockMapRecorder, log: pd.DataFrame) -> dict[str, object]:
+    """What a `scripted_serving` run did, in the terms its block map is read by.
+
+    `log` is the per-step frame `scripted_serving` returns beside `recorder`. Steps of
+    events that never happened are None (printed as ``-``).
+    """
+    counts = recorder.counts()
+    held = counts["owned"] + counts["shared"]
+    held_slots = held * recorder.block_size
+    busy = held_slots > 0
+
+    def first_step(mask: pd.Series) -> int | None:
+        hits = np.flatnonzero(mask.to_numpy())
+        return int(log["step"].iloc[hits[0]]) if len(hits) else None
+
+    unfilled = counts["unfilled_slots"][busy] / held_slots[busy]
+    return {
+        "steps": len(recorder),
+        "most blocks held": int(held.max()) if len(held) else 0,
+        "most blocks shared": int(counts["shared"].max()) if len(held) else 0,
+        "prompt tokens from cache": int(log["hit_tokens"].sum()),
+        "COW copies": int(log["cow_copies"].iloc[-1]) if len(log) else 0,
+        "preemptions": int(log["preempted"].sum()),
+        "first evictable at step": first_step(counts["evictable"] > 0),
+        "first eviction at step": first_step(counts["evictions"] > 0),
+        "evictions": int(counts["evictions"].iloc[-1]) if len(counts) else 0,
+        "unfilled share of held slots %": round(100 * float(unfilled.mean()), 1)
+        if busy.any() else 0.0,
+    }

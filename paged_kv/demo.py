@@ -18,7 +18,7 @@ import numpy as np
 
 from paged_kv.config import ModelSpec, get_model
 from paged_kv.device import device_name
-from paged_kv.storage import KVStorage
+from paged_kv.humanize import format_bytes
 
 #: Demo geometry: small enough for the CUDA simulator to finish in about a second.
 BLOCK_SIZE = 4
@@ -27,8 +27,34 @@ NUM_HOST_BLOCKS = 8
 SEQ_LENS = (7, 12, 5)  # 7 and 5 end in a partial block
 
 
-def _kib(num_bytes: int) -> str:
-    return f"{num_bytes / 1024:.1f} KiB"
+#: Kernel threads Numba's CUDA simulator runs per second on one core (measured with this
+#: demo at 2.6k-3.5k threads/s for 13k-100k threads; the lower end, to err long).
+SIMULATOR_THREADS_PER_S = 3000
+
+
+def _thread_work(run_bytes: int, itemsize: int) -> int:
+    """Thread-steps of one copy run: threads per run times the steps each takes.
+
+    Mirrors `paged_kv.kernels._units`: units of the largest of 16, 8, 4, 2 bytes that
+    divides the run, two 8-byte units per step at 16, at most 256 threads per run.
+    """
+    width = next(w for w in (16, 8, 4, 2) if w >= itemsize and run_bytes % w == 0)
+    steps = run_bytes // 16 if width == 16 else run_bytes // width
+    threads = max(1, min(256, steps))
+    return threads * -(-steps // threads)
+
+
+def simulator_seconds(model: str | ModelSpec = "tiny") -> float:
+    """Seconds `run_demo` takes in the CUDA simulator for `model`, estimated from its
+    launch sizes (slot writes, three gathers and a block copy per layer; swaps are
+    memcpy and launch no threads)."""
+    spec = model if isinstance(model, ModelSpec) else get_model(model)
+    token_bytes = spec.num_kv_heads * spec.head_dim * spec.itemsize
+    tokens = sum(SEQ_LENS)
+    token_runs = spec.num_layers * ((tokens + 1) + 3 * tokens)  # + 1: the padding token
+    work = token_runs * _thread_work(token_bytes, spec.itemsize)
+    work += 2 * spec.num_layers * _thread_work(BLOCK_SIZE * token_bytes, spec.itemsize)
+    return work / SIMULATOR_THREADS_PER_S
 
 
 def _same(a: np.ndarray, b: np.ndarray) -> bool:
@@ -41,6 +67,8 @@ def run_demo(model: str | ModelSpec = "tiny", seed: int = 0, file: TextIO = sys.
     Returns True when every byte read back matched what was written, False otherwise
     (each mismatch is printed as a FAILED line).
     """
+    from paged_kv.storage import KVStorage  # noqa: PLC0415 - loads numba
+
     spec = model if isinstance(model, ModelSpec) else get_model(model)
     rng = np.random.default_rng(seed)
     dtype = np.dtype(spec.dtype)
@@ -57,8 +85,8 @@ def run_demo(model: str | ModelSpec = "tiny", seed: int = 0, file: TextIO = sys.
     print(
         f"model {spec.name}: {spec.num_layers} layers x {spec.num_kv_heads} KV heads x "
         f"head_dim {spec.head_dim}, {spec.dtype}; block_size {BLOCK_SIZE}; GPU pool "
-        f"{NUM_GPU_BLOCKS} blocks ({_kib(storage.nbytes_gpu)}), host pool {NUM_HOST_BLOCKS} "
-        f"blocks ({_kib(storage.nbytes_host)})",
+        f"{NUM_GPU_BLOCKS} blocks ({format_bytes(storage.nbytes_gpu)}), host pool "
+        f"{NUM_HOST_BLOCKS} blocks ({format_bytes(storage.nbytes_host)})",
         file=file,
     )
 
@@ -92,7 +120,7 @@ def run_demo(model: str | ModelSpec = "tiny", seed: int = 0, file: TextIO = sys.
         for layer in range(spec.num_layers)
     )
     report(matched, f"slot write -> gather: {total} tokens x {spec.num_layers} layers, "
-                    f"{_kib(kv_bytes)} of K/V byte-exact (padding token skipped)")
+                    f"{format_bytes(kv_bytes)} of K/V byte-exact (padding token skipped)")
 
     starts = [int(rng.integers(n + 1)) for n in SEQ_LENS]
     offsets = np.cumsum([0, *SEQ_LENS])
@@ -110,7 +138,7 @@ def run_demo(model: str | ModelSpec = "tiny", seed: int = 0, file: TextIO = sys.
     storage.copy_blocks([(src, dst)])
     gpu = storage.gpu_snapshot()
     report(_same(gpu[:, :, dst], gpu[:, :, src]),
-           f"block copy {src} -> {dst}: {_kib(spec.bytes_per_block(BLOCK_SIZE))} "
+           f"block copy {src} -> {dst}: {format_bytes(spec.bytes_per_block(BLOCK_SIZE))} "
            f"(all layers, K and V) byte-exact")
     before_swap = gpu
 
@@ -121,7 +149,7 @@ def run_demo(model: str | ModelSpec = "tiny", seed: int = 0, file: TextIO = sys.
     report(all(_same(host[:, :, h], before_swap[:, :, g])
                for g, h in zip(tables[1], host_ids, strict=True)),
            f"swap out GPU {tables[1]} -> host {host_ids}: "
-           f"{_kib(len(host_ids) * spec.bytes_per_block(BLOCK_SIZE))} byte-exact")
+           f"{format_bytes(len(host_ids) * spec.bytes_per_block(BLOCK_SIZE))} byte-exact")
     new_ids, free = free[: len(host_ids)], free[len(host_ids):]
     storage.swap_in(list(zip(host_ids, new_ids, strict=True)))
     tables[1] = new_ids

@@ -62,6 +62,14 @@ def _driver_reports_a_device() -> bool:
     return False
 
 
+def gpu_present() -> bool:
+    """True when the CUDA driver loads and reports at least one device (numba not loaded).
+
+    Lets a caller refuse ``PAGED_KV_DEVICE=gpu`` up front on a machine without a GPU.
+    """
+    return _driver_reports_a_device()
+
+
 def _sim_env_set() -> bool:
     return os.environ.get(_SIM_ENV, "").strip() not in ("", "0")
 

@@ -3,7 +3,7 @@
 Bad arguments are `ValueError`; running out of a resource, naming a sequence that does
 not exist, asking for something the cache was not configured with, and misusing the
 simulator are `PagedKVError` subclasses (two of them, `ImmutableBlockError` and
-`ConfigurationError`, are also `ValueError`s: they are bad requests). Every operation
+`ConfigurationError`, are also subclasses of `ValueError`: they are bad requests). Every operation
 that raises leaves the cache exactly as it was.
 """
 

@@ -25,32 +25,6 @@ def test_version(capsys):
     assert capsys.readouterr().out.strip() == f"paged-kv {__version__}"
 
 
-@pytest.mark.parametrize(
-    "argv, flag",
-    [
-        (["fragmentation", "--block-size", "0"], "--block-size"),
-        (["fragmentation", "--num-requests", "0"], "--num-requests"),
-        (["fragmentation", "--kv-gib", "-3"], "--kv-gib"),
-        (["fragmentation", "--seed", "-1"], "--seed"),
-        (["fragmentation", "--rate", "nan"], "--rate"),
-        (["block-size", "--block-sizes", "0", "16"], "--block-sizes"),
-        (["block-size", "--block-sizes", "16", "16"], "--block-sizes"),
-        (["replay", "--capacity", "1e4"], "--capacity"),
-        (["replay", "--warmup", "1"], "--warmup"),
-        (["replay", "--output", "results.txt"], "--output"),
-        (["replay", "--output", ""], "--output"),
-        (["replay", "--output", "/missing/dir/r.csv"], "--output"),
-        (["fragmentation", "--figure", "/missing/dir/x.png"], "--figure"),
-        (["fragmentation", "--figure", ""], "--figure"),
-    ],
-)
-def test_a_bad_value_is_one_line_naming_the_flag_with_status_2(argv, flag, capsys, tmp_path):
-    assert main(argv + ["--no-progress"]) == 2
-    line = one_error_line(capsys)
-    assert line.startswith(f"paged-kv {argv[0]}: error:") and flag in line
-    assert not (tmp_path / "x.png").exists()
-
-
 def test_no_folder_is_created_for_an_output(tmp_path, capsys):
     target = tmp_path / "new" / "r.json"
     assert main(["replay", "--output", str(target), "--no-progress"]) == 2

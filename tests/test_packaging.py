@@ -56,3 +56,15 @@ def test_version_pins_agree():
     for req in reqs:
         spec = req.split(";")[0].replace(" ", "")  # environment markers are pip's business
         assert spec in env_text.replace(" ", ""), f"{req} not pinned alike in environment.yml"
+
+
+def test_license_is_an_spdx_expression_with_its_file():
+    """The SPDX form (setuptools >= 77): no deprecation warning at install."""
+    document = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    project = document["project"]
+    assert project["license"] == "Apache-2.0"
+    assert all((ROOT / f).is_file() for f in project["license-files"])
+    assert "Apache License" in (ROOT / "LICENSE").read_text()[:200]
+    assert any(r.replace(" ", "").startswith("setuptools>=77")
+               for r in document["build-system"]["requires"])
+    assert "license: Apache-2.0" in (ROOT / "CITATION.cff").read_text()

@@ -40,3 +40,23 @@ def test_the_replay_numbers_are_what_the_command_prints(capsys):
     assert "| mooncake-conversation | lru | 10000 | 0.2192 |" in out
     assert "0.2192 at 10,000 blocks" in README
     assert "0.3734 unbounded" in README  # tests/test_cli.py checks the unbounded run
+
+
+def test_every_make_target_is_listed_and_the_docs_are_linked():
+    makefile = (Path(__file__).resolve().parents[1] / "Makefile").read_text()
+    phony = re.search(r"^\.PHONY: (.*)$", makefile, re.M).group(1).split()
+    assert {"demo", "test", "lint", "bench", "gpu-check", "docs", "notebooks", "clean"} <= set(
+        phony)
+    for target in phony:
+        assert f"| `make {target}` |" in README, f"README does not list make {target}"
+    assert "](docs/index.rst)" in README and "](LICENSE)" in README
+    assert "](CITATION.cff)" in README
+
+
+def test_the_simulator_estimate_quoted_is_what_the_demo_says(capsys, monkeypatch):
+    from paged_kv import device
+
+    monkeypatch.setattr(device, "device_kind", lambda: "sim")
+    assert main(["demo", "--model", "opt-13b"]) == 2
+    quoted = re.search(r'"(would take about [^"]+ in the CUDA simulator)"', README).group(1)
+    assert quoted in capsys.readouterr().err

@@ -2,10 +2,12 @@
 
 Each subcommand is one module of this package that defines ``NAME``, ``HELP``,
 ``register(subparsers)`` and ``run(args) -> int`` (and optionally ``check(args)``,
-which refuses combinations of flags before any work). Modules are found by name, so a
-new subcommand is a new file. The shared rules (one-line errors naming the flag with
-exit status 2, output paths checked up front, a table on stdout and ``--output`` CSV or
-JSON with the settings) live in `paged_kv.cli._common`.
+which refuses combinations of flags before any work, and ``RUNS_KERNELS = True`` when
+it launches kernels, so that ``PAGED_KV_DEVICE=gpu`` is refused up front without a
+GPU). Modules are found by name, so a new subcommand is a new file. The shared rules
+(one-line errors naming the flag with exit status 2, output paths checked up front, a
+table on stdout and ``--output`` CSV or JSON with the settings) live in
+`paged_kv.cli._common`.
 """
 
 from __future__ import annotations
@@ -18,7 +20,14 @@ import sys
 from collections.abc import Sequence
 from types import ModuleType
 
-from paged_kv.cli._common import HelpFormatter, Parser, one_line
+from paged_kv.cli._common import (
+    HelpFormatter,
+    Parser,
+    check_device_setting,
+    check_repeats,
+    check_serving_options,
+    one_line,
+)
 
 __all__ = ["build_parser", "main"]
 
@@ -38,8 +47,11 @@ def build_parser() -> Parser:
 
     parser = Parser(
         prog="paged-kv",
-        description="A research toolkit for paged KV-cache memory management: "
-        "kernels, the cache, trace replay and serving studies.",
+        description="A research toolkit for paged KV-cache memory management: kernels, the\n"
+        "cache, trace replay and serving studies.",
+        epilog="'paged-kv COMMAND --help' lists a command's options with their defaults.\n"
+        "A bad value is refused before any work, in one line, with exit status 2.\n"
+        "PAGED_KV_DEVICE=gpu|sim chooses the device (default: a GPU if the driver sees one).",
         formatter_class=HelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"paged-kv {__version__}")
@@ -56,8 +68,15 @@ def add_command(subparsers, module_name: str, name: str, help: str,
     parser = subparsers.add_parser(name, help=help, description=description,
                                    formatter_class=HelpFormatter)
     module = sys.modules[module_name]
-    parser.set_defaults(run=module.run, check=getattr(module, "check", None))
+    parser.set_defaults(run=module.run, check=getattr(module, "check", None),
+                        runs_kernels=getattr(module, "RUNS_KERNELS", False))
     return parser
+
+
+def _subparser(parser: argparse.ArgumentParser, name: str) -> argparse.ArgumentParser:
+    """The parser of subcommand `name`."""
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    return sub.choices[name]
 
 
 def _quiet_broken_pipe() -> None:
@@ -87,12 +106,22 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _run(argv: Sequence[str] | None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
     try:
-        args = parser.parse_args(argv)
+        args, unknown = parser.parse_known_args(argv)
+        if unknown:  # reported by the subcommand, whose --help lists what it takes
+            _subparser(parser, args.command).error(
+                f"unrecognized arguments: {' '.join(unknown)}")
     except SystemExit as done:  # --help, --version, or a bad flag (already reported)
         return done.code if isinstance(done.code, int) else 2
+    args._argv = argv  # what was typed: `paged_kv.cli._common.given` reads it
     try:
+        # every check before any work: list repeats, the device setting, a serving run's
+        # pool and workload options, then the command's own
+        check_repeats(_subparser(parser, args.command), args)
+        check_device_setting(runs_kernels=args.runs_kernels)
+        check_serving_options(args)
         if args.check is not None:
             args.check(args)
         result = args.run(args)

@@ -13,7 +13,19 @@ The rules every subcommand follows:
   ``FILE.json`` the same rows written with the settings that produced them and the
   package version (`write_results`).
 * A run longer than a few seconds shows a progress bar (``tqdm.auto``) unless
-  ``--no-progress`` is given.
+  ``--no-progress`` is given, or says up front how long it will take; work the CUDA
+  simulator would spend minutes on is refused unless ``--allow-slow`` is given
+  (`check_simulator_time`).
+* **Options that do not apply are refused**: `refuse_if_given` names the flag and why.
+* **Environment**: ``PAGED_KV_DEVICE`` is checked before any command runs (a value other
+  than ``gpu`` or ``sim`` is refused, and ``gpu`` is refused without a GPU by commands
+  that run kernels), with the same one-line error and exit status 2.
+
+Every argument type here carries ``bad_values``: examples it refuses, which
+``tests/test_cli_common.py`` feeds to every option of every subcommand (so a new
+subcommand is checked as soon as its module exists). A type of your own may carry them
+too; one without them is fed ``""`` and ``"banana"``. An option that takes any text
+uses `text`, which says so.
 """
 
 from __future__ import annotations
@@ -23,6 +35,7 @@ import json
 import math
 import os
 import sys
+import textwrap
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -46,17 +59,29 @@ class Parser(argparse.ArgumentParser):
     log wants the one line that says what was wrong, and ``--help`` for the rest.
     """
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        # no prefix matching: ``--rate`` is ``--rate`` (scripts stay valid as options are
+        # added, and `given` can tell which options were typed)
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
+
     def error(self, message: str) -> None:  # type: ignore[override]
         """Print ``<prog>: error: <message>`` (one line) and exit with status 2."""
         self.exit(2, f"{self.prog}: error: {one_line(message)}\n")
 
 
 class HelpFormatter(argparse.RawDescriptionHelpFormatter):
-    """Help that shows each option's default (when it has one worth showing) and keeps
-    the description's line breaks."""
+    """Help that shows each option's default (when it has one worth showing), keeps the
+    description's line breaks and never breaks a name at its hyphen."""
+
+    def _split_lines(self, text: str, width: int) -> list[str]:
+        return textwrap.wrap(" ".join(text.split()), width, break_on_hyphens=False)
 
     def _get_help_string(self, action: argparse.Action) -> str:
         text = action.help or ""
+        names = getattr(action.type, "choices", None)
+        if names and "%(choices)" not in text:
+            text = f"{text} (from: {', '.join(names)})"
         default = action.default
         if (default is None or default is False or default == argparse.SUPPRESS
                 or action.option_strings == [] or "%(default)" in text):
@@ -74,6 +99,24 @@ def one_line(message: object) -> str:
 # Each returns the parsed value or raises ArgumentTypeError with a reason that reads well
 # after "argument --flag: ". The function's __name__ is what argparse prints for a value
 # it cannot convert, so each is named for what it expects.
+
+
+def _refuses(*examples: str) -> Callable[[Callable], Callable]:
+    """Record on an argument type some values it must refuse (for the generic CLI test)."""
+
+    def mark(parse: Callable) -> Callable:
+        parse.bad_values = examples  # type: ignore[attr-defined]
+        return parse
+
+    return mark
+
+
+def text(value: str) -> str:
+    """A type for an option that takes any text (a prompt, a label): nothing to refuse."""
+    return value
+
+
+text.bad_values = ()  # type: ignore[attr-defined]
 
 
 def _int(text: str) -> int:
@@ -94,7 +137,10 @@ def int_at_least(minimum: int, maximum: int | None = None) -> Callable[[str], in
         return value
 
     parse.__name__ = "integer"
-    return parse
+    bad = [str(minimum - 1), "1e4", "1.5", "banana", ""]
+    if maximum is not None:
+        bad.append(str(maximum + 1))
+    return _refuses(*bad)(parse)
 
 
 #: a whole number >= 1 (counts, sizes)
@@ -126,13 +172,28 @@ def number_in(
         return value
 
     parse.__name__ = "number"
-    return parse
+    bad = ["nan", "inf", "banana", "", repr(low if low_open else low - 1)]
+    if high is not None:
+        bad.append(repr(high if high_open else high + 1))
+    return _refuses(*bad)(parse)
 
 
 #: a number > 0 (rates, sizes in GiB)
 positive_number = number_in(0.0, low_open=True)
 #: a fraction in [0, 1) (warm-up shares)
 fraction = number_in(0.0, 1.0, high_open=True)
+
+
+@_refuses("", "banana", "host:0", "host:99999", "tcp://:8786", "tcp://host")
+def address(text: str) -> str:
+    """A type for a network address ``[scheme://]host:port`` (a Dask scheduler, a
+    server): the host non-empty, the port in 1..65535. Returns the text as given."""
+    rest = text.split("://", 1)[1] if "://" in text else text
+    host, _, port = rest.rpartition(":")
+    if not host or not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise argparse.ArgumentTypeError(
+            f"expected an address [scheme://]host:port (port 1..65535), got {text!r}")
+    return text
 
 
 def choice_list(choices: Iterable[str]) -> Callable[[str], list[str]]:
@@ -152,7 +213,8 @@ def choice_list(choices: Iterable[str]) -> Callable[[str], list[str]]:
         return names
 
     parse.__name__ = "names"
-    return parse
+    parse.choices = tuple(valid)  # type: ignore[attr-defined]  (shown in --help)
+    return _refuses("no-such-name", f"{valid[0]},{valid[0]}", ",")(parse)
 
 
 def int_list(minimum: int = 1, maximum: int | None = None) -> Callable[[str], list[int]]:
@@ -168,7 +230,7 @@ def int_list(minimum: int = 1, maximum: int | None = None) -> Callable[[str], li
         return values
 
     parse.__name__ = "integers"
-    return parse
+    return _refuses(*item.bad_values, f"{minimum},{minimum}", ",")(parse)  # type: ignore
 
 
 def _no_repeats(values: Sequence[object]) -> None:
@@ -199,6 +261,8 @@ def _writable_file(text: str, suffixes: Mapping[str, str] | Sequence[str], what:
     if path.is_dir():
         raise argparse.ArgumentTypeError(f"{text!r} is a folder, not a {what} file")
     folder = path.parent
+    if folder.exists() and not folder.is_dir():
+        raise argparse.ArgumentTypeError(f"{str(folder)!r} is a file, not a folder")
     if not folder.is_dir():
         raise argparse.ArgumentTypeError(f"folder {str(folder)!r} does not exist (create it first)")
     if not os.access(folder, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
@@ -206,17 +270,188 @@ def _writable_file(text: str, suffixes: Mapping[str, str] | Sequence[str], what:
     return path
 
 
+_BAD_PATHS = ("", " ", "/missing-folder/x", ".", "/etc/passwd/x")
+
+
+@_refuses(*_BAD_PATHS, "results.txt", "/missing-folder/r.csv", "/etc/passwd/r.json")
 def results_file(text: str) -> Path:
     """A type for ``--output``: a writable ``.csv`` or ``.json`` path in an existing folder."""
     return _writable_file(text, RESULT_FORMATS, "results")
 
 
+@_refuses(*_BAD_PATHS, "figure.txt", "/missing-folder/f.png", "/etc/passwd/f.png")
 def figure_file(text: str) -> Path:
     """A type for ``--figure``: a writable ``.png``/``.pdf``/``.svg`` path in an existing folder."""
     return _writable_file(text, FIGURE_SUFFIXES, "figure")
 
 
+# -- checks after parsing, before any work ------------------------------------------------
+
+
+def given(args: argparse.Namespace, flag: str) -> bool:
+    """Whether `flag` (``"--rate"``) was typed on the command line (not left at its
+    default). Abbreviated options are refused by `Parser`, so this is exact."""
+    typed = getattr(args, "_argv", ())
+    return any(token == flag or token.startswith(flag + "=") for token in typed)
+
+
+def refuse_if_given(args: argparse.Namespace, flag: str, why: str) -> None:
+    """Raise `UsageError` naming `flag` if it was given: it does not apply (`why`)."""
+    if given(args, flag):
+        raise UsageError(f"argument {flag}: {why}")
+
+
+def check_repeats(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Refuse a value listed twice in any list option of `parser` (``--block-sizes 16
+    16``). An option where repeats mean something sets ``repeats_ok = True`` on its
+    action (the object ``add_argument`` returns)."""
+    for action in parser._actions:
+        if not action.option_strings or getattr(action, "repeats_ok", False):
+            continue
+        values = getattr(args, action.dest, None)
+        if action.nargs in ("+", "*") or (isinstance(action.nargs, int) and action.nargs > 1):
+            if isinstance(values, (list, tuple)):
+                distinct(values, action.option_strings[-1])
+
+
+def check_device_setting(*, runs_kernels: bool) -> None:
+    """Refuse a ``PAGED_KV_DEVICE`` other than ``gpu`` or ``sim``, and, for a command that
+    runs kernels, ``gpu`` on a machine whose CUDA driver reports no GPU. Loads no numba."""
+    from paged_kv import device  # noqa: PLC0415 - the package imports this module
+
+    raw = os.environ.get(device.ENV_OVERRIDE, "")
+    value = raw.strip().lower()
+    if value and value not in ("gpu", "sim"):
+        raise UsageError(
+            f"{device.ENV_OVERRIDE} must be 'gpu' or 'sim' (or unset: the driver decides), "
+            f"got {raw!r}"
+        )
+    if runs_kernels and value == "gpu" and not device.gpu_present():
+        raise UsageError(
+            f"{device.ENV_OVERRIDE}=gpu, but the CUDA driver reports no GPU on this machine: "
+            f"unset it, or set {device.ENV_OVERRIDE}=sim for Numba's CUDA simulator"
+        )
+
+
+#: workloads whose arrival times are recorded in the trace (``--rate`` does not apply)
+RECORDED_ARRIVALS = ("azure-conv", "azure-code")
+
+
+def check_serving_options(args: argparse.Namespace) -> None:
+    """The checks of a serving simulation's options (``--model``, ``--gpu``, ``--kv-gib``,
+    ``--block-size``, ``--workload``, ``--rate``), run for every command that has them:
+    the model and the GPU are presets, the KV pool holds one longest sequence (in whole
+    blocks, with a block size), and ``--rate`` is refused for a trace with recorded
+    arrivals (a command then prints no rate: `applies_rate`)."""
+    try:  # the simulator's presets: paged_kv.config's and the extra models it knows
+        from paged_kv.sim.hardware import model_spec as get_model  # noqa: PLC0415
+    except ImportError:
+        from paged_kv.config import get_model  # noqa: PLC0415
+
+    spec = None
+    if isinstance(getattr(args, "model", None), str):
+        try:
+            spec = get_model(args.model)
+        except ValueError as err:
+            raise UsageError(f"argument --model: {err}") from None
+    if spec is not None and isinstance(getattr(args, "kv_gib", None), float):
+        slots = int(args.kv_gib * 2**30) // spec.bytes_per_token
+        if slots < spec.max_seq_len:
+            raise UsageError(
+                f"argument --kv-gib: {args.kv_gib:g} GiB holds {slots:,} token slots of "
+                f"{spec.name}, fewer than one {spec.max_seq_len}-token sequence"
+            )
+        block = getattr(args, "block_size", None)
+        if isinstance(block, int):
+            from paged_kv.config import CacheConfig  # noqa: PLC0415
+
+            blocks = slots // block
+            usable = blocks - (CacheConfig(block, max(1, blocks)).watermark_reserve_blocks
+                               if blocks else 0)  # admission keeps the watermark free
+            if usable * block < spec.max_seq_len:
+                raise UsageError(
+                    f"argument --block-size: the {slots:,}-slot pool holds {blocks} blocks of "
+                    f"{block} tokens, {usable} of them admissible under the watermark: "
+                    f"fewer than one {spec.max_seq_len}-token sequence"
+                )
+    if isinstance(getattr(args, "gpu", None), str):
+        try:
+            from paged_kv.sim.hardware import get_gpu  # noqa: PLC0415 - where GPU presets live
+        except ImportError:
+            get_gpu = None
+        if get_gpu is not None:
+            try:
+                get_gpu(args.gpu)
+            except ValueError as err:
+                raise UsageError(f"argument --gpu: {err}") from None
+    if getattr(args, "workload", None) in RECORDED_ARRIVALS and hasattr(args, "rate"):
+        refuse_if_given(args, "--rate", f"{args.workload} keeps its recorded arrival times")
+
+
+def applies_rate(args: argparse.Namespace) -> bool:
+    """Whether ``--rate`` applies to this run's workload (not to recorded arrivals)."""
+    return getattr(args, "workload", None) not in RECORDED_ARRIVALS
+
+
+#: estimated seconds above which a run on the CUDA simulator needs ``--allow-slow``
+SLOW_SIMULATOR_S = 60.0
+#: estimated seconds above which a run says up front how long it will take
+ANNOUNCE_S = 5.0
+
+
+def add_allow_slow(parser: argparse.ArgumentParser) -> None:
+    """Add ``--allow-slow``: run even when the CUDA simulator would take minutes."""
+    parser.add_argument(
+        "--allow-slow", action="store_true",
+        help=f"run even if the CUDA simulator would take over {SLOW_SIMULATOR_S:.0f} s "
+             f"(the estimate is printed first)",
+    )
+
+
+def check_simulator_time(args: argparse.Namespace, seconds: float, flag: str,
+                         what: str) -> None:
+    """Before kernels run: refuse `what` (naming `flag`, the option that sizes it) when
+    the CUDA simulator would take more than `SLOW_SIMULATOR_S` (`seconds` is the
+    estimate) unless ``--allow-slow``; announce any estimate over `ANNOUNCE_S` on stderr.
+    On a real GPU nothing is refused or announced."""
+    from paged_kv.device import device_kind  # noqa: PLC0415 - decides the device, no numba
+    from paged_kv.humanize import format_seconds  # noqa: PLC0415
+
+    if device_kind() != "sim" or seconds <= ANNOUNCE_S:
+        return
+    if seconds > SLOW_SIMULATOR_S and not getattr(args, "allow_slow", False):
+        raise UsageError(
+            f"argument {flag}: {what} would take about {format_seconds(seconds)} in the CUDA "
+            f"simulator (no GPU here); pass --allow-slow to run it anyway"
+        )
+    sys.stderr.write(f"{what}: about {format_seconds(seconds)} in the CUDA simulator\n")
+
+
 # -- options most subcommands share -------------------------------------------------------
+
+
+def add_serving_options(parser: argparse.ArgumentParser, *, workloads: Sequence[str],
+                        block_size_help: str = "tokens per block of the paged cache",
+                        num_requests: int = 2000) -> None:
+    """Add the options of a serving simulation: ``--workload`` (from `workloads`, the first
+    is the default), ``--model``, ``--kv-gib``, ``--block-size``, ``--rate``,
+    ``--num-requests`` and ``--seed`` (`check_serving_options` checks them together)."""
+    from paged_kv.sim.hardware import MODEL_COMPUTE  # noqa: PLC0415 - the simulator's models
+
+    parser.add_argument("--workload", default=workloads[0], choices=workloads,
+                        help="request lengths: shipped ShareGPT, synthetic, or Azure traces")
+    parser.add_argument("--model", default="opt-13b", choices=sorted(MODEL_COMPUTE),
+                        help="model preset")
+    parser.add_argument("--kv-gib", type=positive_number, default=12.0,
+                        help="KV cache size in GiB")
+    parser.add_argument("--block-size", type=int_at_least(1, 4096), default=16,
+                        help=block_size_help)
+    parser.add_argument("--rate", type=positive_number, default=10.0,
+                        help="arrivals per second (not for the Azure traces, which keep "
+                             "their recorded arrivals)")
+    parser.add_argument("--num-requests", type=int_at_least(1, 100_000), default=num_requests,
+                        help="requests to serve")
+    parser.add_argument("--seed", type=seed, default=0, help="seed of lengths and arrivals")
 
 
 def add_output_options(parser: argparse.ArgumentParser, *, figure: str | None = None) -> None:
@@ -268,8 +503,9 @@ def format_table(frame: pd.DataFrame, columns: Mapping[str, str] | None = None,
 def settings_of(args: argparse.Namespace, **extra: Any) -> dict[str, Any]:
     """The run's settings: every option given on the command line (paths as text), plus
     `extra` (derived values such as a trace checksum), JSON-ready."""
-    skip = {"run", "check", "output", "no_progress", "command"}
-    settings = {k: _plain(v) for k, v in vars(args).items() if k not in skip}
+    skip = {"run", "check", "output", "no_progress", "command", "runs_kernels", "allow_slow"}
+    settings = {k: _plain(v) for k, v in vars(args).items()
+                if k not in skip and not k.startswith("_")}
     settings.update({k: _plain(v) for k, v in extra.items()})
     return settings
 
@@ -313,9 +549,19 @@ def write_results(frame: pd.DataFrame, path: Path, *, command: str,
 
 def emit(frame: pd.DataFrame, args: argparse.Namespace, *,
          columns: Mapping[str, str] | None = None, floatfmt: str = "{:.1f}",
-         **extra_settings: Any) -> None:
-    """Print `frame` as a table and, with ``--output``, write it with the settings."""
-    print(format_table(frame, columns, floatfmt))
+         max_rows: int | None = None, **extra_settings: Any) -> None:
+    """Print `frame` as a table and, with ``--output``, write it with the settings.
+
+    A frame of more than `max_rows` rows (one per step of a long run) prints evenly
+    spaced rows, first and last included, and says so; ``--output`` gets every row.
+    """
+    shown = frame
+    if max_rows is not None and len(frame) > max_rows:
+        picks = sorted({round(i * (len(frame) - 1) / (max_rows - 1)) for i in range(max_rows)})
+        shown = frame.iloc[picks]
+    print(format_table(shown, columns, floatfmt))
+    if len(shown) < len(frame):
+        print(f"({len(shown)} of {len(frame)} rows, evenly spaced; --output writes all)")
     output = getattr(args, "output", None)
     if output is not None:
         write_results(frame, output, command=args.command,

@@ -7,7 +7,6 @@ import argparse
 from paged_kv.cli import add_command
 from paged_kv.cli._common import (
     add_output_options,
-    distinct,
     emit,
     int_at_least,
     positive_int,
@@ -15,6 +14,7 @@ from paged_kv.cli._common import (
     progress_enabled,
     seed,
 )
+from paged_kv.sim.hardware import MODEL_COMPUTE
 
 NAME = "block-size"
 HELP = "paged waste against block size"
@@ -33,19 +33,14 @@ def register(subparsers) -> None:
                         help="block sizes to run, in tokens")
     parser.add_argument("--workloads", nargs="+", choices=WORKLOADS, default=list(WORKLOADS),
                         help="synthetic length models to serve")
-    parser.add_argument("--model", default="opt-13b", help="model preset")
+    parser.add_argument("--model", default="opt-13b", choices=sorted(MODEL_COMPUTE),
+                        help="model preset")
     parser.add_argument("--rate", type=positive_number, default=20.0,
                         help="arrivals per second")
     parser.add_argument("--num-requests", type=positive_int, default=1000,
                         help="requests per run")
     parser.add_argument("--seed", type=seed, default=0, help="seed of lengths and arrivals")
     add_output_options(parser, figure="figures/block_size.png")
-
-
-def check(args: argparse.Namespace) -> None:
-    """Refuse repeated block sizes or workloads before any run."""
-    distinct(args.block_sizes, "--block-sizes")
-    distinct(args.workloads, "--workloads")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -62,5 +57,7 @@ def run(args: argparse.Namespace) -> int:
     emit(frame, args, columns={"workload": "workload", "block_size": "block size",
                                "waste_pct": "waste %|{:.2f}"})
     if args.figure is not None:
-        print(f"wrote {save(plot_block_size(frame), args.figure)}")
+        title = (f"Paged waste against block size: {args.model} on one A100-40GB, "
+                 f"{args.num_requests} requests per run at {args.rate:g} req/s")
+        print(f"wrote {save(plot_block_size(frame, title=title), args.figure)}")
     return 0

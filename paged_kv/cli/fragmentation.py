@@ -13,6 +13,7 @@ from paged_kv.cli._common import (
     positive_number,
     progress_enabled,
 )
+from paged_kv.sim.hardware import GPU_PRESETS, MODEL_COMPUTE
 
 NAME = "fragmentation"
 HELP = "vLLM Fig. 2: where the KV memory goes (Max, Pow2, Oracle, paged)"
@@ -48,8 +49,10 @@ def register(subparsers) -> None:
     parser.add_argument("--workload", default="sharegpt-like", choices=WORKLOADS,
                         help="request lengths: synthetic (paper's means), shipped ShareGPT "
                              "conversations, or Azure traces")
-    parser.add_argument("--model", default="opt-13b", help="model preset")
-    parser.add_argument("--gpu", default="A100-40GB", help="GPU preset (sets the step time)")
+    parser.add_argument("--model", default="opt-13b", choices=sorted(MODEL_COMPUTE),
+                        help="model preset")
+    parser.add_argument("--gpu", default="A100-40GB", choices=list(GPU_PRESETS),
+                        help="GPU preset (sets the step time)")
     parser.add_argument("--kv-gib", type=positive_number, default=12.0,
                         help="KV cache size in GiB")
     parser.add_argument("--block-size", type=positive_int, default=16,

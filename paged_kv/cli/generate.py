@@ -29,6 +29,7 @@ agreement) and the greedy token; then the tokens each prompt-logits mode compute
 vLLM's rule (recompute the cached prompt's last block) or logits kept with the last
 block (the prefill is skipped). Exits with status 1 if a difference exceeds the
 tolerance."""
+RUNS_KERNELS = True  # slot writes always; attention too with --attention device
 
 STEP_COLUMNS = {
     "prompt_logits": "prompt logits", "step": "step", "request": "request", "seq_id": "seq",

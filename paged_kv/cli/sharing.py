@@ -13,6 +13,7 @@ from paged_kv.cli._common import (
     positive_int,
     progress_enabled,
 )
+from paged_kv.sim.hardware import MODEL_COMPUTE
 
 NAME = "sharing"
 HELP = "vLLM Fig. 15: memory saved by block sharing (parallel sampling, beam search)"
@@ -39,7 +40,8 @@ def register(subparsers) -> None:
                         help="comma-separated seeds, one run each")
     parser.add_argument("--num-requests", type=positive_int, default=500,
                         help="requests per run")
-    parser.add_argument("--model", default="opt-13b", help="model preset")
+    parser.add_argument("--model", default="opt-13b", choices=sorted(MODEL_COMPUTE),
+                        help="model preset")
     add_output_options(parser, figure="figures/sharing.png")
 
 

@@ -9,6 +9,7 @@ from paged_kv.cli import add_command
 from paged_kv.cli._common import (
     UsageError,
     add_output_options,
+    address,
     choice_list,
     emit,
     positive_int,
@@ -58,7 +59,7 @@ def register(subparsers) -> None:
                         help="compiled (Numba) or manager (the reference path)")
     parser.add_argument("--workers", type=positive_int, default=None,
                         help="local worker processes (default: one per CPU)")
-    parser.add_argument("--scheduler", default=None, metavar="ADDRESS",
+    parser.add_argument("--scheduler", type=address, default=None, metavar="ADDRESS",
                         help="run the points on this Dask scheduler, e.g. tcp://host:8786")
     add_output_options(parser, figure="figures/sweep_hit_rates.png")
 

@@ -16,6 +16,7 @@ from paged_kv.cli._common import (
     progress_enabled,
     seed,
 )
+from paged_kv.sim.hardware import GPU_PRESETS, MODEL_COMPUTE
 
 NAME = "throughput"
 HELP = "vLLM Fig. 12: the request rate each memory scheme sustains, and the ratios"
@@ -40,8 +41,10 @@ def register(subparsers) -> None:
                         help="comma-separated workloads")
     parser.add_argument("--schemes", type=choice_list(SCHEMES), default=list(SCHEMES),
                         help="comma-separated memory schemes")
-    parser.add_argument("--model", default="opt-13b", help="model preset")
-    parser.add_argument("--gpu", default="A100-40GB", help="GPU preset (sets the step time)")
+    parser.add_argument("--model", default="opt-13b", choices=sorted(MODEL_COMPUTE),
+                        help="model preset")
+    parser.add_argument("--gpu", default="A100-40GB", choices=list(GPU_PRESETS),
+                        help="GPU preset (sets the step time)")
     parser.add_argument("--threshold", type=positive_number, default=0.25,
                         help="normalised latency (s/token) a sustained rate stays under")
     parser.add_argument("--duration", type=positive_number, default=900.0,

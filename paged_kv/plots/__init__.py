@@ -2,7 +2,9 @@
 
 One module per figure; each function draws on a given or new Axes and returns the
 Figure, and `save` writes it. Colours are fixed per memory category (`COLORS`) so
-figures compare at a glance.
+figures compare at a glance; `curve_style` tells overlapping curves apart by marker and
+line style, and `overlapping_labels` lists the labels of a figure that overprint each
+other (the tests render every figure at extreme settings and expect none).
 
 ==================  =================================================================
 function            draws
@@ -18,7 +20,15 @@ plot_block_map      the physical block pool over time
 ==================  =================================================================
 """
 
-from paged_kv.plots._style import COLORS, LABELS, figures_dir, new_axes, save
+from paged_kv.plots._style import (
+    COLORS,
+    LABELS,
+    curve_style,
+    figures_dir,
+    new_axes,
+    overlapping_labels,
+    save,
+)
 from paged_kv.plots.block_map import BLOCK_MAP_COLORS, plot_block_map
 from paged_kv.plots.block_size import plot_block_size
 from paged_kv.plots.fragmentation import plot_fragmentation
@@ -32,8 +42,10 @@ __all__ = [
     "BLOCK_MAP_COLORS",
     "COLORS",
     "LABELS",
+    "curve_style",
     "figures_dir",
     "new_axes",
+    "overlapping_labels",
     "plot_block_map",
     "plot_block_size",
     "plot_fragmentation",

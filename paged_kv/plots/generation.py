@@ -10,7 +10,7 @@ LABELS = {"recompute": "vLLM's rule (recompute last block)", "keep": "logits kep
 
 
 def plot_generation(steps: pd.DataFrame, summary: pd.DataFrame, title: str = "") -> plt.Figure:
-    """Left: max |paged - dense| of each row of logits, by step, against the tolerance.
+    """Left: ``max |paged - dense|`` of each row of logits, by step, against the tolerance.
     Right: tokens computed per mode, split into prompt and generated tokens.
 
     `steps` and `summary` are `paged_kv.model.generation.compare_prompt_logits`'s frames.

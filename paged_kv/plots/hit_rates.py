@@ -5,7 +5,7 @@ from __future__ import annotations
 import matplotlib.pyplot as plt
 import pandas as pd
 
-from paged_kv.plots._style import new_axes
+from paged_kv.plots._style import curve_style, new_axes
 
 
 def plot_hit_rates(sweep: pd.DataFrame, ax=None, title: str = "") -> plt.Figure:
@@ -16,9 +16,9 @@ def plot_hit_rates(sweep: pd.DataFrame, ax=None, title: str = "") -> plt.Figure:
     """
     fig, ax = new_axes(ax)
     bounded = sweep[sweep["capacity"].notna()]
-    for policy, rows in bounded.groupby("policy", sort=False):
-        ax.plot(rows["capacity"], 100 * rows["hit_rate"], marker="o", label=policy,
-                linestyle="--" if policy == "belady" else "-")
+    for i, (policy, rows) in enumerate(bounded.groupby("policy", sort=False)):
+        # coinciding policies (ARC, Clock, LRU often do) stay apart by marker and line style
+        ax.plot(rows["capacity"], 100 * rows["hit_rate"], label=policy, **curve_style(i))
     unbounded = sweep[sweep["capacity"].isna()]
     if not unbounded.empty:  # every policy agrees when nothing is evicted
         ax.axhline(100 * unbounded["hit_rate"].iloc[0], color="grey", linestyle=":",

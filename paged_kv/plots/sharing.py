@@ -17,8 +17,9 @@ def plot_sharing(frame: pd.DataFrame, ax=None, title: str | None = None) -> plt.
     `frame` is `sharing_study`'s table; with a ``saved_sd`` column (several seeds) each
     bar carries its standard deviation as an error bar.
     """
-    fig, ax = new_axes(ax, size=(8, 4))
     groups = list(frame.groupby(["workload", "sampling"], sort=False))
+    # wider with more groups, so that their two-line labels never run into each other
+    fig, ax = new_axes(ax, size=(max(8.0, 1.4 * len(groups)), 4))
     widths = sorted(frame["n"].unique())
     bar = 0.8 / len(widths)
     for gi, ((workload, sampling), rows) in enumerate(groups):

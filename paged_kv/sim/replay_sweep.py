@@ -162,9 +162,12 @@ def sweep(
     progress:
         Show a progress bar counting the points.
 
-    Returns a DataFrame with the columns `COLUMNS` (``hit_rate`` is token-weighted,
-    ``block_hit_rate`` block-weighted, both over the measured requests); its ``attrs``
-    hold the settings and the trace's checksum.
+    Returns
+    -------
+    pandas.DataFrame
+        The columns `COLUMNS` (``hit_rate`` is token-weighted, ``block_hit_rate``
+        block-weighted, both over the measured requests); its ``attrs`` hold the
+        settings and the trace's checksum.
     """
     if engine not in ENGINES:
         raise ValueError(f"engine must be one of {', '.join(ENGINES)}, got {engine!r}")
