@@ -77,6 +77,20 @@ def test_block_size_curves_are_told_apart_and_labels_clear(workloads):
     assert overlapping_labels(fig) == []
 
 
+def test_block_size_best_ranges_that_overlap_stay_apart():
+    sizes = [1, 2, 4, 8, 16, 32, 64, 128, 256]
+    frame = pd.DataFrame([{"workload": w, "block_size": b, "waste_pct": b / 4}
+                          for w in ("sharegpt-like", "alpaca-like") for b in sizes])
+    ranges = {"sharegpt-like": (16, 128), "alpaca-like": (16, 32)}  # the paper's: nested
+    fig = plots.plot_block_size(frame, best_ranges=ranges)
+    ax = fig.axes[0]
+    bars = [line for line in ax.get_lines() if line.get_linewidth() == 5]
+    assert [tuple(line.get_xdata()) for line in bars] == [(16, 128), (16, 32)]
+    assert len({line.get_ydata()[0] for line in bars}) == 2  # one row each, no overlap
+    assert not ax.patches  # no shaded spans on top of each other
+    assert overlapping_labels(fig) == []
+
+
 def test_hit_rate_curves_are_told_apart_even_when_equal():
     policies = ["arc", "belady", "clock", "fifo", "lfu", "lru"]
     capacities = [1_000, 3_000, 10_000, 30_000, 100_000, None]
