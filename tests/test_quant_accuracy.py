@@ -1,0 +1,67 @@
+"""The quantized-KV study: capacity per KV dtype, attention error, and its command."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from paged_kv.cli import main
+from paged_kv.quant_accuracy import SCHEMES, capacity_table, error_table, outlier_sweep
+
+SMALL = dict(num_tokens=64, num_kv_heads=2, head_dim=32, group=2, num_queries=3)
+
+
+def test_capacity_table_counts_scales_and_whole_blocks() -> None:
+    table = capacity_table(("opt-13b",)).set_index("kv_dtype")
+    assert table["bytes_per_token"].tolist() == [819_200, 422_400, 409_600]
+    assert table.loc["float16", "tokens"] == 983 * 16  # the vLLM paper's ~15.7k slots
+    assert table.loc["fp8_e4m3", "capacity_ratio"] == 2.0
+    assert 1.93 < table.loc["int8", "capacity_ratio"] < 1.94
+
+
+def test_error_table_measures_against_float16() -> None:
+    table = error_table(outlier_scale=20.0, **SMALL).set_index(["kv", "scheme"])
+    assert set(table.index.get_level_values("kv")) == {"random", "outlier channels"}
+    assert len(table) == 2 * len(SCHEMES)
+    exact = table.xs("float16", level="scheme")
+    assert (exact[["k_error", "v_error", "attention_error"]] == 0).all().all()
+    random = table.xs("random")["attention_error"]
+    assert 0 < random[SCHEMES[1].label] < random[SCHEMES[2].label] < 0.1  # int8 < fp8
+    outliers = table.xs("outlier channels")["attention_error"]
+    for scheme in SCHEMES[1:]:  # larger keys: larger scores, larger errors
+        assert outliers[scheme.label] > random[scheme.label]
+
+
+def test_outlier_sweep_has_a_row_per_scale_and_scheme() -> None:
+    sweep = outlier_sweep((1, 10), **SMALL)
+    assert sweep["outlier_scale"].tolist() == [1.0] * 3 + [10.0] * 3
+    assert set(sweep["scheme"]) == {s.label for s in SCHEMES[1:]}
+
+
+def test_kv_quant_command_prints_both_tables_and_writes_the_figure(tmp_path, capsys):
+    figure = tmp_path / "q.png"
+    argv = ["kv-quant", "--tokens", "32", "--kv-heads", "1", "--head-dim", "16",
+            "--queries", "2", "--figure", str(figure)]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "| opt-13b | int8 | 422400 | 30496 | 1.94 |" in out
+    assert "| outlier channels | int8, scale per token and head |" in out
+    assert figure.stat().st_size > 0
+
+
+@pytest.mark.parametrize("argv", [["kv-quant", "--outlier-channels", "9", "--head-dim", "8"],
+                                  ["kv-quant", "--kv-heads", "0"]])
+def test_kv_quant_refuses_bad_values_with_status_2(argv, capsys):
+    assert main(argv) == 2
+    assert capsys.readouterr().err.count("\n") == 1
+
+
+def test_the_readme_tables_are_what_the_command_prints(capsys) -> None:
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    assert main(["kv-quant"]) == 0
+    printed = [line for line in capsys.readouterr().out.splitlines()
+               if line.startswith(("| opt-13b |", "| random |", "| outlier channels |"))]
+    shown = [line for line in readme.splitlines()
+             if line.startswith(("| opt-13b |", "| random |", "| outlier channels |"))]
+    assert len(shown) == 9 and shown == printed
