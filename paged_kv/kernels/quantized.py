@@ -189,46 +189,39 @@ WRITE_KERNELS = {name: _make_write_kernel(kind) for name, kind in KINDS.items()}
 GATHER_KERNELS = {name: _make_gather_kernel(kind) for name, kind in KINDS.items()}
 
 
-#: Scales as the kernels see them: 2-D rows (`_scale_rows`).
-_SCALES = types.Array(types.float32, 2, "C")
+def _signature(pool_dtype: str, float_dtype: str, *index_args: Any) -> Any:
+    """``(pool rows, scales rows, k, v, *index_args, errors)`` with k and v (in or out)
+    of `float_dtype`."""
+    floats = types.Array(getattr(types, float_dtype), 3, "C")
+    return types.void(
+        types.Array(getattr(types, pool_dtype), 3, "C"),  # pool rows
+        types.Array(types.float32, 2, "C"),  # scales rows (`_scale_rows`)
+        floats, floats,  # k, v (write: in; gather: out)
+        *index_args,
+        types.Array(types.int32, 1, "C"),  # errors
+    )
 
 
 def write_signature(pool_dtype: str) -> Any:
     """The signature builder of `WRITE_KERNELS[pool_dtype]`, per K/V dtype."""
-
-    def signature(kv: str) -> Any:
-        i64 = types.int64
-        return types.void(
-            types.Array(getattr(types, pool_dtype), 3, "C"),  # pool rows
-            _SCALES,  # scales
-            types.Array(getattr(types, kv), 3, "C"),  # k
-            types.Array(getattr(types, kv), 3, "C"),  # v
-            types.Array(i64, 1, "C"),  # slot_mapping
-            i64, i64, i64,  # k_row, num_slots, scale_row
-            types.Array(types.int32, 1, "C"),  # errors
-        )
-
-    return signature
+    i64 = types.int64
+    return lambda kv: _signature(
+        pool_dtype, kv,
+        types.Array(i64, 1, "C"),  # slot_mapping
+        i64, i64, i64,  # k_row, num_slots, scale_row
+    )
 
 
 def gather_signature(pool_dtype: str) -> Any:
     """The signature builder of `GATHER_KERNELS[pool_dtype]`, per output dtype."""
-
-    def signature(out: str) -> Any:
-        i64 = types.int64
-        return types.void(
-            types.Array(getattr(types, pool_dtype), 3, "C"),  # pool rows
-            _SCALES,  # scales
-            types.Array(getattr(types, out), 3, "C"),  # k_out
-            types.Array(getattr(types, out), 3, "C"),  # v_out
-            types.Array(types.int32, 2, "C"),  # block_tables
-            types.Array(i64, 1, "C"),  # cu_out
-            types.Array(i64, 1, "C"),  # starts
-            i64, i64, i64, i64, i64,  # k_row, num_slots, scale_row, block_size, num_blocks
-            types.Array(types.int32, 1, "C"),  # errors
-        )
-
-    return signature
+    i64 = types.int64
+    return lambda out: _signature(
+        pool_dtype, out,
+        types.Array(types.int32, 2, "C"),  # block_tables
+        types.Array(i64, 1, "C"),  # cu_out
+        types.Array(i64, 1, "C"),  # starts
+        i64, i64, i64, i64, i64,  # k_row, num_slots, scale_row, block_size, num_blocks
+    )
 
 
 # -- host side -------------------------------------------------------------------------
