@@ -104,6 +104,12 @@ def test_swap_out_and_in_is_byte_exact_for_codes_and_scales(kv_dtype) -> None:
     blocks = cache.get(seq).block_table
     before = [block_bytes(cache, b) for b in blocks]
     reads = [cache.read_kv(seq, layer) for layer in range(model.num_layers)]
+    snapshot = cache.snapshot()  # the checker's snapshot covers the scales too
+    assert ("gpu_scale_bytes" in snapshot) and (("host_scale_bytes" in snapshot)
+                                                 == (kv_dtype == "int8"))
+    with pytest.raises(ValueError, match="float16"):  # refused: changes nothing
+        cache.write_kv(seq, 0, *[x.astype(np.float32) for x in random_kv(rng, 1, model)])
+    assert cache.snapshot() == snapshot
     cache.swap_out(seq)
     blocker = cache.allocate(len(blocks) * BLOCK)  # the old blocks go to someone else
     cache.swap_in(seq)
