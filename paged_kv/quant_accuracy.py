@@ -161,3 +161,57 @@ def capacity_table(models: Iterable[ModelSpec | str] = ("opt-13b", "llama-3-8b")
                 "capacity_ratio": tokens / reference,
             })
     return pd.DataFrame(rows)
+
+
+def model_logit_drift(kv_dtypes: Sequence[str] = ("int8", "fp8_e4m3"), *,
+                      model: str = "tiny", prompt_len: int = 16, new_tokens: int = 8,
+                      block_size: int = 4, seed: int = 0,
+                      attention: str = "reference") -> pd.DataFrame:
+    """How far the small model's logits move when its cache stores quantized KV.
+
+    The model of `paged_kv.model` (preset `model`, random weights from `seed`) prefills a
+    random prompt of `prompt_len` tokens through a `PagedKVCache` that stores its KV in
+    the compute dtype, then greedily decodes `new_tokens` tokens. The same tokens
+    (teacher-forced, so every run sees the same sequence) then go through a cache of each
+    of `kv_dtypes` (FP8 with vLLM's default scale 1.0). One row per KV dtype, over the
+    ``new_tokens + 1`` rows of logits (after the prompt and after each new token):
+    largest absolute logit difference from the unquantized run, relative L2 difference,
+    the share of rows whose top token is unchanged, and the unquantized logits' largest
+    magnitude for scale. `attention` is the runner's backend ("reference": NumPy over
+    `read_kv`'s dequantized K/V; "device": the paged-attention kernels on the codes).
+    """
+    from paged_kv.cache import PagedKVCache  # noqa: PLC0415 - the model loads storage
+    from paged_kv.config import CacheConfig  # noqa: PLC0415
+    from paged_kv.model import PagedModelRunner, get_model_config, random_weights  # noqa: PLC0415
+
+    config = get_model_config(model)
+    weights = random_weights(config, seed)
+    prompt = np.random.default_rng(seed).integers(0, config.vocab_size, prompt_len).tolist()
+    num_blocks = -(-(prompt_len + new_tokens) // block_size)
+
+    def run(kv_dtype: str, forced: list[int] | None) -> tuple[np.ndarray, list[int]]:
+        cache = PagedKVCache(CacheConfig(block_size=block_size, num_gpu_blocks=num_blocks),
+                             config.spec.with_kv_dtype(kv_dtype))
+        runner = PagedModelRunner(weights, cache, attention=attention)
+        result = runner.prefill(prompt)
+        rows, tokens = [result.logits], []
+        for i in range(new_tokens):
+            token = int(np.argmax(rows[-1])) if forced is None else forced[i]
+            tokens.append(token)
+            rows.append(runner.decode([result.seq_id], [token])[0])
+        return np.array(rows), tokens
+
+    exact, tokens = run("auto", None)
+    out = []
+    for kv_dtype in kv_dtypes:
+        logits, _ = run(kv_dtype, tokens)
+        out.append({
+            "model": config.name,
+            "kv_dtype": config.spec.with_kv_dtype(kv_dtype).kv.name,
+            "logit_rows": len(logits),
+            "max_abs_diff": float(np.abs(logits - exact).max()),
+            "relative_diff": relative_error(logits, exact),
+            "top_token_agreement": float(np.mean(logits.argmax(1) == exact.argmax(1))),
+            "max_abs_logit": float(np.abs(exact).max()),
+        })
+    return pd.DataFrame(out)

@@ -7,7 +7,13 @@ from pathlib import Path
 import pytest
 
 from paged_kv.cli import main
-from paged_kv.quant_accuracy import SCHEMES, capacity_table, error_table, outlier_sweep
+from paged_kv.quant_accuracy import (
+    SCHEMES,
+    capacity_table,
+    error_table,
+    model_logit_drift,
+    outlier_sweep,
+)
 
 SMALL = dict(num_tokens=64, num_kv_heads=2, head_dim=32, group=2, num_queries=3)
 
@@ -37,6 +43,16 @@ def test_outlier_sweep_has_a_row_per_scale_and_scheme() -> None:
     sweep = outlier_sweep((1, 10), **SMALL)
     assert sweep["outlier_scale"].tolist() == [1.0] * 3 + [10.0] * 3
     assert set(sweep["scheme"]) == {s.label for s in SCHEMES[1:]}
+
+
+def test_the_small_model_decodes_through_quantized_caches() -> None:
+    """Teacher-forced on the unquantized run's tokens, the logits move, int8 less than
+    FP8 (127 levels per token and head against 3 mantissa bits)."""
+    drift = model_logit_drift(prompt_len=5, new_tokens=1).set_index("kv_dtype")
+    assert list(drift.index) == ["int8", "fp8_e4m3"]
+    assert (drift["logit_rows"] == 2).all()
+    assert 0 < drift.loc["int8", "max_abs_diff"] < drift.loc["fp8_e4m3", "max_abs_diff"] < 1
+    assert drift["top_token_agreement"].between(0, 1).all()
 
 
 def test_kv_quant_command_prints_both_tables_and_writes_the_figure(tmp_path, capsys):

@@ -46,6 +46,11 @@ def register(subparsers) -> None:
                         help="KV memory budget of the capacity table, GiB (the vLLM "
                              "paper's OPT-13B setting: 12)")
     parser.add_argument("--seed", type=seed, default=0, help="seed of K, V and queries")
+    parser.add_argument("--model-logits", action="store_true",
+                        help="also decode with the small model (paged-kv generate's 'tiny') "
+                             "through int8 and FP8 caches and report how far its logits "
+                             "move (NumPy attention over the dequantized K/V; ~15 s in "
+                             "the simulator)")
     add_output_options(parser, figure="")  # the sweep behind the figure takes a while
 
 
@@ -83,6 +88,19 @@ def run(args: argparse.Namespace) -> int:
     emit(table, args, columns={"kv": "K/V", "scheme": "scheme", "k_error": "K error|{:.4f}",
                                "v_error": "V error|{:.4f}",
                                "attention_error": "attention error|{:.4f}"})
+    if args.model_logits:
+        from paged_kv.quant_accuracy import model_logit_drift  # noqa: PLC0415
+
+        prompt_len, new_tokens = 16, 8
+        drift = model_logit_drift(prompt_len=prompt_len, new_tokens=new_tokens, seed=args.seed)
+        print(f"\nThe small model's logits with quantized KV against its own KV dtype "
+              f"({new_tokens + 1} rows of logits: a {prompt_len}-token prompt, then "
+              f"{new_tokens} greedy tokens):\n")
+        print(format_table(drift, {"model": "model", "kv_dtype": "KV dtype",
+                                   "max_abs_diff": "max abs diff|{:.4g}",
+                                   "relative_diff": "relative diff|{:.4g}",
+                                   "top_token_agreement": "same top token|{:.0%}",
+                                   "max_abs_logit": "max abs logit|{:.3g}"}))
     if args.figure is not None:
         sweep = outlier_sweep((1, 2, 5, 10, 20, 50, 100), **shape)
         title = (f"Decode attention over {args.tokens} random K/V tokens, {args.kv_heads} KV "
