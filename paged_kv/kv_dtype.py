@@ -93,6 +93,9 @@ KV_DTYPE_ALIASES = {"fp8": "fp8_e4m3", "fp8_e4m3fn": "fp8_e4m3"}
 #: The value of ModelSpec.kv_dtype that means "the compute dtype".
 AUTO = "auto"
 
+#: What a command's ``--kv-dtype`` offers: the compute dtype or a quantized cache.
+KV_DTYPE_CHOICES = (AUTO, "int8", "fp8_e4m3")
+
 #: Quantized pool element dtype -> KV dtype (the kernels tell the format by the pool's
 #: element type: int8 codes or E4M3 bit patterns in uint8).
 QUANTIZED_BY_STORAGE: dict[str, KVDtype] = {

@@ -215,3 +215,49 @@ def model_logit_drift(kv_dtypes: Sequence[str] = ("int8", "fp8_e4m3"), *,
             "max_abs_logit": float(np.abs(exact).max()),
         })
     return pd.DataFrame(out)
+
+
+def serving_gain(kv_dtypes: Sequence[str] = ("float16", "int8", "fp8_e4m3"), *,
+                 model: str = "opt-13b", workload: str = "sharegpt-like",
+                 rates: Sequence[float] = tuple(np.arange(1, 33) / 4),
+                 saturating_rate: float = 8.0, duration_s: float | None = None, seed: int = 0,
+                 progress: bool = False) -> pd.DataFrame:
+    """What a quantized cache buys a server: the simulator (`paged_kv.sim`) serving
+    `workload` with paged memory for `model` on its default GPU and KV budget (the
+    vLLM paper's 12 GiB for OPT-13B on an A100-40GB), once per KV dtype.
+
+    One row per KV dtype: bytes per token, token slots, the highest request rate whose
+    normalised latency stays under the throughput study's threshold (grid `rates`, by
+    default that study's ShareGPT grid, 0.25 req/s apart, carried on to 8; then
+    bisection; `paged_kv.sim.studies.throughput`), and the mean batch (running requests)
+    at `saturating_rate`, where memory bounds the batch; ``*_gain`` against the first
+    KV dtype. `duration_s` of arrivals per run (default: the throughput study's, an
+    hour). The step-time model reads the KV bytes of every decode step, so a
+    quantized cache also shortens steps; dequantization is taken as free (a modelling
+    choice: decode is memory-bound).
+    """
+    from paged_kv.sim.hardware import model_spec  # noqa: PLC0415
+    from paged_kv.sim.studies.throughput import throughput_study  # noqa: PLC0415
+
+    rows = []
+    for kv_dtype in kv_dtypes:
+        spec = model_spec(model).with_kv_dtype(kv_dtype)
+        setting = dict(workloads=(workload,), schemes=("paged",), model=spec, seed=seed,
+                       progress=progress)
+        if duration_s is not None:
+            setting["duration_s"] = duration_s
+        study = throughput_study(rates={workload: tuple(rates)}, curves=False, **setting)
+        saturated = throughput_study(rates={workload: (saturating_rate,)}, curves=True,
+                                     **setting).curves
+        rows.append({
+            "model": spec.name,
+            "kv_dtype": spec.kv.name,
+            "bytes_per_token": spec.bytes_per_token,
+            "kv_slots": study.settings["kv_slots"],
+            "sustained_rate": float(study.sustained["sustained_rate"].iloc[0]),
+            "batch_at_saturation": float(saturated["mean_requests"].iloc[0]),
+        })
+    table = pd.DataFrame(rows)
+    for column in ("sustained_rate", "batch_at_saturation"):
+        table[f"{column}_gain"] = table[column] / table[column].iloc[0]
+    return table

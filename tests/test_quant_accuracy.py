@@ -13,6 +13,7 @@ from paged_kv.quant_accuracy import (
     error_table,
     model_logit_drift,
     outlier_sweep,
+    serving_gain,
 )
 
 SMALL = dict(num_tokens=64, num_kv_heads=2, head_dim=32, group=2, num_queries=3)
@@ -43,6 +44,15 @@ def test_outlier_sweep_has_a_row_per_scale_and_scheme() -> None:
     sweep = outlier_sweep((1, 10), **SMALL)
     assert sweep["outlier_scale"].tolist() == [1.0] * 3 + [10.0] * 3
     assert set(sweep["scheme"]) == {s.label for s in SCHEMES[1:]}
+
+
+def test_a_quantized_cache_serves_larger_batches() -> None:
+    gain = serving_gain(("float16", "int8"), rates=(2.0, 8.0), saturating_rate=8.0,
+                        duration_s=60.0).set_index("kv_dtype")
+    assert gain["bytes_per_token"].tolist() == [819_200, 422_400]
+    assert gain["kv_slots"].tolist() == [15_728, 30_504]  # 12 GiB / bytes per token
+    assert gain.loc["float16", "batch_at_saturation_gain"] == 1.0
+    assert gain.loc["int8", "batch_at_saturation_gain"] > 1.5  # memory bounds the batch
 
 
 def test_the_small_model_decodes_through_quantized_caches() -> None:
