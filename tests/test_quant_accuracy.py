@@ -91,3 +91,17 @@ def test_the_readme_tables_are_what_the_command_prints(capsys) -> None:
     shown = [line for line in readme.splitlines()
              if line.startswith(("| opt-13b |", "| random |", "| outlier channels |"))]
     assert len(shown) == 9 and shown == printed
+
+
+def test_fragmentation_and_throughput_take_the_kv_dtype(tmp_path, capsys) -> None:
+    argv = ["fragmentation", "--kv-dtype", "int8", "--num-requests", "40", "--seeds", "0",
+            "--no-progress", "--figure", str(tmp_path / "f.png")]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "opt-13b (int8 KV) on A100-40GB: 30,504 KV token slots" in out
+    assert "paper" not in out  # the paper ran FP16 caches only
+    argv = ["throughput", "--kv-dtype", "fp8_e4m3", "--workloads", "sharegpt-like",
+            "--schemes", "paged", "--duration", "20", "--no-progress"]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "(fp8_e4m3 KV)" in out and "31,457 KV token slots" in out and "§6.2" not in out
