@@ -25,6 +25,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
+from tqdm.auto import tqdm
 
 from paged_kv.attention import dense_attention
 from paged_kv.config import ModelSpec, blocks_for_bytes, get_model
@@ -240,10 +241,10 @@ def serving_gain(kv_dtypes: Sequence[str] = ("float16", "int8", "fp8_e4m3"), *,
     from paged_kv.sim.studies.throughput import throughput_study  # noqa: PLC0415
 
     rows = []
-    for kv_dtype in kv_dtypes:
+    for kv_dtype in tqdm(kv_dtypes, desc="serving", disable=not progress):
         spec = model_spec(model).with_kv_dtype(kv_dtype)
         setting = dict(workloads=(workload,), schemes=("paged",), model=spec, seed=seed,
-                       progress=progress)
+                       progress=False)
         if duration_s is not None:
             setting["duration_s"] = duration_s
         study = throughput_study(rates={workload: tuple(rates)}, curves=False, **setting)
