@@ -5,26 +5,19 @@ from __future__ import annotations
 import matplotlib.pyplot as plt
 import pandas as pd
 
-from paged_kv.plots._style import new_axes
-
-#: marker and line style per KV dtype, so curves differ without colour
-_STYLES = {"int8": ("o", "-"), "fp8_e4m3": ("s", "--")}
-_CALIBRATED_STYLE = ("^", ":")
+from paged_kv.plots._style import curve_style, new_axes
 
 
 def plot_quantization_error(sweep: pd.DataFrame, ax=None, title: str = "") -> plt.Figure:
-    """Relative attention-output error against the key outlier scale, one line per scheme.
+    """Relative attention-output error against the key outlier scale, one line per scheme
+    (told apart by marker and line style).
 
     `sweep` is `paged_kv.quant_accuracy.outlier_sweep`'s frame.
     """
     fig, ax = new_axes(ax)
-    for scheme, rows in sweep.groupby("scheme", sort=False):
-        kv_dtype = rows["kv_dtype"].iloc[0]
-        marker, line = _STYLES.get(kv_dtype, ("x", "-"))
-        if "amax" in scheme:
-            marker, line = _CALIBRATED_STYLE
-        ax.plot(rows["outlier_scale"], 100 * rows["attention_error"], marker=marker,
-                linestyle=line, label=scheme)
+    for i, (scheme, rows) in enumerate(sweep.groupby("scheme", sort=False)):
+        ax.plot(rows["outlier_scale"], 100 * rows["attention_error"], label=scheme,
+                **curve_style(i))
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xlabel("magnitude of the keys' outlier channels (x the other channels)")
