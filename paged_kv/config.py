@@ -9,13 +9,14 @@ prefix caching). Both are frozen dataclasses validated on construction: a bad va
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
 from paged_kv.checks import require_int
 from paged_kv.errors import ConfigurationError
 from paged_kv.eviction import EvictionPolicy, policy_names
+from paged_kv.kv_dtype import AUTO, KV_DTYPES, KVDtype, canonical_kv_dtype
 
 #: KV element types the pools and kernels support. Numba has no bfloat16 arithmetic;
 #: the kernels only load and store, but we keep to the two types tests cover.
@@ -27,8 +28,15 @@ class ModelSpec:
     """The KV-cache shape of one model.
 
     One token stores, in every layer, a key and a value vector per KV head:
-    ``bytes_per_token = 2 (K and V) * num_layers * num_kv_heads * head_dim * itemsize``.
+    ``bytes_per_token = 2 (K and V) * num_layers * num_kv_heads * head_dim * itemsize``
+    (unquantized KV).
     For OPT-13B in float16 that is ``2 * 40 * 40 * 128 * 2 = 819,200`` bytes.
+
+    ``kv_dtype`` is what the KV cache stores (`paged_kv.kv_dtype`: "auto" = ``dtype``,
+    "float16", "float32", "int8", "fp8_e4m3" alias "fp8"); ``dtype`` stays what the
+    model computes in and what K/V are written and read back as. A quantized cache
+    counts its scales: OPT-13B with int8 KV takes ``2 * 40 * 40 * (128 + 4) = 422,400``
+    bytes per token (a float32 scale per token and head), with FP8 ``409,600``.
     """
 
     name: str
@@ -41,6 +49,8 @@ class ModelSpec:
     max_seq_len: int = 2048
     #: query heads (>= num_kv_heads, a multiple of it); only reference attention uses it.
     num_q_heads: int | None = None
+    #: what the KV cache stores ("auto": the compute dtype); see `paged_kv.kv_dtype`
+    kv_dtype: str = AUTO
 
     def __post_init__(self) -> None:
         for field in ("num_layers", "num_kv_heads", "head_dim", "max_seq_len"):
@@ -56,11 +66,30 @@ class ModelSpec:
                     f"ModelSpec.num_q_heads must be a multiple of num_kv_heads="
                     f"{self.num_kv_heads}, got {self.num_q_heads!r}"
                 )
+        try:
+            kv_dtype = canonical_kv_dtype(self.kv_dtype)
+        except ValueError as exc:
+            raise ValueError(f"ModelSpec.kv_dtype: {exc}") from None
+        if kv_dtype in KV_DTYPES and not KV_DTYPES[kv_dtype].quantized and kv_dtype != self.dtype:
+            raise ValueError(
+                f"ModelSpec.kv_dtype must be 'auto', {self.dtype!r} (the compute dtype) or a "
+                f"quantized type ('int8', 'fp8_e4m3'), got {self.kv_dtype!r}"
+            )
+        object.__setattr__(self, "kv_dtype", kv_dtype)
 
     @property
     def itemsize(self) -> int:
-        """Bytes per KV element."""
+        """Bytes per element of the compute dtype (``dtype``)."""
         return np.dtype(self.dtype).itemsize
+
+    @property
+    def kv(self) -> KVDtype:
+        """What the KV cache stores: ``kv_dtype`` resolved ("auto" is ``dtype``)."""
+        return KV_DTYPES[self.dtype if self.kv_dtype == AUTO else self.kv_dtype]
+
+    def with_kv_dtype(self, kv_dtype: str) -> ModelSpec:
+        """This model with its KV cache stored as `kv_dtype`."""
+        return replace(self, kv_dtype=kv_dtype)
 
     @property
     def q_heads(self) -> int:
@@ -69,8 +98,10 @@ class ModelSpec:
 
     @property
     def bytes_per_token(self) -> int:
-        """Bytes of K and V one token occupies across all layers."""
-        return 2 * self.num_layers * self.num_kv_heads * self.head_dim * self.itemsize
+        """Bytes of K and V one token occupies across all layers, in the KV dtype and
+        with its per-token scales."""
+        return 2 * self.num_layers * self.num_kv_heads * self.kv.bytes_per_token_head(
+            self.head_dim)
 
     def bytes_per_block(self, block_size: int) -> int:
         """Bytes one block of `block_size` token slots occupies across all layers."""

@@ -221,11 +221,15 @@ class StorageBackend:
         self.storage.swap_in(pairs)
 
     def pool_bytes(self) -> dict[str, bytes]:
-        """Both pools' bytes."""
-        return {
-            "gpu_bytes": self.storage.gpu_snapshot().tobytes(),
-            "host_bytes": self.storage.host_snapshot().tobytes(),
-        }
+        """Both pools' bytes, and a quantized cache's scales (`KVStorage.gpu_scales`)."""
+        storage = self.storage
+        pools = {"gpu_bytes": storage.gpu_snapshot().tobytes(),
+                 "host_bytes": storage.host_snapshot().tobytes()}
+        for name, scales in (("gpu_scale_bytes", storage.gpu_scales_snapshot()),
+                             ("host_scale_bytes", storage.host_scales_snapshot())):
+            if scales is not None:
+                pools[name] = scales.tobytes()
+        return pools
 
 
 def make_backend(

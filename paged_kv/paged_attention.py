@@ -11,8 +11,13 @@ Write the new tokens' K/V first (`PagedKVCache.write_kv`): a query attends to it
 position. Both return float32 NumPy arrays ``[num_queries, q_heads, head_dim]`` and
 take ``stream=None`` (the default stream); the call waits for its result.
 
+A cache whose model stores quantized KV (``ModelSpec.kv_dtype`` int8 or FP8) is read
+in its codes, with ``cache.storage.gpu_scales``: the result is attention over the
+dequantized K/V in float32 (`PagedKVCache.read_kv` returns them rounded to the model's
+dtype).
+
 The cache is used only through its public surface: ``cache.storage`` (``gpu_pool``,
-and ``access``, which fences the launch against work on other streams that writes the
+``gpu_scales`` and ``access``, which fences the launch against work on other streams that writes the
 blocks it reads), ``cache.model`` (``q_heads``, ``head_dim``), ``cache.get(seq_id)``
 (``block_table``, ``location``) and ``cache.num_tokens(seq_id)``.
 """
@@ -91,7 +96,7 @@ def decode(
     storage = cache.storage
     with storage.access(stream, gpu_reads=[b for table in tables for b in table]):
         out = decode_attention(storage.gpu_pool, layer, q, tables, lens, scale=scale,
-                               stream=stream)
+                               kv_scales=storage.gpu_scales, stream=stream)
     return _to_host(out, stream)
 
 
@@ -125,5 +130,5 @@ def prefill(
     storage = cache.storage
     with storage.access(stream, gpu_reads=table):
         out = prefill_attention(storage.gpu_pool, layer, q, list(table), q_start,
-                                scale=scale, stream=stream)
+                                scale=scale, kv_scales=storage.gpu_scales, stream=stream)
     return _to_host(out, stream)

@@ -7,7 +7,8 @@ One array per side, both of shape::
     [num_layers, 2, num_blocks, block_size, num_kv_heads, head_dim]
                  ^ 0 = K, 1 = V
 
-in the model's dtype (float16 or float32), C-contiguous. A token's slot is
+in the model's KV dtype (``model.kv``: float16, float32, or for a quantized cache int8
+codes or FP8 E4M3 bit patterns in uint8), C-contiguous. A token's slot is
 ``slot = block_id * block_size + offset`` (``0 <= offset < block_size``); its key in
 layer ``l`` is ``pool[l, 0, block_id, offset]`` (``[num_kv_heads, head_dim]``) and its
 value ``pool[l, 1, block_id, offset]``. One block of one layer and one of K/V,
@@ -16,6 +17,18 @@ run of elements, so copying a block is ``2 * num_layers`` contiguous runs, and
 consecutive block ids are consecutive runs (a swap of ``n`` consecutive blocks is one
 2-D memcpy). No block id is reserved: every id in ``[0, num_blocks)`` holds data;
 block tables pad with -1.
+
+Quantized caches (`paged_kv.kv_dtype`) keep float32 scales beside the pools. int8 has
+one per token and KV head, in arrays paged like the pools, ``[num_layers, 2,
+num_blocks, block_size, num_kv_heads, 1]``, one for the GPU pool and one for the host
+pool: every operation that moves a block's codes (block copy, swap, either path) moves
+its scales in the same call, on the same stream, under the same fences, so
+copy-on-write, swapping and prefix-cache hits carry them with the data. FP8 has static
+scales ``[num_layers, 2, num_kv_heads]`` (vLLM's k_scale / v_scale, per KV head, or one
+value for all: per tensor), fixed at construction and shared by both pools: a block's
+bytes mean the same wherever they are. `write` quantizes (`paged_kv.kernels.quantized`),
+`gather` dequantizes to the model's compute dtype, and paged attention reads the codes
+with `gpu_scales`.
 
 * GPU pool: a device array, zeroed at construction.
 * Host pool: page-locked host memory mapped into the device's address space
@@ -68,10 +81,14 @@ from paged_kv.kernels import (
     DeviceBuffers,
     copy_blocks,
     gather_kv,
+    gather_kv_dequantized,
     swap_blocks,
     write_slots,
+    write_slots_quantized,
 )
 from paged_kv.kernels._validate import is_cuda_array
+from paged_kv.kernels.quantized import scales_shape
+from paged_kv.kv_dtype import SCALE_DTYPE, SCALE_PER_HEAD
 
 
 def _zeroed(array: Any) -> Any:
@@ -93,6 +110,10 @@ class KVStorage:
     tests read whole pools with `gpu_snapshot` and `host_snapshot`. `swap_method`
     chooses the swap path (``"memcpy"``: copy engines, ``"kernel"``: the mapped-memory
     kernel; see `paged_kv.kernels.swap`); each swap call may override it.
+    `fp8_scales` (FP8 caches only) are the static scales: a number (per tensor) or an
+    array broadcastable to ``[num_layers, 2, num_kv_heads]``, positive and finite;
+    default 1.0 (vLLM's default without calibration; `paged_kv.quantization.fp8_scales_for`
+    calibrates them).
     """
 
     def __init__(
@@ -103,6 +124,7 @@ class KVStorage:
         num_host_blocks: int,
         *,
         swap_method: str = DEFAULT_SWAP_METHOD,
+        fp8_scales: Any = None,
     ) -> None:
         if not isinstance(model, ModelSpec):
             raise ValueError(f"KVStorage.model must be a ModelSpec, got {model!r}")
@@ -115,14 +137,21 @@ class KVStorage:
         self._num_gpu_blocks = require_int("KVStorage.num_gpu_blocks", num_gpu_blocks, 1)
         self._num_host_blocks = require_int("KVStorage.num_host_blocks", num_host_blocks, 0)
         self._swap_method = swap_method
-        api = device.cuda_api()
-        dtype = np.dtype(model.dtype)
-        self._gpu_pool = _zeroed(api.device_array(self._shape(self._num_gpu_blocks), dtype))
-        host_shape = self._shape(self._num_host_blocks)
-        if self._num_host_blocks:
-            self._host_pool = _zeroed(api.mapped_array(host_shape, dtype))
-        else:
-            self._host_pool = api.device_array(host_shape, dtype)
+        kv = model.kv
+        if fp8_scales is not None and not (kv.quantized and not kv.paged_scales):
+            raise ValueError(f"KVStorage.fp8_scales: only an FP8 cache has static scales; "
+                             f"this model's KV dtype is {kv.name}")
+        static_scales = self._static_scales(fp8_scales) if kv.scale == SCALE_PER_HEAD else None
+        self._gpu_pool = self._pool(self._num_gpu_blocks, kv.storage, host=False)
+        self._host_pool = self._pool(self._num_host_blocks, kv.storage, host=True)
+        self._gpu_scales = self._host_scales = None
+        if kv.paged_scales:
+            self._gpu_scales = self._pool(self._num_gpu_blocks, SCALE_DTYPE, host=False,
+                                          scales=True)
+            self._host_scales = self._pool(self._num_host_blocks, SCALE_DTYPE, host=True,
+                                           scales=True)
+        elif static_scales is not None:
+            self._gpu_scales = device.cuda_api().to_device(static_scales)
         self._buffers = DeviceBuffers()
         self._gpu_fences = BlockFences(self._num_gpu_blocks, device.new_event)
         self._host_fences = BlockFences(self._num_host_blocks, device.new_event)
@@ -131,6 +160,32 @@ class KVStorage:
     def _shape(self, num_blocks: int) -> tuple[int, ...]:
         m = self._model
         return (m.num_layers, 2, num_blocks, self._block_size, m.num_kv_heads, m.head_dim)
+
+    def _pool(self, num_blocks: int, dtype: Any, *, host: bool, scales: bool = False) -> Any:
+        """A zeroed pool (or, with `scales`, its paged scale array): device memory, or
+        mapped pinned host memory for a non-empty host side."""
+        api = device.cuda_api()
+        shape = self._shape(num_blocks)
+        if scales:
+            shape = scales_shape(self._model.kv, shape)
+        if host and num_blocks:
+            return _zeroed(api.mapped_array(shape, dtype))
+        return _zeroed(api.device_array(shape, dtype))
+
+    def _static_scales(self, fp8_scales: Any) -> np.ndarray:
+        """FP8 scales ``[num_layers, 2, num_kv_heads]`` from `fp8_scales` (class doc)."""
+        m = self._model
+        shape = (m.num_layers, 2, m.num_kv_heads)
+        value = 1.0 if fp8_scales is None else fp8_scales
+        try:
+            scales = np.broadcast_to(np.asarray(value, dtype=SCALE_DTYPE), shape).copy()
+        except (ValueError, TypeError):
+            raise ValueError(f"KVStorage.fp8_scales must be a number or broadcast to "
+                             f"{shape}, got {fp8_scales!r}") from None
+        if not np.all(np.isfinite(scales) & (scales > 0)):
+            raise ValueError(f"KVStorage.fp8_scales must be positive and finite, got "
+                             f"{fp8_scales!r}")
+        return scales
 
     # -- data operations -------------------------------------------------------------
 
@@ -143,8 +198,12 @@ class KVStorage:
         `paged_kv.kernels.write_slots` for the rejected inputs.
         """
         with self.access(stream, gpu_writes=self._slot_blocks(slot_mapping)):
-            write_slots(self._gpu_pool, layer, k, v, slot_mapping, stream=stream,
-                        buffers=self._buffers)
+            if self._gpu_scales is None:
+                write_slots(self._gpu_pool, layer, k, v, slot_mapping, stream=stream,
+                            buffers=self._buffers)
+            else:
+                write_slots_quantized(self._gpu_pool, self._gpu_scales, layer, k, v,
+                                      slot_mapping, stream=stream, buffers=self._buffers)
 
     def gather(
         self,
@@ -162,8 +221,14 @@ class KVStorage:
         `paged_kv.kernels.gather_kv`.
         """
         with self.access(stream, gpu_reads=self._table_blocks(block_tables)):
-            k, v = gather_kv(self._gpu_pool, layer, block_tables, seq_lens, starts,
-                             stream=stream, buffers=self._buffers)
+            if self._gpu_scales is None:
+                k, v = gather_kv(self._gpu_pool, layer, block_tables, seq_lens, starts,
+                                 stream=stream, buffers=self._buffers)
+            else:
+                k, v = gather_kv_dequantized(self._gpu_pool, self._gpu_scales, layer,
+                                             block_tables, seq_lens, starts,
+                                             dtype=self._model.dtype, stream=stream,
+                                             buffers=self._buffers)
         k_host, v_host = k.copy_to_host(), v.copy_to_host()  # waits for the gather
         if self._device_ids:
             self.synchronize()
@@ -177,20 +242,31 @@ class KVStorage:
         src, dst = self._pair_blocks(pairs)
         with self.access(stream, gpu_reads=src, gpu_writes=dst):
             copy_blocks(self._gpu_pool, pairs, stream=stream, buffers=self._buffers)
+            if self._host_scales is not None:  # paged scales move with their blocks
+                copy_blocks(self._gpu_scales, pairs, stream=stream, buffers=self._buffers)
 
     def swap_out(self, pairs: Any, *, stream: Any = None, method: str | None = None) -> None:
         """Copy GPU block ``src`` to host block ``dst`` for each ``(src, dst)``."""
         src, dst = self._pair_blocks(pairs)
         with self.access(stream, gpu_reads=src, host_writes=dst):
-            swap_blocks(self._gpu_pool, self._host_pool, pairs, stream=stream,
-                        method=method or self._swap_method, buffers=self._buffers)
+            self._swap(self._gpu_pool, self._host_pool, self._gpu_scales, self._host_scales,
+                       pairs, stream, method)
 
     def swap_in(self, pairs: Any, *, stream: Any = None, method: str | None = None) -> None:
         """Copy host block ``src`` to GPU block ``dst`` for each ``(src, dst)``."""
         src, dst = self._pair_blocks(pairs)
         with self.access(stream, host_reads=src, gpu_writes=dst):
-            swap_blocks(self._host_pool, self._gpu_pool, pairs, stream=stream,
-                        method=method or self._swap_method, buffers=self._buffers)
+            self._swap(self._host_pool, self._gpu_pool, self._host_scales, self._gpu_scales,
+                       pairs, stream, method)
+
+    def _swap(self, src: Any, dst: Any, src_scales: Any, dst_scales: Any, pairs: Any,
+              stream: Any, method: str | None) -> None:
+        """Swap the codes, then (paged scales) the scales of the same blocks."""
+        method = method or self._swap_method
+        swap_blocks(src, dst, pairs, stream=stream, method=method, buffers=self._buffers)
+        if self._host_scales is not None:
+            swap_blocks(src_scales, dst_scales, pairs, stream=stream, method=method,
+                        buffers=self._buffers)
 
     @contextmanager
     def access(
@@ -275,9 +351,26 @@ class KVStorage:
     def host_snapshot(self) -> np.ndarray:
         """A NumPy copy of the whole host pool, after all work on the device finished."""
         self.synchronize()  # swaps write the host pool asynchronously
-        if isinstance(self._host_pool, np.ndarray):  # a mapped array is an ndarray on a GPU
-            return np.array(self._host_pool, copy=True)
-        return self._host_pool.copy_to_host()
+        return _host_copy(self._host_pool)
+
+    def gpu_scales_snapshot(self) -> np.ndarray | None:
+        """A NumPy copy of the GPU pool's scales (int8: paged, FP8: static), after all
+        work on the device finished; None for an unquantized cache."""
+        self.synchronize()
+        return None if self._gpu_scales is None else self._gpu_scales.copy_to_host()
+
+    def host_scales_snapshot(self) -> np.ndarray | None:
+        """A NumPy copy of the host pool's paged scales (int8 only; FP8's static scales
+        are `gpu_scales_snapshot`'s), after all work on the device finished; else None."""
+        self.synchronize()
+        return None if self._host_scales is None else _host_copy(self._host_scales)
+
+    @property
+    def gpu_scales(self) -> Any:
+        """The scales the GPU pool's codes need (device array: int8 ``[num_layers, 2,
+        num_blocks, block_size, num_kv_heads, 1]``, FP8 ``[num_layers, 2,
+        num_kv_heads]``), or None for an unquantized cache."""
+        return self._gpu_scales
 
     @property
     def gpu_pool(self) -> Any:
@@ -316,7 +409,8 @@ class KVStorage:
 
     @property
     def nbytes_gpu(self) -> int:
-        """Bytes of the GPU pool: ``num_gpu_blocks * model.bytes_per_block(block_size)``."""
+        """Bytes of the GPU pool: ``num_gpu_blocks * model.bytes_per_block(block_size)``
+        (codes and int8's paged scales; FP8's static scales are not counted)."""
         return self._num_gpu_blocks * self._model.bytes_per_block(self._block_size)
 
     @property
@@ -328,8 +422,16 @@ class KVStorage:
         return (
             f"KVStorage(model={self._model.name!r}, block_size={self._block_size}, "
             f"num_gpu_blocks={self._num_gpu_blocks}, num_host_blocks={self._num_host_blocks}, "
-            f"dtype={self._model.dtype}, swap_method={self._swap_method!r})"
+            f"dtype={self._model.dtype}, kv_dtype={self._model.kv.name}, "
+            f"swap_method={self._swap_method!r})"
         )
+
+
+def _host_copy(array: Any) -> np.ndarray:
+    """A NumPy copy of a host-side array (a mapped array is an ndarray on a GPU)."""
+    if isinstance(array, np.ndarray):
+        return np.array(array, copy=True)
+    return array.copy_to_host()
 
 
 def _host_ints(obj: Any) -> np.ndarray:

@@ -69,6 +69,7 @@ fi
 # >>> dry run. Add a line per script; its output goes to $OUT/<name>.md.
 EXTRA_BENCHMARKS=(
     benchmarks/attention.py  # decode attention: KV bandwidth, latency vs block size
+    benchmarks/quantized.py  # int8/FP8 write, gather, decode attention vs float16
 )
 # <<< further benchmarks
 

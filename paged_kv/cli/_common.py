@@ -569,6 +569,14 @@ def emit(frame: pd.DataFrame, args: argparse.Namespace, *,
         print(f"wrote {output}")
 
 
+def paper_columns(columns: Mapping[str, str], model: Any) -> dict[str, str]:
+    """`columns`, less those of the paper's numbers (keys starting ``paper``) when
+    `model` (a `ModelSpec`) stores quantized KV: the paper ran FP16 caches only."""
+    if not model.kv.quantized:
+        return dict(columns)
+    return {key: header for key, header in columns.items() if not key.startswith("paper")}
+
+
 def progress_enabled(args: argparse.Namespace) -> bool:
     """Whether to draw progress bars: not with ``--no-progress``, and only on a terminal
     or in a notebook (tqdm.auto decides the look)."""

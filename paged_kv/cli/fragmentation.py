@@ -9,10 +9,12 @@ from paged_kv.cli._common import (
     add_output_options,
     emit,
     int_list,
+    paper_columns,
     positive_int,
     positive_number,
     progress_enabled,
 )
+from paged_kv.kv_dtype import KV_DTYPE_CHOICES
 from paged_kv.sim.hardware import GPU_PRESETS, MODEL_COMPUTE
 
 NAME = "fragmentation"
@@ -53,6 +55,10 @@ def register(subparsers) -> None:
                         help="model preset")
     parser.add_argument("--gpu", default="A100-40GB", choices=list(GPU_PRESETS),
                         help="GPU preset (sets the step time)")
+    parser.add_argument("--kv-dtype", default="auto", choices=KV_DTYPE_CHOICES,
+                        help="what the KV cache stores: the model's dtype (auto), or int8 / "
+                             "fp8_e4m3 (bytes per token with their scales; the paper's "
+                             "columns are then left out: not its setting)")
     parser.add_argument("--kv-gib", type=positive_number, default=12.0,
                         help="KV cache size in GiB")
     parser.add_argument("--block-size", type=positive_int, default=16,
@@ -73,29 +79,37 @@ def register(subparsers) -> None:
 def run(args: argparse.Namespace) -> int:
     """Run the study, print the table beside the paper's, write the figure."""
     from paged_kv.plots import plot_fragmentation, save  # noqa: PLC0415
+    from paged_kv.sim.hardware import model_spec  # noqa: PLC0415
     from paged_kv.sim.studies import fragmentation_study  # noqa: PLC0415
 
+    model = model_spec(args.model).with_kv_dtype(args.kv_dtype)
     study = fragmentation_study(
-        model=args.model, gpu=args.gpu, kv_bytes=int(args.kv_gib * 2**30),
+        model=model, gpu=args.gpu, kv_bytes=int(args.kv_gib * 2**30),
         workload=args.workload, rate=args.rate, duration_s=args.duration,
         num_requests=args.num_requests, block_size=args.block_size,
         allocator=args.allocator, seeds=tuple(args.seeds),
         progress=progress_enabled(args),
     )
     s = study.settings
-    print(f"{s['model']} on {s['gpu']}: {s['kv_slots']:,} KV token slots, max length "
+    print(f"{s['model']} ({s['kv_dtype']} KV) on {s['gpu']}: {s['kv_slots']:,} KV token "
+          f"slots, max length "
           f"{s['max_seq_len']}; {s['workload']}: {s['requests']} requests per seed (mean "
           f"prompt {s['mean_prompt']:.0f}, output {s['mean_output']:.0f} tokens) at "
           f"{s['rate']} req/s; seeds {', '.join(map(str, s['seeds']))}; contiguous "
           f"baselines placed by {s['allocator']}")
+    paper = not model.kv.quantized  # the paper ran FP16 caches only
     print("Shares of the whole KV pool, time-averaged while requests arrive (mean over "
-          "seeds; sd of the token share), beside the vLLM paper's Fig. 2 and Fig. 13a:\n")
-    emit(study.table, args, columns=COLUMNS,
+          "seeds; sd of the token share)"
+          + (", beside the vLLM paper's Fig. 2 and Fig. 13a" if paper else "") + ":\n")
+    table = study.table if paper else study.table[
+        [c for c in study.table if not c.startswith("paper")]]
+    emit(table, args, columns=paper_columns(COLUMNS, model),
          **{k: v for k, v in s.items() if k in ("kv_slots", "requests", "mean_prompt",
                                                  "mean_output", "step_time")})
     if args.figure is not None:
-        fig = plot_fragmentation(study.table, title=(
+        fig = plot_fragmentation(table, title=(
             f"Where the KV memory goes: {s['model']}, {s['kv_slots']:,} slots, "
-            f"{s['workload']} at {s['rate']:g} req/s\n(ours | vLLM paper Fig. 2, hatched)"))
+            f"{s['workload']} at {s['rate']:g} req/s"
+            + ("\n(ours | vLLM paper Fig. 2, hatched)" if paper else f", {s['kv_dtype']} KV")))
         print(f"wrote {save(fig, args.figure)}")
     return 0

@@ -12,10 +12,12 @@ from paged_kv.cli._common import (
     choice_list,
     emit,
     format_table,
+    paper_columns,
     positive_number,
     progress_enabled,
     seed,
 )
+from paged_kv.kv_dtype import KV_DTYPE_CHOICES
 from paged_kv.sim.hardware import GPU_PRESETS, MODEL_COMPUTE
 
 NAME = "throughput"
@@ -45,6 +47,10 @@ def register(subparsers) -> None:
                         help="model preset")
     parser.add_argument("--gpu", default="A100-40GB", choices=list(GPU_PRESETS),
                         help="GPU preset (sets the step time)")
+    parser.add_argument("--kv-dtype", default="auto", choices=KV_DTYPE_CHOICES,
+                        help="what the KV cache stores: the model's dtype (auto), or int8 / "
+                             "fp8_e4m3 (bytes per token with their scales; the paper's "
+                             "columns are then left out: not its setting)")
     parser.add_argument("--threshold", type=positive_number, default=0.25,
                         help="normalised latency (s/token) a sustained rate stays under")
     parser.add_argument("--duration", type=positive_number, default=900.0,
@@ -70,34 +76,45 @@ def check(args: argparse.Namespace) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Run the study, print the sustained rates and the ratios beside the paper's."""
+    from paged_kv.sim.hardware import model_spec  # noqa: PLC0415
     from paged_kv.sim.studies.throughput import (  # noqa: PLC0415
+        RATES,
         batch_size_study,
         shared_prefix_study,
         throughput_study,
     )
 
     progress = progress_enabled(args)
-    setting = dict(model=args.model, gpu=args.gpu, duration_s=args.duration, seed=args.seed)
+    model = model_spec(args.model).with_kv_dtype(args.kv_dtype)
+    setting = dict(model=model, gpu=args.gpu, duration_s=args.duration, seed=args.seed)
+    # a quantized cache holds about twice the tokens: carry the rate grids on to twice
+    # their top, so that a sustained rate is not cut off there
+    rates = None if not model.kv.quantized else {
+        w: (*RATES[w], *(RATES[w][-1] * f for f in (1.25, 1.5, 1.75, 2.0)))
+        for w in args.workloads}
     study = throughput_study(workloads=tuple(args.workloads), schemes=tuple(args.schemes),
-                             threshold_s=args.threshold, curves=args.curves,
+                             rates=rates, threshold_s=args.threshold, curves=args.curves,
                              progress=progress, **setting)
     s = study.settings
-    print(f"{s['model']} on {s['gpu']}: {s['kv_slots']:,} KV token slots; "
+    print(f"{s['model']} ({s['kv_dtype']} KV) on {s['gpu']}: {s['kv_slots']:,} KV token "
+          f"slots; "
           f"{s['duration_s']:g} s of Poisson arrivals per run, seed {s['seed']}; a rate "
           f"is sustained while the normalised latency stays <= {s['threshold_s']:g} s/token")
-    print("Highest rate each scheme sustains, and paged memory's over it beside the vLLM "
-          "paper's (ShareGPT, over OPT-13B/66B/175B, §6.2; no Alpaca ratios given):\n")
-    emit(_with_ratios(study), args, columns={
+    print("Highest rate each scheme sustains, and paged memory's over it" + (
+        " beside the vLLM paper's (ShareGPT, over OPT-13B/66B/175B, §6.2; no Alpaca ratios "
+        "given)" if not model.kv.quantized else "") + ":\n")
+    emit(_with_ratios(study), args, columns=paper_columns({
         "workload": "workload", "scheme": "scheme", "sustained_rate": "sustained req/s|{:.2f}",
-        "paged_over": "paged / scheme|{:.2f}", "paper": "paper (§6.2)"},
+        "paged_over": "paged / scheme|{:.2f}", "paper": "paper (§6.2)"}, model),
         threshold_s=s["threshold_s"], kv_slots=s["kv_slots"], step_time=s["step_time"])
     if args.batch_sizes:
         batches = batch_size_study(workloads=tuple(args.workloads),
                                    schemes=tuple(args.schemes), progress=progress, **setting)
         print("\nAverage batched requests at Fig. 13's rates:\n")
-        print(format_table(batches, {"workload": "workload", "rate": "req/s|{:g}",
-                                     "scheme": "scheme", "mean_requests": "batch|{:.2f}",
-                                     "paper_mean_requests": "paper (Fig. 13)|{:.2f}"}))
+        print(format_table(batches, paper_columns({
+            "workload": "workload", "rate": "req/s|{:g}", "scheme": "scheme",
+            "mean_requests": "batch|{:.2f}", "paper_mean_requests": "paper (Fig. 13)|{:.2f}"},
+            model)))
     if args.shared_prefix:
         prefix = shared_prefix_study(threshold_s=args.threshold, progress=progress,
                                      duration_s=args.duration, seed=args.seed, gpu=args.gpu)

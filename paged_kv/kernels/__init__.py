@@ -8,10 +8,16 @@ gather_kv      gather_kernel           pool -> contiguous K/V of a batch (one la
 copy_blocks    block_copy_kernel       whole blocks within one pool (copy-on-write)
 swap_blocks    copy engines (memcpy)   whole blocks between GPU pool and host pool
                or block_copy_kernel
+write_slots_   quantized_write_        float16/32 K/V -> int8 or FP8 E4M3 codes (and
+quantized      kernel                  int8 scales) in a quantized pool
+gather_kv_     dequantized_gather_     quantized pool -> float16/32 K/V of a batch
+dequantized    kernel
 =============  ======================  =============================================
 
 `decode_attention` and `prefill_attention` (`paged_kv.kernels.paged_attention`, kernels
-``paged_attention_<threads>x<queries>``) attend to one layer's K/V through block tables.
+``paged_attention_<threads>x<queries>``, and ``..._int8`` / ``..._fp8`` for quantized
+pools) attend to one layer's K/V through block tables. Quantized pools and their scales:
+`paged_kv.kernels.quantized`.
 
 Every wrapper takes ``stream=None`` (keyword): the work is enqueued on that stream and
 the call returns (`paged_kv.kernels._launch` has the rules). Kernels move copy units of
@@ -23,12 +29,14 @@ the signatures its wrapper launches, for `paged_kv.kernels.compile_check`.
 
 from __future__ import annotations
 
-from paged_kv.kernels import block_copy, gather, paged_attention, slot_write
+from paged_kv.config import SUPPORTED_DTYPES
+from paged_kv.kernels import block_copy, gather, paged_attention, quantized, slot_write
 from paged_kv.kernels._launch import THREADS_PER_BLOCK, DeviceBuffers, default_buffers
 from paged_kv.kernels._units import UNIT_DTYPES
 from paged_kv.kernels.block_copy import copy_blocks
 from paged_kv.kernels.gather import gather_kv
 from paged_kv.kernels.paged_attention import decode_attention, prefill_attention
+from paged_kv.kernels.quantized import gather_kv_dequantized, write_slots_quantized
 from paged_kv.kernels.slot_write import write_slots
 from paged_kv.kernels.swap import DEFAULT_SWAP_METHOD, SWAP_METHODS, swap_blocks
 
@@ -40,9 +48,25 @@ KERNELS = {
     "slot_write": (slot_write.slot_write_kernel, slot_write.signature, UNIT_DTYPES),
     "gather": (gather.gather_kernel, gather.signature, UNIT_DTYPES),
     "block_copy": (block_copy.block_copy_kernel, block_copy.signature, UNIT_DTYPES),
+    # quantized pools: variants are the K/V (write) or output (gather) float dtypes
+    **{
+        f"quantized_write_{suffix}": (quantized.WRITE_KERNELS[storage],
+                                      quantized.write_signature(storage), SUPPORTED_DTYPES)
+        for storage, suffix in quantized.SUFFIXES.items()
+    },
+    **{
+        f"dequantized_gather_{suffix}": (quantized.GATHER_KERNELS[storage],
+                                         quantized.gather_signature(storage), SUPPORTED_DTYPES)
+        for storage, suffix in quantized.SUFFIXES.items()
+    },
     **{
         f"paged_attention_{threads}x{queries}": (kernel, paged_attention.signature)
         for (threads, queries), kernel in paged_attention.KERNEL_VARIANTS.items()
+    },
+    **{
+        f"paged_attention_{threads}x{queries}_{quantized.SUFFIXES[storage]}": (
+            kernel, paged_attention.signature, (storage,))
+        for (threads, queries, storage), kernel in paged_attention.QUANTIZED_VARIANTS.items()
     },
 }
 
@@ -56,7 +80,9 @@ __all__ = [
     "decode_attention",
     "default_buffers",
     "gather_kv",
+    "gather_kv_dequantized",
     "prefill_attention",
     "swap_blocks",
     "write_slots",
+    "write_slots_quantized",
 ]

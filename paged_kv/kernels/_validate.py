@@ -31,14 +31,21 @@ POOL_AXES = ("num_layers", "2 (K/V)", "num_blocks", "block_size", "num_kv_heads"
 #: Block ids travel to the kernels as int32 (pairs, block tables).
 MAX_BLOCK_ID = np.iinfo(np.int32).max
 
+#: Element types of any pool: the float KV dtypes, and the quantized codes (int8, FP8
+#: E4M3 patterns in uint8; `paged_kv.kv_dtype`), which only the byte-moving kernels
+#: (block copy, swap) and the quantizing ones take.
+STORED_DTYPES = SUPPORTED_DTYPES + ("int8", "uint8")
+
 
 def is_cuda_array(obj: object) -> bool:
     """True for arrays a kernel addresses in place: device, mapped or simulator arrays."""
     return bool(getattr(obj, "__cuda_ndarray__", False))
 
 
-def check_pool(pool: Any, what: str, name: str = "pool") -> tuple[int, ...]:
-    """Check a pool's rank, K/V axis, dtype and contiguity; return its shape."""
+def check_pool(pool: Any, what: str, name: str = "pool",
+               dtypes: tuple[str, ...] = SUPPORTED_DTYPES) -> tuple[int, ...]:
+    """Check a pool's rank, K/V axis, dtype (one of `dtypes`) and contiguity; return its
+    shape."""
     shape = getattr(pool, "shape", None)
     dtype = getattr(pool, "dtype", None)
     if shape is None or dtype is None:
@@ -48,9 +55,9 @@ def check_pool(pool: Any, what: str, name: str = "pool") -> tuple[int, ...]:
         raise ValueError(
             f"{what}: {name} must have shape [{', '.join(POOL_AXES)}], got {shape}"
         )
-    if np.dtype(dtype).name not in SUPPORTED_DTYPES:
+    if np.dtype(dtype).name not in dtypes:
         raise ValueError(
-            f"{what}: {name} dtype must be one of {SUPPORTED_DTYPES}, got {np.dtype(dtype).name}"
+            f"{what}: {name} dtype must be one of {dtypes}, got {np.dtype(dtype).name}"
         )
     if shape[2] > MAX_BLOCK_ID:
         raise ValueError(f"{what}: {name} has {shape[2]} blocks; block ids are int32, so at "

@@ -24,7 +24,13 @@ from numba import types
 from paged_kv import device
 from paged_kv.kernels._launch import DeviceBuffers, default_buffers, launch
 from paged_kv.kernels._units import copy_run, flat_units, plan_units, threads_for
-from paged_kv.kernels._validate import block_pairs, check_pool, device_block_pairs, is_cuda_array
+from paged_kv.kernels._validate import (
+    STORED_DTYPES,
+    block_pairs,
+    check_pool,
+    device_block_pairs,
+    is_cuda_array,
+)
 
 from numba import cuda  # isort: skip  (kernel intrinsics; the simulator swaps this name)
 
@@ -107,8 +113,10 @@ def copy_blocks(
     """Copy block ``src`` onto block ``dst`` for every ``(src, dst)`` in `pairs`.
 
     `pool` is a device array ``[num_layers, 2, num_blocks, block_size, num_kv_heads,
-    head_dim]``; `pairs` is ``[n, 2]`` integers (list of tuples or NumPy array), or a
-    device int32 ``[n, 2]`` array. All layers, K and V, move in one launch, enqueued on
+    head_dim]`` of any element type in `STORED_DTYPES` (bytes are bytes: quantized
+    codes, and the float32 scale arrays of an int8 cache, move alike); `pairs` is
+    ``[n, 2]`` integers (list of tuples or NumPy array), or a device int32 ``[n, 2]``
+    array. All layers, K and V, move in one launch, enqueued on
     `stream` (None: the default stream); an empty `pairs` launches nothing.
 
     Raises `ValueError` before any launch, pool untouched, when (host pairs) an id is
@@ -119,7 +127,7 @@ def copy_blocks(
     counts it in ``buffers.errors``; the other two rules are the caller's to keep.
     """
     what = "copy_blocks"
-    shape = check_pool(pool, what)
+    shape = check_pool(pool, what, dtypes=STORED_DTYPES)
     if is_cuda_array(pairs):
         pairs = device_block_pairs(pairs, what)
     else:

@@ -24,6 +24,7 @@ import numpy as np
 from numba import types
 
 from paged_kv import device
+from paged_kv.config import SUPPORTED_DTYPES
 from paged_kv.kernels._launch import DeviceBuffers, default_buffers, launch
 from paged_kv.kernels._units import copy_run, flat_units, plan_units, threads_for, zero_run
 from paged_kv.kernels._validate import (
@@ -40,21 +41,30 @@ from numba import cuda  # isort: skip  (kernel intrinsics; the simulator swaps t
 PAD_BLOCK_ID = -1
 
 
-@device.jit
-def gather_kernel(pool, k_out, v_out, block_tables, cu_out, starts, k_base, v_base,
-                  tok_units, block_size, num_blocks, vector, errors):
-    """CUDA block ``t`` copies output token ``t``'s K and V run; see the module."""
-    t = cuda.blockIdx.x
-    # Largest s with cu_out[s] <= t; empty sequences (cu_out[s] == cu_out[s + 1]) are
-    # skipped because cu_out[s + 1] <= t for them.
+@device.jitable
+def row_sequence(cu_out, batch, t):
+    """The sequence output row `t` belongs to: the largest s with ``cu_out[s] <= t``.
+
+    Empty sequences (``cu_out[s] == cu_out[s + 1]``) are skipped because ``cu_out[s + 1]
+    <= t`` for them. Binary search, ``O(log batch)``.
+    """
     lo = 0
-    hi = block_tables.shape[0]
+    hi = batch
     while hi - lo > 1:
         mid = (lo + hi) // 2
         if cu_out[mid] <= t:
             lo = mid
         else:
             hi = mid
+    return lo
+
+
+@device.jit
+def gather_kernel(pool, k_out, v_out, block_tables, cu_out, starts, k_base, v_base,
+                  tok_units, block_size, num_blocks, vector, errors):
+    """CUDA block ``t`` copies output token ``t``'s K and V run; see the module."""
+    t = cuda.blockIdx.x
+    lo = row_sequence(cu_out, block_tables.shape[0], t)
     pos = starts[lo] + (t - cu_out[lo])
     logical = pos // block_size
     block = block_tables[lo, logical]
@@ -146,8 +156,56 @@ def gather_kv(
     zeros for a token whose block id is out of range and counts it in
     ``buffers.errors``.
     """
-    what = "gather_kv"
-    num_layers, _, num_blocks, block_size, num_kv_heads, head_dim = check_pool(pool, what)
+    shape, layer, table, first, cu_out = check_gather(pool, layer, block_tables, seq_lens,
+                                                      starts, "gather_kv")
+    _, _, num_blocks, block_size, num_kv_heads, head_dim = shape
+    total = int(cu_out[-1])
+    api = device.cuda_api()
+    k_out = api.device_array((total, num_kv_heads, head_dim), dtype=pool.dtype)
+    v_out = api.device_array((total, num_kv_heads, head_dim), dtype=pool.dtype)
+    if total == 0:
+        return k_out, v_out
+    buffers = default_buffers() if buffers is None else buffers
+    if not is_cuda_array(table):
+        table = buffers.upload("block_tables", table, stream)
+    itemsize = np.dtype(pool.dtype).itemsize
+    tok_bytes = num_kv_heads * head_dim * itemsize
+    unit, vector, _ = plan_units(tok_bytes, itemsize, pool, k_out, v_out)
+    tok_units = tok_bytes // unit.itemsize
+    num_slots = num_blocks * block_size
+    k_base = 2 * layer * num_slots * tok_units
+    launch(
+        gather_kernel,
+        total,
+        threads_for(tok_units, vector),
+        stream,
+        flat_units(pool, unit),
+        flat_units(k_out, unit),
+        flat_units(v_out, unit),
+        table,
+        buffers.upload("cu_out", cu_out, stream),
+        buffers.upload("starts", first, stream),
+        k_base,
+        k_base + num_slots * tok_units,
+        tok_units,
+        block_size,
+        num_blocks,
+        vector,
+        buffers.errors,
+    )
+    return k_out, v_out
+
+
+def check_gather(
+    pool: Any, layer: Any, block_tables: Any, seq_lens: Any, starts: Any, what: str,
+    pool_dtypes: tuple[str, ...] = SUPPORTED_DTYPES,
+) -> tuple[tuple[int, ...], int, Any, np.ndarray, np.ndarray]:
+    """`gather_kv`'s checks (its docstring), shared with the dequantizing gather:
+    ``(pool shape, layer, table, starts, cu_out)``; the table is int32 (host, with the
+    entries the gather does not read set to `PAD_BLOCK_ID`) or the device table;
+    ``cu_out`` is the running sum of ``seq_lens - starts`` from 0."""
+    shape = check_pool(pool, what, dtypes=pool_dtypes)
+    num_layers, _, num_blocks, block_size, _, _ = shape
     layer = check_layer(layer, num_layers, what)
     if is_cuda_array(block_tables):
         table = device_index_array(block_tables, what, "block_tables", np.int32, ndim=2)
@@ -186,41 +244,7 @@ def gather_kv(
         table = read_blocks_only(table, first, lens, block_size, num_blocks, what)
     cu_out = np.zeros(batch + 1, dtype=np.int64)
     np.cumsum(lens - first, out=cu_out[1:])
-    total = int(cu_out[-1])
-    api = device.cuda_api()
-    k_out = api.device_array((total, num_kv_heads, head_dim), dtype=pool.dtype)
-    v_out = api.device_array((total, num_kv_heads, head_dim), dtype=pool.dtype)
-    if total == 0:
-        return k_out, v_out
-    buffers = default_buffers() if buffers is None else buffers
-    if not is_cuda_array(table):
-        table = buffers.upload("block_tables", table, stream)
-    itemsize = np.dtype(pool.dtype).itemsize
-    tok_bytes = num_kv_heads * head_dim * itemsize
-    unit, vector, _ = plan_units(tok_bytes, itemsize, pool, k_out, v_out)
-    tok_units = tok_bytes // unit.itemsize
-    num_slots = num_blocks * block_size
-    k_base = 2 * layer * num_slots * tok_units
-    launch(
-        gather_kernel,
-        total,
-        threads_for(tok_units, vector),
-        stream,
-        flat_units(pool, unit),
-        flat_units(k_out, unit),
-        flat_units(v_out, unit),
-        table,
-        buffers.upload("cu_out", cu_out, stream),
-        buffers.upload("starts", first, stream),
-        k_base,
-        k_base + num_slots * tok_units,
-        tok_units,
-        block_size,
-        num_blocks,
-        vector,
-        buffers.errors,
-    )
-    return k_out, v_out
+    return shape, layer, table, first, cu_out
 
 
 def read_blocks_only(

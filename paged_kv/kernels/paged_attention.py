@@ -63,12 +63,31 @@ sized at launch. ``launch_bounds = (threads, 1024 // threads)`` caps registers a
 so 1024 threads (8 blocks of 128) can be resident per SM, which is also what about
 27 KiB of shared memory per block allows on an H100/H200 (228 KiB per SM).
 
+Quantized pools
+---------------
+Variants ``..._int8`` and ``..._fp8`` read int8 codes or FP8 E4M3 bit patterns
+(`paged_kv.kernels.quantized` has the pools and their scales). Staging is the same (a
+row is ``head_dim`` bytes: ``head_dim / 4`` words), and so is the shared tile (bytes);
+the element read in steps 2 and 5 is decoded to float32, and the scales are folded in
+where they cost least:
+
+* int8 (a scale per token and KV head): step 2 multiplies token t's dot products by
+  its K scale; step 4 also stages its V scale, which step 5 applies per token
+  (``acc += p * v_scale[t] * code``; the denominator sums ``p`` alone);
+* FP8 (a static scale per KV head): the K scale multiplies the staged query, the V scale
+  the final output; step 2 and 5 decode each pattern by bit fields
+  (`paged_kv.kernels._quant_math.e4m3_decode`).
+
+The float16/float32 variants are the same source with the quantized branches folded
+away at compile time (the kind is a closure constant).
+
 Limits (checked by the wrappers, ``ValueError`` before any launch): ``head_dim <= 256``,
-and even for a float16 pool (a row must be whole words); ``q_heads`` a positive
+and ``head_dim * itemsize`` a multiple of 4 (a row must be whole words: even for
+float16, a multiple of 4 for 1-byte codes); ``q_heads`` a positive
 multiple of ``num_kv_heads``; every row attends to at least one
 key; every block id it reads inside the pool. Any block size works (1 to 256 tested),
-partial last blocks included; pools in float16 or float32, queries and outputs in
-float32.
+partial last blocks included; pools in float16, float32, int8 or FP8, queries and
+outputs in float32.
 
 Not done here (next steps for a real GPU): splitting one long sequence across several
 CUDA blocks (FlashDecoding, vLLM v2) when batch x heads is small, 16-byte vector loads,
@@ -86,8 +105,16 @@ from numba import float32, int64, types, uint64
 from paged_kv import device
 from paged_kv.fences import stream_arg
 from paged_kv.kernels._launch import DeviceBuffers, default_buffers
+from paged_kv.kernels._quant_math import (
+    KIND_FLOAT,
+    KIND_FP8,
+    KIND_INT8,
+    KIND_OF_STORAGE,
+    e4m3_decode,
+)
 from paged_kv.kernels._units import flat_units
 from paged_kv.kernels._validate import (
+    STORED_DTYPES,
     check_layer,
     check_pool,
     host_int_array,
@@ -96,6 +123,7 @@ from paged_kv.kernels._validate import (
     require_cuda_array,
 )
 from paged_kv.kernels.gather import pad_block_tables, read_blocks_only
+from paged_kv.kernels.quantized import check_scales
 
 from numba import cuda  # isort: skip  (kernel intrinsics; the simulator swaps this name)
 
@@ -124,10 +152,12 @@ TILE_COLUMNS = TILE_LEN + MAX_QUERIES
 
 _NEG_INF = float32(-math.inf)
 _ZERO = float32(0.0)
+_ONE = float32(1.0)
 
 
-def _make_kernel(threads: int, queries: int) -> Any:
-    """The kernel for ``head_dim <= threads`` and tiles of at most `queries` queries.
+def _make_kernel(threads: int, queries: int, kind: int = KIND_FLOAT) -> Any:
+    """The kernel for ``head_dim <= threads``, tiles of at most `queries` queries, and
+    pools of `kind` (`KIND_FLOAT`, `KIND_INT8`, `KIND_FP8`: see "Quantized pools").
 
     Thread ``d`` owns output dim ``d``. A 1-query kernel keeps decode without GQA free
     of the per-query loops. Hot loops are ``while`` loops (Numba lowers ``range`` with
@@ -136,6 +166,7 @@ def _make_kernel(threads: int, queries: int) -> Any:
     """
     q_elems = queries * threads
     p_elems = queries * MAX_TILE
+    token_scale_elems = MAX_TILE if kind == KIND_INT8 else 1  # int8's per-token scales
     # At most 64 registers (65536 / 1024) so that 1024 threads (eight 128-thread blocks,
     # 32 warps) stay resident per SM. The simulator's jit takes no such options.
     options = {} if device.is_simulator() else {
@@ -145,7 +176,8 @@ def _make_kernel(threads: int, queries: int) -> Any:
 
     @device.jit(**options)
     def paged_attention_kernel(flat_pool, words, k_offset, v_offset, block_size, token_words,
-                               row_words, stride, tile, q, scale, block_tables, tiles, out):
+                               row_words, stride, tile, q, scale, block_tables, tiles, out,
+                               scales, k_scale_offset, v_scale_offset, num_kv_heads):
         """One CUDA block: one query tile (row ``cuda.blockIdx.x`` of `tiles`).
 
         `words` is the pool viewed as 1-D uint32 words: the ``row_words`` words of a K
@@ -153,7 +185,10 @@ def _make_kernel(threads: int, queries: int) -> Any:
         ``v_offset`` words further. `flat_pool` (the pool as elements) only types the
         shared tile. `q` and `out` are ``[query rows, head_dim]`` float32; `tiles` is
         ``[num_tiles, TILE_COLUMNS]``. The dynamic shared memory holds ``tile`` rows of
-        ``stride`` pool elements, staged as words.
+        ``stride`` pool elements, staged as words. Quantized kinds: `scales` is flat
+        float32; KV head h's K scale is at ``k_scale_offset + slot * num_kv_heads + h``
+        (int8) or ``k_scale_offset + h`` (FP8), its V scale ``v_scale_offset`` further.
+        The float kind ignores the four scale arguments.
         Shared indices are cast to uint64: Numba adds no negative-index wrap-around
         to unsigned indices.
         """
@@ -164,6 +199,8 @@ def _make_kernel(threads: int, queries: int) -> Any:
         base_sh = cuda.shared.array(MAX_TILE, int64)  # token t's K row, in pool words
         m_sh = cuda.shared.array(queries, float32)  # running max per query
         alpha_sh = cuda.shared.array(queries, float32)  # this tile's rescale
+        scale_sh = cuda.shared.array(token_scale_elems, int64)  # int8: token t's K scale
+        v_scale_sh = cuda.shared.array(token_scale_elems, float32)  # int8: its V scale
         s = cuda.local.array(queries, float32)  # my token's scores
         acc = cuda.local.array(queries, float32)  # my dim of each output
         l = cuda.local.array(queries, float32)  # softmax denominators
@@ -174,6 +211,14 @@ def _make_kernel(threads: int, queries: int) -> Any:
         head_dim = q.shape[1]
         seq = tiles[b, TILE_SEQ]
         head_off = tiles[b, TILE_HEAD] + k_offset
+        q_scale = scale
+        out_scale = _ONE
+        head_scale = k_scale_offset  # + the KV head: int8's offset in a slot, FP8's index
+        if kind != KIND_FLOAT:
+            head_scale += tiles[b, TILE_HEAD] // row_words
+            if kind == KIND_FP8:
+                q_scale = scale * scales[head_scale]
+                out_scale = scales[head_scale + v_scale_offset]
         nq = 0
         kv_len = 0
         for j in range(queries):
@@ -183,7 +228,7 @@ def _make_kernel(threads: int, queries: int) -> Any:
                 kv_len = max(kv_len, length)
         for j in range(queries):
             if j < nq and tid < head_dim:
-                q_sh[j * threads + tid] = q[tiles[b, TILE_QUERY + j], tid] * scale
+                q_sh[j * threads + tid] = q[tiles[b, TILE_QUERY + j], tid] * q_scale
             acc[j] = _ZERO
             l[j] = _ZERO
         if tid < queries:
@@ -207,6 +252,8 @@ def _make_kernel(threads: int, queries: int) -> Any:
         if tid < min(tile, kv_len):
             slot = block_tables[seq, logical] * block_size + offset
             base_sh[tid] = slot * token_words + head_off
+            if kind == KIND_INT8:
+                scale_sh[tid] = slot * num_kv_heads + head_scale
         cuda.syncthreads()
 
         t0 = 0
@@ -243,10 +290,18 @@ def _make_kernel(threads: int, queries: int) -> Any:
                             dot = _ZERO
                             if j < nq:
                                 d = 0
-                                while d < head_dim:
-                                    dot += q_sh[uint64(j * threads + d)] * float32(
-                                        kv_sh[uint64(row + d)])
-                                    d += 1
+                                if kind == KIND_FP8:
+                                    while d < head_dim:
+                                        dot += q_sh[uint64(j * threads + d)] * e4m3_decode(
+                                            kv_sh[uint64(row + d)])
+                                        d += 1
+                                else:
+                                    while d < head_dim:
+                                        dot += q_sh[uint64(j * threads + d)] * float32(
+                                            kv_sh[uint64(row + d)])
+                                        d += 1
+                                if kind == KIND_INT8:
+                                    dot *= scales[scale_sh[tid]]
                             s[j] = dot
                         for j in range(queries):
                             if j < nq:
@@ -258,6 +313,8 @@ def _make_kernel(threads: int, queries: int) -> Any:
                 for j in range(queries):
                     if j < nq:
                         p_sh[j * MAX_TILE + tid] = math.exp(s[j] - m_sh[j])
+                if kind == KIND_INT8:
+                    v_scale_sh[tid] = scales[scale_sh[tid] + v_scale_offset]
             # The next tile's offsets: base_sh is not read again in this tile.
             logical += step_blocks
             offset += step_offset
@@ -267,6 +324,8 @@ def _make_kernel(threads: int, queries: int) -> Any:
             if tid < min(tile, kv_len - t0 - n):
                 slot = block_tables[seq, logical] * block_size + offset
                 base_sh[tid] = slot * token_words + head_off
+                if kind == KIND_INT8:
+                    scale_sh[tid] = slot * num_kv_heads + head_scale
             cuda.syncthreads()
             if tid < head_dim:
                 for j in range(queries):
@@ -276,7 +335,12 @@ def _make_kernel(threads: int, queries: int) -> Any:
                         t = 0
                         while t < n:
                             p = p_sh[uint64(j * MAX_TILE + t)]
-                            a += p * float32(kv_sh[uint64(t * stride + tid)])
+                            if kind == KIND_FP8:
+                                a += p * e4m3_decode(kv_sh[uint64(t * stride + tid)])
+                            elif kind == KIND_INT8:
+                                a += p * v_scale_sh[t] * float32(kv_sh[uint64(t * stride + tid)])
+                            else:
+                                a += p * float32(kv_sh[uint64(t * stride + tid)])
                             total += p
                             t += 1
                         acc[j] = a
@@ -287,7 +351,7 @@ def _make_kernel(threads: int, queries: int) -> Any:
         if tid < head_dim:
             for j in range(queries):
                 if j < nq:
-                    out[tiles[b, TILE_QUERY + j], tid] = acc[j] / l[j]
+                    out[tiles[b, TILE_QUERY + j], tid] = acc[j] / l[j] * out_scale
 
     return paged_attention_kernel
 
@@ -297,10 +361,16 @@ KERNEL_VARIANTS = {
     (threads, queries): _make_kernel(threads, queries)
     for threads in THREAD_VARIANTS for queries in QUERY_VARIANTS
 }
+#: (threads, queries, quantized pool dtype: "int8" or "uint8" for FP8) -> kernel.
+QUANTIZED_VARIANTS = {
+    (threads, queries, storage): _make_kernel(threads, queries, KIND_OF_STORAGE[storage])
+    for threads in THREAD_VARIANTS for queries in QUERY_VARIANTS
+    for storage in ("int8", "uint8")
+}
 
 
 def signature(dtype: str) -> Any:
-    """The Numba signature the wrappers launch either kernel variant with."""
+    """The Numba signature the wrappers launch a kernel variant with, per pool dtype."""
     elem = getattr(types, dtype)
     i64 = types.int64
     return types.void(
@@ -313,16 +383,23 @@ def signature(dtype: str) -> Any:
         types.Array(types.int32, 2, "C"),  # block_tables
         types.Array(i64, 2, "C"),  # tiles
         types.Array(types.float32, 2, "C"),  # out [query rows, head_dim]
+        types.Array(types.float32, 1, "C"),  # scales (flat)
+        i64, i64, i64,  # k_scale_offset, v_scale_offset, num_kv_heads
     )
 
 
 # -- host side -------------------------------------------------------------------------
 
 
-def _pool_dims(pool: Any, layer: Any, what: str) -> tuple[int, ...]:
-    """Check the pool and layer; return ``(layer, num_blocks, block_size, num_kv_heads,
-    head_dim)``."""
-    num_layers, _, num_blocks, block_size, num_kv_heads, head_dim = check_pool(pool, what)
+def _pool_dims(pool: Any, layer: Any, kv_scales: Any, what: str) -> tuple[int, ...]:
+    """Check the pool (and a quantized pool's scales) and layer; return ``(layer,
+    num_blocks, block_size, num_kv_heads, head_dim)``."""
+    shape = check_pool(pool, what, dtypes=STORED_DTYPES)
+    num_layers, _, num_blocks, block_size, num_kv_heads, head_dim = shape
+    if KIND_OF_STORAGE[np.dtype(pool.dtype).name] != KIND_FLOAT:
+        check_scales(pool, kv_scales, shape, what)
+    elif kv_scales is not None:
+        raise ValueError(f"{what}: a {np.dtype(pool.dtype).name} pool takes no kv_scales")
     require_cuda_array(pool, what, "pool")
     require_c_contiguous(pool, what, "pool")
     layer = check_layer(layer, num_layers, what)
@@ -332,9 +409,11 @@ def _pool_dims(pool: Any, layer: Any, what: str) -> tuple[int, ...]:
             f"(one output dim per thread, at most {THREAD_VARIANTS[-1]} threads)"
         )
     if (head_dim * np.dtype(pool.dtype).itemsize) % 4:
+        multiple = 4 // np.dtype(pool.dtype).itemsize
+        need = "an even head_dim" if multiple == 2 else f"head_dim a multiple of {multiple}"
         raise ValueError(
-            f"{what}: a {np.dtype(pool.dtype).name} pool needs an even head_dim, got "
-            f"{head_dim} (the kernel stages K and V in 4-byte words)"
+            f"{what}: a {np.dtype(pool.dtype).name} pool needs {need}, got {head_dim} "
+            f"(the kernel stages K and V in 4-byte words)"
         )
     return layer, num_blocks, block_size, num_kv_heads, head_dim
 
@@ -447,11 +526,12 @@ class AttentionLaunch:
     call one once; `benchmarks/attention.py` calls one repeatedly to time the kernel
     without the host-side checks and uploads. Its inputs live in `DeviceBuffers`: it
     may be called again until the next launch is prepared with the same buffers and
-    stream."""
+    stream. A quantized pool comes with its checked `kv_scales`."""
 
     def __init__(self, pool: Any, dims: tuple[int, ...], q: Any, table: np.ndarray,
                  row_seq: np.ndarray, row_len: np.ndarray, rows_per_tile: int,
-                 scale: np.float32, stream: Any, buffers: DeviceBuffers | None) -> None:
+                 scale: np.float32, stream: Any, buffers: DeviceBuffers | None,
+                 kv_scales: Any = None) -> None:
         layer, num_blocks, block_size, num_kv_heads, head_dim = dims
         rows, q_heads = int(q.shape[0]), int(q.shape[1])
         api = device.cuda_api()
@@ -471,7 +551,17 @@ class AttentionLaunch:
         queries = 1 if tiles[:, TILE_LEN + 1].max() == 0 else MAX_QUERIES
         buffers = default_buffers() if buffers is None else buffers
         q_dev = q if is_cuda_array(q) else buffers.upload("attention_q", q, stream)
-        self._kernel = KERNEL_VARIANTS[threads, queries]
+        storage = np.dtype(pool.dtype).name
+        kind = KIND_OF_STORAGE[storage]
+        if kind == KIND_FLOAT:
+            self._kernel = KERNEL_VARIANTS[threads, queries]
+            # no scales: the output array stands in for the unused scale array
+            scale_args = (self.out.reshape(self.out.size), 0, 0, num_kv_heads)
+        else:
+            self._kernel = QUANTIZED_VARIANTS[threads, queries, storage]
+            per_side = num_kv_heads * (num_blocks * block_size if kind == KIND_INT8 else 1)
+            scale_args = (kv_scales.reshape(kv_scales.size), layer * 2 * per_side, per_side,
+                          num_kv_heads)
         self._config = (tiles.shape[0], threads, stream_arg(stream), tile * stride * itemsize)
         self._args = (
             pool.reshape(pool.size), flat_units(pool, np.dtype(np.uint32)), layer * 2 * v_offset,
@@ -480,6 +570,7 @@ class AttentionLaunch:
             buffers.upload("attention_tables", table, stream),
             buffers.upload("attention_tiles", tiles, stream),
             self.out.reshape(rows * q_heads, head_dim),
+            *scale_args,
         )
 
     def __call__(self) -> Any:
@@ -489,11 +580,11 @@ class AttentionLaunch:
 
 
 def prepare_decode(pool: Any, layer: int, q: Any, block_tables: Any, seq_lens: Any, *,
-                   scale: float | None = None, stream: Any = None,
+                   scale: float | None = None, kv_scales: Any = None, stream: Any = None,
                    buffers: DeviceBuffers | None = None) -> AttentionLaunch:
     """Check and upload `decode_attention`'s arguments; return the launch, not yet run."""
     what = "decode_attention"
-    dims = _pool_dims(pool, layer, what)
+    dims = _pool_dims(pool, layer, kv_scales, what)
     _, num_blocks, block_size, num_kv_heads, head_dim = dims
     table = pad_block_tables(block_tables, what)
     batch = table.shape[0]
@@ -511,15 +602,15 @@ def prepare_decode(pool: Any, layer: int, q: Any, block_tables: Any, seq_lens: A
     scale = _scale(scale, head_dim, what)
     table = _checked_tables(table, lens, num_blocks, block_size, what)
     return AttentionLaunch(pool, dims, q, table, np.arange(batch, dtype=np.int64), lens, 1,
-                           scale, stream, buffers)
+                           scale, stream, buffers, kv_scales)
 
 
 def prepare_prefill(pool: Any, layer: int, q: Any, block_table: Any, q_start: int, *,
-                    scale: float | None = None, stream: Any = None,
+                    scale: float | None = None, kv_scales: Any = None, stream: Any = None,
                     buffers: DeviceBuffers | None = None) -> AttentionLaunch:
     """Check and upload `prefill_attention`'s arguments; return the launch, not yet run."""
     what = "prefill_attention"
-    dims = _pool_dims(pool, layer, what)
+    dims = _pool_dims(pool, layer, kv_scales, what)
     _, num_blocks, block_size, num_kv_heads, head_dim = dims
     table = host_int_array(block_table, what, "block_table", ndim=1)[None, :]
     if isinstance(q_start, (bool, np.bool_)) or not isinstance(q_start, (int, np.integer)) \
@@ -535,17 +626,19 @@ def prepare_prefill(pool: Any, layer: int, q: Any, block_table: Any, q_start: in
     heads = min(int(q.shape[1]) // num_kv_heads, MAX_QUERIES)
     row_len = np.arange(q_start + 1, q_start + n + 1, dtype=np.int64)
     return AttentionLaunch(pool, dims, q, table, np.zeros(n, dtype=np.int64), row_len,
-                           MAX_QUERIES // heads, scale, stream, buffers)
+                           MAX_QUERIES // heads, scale, stream, buffers, kv_scales)
 
 
 def decode_attention(pool: Any, layer: int, q: Any, block_tables: Any, seq_lens: Any, *,
-                     scale: float | None = None, stream: Any = None,
+                     scale: float | None = None, kv_scales: Any = None, stream: Any = None,
                      buffers: DeviceBuffers | None = None) -> Any:
     """One decode step for a batch: sequence ``s``'s query attends to its ``seq_lens[s]``
     keys (positions ``0 .. seq_lens[s] - 1``, the last one its own).
 
     `pool` is a device pool ``[num_layers, 2, num_blocks, block_size, num_kv_heads,
-    head_dim]`` (float16 or float32); `q` is ``[batch, q_heads, head_dim]`` (NumPy of
+    head_dim]``: float16 or float32, or a quantized pool (int8 codes, or FP8 E4M3
+    patterns in uint8) with its device `kv_scales` (`paged_kv.kernels.quantized` has
+    the layouts; ``KVStorage.gpu_scales``); `q` is ``[batch, q_heads, head_dim]`` (NumPy of
     any float dtype, or a float32 device array), ``q_heads`` a multiple of
     ``num_kv_heads``; `block_tables` is a padded 2-D integer array ``[batch,
     max_blocks]`` (-1 padding, never read) or a list of per-sequence lists; `seq_lens`
@@ -559,14 +652,15 @@ def decode_attention(pool: Any, layer: int, q: Any, block_tables: Any, seq_lens:
     256; q has another shape or non-float values; q_heads is not a positive multiple
     of num_kv_heads; seq_lens is not 1-D integer of length batch or holds a length < 1;
     a table has fewer than ``ceil(seq_len / block_size)`` entries or one of those is
-    outside ``[0, num_blocks)``; scale is not a finite number.
+    outside ``[0, num_blocks)``; scale is not a finite number; a quantized pool comes
+    without its scales or with scales of another shape, or a float pool with scales.
     """
-    return prepare_decode(pool, layer, q, block_tables, seq_lens, scale=scale, stream=stream,
-                          buffers=buffers)()
+    return prepare_decode(pool, layer, q, block_tables, seq_lens, scale=scale,
+                          kv_scales=kv_scales, stream=stream, buffers=buffers)()
 
 
 def prefill_attention(pool: Any, layer: int, q: Any, block_table: Any, q_start: int, *,
-                      scale: float | None = None, stream: Any = None,
+                      scale: float | None = None, kv_scales: Any = None, stream: Any = None,
                       buffers: DeviceBuffers | None = None) -> Any:
     """Causal attention of one sequence's new tokens over its cached prefix and themselves.
 
@@ -580,5 +674,5 @@ def prefill_attention(pool: Any, layer: int, q: Any, block_table: Any, q_start: 
     table has fewer than ``ceil((q_start + n) / block_size)`` entries or one of those is
     outside ``[0, num_blocks)``; and for the reasons `decode_attention` gives.
     """
-    return prepare_prefill(pool, layer, q, block_table, q_start, scale=scale, stream=stream,
-                           buffers=buffers)()
+    return prepare_prefill(pool, layer, q, block_table, q_start, scale=scale,
+                           kv_scales=kv_scales, stream=stream, buffers=buffers)()

@@ -28,6 +28,7 @@ import numpy as np
 from numba import types
 
 from paged_kv import device
+from paged_kv.config import SUPPORTED_DTYPES
 from paged_kv.kernels._launch import DeviceBuffers, default_buffers, launch
 from paged_kv.kernels._units import copy_run, flat_units, plan_units, threads_for
 from paged_kv.kernels._validate import (
@@ -107,39 +108,14 @@ def write_slots(
     read back: the kernel skips a slot beyond the pool and counts it in
     ``buffers.errors``; duplicates are the caller's responsibility.
     """
-    what = "write_slots"
-    num_layers, _, num_blocks, block_size, num_kv_heads, head_dim = check_pool(pool, what)
-    layer = check_layer(layer, num_layers, what)
-    num_slots = num_blocks * block_size
-    if is_cuda_array(slot_mapping):
-        slots = device_index_array(slot_mapping, what, "slot_mapping", np.int64, ndim=1)
-        num_tokens = int(slots.shape[0])
-    else:
-        slots = host_slots(slot_mapping, num_slots, block_size, what)
-        num_tokens = slots.shape[0]
-    k, v = kv_argument(k), kv_argument(v)
-    for name, arr in (("k", k), ("v", v)):
-        if tuple(arr.shape) != (num_tokens, num_kv_heads, head_dim):
-            raise ValueError(
-                f"{what}: {name} must have shape [num_tokens={num_tokens}, "
-                f"num_kv_heads={num_kv_heads}, head_dim={head_dim}], got {tuple(arr.shape)}"
-            )
-        if np.dtype(arr.dtype) != np.dtype(pool.dtype):
-            raise ValueError(
-                f"{what}: {name} dtype {np.dtype(arr.dtype).name} does not match the pool's "
-                f"{np.dtype(pool.dtype).name}"
-            )
-        if is_cuda_array(arr):
-            require_c_contiguous(arr, what, name)
-    if not is_cuda_array(slots) and not np.any(slots >= 0):
+    shape, layer, slots, k, v = check_write(pool, layer, k, v, slot_mapping, "write_slots")
+    if slots is None:
         return  # nothing but padding (or nothing at all)
+    _, _, num_blocks, block_size, num_kv_heads, head_dim = shape
+    num_slots = num_blocks * block_size
+    num_tokens = int(slots.shape[0])
     buffers = default_buffers() if buffers is None else buffers
-    if not is_cuda_array(slots):
-        slots = buffers.upload("slot_mapping", slots, stream)
-    if not is_cuda_array(k):
-        k = buffers.upload("k", k, stream)
-    if not is_cuda_array(v):
-        v = buffers.upload("v", v, stream)
+    slots, k, v = upload_write_inputs(slots, k, v, stream, buffers)
     itemsize = np.dtype(pool.dtype).itemsize
     unit, vector, _ = plan_units(num_kv_heads * head_dim * itemsize, itemsize, pool, k, v)
     tok_units = num_kv_heads * head_dim * itemsize // unit.itemsize
@@ -160,6 +136,63 @@ def write_slots(
         vector,
         buffers.errors,
     )
+
+
+def check_write(
+    pool: Any, layer: Any, k: Any, v: Any, slot_mapping: Any, what: str,
+    pool_dtypes: tuple[str, ...] = SUPPORTED_DTYPES,
+    kv_dtypes: tuple[str, ...] | None = None,
+) -> tuple[tuple[int, ...], int, Any, Any, Any]:
+    """`write_slots`' checks (its docstring), shared with the quantizing write:
+    ``(pool shape, layer, slots, k, v)``, with ``slots`` None when there is nothing but
+    padding to write. K/V must have the pool's dtype, or with `kv_dtypes` one of those
+    (the same for both)."""
+    shape = check_pool(pool, what, dtypes=pool_dtypes)
+    num_layers, _, num_blocks, block_size, num_kv_heads, head_dim = shape
+    layer = check_layer(layer, num_layers, what)
+    num_slots = num_blocks * block_size
+    if is_cuda_array(slot_mapping):
+        slots = device_index_array(slot_mapping, what, "slot_mapping", np.int64, ndim=1)
+        num_tokens = int(slots.shape[0])
+    else:
+        slots = host_slots(slot_mapping, num_slots, block_size, what)
+        num_tokens = slots.shape[0]
+    k, v = kv_argument(k), kv_argument(v)
+    for name, arr in (("k", k), ("v", v)):
+        if tuple(arr.shape) != (num_tokens, num_kv_heads, head_dim):
+            raise ValueError(
+                f"{what}: {name} must have shape [num_tokens={num_tokens}, "
+                f"num_kv_heads={num_kv_heads}, head_dim={head_dim}], got {tuple(arr.shape)}"
+            )
+        dtype = np.dtype(arr.dtype)
+        if kv_dtypes is None and dtype != np.dtype(pool.dtype):
+            raise ValueError(
+                f"{what}: {name} dtype {dtype.name} does not match the pool's "
+                f"{np.dtype(pool.dtype).name}"
+            )
+        if kv_dtypes is not None and (dtype.name not in kv_dtypes or dtype != np.dtype(v.dtype)):
+            raise ValueError(
+                f"{what}: k and v must both be one of {kv_dtypes}, got "
+                f"{np.dtype(k.dtype).name} and {np.dtype(v.dtype).name}"
+            )
+        if is_cuda_array(arr):
+            require_c_contiguous(arr, what, name)
+    if not is_cuda_array(slots) and not np.any(slots >= 0):
+        slots = None
+    return shape, layer, slots, k, v
+
+
+def upload_write_inputs(slots: Any, k: Any, v: Any, stream: Any,
+                        buffers: DeviceBuffers) -> tuple[Any, Any, Any]:
+    """Host slots, k and v copied into `buffers` on `stream`; device arrays pass
+    through."""
+    if not is_cuda_array(slots):
+        slots = buffers.upload("slot_mapping", slots, stream)
+    if not is_cuda_array(k):
+        k = buffers.upload("k", k, stream)
+    if not is_cuda_array(v):
+        v = buffers.upload("v", v, stream)
+    return slots, k, v
 
 
 def host_slots(slot_mapping: Any, num_slots: int, block_size: int, what: str) -> np.ndarray:

@@ -29,6 +29,7 @@ import numpy as np
 
 from paged_kv.kernels._launch import DeviceBuffers
 from paged_kv.kernels._validate import (
+    STORED_DTYPES,
     block_pairs,
     check_pool,
     device_block_pairs,
@@ -56,7 +57,8 @@ def swap_blocks(
     """Copy block ``src`` of `src_pool` onto block ``dst`` of `dst_pool` for each pair.
 
     Both pools are device-addressable arrays (device array, mapped host array, or the
-    simulator's arrays) with the same layout and dtype except ``num_blocks`` (axis 2).
+    simulator's arrays) with the same layout and dtype except ``num_blocks`` (axis 2);
+    any element type in `STORED_DTYPES` moves (quantized codes included).
     `pairs` is ``[n, 2]`` integers (host), or a device int32 ``[n, 2]`` array; an
     empty `pairs` moves nothing. The copies are enqueued on `stream` (None: the default
     stream) by `method`, ``"memcpy"`` or ``"kernel"`` (module docstring).
@@ -76,8 +78,8 @@ def swap_blocks(
     what = "swap_blocks"
     if method not in SWAP_METHODS:
         raise ValueError(f"{what}: method must be one of {SWAP_METHODS}, got {method!r}")
-    src_shape = check_pool(src_pool, what, "src_pool")
-    dst_shape = check_pool(dst_pool, what, "dst_pool")
+    src_shape = check_pool(src_pool, what, "src_pool", STORED_DTYPES)
+    dst_shape = check_pool(dst_pool, what, "dst_pool", STORED_DTYPES)
     if src_shape[:2] + src_shape[3:] != dst_shape[:2] + dst_shape[3:]:
         raise ValueError(
             f"{what}: pools differ in more than num_blocks (axis 2): src_pool {src_shape}, "

@@ -17,6 +17,8 @@ plot_hit_rates      prefix-cache hit rate against capacity, per eviction policy
 plot_sharing        memory saved by sharing (parallel sampling, beam search)
 plot_generation     paged vs dense logits per step; tokens computed per mode
 plot_block_map      the physical block pool over time
+plot_quantization_  attention error of a quantized KV cache against key outliers
+error
 ==================  =================================================================
 """
 
@@ -34,6 +36,7 @@ from paged_kv.plots.block_size import plot_block_size
 from paged_kv.plots.fragmentation import plot_fragmentation
 from paged_kv.plots.generation import plot_generation
 from paged_kv.plots.hit_rates import plot_hit_rates
+from paged_kv.plots.quantization import plot_quantization_error
 from paged_kv.plots.sharing import plot_sharing
 from paged_kv.plots.throughput import plot_latency
 from paged_kv.plots.timeline import plot_timeline
@@ -52,6 +55,7 @@ __all__ = [
     "plot_generation",
     "plot_hit_rates",
     "plot_latency",
+    "plot_quantization_error",
     "plot_sharing",
     "plot_timeline",
     "save",

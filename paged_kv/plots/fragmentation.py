@@ -23,12 +23,15 @@ def plot_fragmentation(table: pd.DataFrame, ax=None, title: str | None = None) -
     them; the paper breaks down only the token states of vLLM.
 
     `table` is `FragmentationStudy.table` (columns ``{category}_pct`` and
-    ``paper_{category}_pct`` for the categories of `FIG2_BARS`).
+    ``paper_{category}_pct`` for the categories of `FIG2_BARS`); without the paper's
+    columns (a setting the paper did not run, such as a quantized cache) only ours.
     """
     fig, ax = new_axes(ax, size=(8, 4.2))
     x = np.arange(len(table))
-    width = 0.38
-    for offset, prefix, hatch in ((-width / 2, "", None), (width / 2, "paper_", "//")):
+    paper = "paper_token_states_pct" in table
+    width = 0.38 if paper else 0.6
+    bars = ((-width / 2, "", None), (width / 2, "paper_", "//")) if paper else ((0, "", None),)
+    for offset, prefix, hatch in bars:
         bottom = np.zeros(len(table))
         for cat, (label, color) in FIG2_BARS.items():
             column = f"{prefix}{cat}_pct"
@@ -45,13 +48,14 @@ def plot_fragmentation(table: pd.DataFrame, ax=None, title: str | None = None) -
                    hatch=hatch, edgecolor="white", linewidth=0.5,
                    label="not broken down by the paper")
     for xi, ours in zip(x, table["token_states_pct"]):
-        ax.text(xi - width / 2, ours / 2, f"{ours:.1f}", ha="center", va="center",
+        ax.text(xi + bars[0][0], ours / 2, f"{ours:.1f}", ha="center", va="center",
                 color="white", fontsize=8, fontweight="bold")
-    if "paper_token_states_pct" in table:
+    if paper:
         for xi, theirs in zip(x, table["paper_token_states_pct"]):
             ax.text(xi + width / 2, theirs / 2, f"{theirs:.1f}", ha="center", va="center",
                     color="white", fontsize=8, fontweight="bold")
-    ax.set_xticks(x, [f"{s}\nours | paper" for s in table["scheme"]], fontsize=8)
+    ax.set_xticks(x, [f"{s}\nours | paper" if paper else s for s in table["scheme"]],
+                  fontsize=8)
     ax.set_ylabel("share of the KV pool (%)")
     ax.set_ylim(0, 100)
     ax.set_title(title or "Where the KV memory goes (ours | vLLM paper Fig. 2, hatched)")

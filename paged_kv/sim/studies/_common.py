@@ -105,6 +105,6 @@ def make_scheme(name: str, slots: int, max_len: int, *, block_size: int = 16,
 
 def settings_of(spec: ModelSpec, gpu: GPUSpec, kv_bytes: int, **extra: object) -> dict:
     """The settings record of a study: model, GPU, pool, plus `extra`."""
-    return {"model": spec.name, "kv_dtype": spec.dtype, "gpu": gpu.name,
+    return {"model": spec.name, "kv_dtype": spec.kv.name, "gpu": gpu.name,
             "kv_bytes": kv_bytes, "kv_slots": kv_slots(spec, kv_bytes),
             "max_seq_len": spec.max_seq_len, **extra}
