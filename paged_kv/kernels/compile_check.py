@@ -16,7 +16,10 @@ check stands in a device of the architecture being compiled (`_target_device`).
 
 Run it with the simulator off (no driver needed)::
 
-    PAGED_KV_DEVICE=gpu python -m paged_kv.kernels.compile_check [--json]
+    PAGED_KV_DEVICE=gpu python -m paged_kv.kernels.compile_check [--json] [--only K ...]
+
+By default one child process per architecture compiles in parallel (``--jobs 1`` for
+one process; ``--arch sm_90`` for one architecture).
 
 Exit status: 0 all compiled without spills, 1 a kernel spills, 2 the toolchain (NVVM,
 ptxas) is missing or the simulator is on. ``tests/test_compile.py`` runs it in a
@@ -142,17 +145,18 @@ def _target_device(cc: tuple[int, int]) -> Iterator[None]:
 
 
 def compile_all(
-    ptxas: str, workdir: Path, only: Collection[str] | None = None
+    ptxas: str, workdir: Path, only: Collection[str] | None = None,
+    archs: Collection[tuple[int, int]] = ARCHS,
 ) -> list[CompileResult]:
-    """Compile every kernel variant x arch (or only the kernels named in `only`); return
-    ptxas's figures for each."""
+    """Compile every kernel variant x arch of `archs` (or only the kernels named in
+    `only`); return ptxas's figures for each."""
     from numba import cuda  # noqa: PLC0415 - only after paged_kv.device chose "gpu"
 
     results = []
     for name, kernel, signature, dtype in kernel_variants():
         if only is not None and name not in only:
             continue
-        for cc in ARCHS:
+        for cc in archs:
             arch = f"sm_{cc[0]}{cc[1]}"
             try:
                 # The kernel's own launch bounds (its register cap), as a launch uses.
@@ -200,6 +204,45 @@ def format_table(results: list[CompileResult]) -> str:
     return "\n".join(lines)
 
 
+def _arch(text: str) -> tuple[int, int]:
+    """``sm_80`` -> ``(8, 0)``: one of `ARCHS`."""
+    for cc in ARCHS:
+        if text == f"sm_{cc[0]}{cc[1]}":
+            return cc
+    names = ", ".join(f"sm_{a}{b}" for a, b in ARCHS)
+    raise argparse.ArgumentTypeError(f"expected one of {names}, got {text!r}")
+
+
+def compile_in_parallel(argv: list[str], jobs: int) -> tuple[list[CompileResult], str]:
+    """Run this check as `jobs` child processes, one architecture each (compilation is
+    single-threaded, so this divides its wall time by the cores it may use); returns
+    their results merged and the ptxas path. A child's failure is re-raised as
+    `ToolchainMissing` with its output."""
+    env = dict(os.environ)
+    groups = [ARCHS[i::jobs] for i in range(jobs)]
+    children = [
+        subprocess.Popen(
+            [sys.executable, "-m", "paged_kv.kernels.compile_check", *argv, "--json", "--jobs", "1", "--arch",
+             *(f"sm_{a}{b}" for a, b in group)],
+            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )
+        for group in groups
+    ]
+    results: list[CompileResult] = []
+    ptxas = ""
+    for child in children:
+        out, err = child.communicate()
+        if child.returncode not in (0, 1) or not out.strip():  # 1: spills, in the table
+            raise ToolchainMissing(f"a compile-check worker failed (exit {child.returncode}):"
+                                   f"\n{out}{err}")
+        lines = out.strip().splitlines()
+        results += [CompileResult(**row) for row in json.loads(lines[-1])]
+        ptxas = lines[-2].split("(ptxas: ", 1)[-1].split(")", 1)[0]
+    order = {(name, variant): i for i, (name, _, _, variant) in enumerate(kernel_variants())}
+    results.sort(key=lambda r: (order[r.kernel, r.dtype], r.arch))
+    return results, ptxas
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the check; print the table (and a JSON line with ``--json``); see module doc."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -207,6 +250,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--keep", type=Path, help="write the PTX/cubin files here")
     parser.add_argument("--only", nargs="+", metavar="KERNEL",
                         help="compile only these kernels (names as in the table)")
+    parser.add_argument("--arch", nargs="+", type=_arch, default=list(ARCHS),
+                        metavar="SM", help="compile only for these (sm_80, sm_90)")
+    parser.add_argument("--jobs", type=int, default=min(len(ARCHS), os.cpu_count() or 1),
+                        help="processes, one or more architectures each (default: one per "
+                             "architecture, at most the CPU count)")
     args = parser.parse_args(argv)
     if device.is_simulator():
         print("compile_check: the CUDA simulator is on; run with PAGED_KV_DEVICE=gpu and "
@@ -214,13 +262,19 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     started = time.perf_counter()
     try:
-        ptxas = find_ptxas()
-        if args.keep:
+        jobs = max(1, min(args.jobs, len(args.arch)))
+        if jobs > 1 and args.arch == list(ARCHS):
+            forwarded = [] if args.keep is None else ["--keep", str(args.keep)]
+            forwarded += [] if args.only is None else ["--only", *args.only]
+            results, ptxas = compile_in_parallel(forwarded, jobs)
+        elif args.keep:
+            ptxas = find_ptxas()
             args.keep.mkdir(parents=True, exist_ok=True)
-            results = compile_all(ptxas, args.keep, args.only)
+            results = compile_all(ptxas, args.keep, args.only, args.arch)
         else:
+            ptxas = find_ptxas()
             with tempfile.TemporaryDirectory(prefix="paged_kv_ptx_") as tmp:
-                results = compile_all(ptxas, Path(tmp), args.only)
+                results = compile_all(ptxas, Path(tmp), args.only, args.arch)
     except ToolchainMissing as exc:
         print(f"compile_check: {exc}", file=sys.stderr)
         return 2
