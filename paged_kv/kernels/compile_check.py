@@ -222,8 +222,8 @@ def compile_in_parallel(argv: list[str], jobs: int) -> tuple[list[CompileResult]
     groups = [ARCHS[i::jobs] for i in range(jobs)]
     children = [
         subprocess.Popen(
-            [sys.executable, "-m", "paged_kv.kernels.compile_check", *argv, "--json", "--jobs", "1", "--arch",
-             *(f"sm_{a}{b}" for a, b in group)],
+            [sys.executable, "-m", "paged_kv.kernels.compile_check", *argv, "--json",
+             "--jobs", "1", "--arch", *(f"sm_{a}{b}" for a, b in group)],
             env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         )
         for group in groups

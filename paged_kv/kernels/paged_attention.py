@@ -33,10 +33,13 @@ out (`_tiles`), so the kernel does no index arithmetic on heads or rows.
 
 Inside a CUDA block
 -------------------
-``threads`` = 128 (four warps) when ``head_dim <= 128``, 256 when ``head_dim <= 256``
-(`MAX_HEAD_DIM`): thread ``d`` owns output dim ``d``. Four variants are compiled:
-128 or 256 threads, times tiles of 1 query (decode without GQA) or of up to 4. The
-block walks its KV stream in tiles of ``T <= 128`` tokens, as many as fit one K or V
+``threads`` = 32 (one warp) when ``head_dim <= 32``, 128 (four warps) when
+``head_dim <= 128``, 256 when ``head_dim <= 256`` (`MAX_HEAD_DIM`): thread ``d`` owns
+output dim ``d``. Six variants are compiled per pool kind: 32, 128 or 256 threads,
+times tiles of 1 query (decode without GQA) or of up to 4. (The one-warp variant keeps
+small test models cheap in the simulator, which pays per thread, and keeps 32-dim heads
+from idling three warps of four on a GPU.) The block walks its KV stream in tiles of
+``T <= min(128, threads)`` tokens (one score per thread), as many as fit one K or V
 tile of `TILE_BYTES` (22 KiB) of shared memory in the pool's own dtype: 86 tokens at
 float16 and head_dim 128, 43 at float32. Per tile, five barriers::
 
@@ -138,7 +141,7 @@ TILE_BYTES = 22 * 1024
 #: Global loads each thread issues before it stores any (memory-level parallelism).
 STAGE_UNROLL = 8
 #: Threads per CUDA block: the kernel variants, smallest first.
-THREAD_VARIANTS = (128, 256)
+THREAD_VARIANTS = (32, 128, 256)
 #: Queries per tile: 1 (decode without GQA) or MAX_QUERIES.
 QUERY_VARIANTS = (1, MAX_QUERIES)
 
@@ -543,7 +546,8 @@ class AttentionLaunch:
         threads = next(t for t in THREAD_VARIANTS if head_dim <= t)
         itemsize = np.dtype(pool.dtype).itemsize
         stride = _stride(head_dim, itemsize)
-        tile = max(1, min(MAX_TILE, TILE_BYTES // (stride * itemsize)))
+        # one score per thread: a tile has at most `threads` tokens
+        tile = max(1, min(MAX_TILE, threads, TILE_BYTES // (stride * itemsize)))
         row_words = head_dim * itemsize // 4  # float16: two elements per word
         token_words = num_kv_heads * row_words
         v_offset = num_blocks * block_size * token_words
