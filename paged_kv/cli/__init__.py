@@ -115,7 +115,7 @@ def _run(argv: Sequence[str] | None) -> int:
                 f"unrecognized arguments: {' '.join(unknown)}")
     except SystemExit as done:  # --help, --version, or a bad flag (already reported)
         return done.code if isinstance(done.code, int) else 2
-    args._argv = argv  # what was typed: `paged_kv.cli._common.given` reads it
+    args._argv = argv  # what was typed: `paged_kv.cli._checks.given` reads it
     try:
         # every check before any work: list repeats, the device setting, a serving run's
         # pool and workload options, then the command's own
