@@ -90,6 +90,16 @@ def test_a_closed_pipe_ends_quietly(argv):
     assert (done.returncode, done.stderr) == (0, "")
 
 
+def test_a_closed_pipe_still_gets_the_files_written(tmp_path):
+    """``paged-kv replay --output r.csv | head -1``: the reader leaves, the results stay."""
+    out = tmp_path / "r.csv"
+    argv = ["replay", "--capacity", "unbounded", "--output", str(out), "--no-progress"]
+    done = subprocess.run([sys.executable, "-c", CLOSED_STDOUT.format(argv=argv)],
+                          capture_output=True, text=True, timeout=120)
+    assert (done.returncode, done.stderr) == (0, "")
+    assert pd.read_csv(out, comment="#").loc[0, "hit_rate"] == pytest.approx(0.3734, abs=5e-5)
+
+
 class _ClosedPipe:
     """A stdout whose reader has gone away: every write raises BrokenPipeError."""
 

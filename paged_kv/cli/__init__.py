@@ -19,6 +19,7 @@ import pkgutil
 import sys
 from collections.abc import Sequence
 from types import ModuleType
+from typing import TextIO
 
 from paged_kv.cli._common import (
     HelpFormatter,
@@ -79,13 +80,46 @@ def _subparser(parser: argparse.ArgumentParser, name: str) -> argparse.ArgumentP
     return sub.choices[name]
 
 
-def _quiet_broken_pipe() -> None:
-    """stdout's reader went away (``| head``): drop further output and end quietly."""
+def _quiet_broken_pipe(stream: TextIO) -> None:
+    """`stream`'s reader went away (``| head``): send what is left to /dev/null."""
     try:
         devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
+        os.dup2(devnull, stream.fileno())
     except (OSError, ValueError):  # no real file descriptor (captured in tests)
         pass
+
+
+class _PipeGuard:
+    """stdout that keeps the command running when its reader goes away.
+
+    ``paged-kv sweep --output r.csv | head -1`` must still write ``r.csv`` and the
+    figure: after the first write that finds the pipe closed, output is dropped (not
+    raised), so the command finishes its work and ends quietly with its own status.
+    """
+
+    def __init__(self, stream: TextIO) -> None:
+        self._stream = stream
+        self._closed = False
+
+    def _guarded(self, call, *args):
+        if self._closed:
+            return None
+        try:
+            return call(*args)
+        except BrokenPipeError:
+            self._closed = True
+            _quiet_broken_pipe(self._stream)
+            return None
+
+    def write(self, text: str) -> int:
+        self._guarded(self._stream.write, text)
+        return len(text)
+
+    def flush(self) -> None:
+        self._guarded(self._stream.flush)
+
+    def __getattr__(self, name: str):
+        return getattr(self._stream, name)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -93,16 +127,21 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     Bad arguments end with one line on stderr and status 2 (returned, not raised, so
     callers and tests see a status either way); Ctrl-C ends quietly with status 130; a
-    closed pipe on stdout ends quietly.
+    closed pipe on stdout drops the rest of the output but not the work: files named by
+    ``--output`` and ``--figure`` are still written.
     """
+    stdout = sys.stdout
+    sys.stdout = _PipeGuard(stdout)
     try:
         return _run(argv)
     except KeyboardInterrupt:
         sys.stderr.write("\npaged-kv: interrupted\n")
         return 130
-    except BrokenPipeError:
-        _quiet_broken_pipe()
+    except BrokenPipeError:  # raised below the guard (a write straight to the descriptor)
+        _quiet_broken_pipe(stdout)
         return 0
+    finally:
+        sys.stdout = stdout
 
 
 def _run(argv: Sequence[str] | None) -> int:
