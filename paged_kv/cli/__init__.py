@@ -28,6 +28,7 @@ from paged_kv.cli._common import (
     check_repeats,
     check_serving_options,
     one_line,
+    resolve_figure,
 )
 
 __all__ = ["build_parser", "main"]
@@ -157,10 +158,11 @@ def _run(argv: Sequence[str] | None) -> int:
     args._argv = argv  # what was typed: `paged_kv.cli._checks.given` reads it
     try:
         # every check before any work: list repeats, the device setting, a serving run's
-        # pool and workload options, then the command's own
+        # pool and workload options, the default figure's path, then the command's own
         check_repeats(_subparser(parser, args.command), args)
         check_device_setting(runs_kernels=args.runs_kernels)
         check_serving_options(args)
+        resolve_figure(args)
         if args.check is not None:
             args.check(args)
         result = args.run(args)

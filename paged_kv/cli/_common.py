@@ -47,6 +47,7 @@ from paged_kv.cli._output import (
     emit,
     format_table,
     progress_enabled,
+    resolve_figure,
     settings_of,
     write_results,
 )
@@ -116,6 +117,7 @@ __all__ = [
     "positive_number",
     "progress_enabled",
     "refuse_if_given",
+    "resolve_figure",
     "results_file",
     "seed",
     "settings_of",

@@ -13,12 +13,16 @@ from typing import Any
 
 import pandas as pd
 
+from paged_kv.cli._checks import given
+from paged_kv.cli._parser import UsageError
 from paged_kv.cli._types import RESULT_FORMATS, figure_file, results_file
 
 
 def add_output_options(parser: argparse.ArgumentParser, *, figure: str | None = None) -> None:
     """Add ``--output`` (results with settings), ``--figure`` if the command draws one
-    (`figure` is its default path, or "" for none by default), and ``--no-progress``."""
+    (`figure` is its default path, or "" for none by default; a default path comes with
+    ``--no-figure``), and ``--no-progress``. `resolve_figure` settles the default before
+    any work."""
     parser.add_argument(
         "--output", type=results_file, default=None, metavar="FILE.csv|FILE.json",
         help="also write the results, with the settings and package version, to this file",
@@ -27,10 +31,34 @@ def add_output_options(parser: argparse.ArgumentParser, *, figure: str | None = 
         parser.add_argument(
             "--figure", type=figure_file, default=Path(figure) if figure else None,
             metavar="FILE.png",
-            help="write the figure here (.png, .pdf or .svg; the folder must exist)",
+            help="write the figure here (.png, .pdf or .svg; the folder must exist"
+                 + (f"; the default is skipped where there is no {Path(figure).parent}/ "
+                    f"folder)" if figure else ")"),
         )
+        if figure:
+            parser.add_argument("--no-figure", action="store_true",
+                                help="do not write the default figure")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
+
+def resolve_figure(args: argparse.Namespace) -> None:
+    """Before any work, settle ``args.figure``: None with ``--no-figure``; a default path
+    (not typed) checked like a typed one, and dropped with a note on stderr when it cannot
+    be written (run outside the checkout, no ``figures/`` folder here), since nobody
+    asked for that path; a typed path was checked by its type already."""
+    if getattr(args, "figure", None) is None:
+        return
+    if getattr(args, "no_figure", False):
+        if given(args, "--figure"):
+            raise UsageError("argument --no-figure: not allowed with --figure")
+        args.figure = None
+    elif not given(args, "--figure"):
+        try:
+            figure_file(str(args.figure))
+        except argparse.ArgumentTypeError as why:
+            sys.stderr.write(f"paged-kv {args.command}: no figure written: {why}; "
+                             f"--figure PATH writes it elsewhere\n")
+            args.figure = None
 
 
 def format_table(frame: pd.DataFrame, columns: Mapping[str, str] | None = None,
@@ -63,7 +91,8 @@ def format_table(frame: pd.DataFrame, columns: Mapping[str, str] | None = None,
 def settings_of(args: argparse.Namespace, **extra: Any) -> dict[str, Any]:
     """The run's settings: every option given on the command line (paths as text), plus
     `extra` (derived values such as a trace checksum), JSON-ready."""
-    skip = {"run", "check", "output", "no_progress", "command", "runs_kernels", "allow_slow"}
+    skip = {"run", "check", "output", "no_progress", "no_figure", "command", "runs_kernels",
+            "allow_slow"}
     settings = {k: _plain(v) for k, v in vars(args).items()
                 if k not in skip and not k.startswith("_")}
     settings.update({k: _plain(v) for k, v in extra.items()})
