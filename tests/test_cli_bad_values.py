@@ -147,7 +147,7 @@ ISSUE_CASES = [
     (["timeline", "--seed", "-1"], "--seed"),
     (["fragmentation", "--workload", "azure-conv", "--rate", "5"], "--rate"),
     (["block-size", "--block-sizes", "0", "16"], "--block-sizes"),
-    (["block-size", "--block-sizes", "16", "16"], "--block-sizes"),
+    (["block-size", "--block-sizes", "16,16"], "--block-sizes"),  # lists: comma-separated
     (["replay", "--capacity", "1e4"], "--capacity"),
     (["replay", "--output", ""], "--output"),
     (["replay", "--output", "/missing/dir/r.csv"], "--output"),

@@ -128,3 +128,22 @@ def test_ctrl_c_ends_quietly_with_status_130(monkeypatch, capsys):
     monkeypatch.setattr(paged_kv.sim.replay, "replay", interrupted)
     assert main(["replay", "--no-progress"]) == 130
     assert one_error_line(capsys) == "paged-kv: interrupted"
+
+
+def test_every_list_option_is_comma_separated_and_says_so():
+    """One list syntax everywhere (``--seeds 0,1,2``, ``--block-sizes 8,64``); the old
+    space-separated habit gets a hint naming the option."""
+    parser = build_parser()
+    sub = next(a for a in parser._actions if a.dest == "command")
+    for name, command in sub.choices.items():
+        for action in command._actions:
+            assert action.nargs not in ("+", "*"), (name, action.option_strings)
+            if isinstance(action.default, list):
+                assert str(action.metavar).endswith(",..."), (name, action.option_strings)
+
+
+def test_a_space_separated_list_gets_a_hint(capsys):
+    assert main(["block-size", "--block-sizes", "16", "32"]) == 2
+    assert one_error_line(capsys) == (
+        "paged-kv block-size: error: unrecognized arguments: 32 (--block-sizes takes a "
+        "comma-separated list: --block-sizes 16,32)")

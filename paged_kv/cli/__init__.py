@@ -25,7 +25,6 @@ from paged_kv.cli._common import (
     HelpFormatter,
     Parser,
     check_device_setting,
-    check_repeats,
     check_serving_options,
     one_line,
     resolve_figure,
@@ -60,6 +59,10 @@ def build_parser() -> Parser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for module in commands():
         module.register(sub)
+    for command in sub.choices.values():  # a list type's usage: NAME,... or N,...
+        for action in command._actions:
+            if action.metavar is None and hasattr(action.type, "metavar"):
+                action.metavar = action.type.metavar
     return parser
 
 
@@ -79,6 +82,17 @@ def _subparser(parser: argparse.ArgumentParser, name: str) -> argparse.ArgumentP
     """The parser of subcommand `name`."""
     sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
     return sub.choices[name]
+
+
+def _list_hint(command: argparse.ArgumentParser, argv: list[str], token: str) -> str:
+    """A hint when `token` follows a list option's value (``--block-sizes 16 32``): lists
+    are comma-separated."""
+    at = argv.index(token) if token in argv else 0
+    flag = argv[at - 2] if at >= 2 else ""
+    action = command._option_string_actions.get(flag)
+    if action is not None and str(action.metavar).endswith(",..."):
+        return f" ({flag} takes a comma-separated list: {flag} {argv[at - 1]},{token})"
+    return ""
 
 
 def _quiet_broken_pipe(stream: TextIO) -> None:
@@ -151,15 +165,15 @@ def _run(argv: Sequence[str] | None) -> int:
     try:
         args, unknown = parser.parse_known_args(argv)
         if unknown:  # reported by the subcommand, whose --help lists what it takes
-            _subparser(parser, args.command).error(
-                f"unrecognized arguments: {' '.join(unknown)}")
+            command = _subparser(parser, args.command)
+            command.error(f"unrecognized arguments: {' '.join(unknown)}"
+                          + _list_hint(command, argv, unknown[0]))
     except SystemExit as done:  # --help, --version, or a bad flag (already reported)
         return done.code if isinstance(done.code, int) else 2
     args._argv = argv  # what was typed: `paged_kv.cli._checks.given` reads it
     try:
-        # every check before any work: list repeats, the device setting, a serving run's
+        # every check before any work: the device setting, a serving run's
         # pool and workload options, the default figure's path, then the command's own
-        check_repeats(_subparser(parser, args.command), args)
         check_device_setting(runs_kernels=args.runs_kernels)
         check_serving_options(args)
         resolve_figure(args)

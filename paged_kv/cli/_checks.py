@@ -1,23 +1,13 @@
-"""Checks that run after parsing and before any work: options typed or not, list repeats,
-the device setting, and the CUDA simulator's time estimate."""
+"""Checks that run after parsing and before any work: options typed or not, the device
+setting, and the CUDA simulator's time estimate."""
 
 from __future__ import annotations
 
 import argparse
 import os
 import sys
-from collections.abc import Sequence
 
 from paged_kv.cli._parser import UsageError
-from paged_kv.cli._types import _no_repeats
-
-
-def distinct(values: Sequence[object], flag: str) -> None:
-    """Raise `UsageError` if a list given with ``nargs`` repeats a value."""
-    try:
-        _no_repeats(values)
-    except argparse.ArgumentTypeError as err:
-        raise UsageError(f"argument {flag}: {err}") from None
 
 
 def given(args: argparse.Namespace, flag: str) -> bool:
@@ -31,19 +21,6 @@ def refuse_if_given(args: argparse.Namespace, flag: str, why: str) -> None:
     """Raise `UsageError` naming `flag` if it was given: it does not apply (`why`)."""
     if given(args, flag):
         raise UsageError(f"argument {flag}: {why}")
-
-
-def check_repeats(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
-    """Refuse a value listed twice in any list option of `parser` (``--block-sizes 16
-    16``). An option where repeats mean something sets ``repeats_ok = True`` on its
-    action (the object ``add_argument`` returns)."""
-    for action in parser._actions:
-        if not action.option_strings or getattr(action, "repeats_ok", False):
-            continue
-        values = getattr(args, action.dest, None)
-        if action.nargs in ("+", "*") or (isinstance(action.nargs, int) and action.nargs > 1):
-            if isinstance(values, (list, tuple)):
-                distinct(values, action.option_strings[-1])
 
 
 def check_device_setting(*, runs_kernels: bool) -> None:

@@ -138,11 +138,14 @@ def choice_list(choices: Iterable[str]) -> Callable[[str], list[str]]:
 
     parse.__name__ = "names"
     parse.choices = tuple(valid)  # type: ignore[attr-defined]  (shown in --help)
+    parse.metavar = "NAME,..."  # type: ignore[attr-defined]  (the usage line says how)
     return _refuses("no-such-name", f"{valid[0]},{valid[0]}", ",")(parse)
 
 
-def int_list(minimum: int = 1, maximum: int | None = None) -> Callable[[str], list[int]]:
-    """A type accepting a comma-separated list of distinct whole numbers in range."""
+def int_list(minimum: int = 1, maximum: int | None = None, *,
+             repeats: bool = False) -> Callable[[str], list[int]]:
+    """A type accepting a comma-separated list of whole numbers in range, each listed once
+    unless `repeats` (where a repeat means something: two prompts of one length)."""
     item = int_at_least(minimum, maximum)
 
     def parse(text: str) -> list[int]:
@@ -150,11 +153,14 @@ def int_list(minimum: int = 1, maximum: int | None = None) -> Callable[[str], li
         if not parts:
             raise argparse.ArgumentTypeError("expected at least one whole number")
         values = [item(part) for part in parts]
-        _no_repeats(values)
+        if not repeats:
+            _no_repeats(values)
         return values
 
     parse.__name__ = "integers"
-    return _refuses(*item.bad_values, f"{minimum},{minimum}", ",")(parse)  # type: ignore
+    parse.metavar = "N,..."  # type: ignore[attr-defined]  (the usage line says how)
+    bad = [*item.bad_values, ","]  # type: ignore[attr-defined]
+    return _refuses(*bad, *([] if repeats else [f"{minimum},{minimum}"]))(parse)
 
 
 def _no_repeats(values: Sequence[object]) -> None:
