@@ -57,6 +57,7 @@ from paged_kv.cli._parser import (
 )
 from paged_kv.cli._serving import (
     RECORDED_ARRIVALS,
+    add_model_options,
     add_serving_options,
     applies_rate,
     check_serving_options,
@@ -90,6 +91,7 @@ __all__ = [
     "SLOW_SIMULATOR_S",
     "UsageError",
     "add_allow_slow",
+    "add_model_options",
     "add_output_options",
     "add_serving_options",
     "address",

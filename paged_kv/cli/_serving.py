@@ -8,7 +8,7 @@ from typing import Any
 
 from paged_kv.cli._checks import refuse_if_given
 from paged_kv.cli._parser import UsageError
-from paged_kv.cli._types import int_at_least, positive_number, seed
+from paged_kv.cli._types import int_at_least, int_list, positive_number, seed
 
 #: workloads whose arrival times are recorded in the trace (``--rate`` does not apply)
 RECORDED_ARRIVALS = ("azure-conv", "azure-code")
@@ -70,28 +70,56 @@ def applies_rate(args: argparse.Namespace) -> bool:
     return getattr(args, "workload", None) not in RECORDED_ARRIVALS
 
 
-def add_serving_options(parser: argparse.ArgumentParser, *, workloads: Sequence[str],
-                        block_size_help: str = "tokens per block of the paged cache",
-                        num_requests: int = 2000) -> None:
-    """Add the options of a serving simulation: ``--workload`` (from `workloads`, the first
-    is the default), ``--model``, ``--kv-gib``, ``--block-size``, ``--rate``,
-    ``--num-requests`` and ``--seed`` (`check_serving_options` checks them together)."""
-    from paged_kv.sim.hardware import MODEL_COMPUTE  # noqa: PLC0415 - the simulator's models
+def add_model_options(parser: argparse.ArgumentParser, *, gpu: bool = False,
+                      kv_dtype: bool = False) -> None:
+    """Add ``--model`` (the simulator's model presets) and, when asked, ``--gpu`` (the GPU
+    presets, which set the step time) and ``--kv-dtype`` (what the cache stores)."""
+    from paged_kv.kv_dtype import KV_DTYPE_CHOICES  # noqa: PLC0415
+    from paged_kv.sim.hardware import GPU_PRESETS, MODEL_COMPUTE  # noqa: PLC0415
 
-    parser.add_argument("--workload", default=workloads[0], choices=workloads,
-                        help="request lengths: shipped ShareGPT, synthetic, or Azure traces")
     parser.add_argument("--model", default="opt-13b", choices=sorted(MODEL_COMPUTE),
                         help="model preset")
+    if gpu:
+        parser.add_argument("--gpu", default="A100-40GB", choices=list(GPU_PRESETS),
+                            help="GPU preset (sets the step time)")
+    if kv_dtype:
+        parser.add_argument("--kv-dtype", default="auto", choices=KV_DTYPE_CHOICES,
+                            help="what the KV cache stores: the model's dtype (auto), or "
+                                 "int8 / fp8_e4m3 (bytes per token with their scales; the "
+                                 "paper's columns are then left out: not its setting)")
+
+
+def add_serving_options(parser: argparse.ArgumentParser, *, workloads: Sequence[str],
+                        workload_help: str = "request lengths (and arrivals, for the Azure "
+                                             "traces)",
+                        block_size_help: str = "tokens per block of the paged cache",
+                        rate: float = 10.0, num_requests: int | None = 2000,
+                        seeds: Sequence[int] | None = None, gpu: bool = False,
+                        kv_dtype: bool = False) -> None:
+    """Add the options of a serving simulation: ``--workload`` (from `workloads`, the first
+    is the default), the model options (`add_model_options`), ``--kv-gib``,
+    ``--block-size``, ``--rate``, ``--num-requests`` (None: the command derives it) and
+    ``--seed``, or ``--seeds`` (a comma-separated list, one run each) when `seeds` gives
+    their default. `check_serving_options` checks them together."""
+    parser.add_argument("--workload", default=workloads[0], choices=workloads,
+                        help=workload_help)
+    add_model_options(parser, gpu=gpu, kv_dtype=kv_dtype)
     parser.add_argument("--kv-gib", type=positive_number, default=12.0,
                         help="KV cache size in GiB")
     parser.add_argument("--block-size", type=int_at_least(1, 4096), default=16,
                         help=block_size_help)
-    parser.add_argument("--rate", type=positive_number, default=10.0,
+    parser.add_argument("--rate", type=positive_number, default=rate,
                         help="arrivals per second (not for the Azure traces, which keep "
                              "their recorded arrivals)")
     parser.add_argument("--num-requests", type=int_at_least(1, 100_000), default=num_requests,
-                        help="requests to serve")
-    parser.add_argument("--seed", type=seed, default=0, help="seed of lengths and arrivals")
+                        help="requests to serve" + (" (default: --rate x --duration)"
+                                                    if num_requests is None else ""))
+    if seeds is None:
+        parser.add_argument("--seed", type=seed, default=0,
+                            help="seed of lengths and arrivals")
+    else:
+        parser.add_argument("--seeds", type=int_list(0, 2**32 - 1), default=list(seeds),
+                            help="comma-separated seeds of lengths and arrivals, one run each")
 
 
 def paper_columns(columns: Mapping[str, str], model: Any) -> dict[str, str]:

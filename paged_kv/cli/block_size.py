@@ -6,6 +6,7 @@ import argparse
 
 from paged_kv.cli import add_command
 from paged_kv.cli._common import (
+    add_model_options,
     add_output_options,
     choice_list,
     emit,
@@ -15,7 +16,6 @@ from paged_kv.cli._common import (
     progress_enabled,
     seed,
 )
-from paged_kv.sim.hardware import MODEL_COMPUTE
 
 NAME = "block-size"
 HELP = "paged waste against block size"
@@ -34,8 +34,7 @@ def register(subparsers) -> None:
                         help="comma-separated block sizes to run, in tokens")
     parser.add_argument("--workloads", type=choice_list(WORKLOADS), default=list(WORKLOADS),
                         help="comma-separated synthetic length models to serve")
-    parser.add_argument("--model", default="opt-13b", choices=sorted(MODEL_COMPUTE),
-                        help="model preset")
+    add_model_options(parser)
     parser.add_argument("--rate", type=positive_number, default=20.0,
                         help="arrivals per second")
     parser.add_argument("--num-requests", type=positive_int, default=1000,
