@@ -4,18 +4,18 @@ A model computes in ``ModelSpec.dtype`` (float16 or float32); its KV cache may s
 another type, ``ModelSpec.kv_dtype`` (vLLM's ``kv_cache_dtype``; ``"auto"`` means the
 compute dtype):
 
-==========  ============  ======================================  =====================
-kv_dtype    pool element  scale (float32)                         bytes per token, head
-==========  ============  ======================================  =====================
-float16     float16       none                                    ``2 * head_dim``
-float32     float32       none                                    ``4 * head_dim``
-int8        int8          per token and KV head, paged beside     ``head_dim + 4``
-                          the pool: ``[L, 2, blocks, block_size,
+==========  ============  ==========================================  =====================
+kv_dtype    pool element  scale (float32)                             bytes per token, head
+==========  ============  ==========================================  =====================
+float16     float16       none                                        ``2 * head_dim``
+float32     float32       none                                        ``4 * head_dim``
+int8        int8          per token and KV head, paged beside the     ``head_dim + 4``
+                          pool: ``[L, 2, blocks, block_size,
                           kv_heads, 1]``
-fp8_e4m3    uint8 (E4M3   per layer, K/V and KV head, static:     ``head_dim``
+fp8_e4m3    uint8 (E4M3   per layer, K/V and KV head, static:         ``head_dim``
             bit pattern)  ``[L, 2, kv_heads]`` (one value for all
                           heads is vLLM's per-tensor scale)
-==========  ============  ======================================  =====================
+==========  ============  ==========================================  =====================
 
 int8 is symmetric: ``scale = amax / 127`` over the token's ``head_dim`` values of one
 head, ``q = round_half_even(x / scale)`` in ``[-127, 127]``. Because its scales change

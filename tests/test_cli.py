@@ -52,7 +52,7 @@ def test_sharing_command(tmp_path, capsys):
 
 def test_block_size_command(tmp_path, capsys):
     out = tmp_path / "bs.png"
-    assert main(["block-size", "--block-sizes", "8", "64", "--num-requests", "100",
+    assert main(["block-size", "--block-sizes", "8,64", "--num-requests", "100",
                  "--figure", str(out), "--no-progress"]) == 0
     assert "alpaca-like" in capsys.readouterr().out and out.exists()
 

@@ -147,7 +147,7 @@ ISSUE_CASES = [
     (["timeline", "--seed", "-1"], "--seed"),
     (["fragmentation", "--workload", "azure-conv", "--rate", "5"], "--rate"),
     (["block-size", "--block-sizes", "0", "16"], "--block-sizes"),
-    (["block-size", "--block-sizes", "16", "16"], "--block-sizes"),
+    (["block-size", "--block-sizes", "16,16"], "--block-sizes"),  # lists: comma-separated
     (["replay", "--capacity", "1e4"], "--capacity"),
     (["replay", "--output", ""], "--output"),
     (["replay", "--output", "/missing/dir/r.csv"], "--output"),
@@ -168,6 +168,27 @@ def test_the_cases_of_issue_14(argv, flag, capsys, no_work, monkeypatch):
     line = _one_error_line(capsys)
     expected = flag if flag.startswith("unrecognized") else f"argument {flag}"
     assert line.startswith(f"paged-kv {argv[0]}: error: {expected}"), line
+
+
+# Values each fine alone that do not work together, or that the run would only find out
+# after its work (a traceback, or minutes and gigabytes): refused up front all the same.
+COMBINATION_CASES = [
+    (["kv-quant", "--kv-gib", "0.0001"], "--kv-gib"),  # no block: a division by zero
+    (["kv-quant", "--tokens", "100000"], "--tokens"),  # 102M elements per K/V array
+    (["kv-quant", "--queries", "1024", "--tokens", "8192", "--kv-heads", "16", "--head-dim",
+      "64"], "--queries"),
+    (["kv-quant", "--outlier-channels", "200"], "--outlier-channels"),
+    (["generate", "--block-size", "256", "--prompt-blocks", "4"], "--prompt-blocks"),
+    (["timeline", "--no-figure", "--figure", "t.png"], "--no-figure"),
+]
+
+
+@pytest.mark.parametrize("argv, flag", COMBINATION_CASES,
+                         ids=[" ".join(a) for a, _ in COMBINATION_CASES])
+def test_combinations_that_cannot_work_are_refused_naming_a_flag(argv, flag, capsys, no_work):
+    assert main(argv) == 2
+    line = _one_error_line(capsys)
+    assert line.startswith(f"paged-kv {argv[0]}: error: argument {flag}:"), line
 
 
 def test_an_unwritable_output_is_refused_before_the_run(tmp_path, monkeypatch, capsys, no_work):

@@ -90,6 +90,16 @@ def test_a_closed_pipe_ends_quietly(argv):
     assert (done.returncode, done.stderr) == (0, "")
 
 
+def test_a_closed_pipe_still_gets_the_files_written(tmp_path):
+    """``paged-kv replay --output r.csv | head -1``: the reader leaves, the results stay."""
+    out = tmp_path / "r.csv"
+    argv = ["replay", "--capacity", "unbounded", "--output", str(out), "--no-progress"]
+    done = subprocess.run([sys.executable, "-c", CLOSED_STDOUT.format(argv=argv)],
+                          capture_output=True, text=True, timeout=120)
+    assert (done.returncode, done.stderr) == (0, "")
+    assert pd.read_csv(out, comment="#").loc[0, "hit_rate"] == pytest.approx(0.3734, abs=5e-5)
+
+
 class _ClosedPipe:
     """A stdout whose reader has gone away: every write raises BrokenPipeError."""
 
@@ -118,3 +128,22 @@ def test_ctrl_c_ends_quietly_with_status_130(monkeypatch, capsys):
     monkeypatch.setattr(paged_kv.sim.replay, "replay", interrupted)
     assert main(["replay", "--no-progress"]) == 130
     assert one_error_line(capsys) == "paged-kv: interrupted"
+
+
+def test_every_list_option_is_comma_separated_and_says_so():
+    """One list syntax everywhere (``--seeds 0,1,2``, ``--block-sizes 8,64``); the old
+    space-separated habit gets a hint naming the option."""
+    parser = build_parser()
+    sub = next(a for a in parser._actions if a.dest == "command")
+    for name, command in sub.choices.items():
+        for action in command._actions:
+            assert action.nargs not in ("+", "*"), (name, action.option_strings)
+            if isinstance(action.default, list):
+                assert str(action.metavar).endswith(",..."), (name, action.option_strings)
+
+
+def test_a_space_separated_list_gets_a_hint(capsys):
+    assert main(["block-size", "--block-sizes", "16", "32"]) == 2
+    assert one_error_line(capsys) == (
+        "paged-kv block-size: error: unrecognized arguments: 32 (--block-sizes takes a "
+        "comma-separated list: --block-sizes 16,32)")

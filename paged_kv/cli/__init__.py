@@ -19,14 +19,15 @@ import pkgutil
 import sys
 from collections.abc import Sequence
 from types import ModuleType
+from typing import TextIO
 
 from paged_kv.cli._common import (
     HelpFormatter,
     Parser,
     check_device_setting,
-    check_repeats,
     check_serving_options,
     one_line,
+    resolve_figure,
 )
 
 __all__ = ["build_parser", "main"]
@@ -58,6 +59,10 @@ def build_parser() -> Parser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for module in commands():
         module.register(sub)
+    for command in sub.choices.values():  # a list type's usage: NAME,... or N,...
+        for action in command._actions:
+            if action.metavar is None and hasattr(action.type, "metavar"):
+                action.metavar = action.type.metavar
     return parser
 
 
@@ -79,13 +84,57 @@ def _subparser(parser: argparse.ArgumentParser, name: str) -> argparse.ArgumentP
     return sub.choices[name]
 
 
-def _quiet_broken_pipe() -> None:
-    """stdout's reader went away (``| head``): drop further output and end quietly."""
+def _list_hint(command: argparse.ArgumentParser, argv: list[str], token: str) -> str:
+    """A hint when `token` follows a list option's value (``--block-sizes 16 32``): lists
+    are comma-separated."""
+    at = argv.index(token) if token in argv else 0
+    flag = argv[at - 2] if at >= 2 else ""
+    action = command._option_string_actions.get(flag)
+    if action is not None and str(action.metavar).endswith(",..."):
+        return f" ({flag} takes a comma-separated list: {flag} {argv[at - 1]},{token})"
+    return ""
+
+
+def _quiet_broken_pipe(stream: TextIO) -> None:
+    """`stream`'s reader went away (``| head``): send what is left to /dev/null."""
     try:
         devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
+        os.dup2(devnull, stream.fileno())
     except (OSError, ValueError):  # no real file descriptor (captured in tests)
         pass
+
+
+class _PipeGuard:
+    """stdout that keeps the command running when its reader goes away.
+
+    ``paged-kv sweep --output r.csv | head -1`` must still write ``r.csv`` and the
+    figure: after the first write that finds the pipe closed, output is dropped (not
+    raised), so the command finishes its work and ends quietly with its own status.
+    """
+
+    def __init__(self, stream: TextIO) -> None:
+        self._stream = stream
+        self._closed = False
+
+    def _guarded(self, call, *args):
+        if self._closed:
+            return None
+        try:
+            return call(*args)
+        except BrokenPipeError:
+            self._closed = True
+            _quiet_broken_pipe(self._stream)
+            return None
+
+    def write(self, text: str) -> int:
+        self._guarded(self._stream.write, text)
+        return len(text)
+
+    def flush(self) -> None:
+        self._guarded(self._stream.flush)
+
+    def __getattr__(self, name: str):
+        return getattr(self._stream, name)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -93,16 +142,21 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     Bad arguments end with one line on stderr and status 2 (returned, not raised, so
     callers and tests see a status either way); Ctrl-C ends quietly with status 130; a
-    closed pipe on stdout ends quietly.
+    closed pipe on stdout drops the rest of the output but not the work: files named by
+    ``--output`` and ``--figure`` are still written.
     """
+    stdout = sys.stdout
+    sys.stdout = _PipeGuard(stdout)
     try:
         return _run(argv)
     except KeyboardInterrupt:
         sys.stderr.write("\npaged-kv: interrupted\n")
         return 130
-    except BrokenPipeError:
-        _quiet_broken_pipe()
+    except BrokenPipeError:  # raised below the guard (a write straight to the descriptor)
+        _quiet_broken_pipe(stdout)
         return 0
+    finally:
+        sys.stdout = stdout
 
 
 def _run(argv: Sequence[str] | None) -> int:
@@ -111,17 +165,18 @@ def _run(argv: Sequence[str] | None) -> int:
     try:
         args, unknown = parser.parse_known_args(argv)
         if unknown:  # reported by the subcommand, whose --help lists what it takes
-            _subparser(parser, args.command).error(
-                f"unrecognized arguments: {' '.join(unknown)}")
+            command = _subparser(parser, args.command)
+            command.error(f"unrecognized arguments: {' '.join(unknown)}"
+                          + _list_hint(command, argv, unknown[0]))
     except SystemExit as done:  # --help, --version, or a bad flag (already reported)
         return done.code if isinstance(done.code, int) else 2
-    args._argv = argv  # what was typed: `paged_kv.cli._common.given` reads it
+    args._argv = argv  # what was typed: `paged_kv.cli._checks.given` reads it
     try:
-        # every check before any work: list repeats, the device setting, a serving run's
-        # pool and workload options, then the command's own
-        check_repeats(_subparser(parser, args.command), args)
+        # every check before any work: the device setting, a serving run's
+        # pool and workload options, the default figure's path, then the command's own
         check_device_setting(runs_kernels=args.runs_kernels)
         check_serving_options(args)
+        resolve_figure(args)
         if args.check is not None:
             args.check(args)
         result = args.run(args)

@@ -13,6 +13,7 @@ from paged_kv.cli._common import (
     emit,
     format_table,
     int_at_least,
+    int_list,
     nonnegative_int,
     progress_enabled,
     seed,
@@ -52,11 +53,10 @@ def register(subparsers) -> None:
                         help="tokens per block")
     parser.add_argument("--num-requests", type=int_at_least(1, 10_000), default=30,
                         help="requests to serve")
-    prefix = parser.add_argument(
-        "--prefix-lens", type=int_at_least(1, 1024), nargs="+", default=[16, 10, 6],
-        metavar="N", help="lengths of the shared system prompts (the first is the most "
-                          "common; equal lengths are different prompts)")
-    prefix.repeats_ok = True
+    parser.add_argument(
+        "--prefix-lens", type=int_list(1, 1024, repeats=True), default=[16, 10, 6],
+        help="comma-separated lengths of the shared system prompts (the first is the most "
+             "common; equal lengths are different prompts)")
     parser.add_argument("--max-running", type=int_at_least(1, 256), default=6,
                         help="requests running at once")
     parser.add_argument("--parallel-every", type=nonnegative_int, default=4,

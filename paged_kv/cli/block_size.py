@@ -6,15 +6,16 @@ import argparse
 
 from paged_kv.cli import add_command
 from paged_kv.cli._common import (
+    add_model_options,
     add_output_options,
+    choice_list,
     emit,
-    int_at_least,
+    int_list,
     positive_int,
     positive_number,
     progress_enabled,
     seed,
 )
-from paged_kv.sim.hardware import MODEL_COMPUTE
 
 NAME = "block-size"
 HELP = "paged waste against block size"
@@ -28,13 +29,12 @@ WORKLOADS = ("sharegpt-like", "alpaca-like")
 def register(subparsers) -> None:
     """Add ``block-size`` and its options."""
     parser = add_command(subparsers, __name__, NAME, HELP, DESCRIPTION)
-    parser.add_argument("--block-sizes", type=int_at_least(1, 4096), nargs="+",
-                        default=[1, 2, 4, 8, 16, 32, 64, 128, 256], metavar="N",
-                        help="block sizes to run, in tokens")
-    parser.add_argument("--workloads", nargs="+", choices=WORKLOADS, default=list(WORKLOADS),
-                        help="synthetic length models to serve")
-    parser.add_argument("--model", default="opt-13b", choices=sorted(MODEL_COMPUTE),
-                        help="model preset")
+    parser.add_argument("--block-sizes", type=int_list(1, 4096),
+                        default=[1, 2, 4, 8, 16, 32, 64, 128, 256],
+                        help="comma-separated block sizes to run, in tokens")
+    parser.add_argument("--workloads", type=choice_list(WORKLOADS), default=list(WORKLOADS),
+                        help="comma-separated synthetic length models to serve")
+    add_model_options(parser)
     parser.add_argument("--rate", type=positive_number, default=20.0,
                         help="arrivals per second")
     parser.add_argument("--num-requests", type=positive_int, default=1000,

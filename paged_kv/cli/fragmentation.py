@@ -7,15 +7,12 @@ import argparse
 from paged_kv.cli import add_command
 from paged_kv.cli._common import (
     add_output_options,
+    add_serving_options,
     emit,
-    int_list,
     paper_columns,
-    positive_int,
     positive_number,
     progress_enabled,
 )
-from paged_kv.kv_dtype import KV_DTYPE_CHOICES
-from paged_kv.sim.hardware import GPU_PRESETS, MODEL_COMPUTE
 
 NAME = "fragmentation"
 HELP = "vLLM Fig. 2: where the KV memory goes (Max, Pow2, Oracle, paged)"
@@ -48,31 +45,15 @@ COLUMNS = {
 def register(subparsers) -> None:
     """Add ``fragmentation`` and its options."""
     parser = add_command(subparsers, __name__, NAME, HELP, DESCRIPTION)
-    parser.add_argument("--workload", default="sharegpt-like", choices=WORKLOADS,
-                        help="request lengths: synthetic (paper's means), shipped ShareGPT "
-                             "conversations, or Azure traces")
-    parser.add_argument("--model", default="opt-13b", choices=sorted(MODEL_COMPUTE),
-                        help="model preset")
-    parser.add_argument("--gpu", default="A100-40GB", choices=list(GPU_PRESETS),
-                        help="GPU preset (sets the step time)")
-    parser.add_argument("--kv-dtype", default="auto", choices=KV_DTYPE_CHOICES,
-                        help="what the KV cache stores: the model's dtype (auto), or int8 / "
-                             "fp8_e4m3 (bytes per token with their scales; the paper's "
-                             "columns are then left out: not its setting)")
-    parser.add_argument("--kv-gib", type=positive_number, default=12.0,
-                        help="KV cache size in GiB")
-    parser.add_argument("--block-size", type=positive_int, default=16,
-                        help="tokens per block of the paged cache")
+    add_serving_options(parser, workloads=WORKLOADS, rate=2.0, num_requests=None,
+                        seeds=(0, 1, 2), gpu=True, kv_dtype=True,
+                        workload_help="request lengths: synthetic (paper's means), shipped "
+                                      "ShareGPT conversations, or Azure traces (recorded "
+                                      "arrivals)")
     parser.add_argument("--allocator", default="buddy", choices=("buddy", "first-fit"),
                         help="placement of the contiguous baselines")
-    parser.add_argument("--rate", type=positive_number, default=2.0,
-                        help="arrivals per second")
     parser.add_argument("--duration", type=positive_number, default=3600.0,
                         help="seconds of arrivals (requests = rate x duration)")
-    parser.add_argument("--num-requests", type=positive_int, default=None,
-                        help="requests to serve (overrides --duration)")
-    parser.add_argument("--seeds", type=int_list(0, 2**32 - 1), default=[0, 1, 2],
-                        help="comma-separated seeds of lengths and arrivals, one run each")
     add_output_options(parser, figure="figures/fragmentation.png")
 
 

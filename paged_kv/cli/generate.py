@@ -7,6 +7,7 @@ import argparse
 
 from paged_kv.cli import add_command
 from paged_kv.cli._common import (
+    UsageError,
     add_output_options,
     emit,
     format_table,
@@ -75,6 +76,21 @@ def register(subparsers) -> None:
                         "the NumPy reference over gathered K/V")
     parser.add_argument("--seed", type=seed, default=0, help="seed of weights and prompts")
     add_output_options(parser, figure="")
+
+
+def check(args: argparse.Namespace) -> None:
+    """Refuse a script whose longest sequence the model cannot hold."""
+    from paged_kv.model import get_model_config  # noqa: PLC0415
+    from paged_kv.model.generation import longest_sequence  # noqa: PLC0415
+
+    longest = longest_sequence(args.block_size, args.prompt_blocks, args.new_tokens)
+    limit = get_model_config(args.model, kv_dtype=args.kv_dtype).spec.max_seq_len
+    if longest > limit:
+        raise UsageError(
+            f"argument --prompt-blocks: {args.prompt_blocks} blocks of {args.block_size} "
+            f"tokens, a tail of {max(1, args.block_size // 2)} and {args.new_tokens} new "
+            f"tokens make a {longest}-token sequence, longer than {args.model}'s "
+            f"max_seq_len of {limit}")
 
 
 def run(args: argparse.Namespace) -> int:

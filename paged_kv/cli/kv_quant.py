@@ -8,13 +8,16 @@ from paged_kv.cli import add_command
 from paged_kv.cli._common import (
     UsageError,
     add_output_options,
+    check_simulator_time,
     emit,
     format_table,
     int_at_least,
     positive_int,
     positive_number,
+    progress_enabled,
     seed,
 )
+from paged_kv.humanize import format_bytes
 
 NAME = "kv-quant"
 HELP = "capacity and attention error of int8 and FP8 KV caches"
@@ -26,17 +29,28 @@ on random K/V and on K/V whose keys have outlier channels. The figure sweeps the
 outlier magnitude."""
 
 
+#: the capacity table's models and block size
+CAPACITY_MODELS = ("opt-13b", "llama-3-8b")
+CAPACITY_BLOCK = 16
+#: the most K/V elements (tokens x KV heads x head_dim) and attention scores (queries x
+#: query heads x tokens) the error study holds: about a minute and a GiB or two at the cap
+MAX_KV_ELEMENTS = 2**24
+MAX_SCORES = 2**26
+#: seconds --model-logits takes in the CUDA simulator (measured: 10-13 s on two cores)
+MODEL_LOGITS_SIM_S = 12.0
+
+
 def register(subparsers) -> None:
     """Add ``kv-quant`` and its options."""
     parser = add_command(subparsers, __name__, NAME, HELP, DESCRIPTION)
     parser.add_argument("--tokens", type=positive_int, default=1024,
                         help="keys and values each query attends to")
-    parser.add_argument("--kv-heads", type=positive_int, default=8, help="KV heads")
+    parser.add_argument("--kv-heads", type=int_at_least(1, 256), default=8, help="KV heads")
     parser.add_argument("--head-dim", type=int_at_least(1, 4096), default=128,
                         help="head dimension")
-    parser.add_argument("--group", type=positive_int, default=4,
+    parser.add_argument("--group", type=int_at_least(1, 64), default=4,
                         help="query heads per KV head (GQA)")
-    parser.add_argument("--queries", type=positive_int, default=16,
+    parser.add_argument("--queries", type=int_at_least(1, 1024), default=16,
                         help="decode queries (one token each)")
     parser.add_argument("--outlier-channels", type=int_at_least(0), default=4,
                         help="outlier channels per KV head of the keys")
@@ -49,16 +63,39 @@ def register(subparsers) -> None:
     parser.add_argument("--model-logits", action="store_true",
                         help="also decode with the small model (paged-kv generate's 'tiny') "
                              "through int8 and FP8 caches and report how far its logits "
-                             "move (NumPy attention over the dequantized K/V; ~15 s in "
-                             "the simulator)")
+                             f"move (NumPy attention over the dequantized K/V; about "
+                             f"{MODEL_LOGITS_SIM_S:.0f} s in the CUDA simulator)")
     add_output_options(parser, figure="")  # the sweep behind the figure takes a while
 
 
 def check(args: argparse.Namespace) -> None:
-    """Refuse more outlier channels than the head has."""
+    """Refuse more outlier channels than the head has, a budget that holds no block, and
+    an error study too large to hold in memory; announce the small model's run."""
+    from paged_kv.config import get_model  # noqa: PLC0415
+
     if args.outlier_channels > args.head_dim:
-        raise UsageError(f"--outlier-channels {args.outlier_channels} exceeds --head-dim "
-                         f"{args.head_dim}")
+        raise UsageError(f"argument --outlier-channels: {args.outlier_channels} exceeds "
+                         f"--head-dim {args.head_dim}")
+    block = max(get_model(m).bytes_per_block(CAPACITY_BLOCK) for m in CAPACITY_MODELS)
+    if int(args.kv_gib * 2**30) < block:
+        raise UsageError(f"argument --kv-gib: {args.kv_gib:g} GiB holds no {CAPACITY_BLOCK}-"
+                         f"token block of {' or '.join(CAPACITY_MODELS)}: give at least "
+                         f"{format_bytes(block)}")
+    elements = args.tokens * args.kv_heads * args.head_dim
+    if elements > MAX_KV_ELEMENTS:
+        raise UsageError(f"argument --tokens: {args.tokens:,} tokens x {args.kv_heads} KV heads "
+                         f"x {args.head_dim} = {elements:,} elements per K/V array, over the "
+                         f"{MAX_KV_ELEMENTS:,} this command holds (quant_accuracy.error_table "
+                         f"runs any size from Python)")
+    scores = args.queries * args.group * args.kv_heads * args.tokens
+    if scores > MAX_SCORES:
+        raise UsageError(f"argument --queries: {args.queries} queries x "
+                         f"{args.group * args.kv_heads} query heads x {args.tokens:,} tokens = "
+                         f"{scores:,} attention scores, over the {MAX_SCORES:,} this command "
+                         f"holds")
+    if args.model_logits:
+        check_simulator_time(args, MODEL_LOGITS_SIM_S, "--model-logits",
+                             "the small model through int8 and FP8 caches")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -70,8 +107,10 @@ def run(args: argparse.Namespace) -> int:
         outlier_sweep,
     )
 
-    capacity = capacity_table(kv_bytes=int(args.kv_gib * 2**30))
-    print(f"Capacity of {args.kv_gib:g} GiB of KV memory (blocks of 16 tokens):\n")
+    capacity = capacity_table(CAPACITY_MODELS, kv_bytes=int(args.kv_gib * 2**30),
+                              block_size=CAPACITY_BLOCK)
+    print(f"Capacity of {args.kv_gib:g} GiB of KV memory (blocks of {CAPACITY_BLOCK} "
+          f"tokens):\n")
     print(format_table(capacity, {"model": "model", "kv_dtype": "KV dtype",
                                         "bytes_per_token": "bytes/token",
                                         "tokens": "tokens", "capacity_ratio": "x float16"},
@@ -102,7 +141,11 @@ def run(args: argparse.Namespace) -> int:
                                    "top_token_agreement": "same top token|{:.0%}",
                                    "max_abs_logit": "max abs logit|{:.3g}"}))
     if args.figure is not None:
-        sweep = outlier_sweep((1, 2, 5, 10, 20, 50, 100), **shape)
+        from tqdm.auto import tqdm  # noqa: PLC0415
+
+        scales = tqdm((1, 2, 5, 10, 20, 50, 100), desc="outlier sweep",
+                      disable=not progress_enabled(args))
+        sweep = outlier_sweep(scales, **shape)
         title = (f"Decode attention over {args.tokens} random K/V tokens, {args.kv_heads} KV "
                  f"heads x {args.head_dim},\n{args.group} query heads per KV head, "
                  f"{args.outlier_channels} outlier key channels per head; relative L2 error")

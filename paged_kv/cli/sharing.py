@@ -6,6 +6,7 @@ import argparse
 
 from paged_kv.cli import add_command
 from paged_kv.cli._common import (
+    add_model_options,
     add_output_options,
     choice_list,
     emit,
@@ -13,7 +14,6 @@ from paged_kv.cli._common import (
     positive_int,
     progress_enabled,
 )
-from paged_kv.sim.hardware import MODEL_COMPUTE
 
 NAME = "sharing"
 HELP = "vLLM Fig. 15: memory saved by block sharing (parallel sampling, beam search)"
@@ -40,8 +40,7 @@ def register(subparsers) -> None:
                         help="comma-separated seeds, one run each")
     parser.add_argument("--num-requests", type=positive_int, default=500,
                         help="requests per run")
-    parser.add_argument("--model", default="opt-13b", choices=sorted(MODEL_COMPUTE),
-                        help="model preset")
+    add_model_options(parser)
     add_output_options(parser, figure="figures/sharing.png")
 
 

@@ -50,11 +50,12 @@ def register(subparsers) -> None:
     parser = add_command(subparsers, __name__, NAME, HELP, DESCRIPTION)
     add_trace_options(parser)
     parser.add_argument("--policies", type=choice_list(policy_names()),
-                        default=["lru", "fifo", "belady"], metavar="P1,P2,...",
-                        help=f"eviction policies, from {', '.join(policy_names())}")
+                        default=["lru", "fifo", "belady"],
+                        help="comma-separated eviction policies")
     parser.add_argument("--capacities", type=capacity_list,
-                        default=[1000, 10000, 30000, 50000, 100000], metavar="C1,C2,...",
-                        help="cache capacities in blocks ('unbounded' allowed)")
+                        default=[1000, 10000, 30000, 50000, 100000], metavar="N,...",
+                        help="comma-separated cache capacities in blocks ('unbounded' "
+                             "allowed)")
     parser.add_argument("--engine", choices=ENGINES, default="compiled",
                         help="compiled (Numba) or manager (the reference path)")
     parser.add_argument("--workers", type=positive_int, default=None,

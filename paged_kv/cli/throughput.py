@@ -8,6 +8,8 @@ import pandas as pd
 
 from paged_kv.cli import add_command
 from paged_kv.cli._common import (
+    UsageError,
+    add_model_options,
     add_output_options,
     choice_list,
     emit,
@@ -17,8 +19,6 @@ from paged_kv.cli._common import (
     progress_enabled,
     seed,
 )
-from paged_kv.kv_dtype import KV_DTYPE_CHOICES
-from paged_kv.sim.hardware import GPU_PRESETS, MODEL_COMPUTE
 
 NAME = "throughput"
 HELP = "vLLM Fig. 12: the request rate each memory scheme sustains, and the ratios"
@@ -43,14 +43,7 @@ def register(subparsers) -> None:
                         help="comma-separated workloads")
     parser.add_argument("--schemes", type=choice_list(SCHEMES), default=list(SCHEMES),
                         help="comma-separated memory schemes")
-    parser.add_argument("--model", default="opt-13b", choices=sorted(MODEL_COMPUTE),
-                        help="model preset")
-    parser.add_argument("--gpu", default="A100-40GB", choices=list(GPU_PRESETS),
-                        help="GPU preset (sets the step time)")
-    parser.add_argument("--kv-dtype", default="auto", choices=KV_DTYPE_CHOICES,
-                        help="what the KV cache stores: the model's dtype (auto), or int8 / "
-                             "fp8_e4m3 (bytes per token with their scales; the paper's "
-                             "columns are then left out: not its setting)")
+    add_model_options(parser, gpu=True, kv_dtype=True)
     parser.add_argument("--threshold", type=positive_number, default=0.25,
                         help="normalised latency (s/token) a sustained rate stays under")
     parser.add_argument("--duration", type=positive_number, default=900.0,
@@ -67,9 +60,7 @@ def register(subparsers) -> None:
 
 
 def check(args: argparse.Namespace) -> None:
-    """Paged memory's ratios need paged memory; a figure needs the curves."""
-    from paged_kv.cli._common import UsageError  # noqa: PLC0415
-
+    """A figure needs the curves."""
     if args.figure is not None and not args.curves:
         raise UsageError("argument --figure: draws the latency curves; add --curves")
 

@@ -1,18 +1,21 @@
 """Every ``@cuda.jit`` kernel of paged_kv, each behind a validating host wrapper.
 
-=============  ======================  =============================================
-wrapper        kernel / path           moves
-=============  ======================  =============================================
-write_slots    slot_write_kernel       new K/V tokens -> pool slots (one layer)
-gather_kv      gather_kernel           pool -> contiguous K/V of a batch (one layer)
-copy_blocks    block_copy_kernel       whole blocks within one pool (copy-on-write)
-swap_blocks    copy engines (memcpy)   whole blocks between GPU pool and host pool
-               or block_copy_kernel
-write_slots_   quantized_write_        float16/32 K/V -> int8 or FP8 E4M3 codes (and
-quantized      kernel                  int8 scales) in a quantized pool
-gather_kv_     dequantized_gather_     quantized pool -> float16/32 K/V of a batch
-dequantized    kernel
-=============  ======================  =============================================
+=====================  ============================  ======================================
+wrapper                kernel / path                 moves
+=====================  ============================  ======================================
+write_slots            slot_write_kernel             new K/V tokens -> pool slots (one
+                                                     layer)
+gather_kv              gather_kernel                 pool -> contiguous K/V of a batch (one
+                                                     layer)
+copy_blocks            block_copy_kernel             whole blocks within one pool
+                                                     (copy-on-write)
+swap_blocks            copy engines (memcpy) or      whole blocks between GPU pool and host
+                       block_copy_kernel             pool
+write_slots_quantized  quantized_write_kernel        float16/32 K/V -> int8 or FP8 E4M3
+                                                     codes (and int8 scales)
+gather_kv_dequantized  dequantized_gather_kernel     quantized pool -> float16/32 K/V of a
+                                                     batch
+=====================  ============================  ======================================
 
 `decode_attention` and `prefill_attention` (`paged_kv.kernels.paged_attention`, kernels
 ``paged_attention_<threads>x<queries>``, and ``..._int8`` / ``..._fp8`` for quantized

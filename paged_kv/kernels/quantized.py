@@ -304,9 +304,9 @@ def write_slots_quantized(
     `slot_mapping` (int8: and their scales into `scales`).
 
     `pool` and `scales` are as in the module docstring; `k` and `v` are float16 or
-    float32 (device or NumPy, the same dtype for both); the rest is `write_slots`'
-    contract (negative slots are padding; ``stream=None`` the default stream), and so
-    are its `ValueError`s, plus: scales missing or of another shape or dtype, head_dim
+    float32 (device or NumPy, the same dtype for both); the rest is the contract of
+    `write_slots` (negative slots are padding; ``stream=None`` the default stream), and
+    so are its `ValueError` cases, plus: scales missing or of another shape or dtype, head_dim
     not a multiple of 4.
     """
     what = "write_slots_quantized"

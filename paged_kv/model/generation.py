@@ -169,6 +169,12 @@ class _Script:
         return family
 
 
+def longest_sequence(block_size: int, prompt_blocks: int, new_tokens: int) -> int:
+    """Tokens the script's longest sequence holds: the shared prompt (`prompt_blocks` full
+    blocks), request C's tail of half a block (at least one token), and `new_tokens`."""
+    return prompt_blocks * block_size + max(1, block_size // 2) + new_tokens
+
+
 def run_generation(
     model: str = "tiny",
     *,
@@ -200,7 +206,7 @@ def run_generation(
     rng = np.random.default_rng(seed)
     prompt = rng.integers(0, config.vocab_size, prompt_blocks * block_size).tolist()
     tail = rng.integers(0, config.vocab_size, max(1, block_size // 2)).tolist()
-    longest = len(prompt) + len(tail) + new_tokens
+    longest = longest_sequence(block_size, prompt_blocks, new_tokens)
     if longest > config.spec.max_seq_len:
         raise ValueError(f"the longest sequence would hold {longest} tokens, more than "
                          f"{model}'s max_seq_len of {config.spec.max_seq_len}")

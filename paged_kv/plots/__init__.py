@@ -6,20 +6,19 @@ figures compare at a glance; `curve_style` tells overlapping curves apart by mar
 line style, and `overlapping_labels` lists the labels of a figure that overprint each
 other (the tests render every figure at extreme settings and expect none).
 
-==================  =================================================================
-function            draws
-==================  =================================================================
-plot_fragmentation  vLLM Fig. 2: where the KV memory goes, per scheme
-plot_latency        vLLM Fig. 12: normalised latency against request rate
-plot_block_size     paged waste against block size
-plot_timeline       memory categories over one run
-plot_hit_rates      prefix-cache hit rate against capacity, per eviction policy
-plot_sharing        memory saved by sharing (parallel sampling, beam search)
-plot_generation     paged vs dense logits per step; tokens computed per mode
-plot_block_map      the physical block pool over time
-plot_quantization_  attention error of a quantized KV cache against key outliers
-error
-==================  =================================================================
+=======================  ============================================================
+function                 draws
+=======================  ============================================================
+plot_fragmentation       vLLM Fig. 2: where the KV memory goes, per scheme
+plot_latency             vLLM Fig. 12: normalised latency against request rate
+plot_block_size          paged waste against block size
+plot_timeline            memory categories over one run
+plot_hit_rates           prefix-cache hit rate against capacity, per eviction policy
+plot_sharing             memory saved by sharing (parallel sampling, beam search)
+plot_generation          paged vs dense logits per step; tokens computed per mode
+plot_block_map           the physical block pool over time
+plot_quantization_error  attention error of a quantized KV cache against key outliers
+=======================  ============================================================
 """
 
 from paged_kv.plots._style import (

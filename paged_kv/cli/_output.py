@@ -1,0 +1,164 @@
+"""Output of the ``paged-kv`` commands: one table on stdout, ``--output FILE.csv|FILE.json``
+with the settings and the package version, ``--figure``, progress bars."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from paged_kv.cli._checks import given
+from paged_kv.cli._parser import UsageError
+from paged_kv.cli._types import RESULT_FORMATS, figure_file, results_file
+
+
+def add_output_options(parser: argparse.ArgumentParser, *, figure: str | None = None) -> None:
+    """Add ``--output`` (results with settings), ``--figure`` if the command draws one
+    (`figure` is its default path, or "" for none by default; a default path comes with
+    ``--no-figure``), and ``--no-progress``. `resolve_figure` settles the default before
+    any work."""
+    parser.add_argument(
+        "--output", type=results_file, default=None, metavar="FILE.csv|FILE.json",
+        help="also write the results, with the settings and package version, to this file",
+    )
+    if figure is not None:
+        parser.add_argument(
+            "--figure", type=figure_file, default=Path(figure) if figure else None,
+            metavar="FILE.png",
+            help="write the figure here (.png, .pdf or .svg; the folder must exist"
+                 + (f"; the default is skipped where there is no {Path(figure).parent}/ "
+                    f"folder)" if figure else ")"),
+        )
+        if figure:
+            parser.add_argument("--no-figure", action="store_true",
+                                help="do not write the default figure")
+    parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+
+
+def resolve_figure(args: argparse.Namespace) -> None:
+    """Before any work, settle ``args.figure``: None with ``--no-figure``; a default path
+    (not typed) checked like a typed one, and dropped with a note on stderr when it cannot
+    be written (run outside the checkout, no ``figures/`` folder here), since nobody
+    asked for that path; a typed path was checked by its type already."""
+    if getattr(args, "figure", None) is None:
+        return
+    if getattr(args, "no_figure", False):
+        if given(args, "--figure"):
+            raise UsageError("argument --no-figure: not allowed with --figure")
+        args.figure = None
+    elif not given(args, "--figure"):
+        try:
+            figure_file(str(args.figure))
+        except argparse.ArgumentTypeError as why:
+            sys.stderr.write(f"paged-kv {args.command}: no figure written: {why}; "
+                             f"--figure PATH writes it elsewhere\n")
+            args.figure = None
+
+
+def format_table(frame: pd.DataFrame, columns: Mapping[str, str] | None = None,
+                 floatfmt: str = "{:.1f}") -> str:
+    """A Markdown table of `frame`'s `columns` (name -> header; default: all, as named).
+
+    Floats use `floatfmt` unless the column is listed with its own format as
+    ``"header|{:.4f}"``; missing values print as ``-``.
+    """
+    columns = dict(columns) if columns is not None else {c: c for c in frame.columns}
+    headers, formats = [], []
+    for header in columns.values():
+        title, _, fmt = header.partition("|")
+        headers.append(title)
+        formats.append(fmt or floatfmt)
+    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    for row in frame[list(columns)].itertuples(index=False):
+        cells = []
+        for value, fmt in zip(row, formats):
+            if value is None or (isinstance(value, float) and math.isnan(value)):
+                cells.append("-")
+            elif isinstance(value, float):
+                cells.append(fmt.format(value))
+            else:
+                cells.append(str(value))
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def settings_of(args: argparse.Namespace, **extra: Any) -> dict[str, Any]:
+    """The run's settings: every option given on the command line (paths as text), plus
+    `extra` (derived values such as a trace checksum), JSON-ready."""
+    skip = {"run", "check", "output", "no_progress", "no_figure", "command", "runs_kernels",
+            "allow_slow"}
+    settings = {k: _plain(v) for k, v in vars(args).items()
+                if k not in skip and not k.startswith("_")}
+    settings.update({k: _plain(v) for k, v in extra.items()})
+    return settings
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if hasattr(value, "item") and callable(value.item):  # NumPy scalars
+        return value.item()
+    return value
+
+
+def write_results(frame: pd.DataFrame, path: Path, *, command: str,
+                  settings: Mapping[str, Any]) -> Path:
+    """Write `frame` to `path` with the settings and the package version beside it.
+
+    * ``.json``: ``{"paged_kv_version", "command", "settings", "results": [rows]}``;
+    * ``.csv``: leading ``# key: value`` comment lines (version, command, one per
+      setting as JSON), then the rows; ``pandas.read_csv(path, comment="#")`` reads
+      the rows back.
+    """
+    from paged_kv import __version__  # noqa: PLC0415 - the package imports this module
+
+    fmt = RESULT_FORMATS[path.suffix.lower()]
+    if fmt == "json":
+        document = {
+            "paged_kv_version": __version__,
+            "command": command,
+            "settings": dict(settings),
+            "results": json.loads(frame.to_json(orient="records")),
+        }
+        path.write_text(json.dumps(document, indent=2) + "\n")
+    else:
+        header = [f"# paged_kv_version: {__version__}", f"# command: {command}"]
+        header += [f"# {key}: {json.dumps(value)}" for key, value in settings.items()]
+        path.write_text("\n".join(header) + "\n" + frame.to_csv(index=False))
+    return path
+
+
+def emit(frame: pd.DataFrame, args: argparse.Namespace, *,
+         columns: Mapping[str, str] | None = None, floatfmt: str = "{:.1f}",
+         max_rows: int | None = None, **extra_settings: Any) -> None:
+    """Print `frame` as a table and, with ``--output``, write it with the settings.
+
+    A frame of more than `max_rows` rows (one per step of a long run) prints evenly
+    spaced rows, first and last included, and says so; ``--output`` gets every row.
+    """
+    shown = frame
+    if max_rows is not None and len(frame) > max_rows:
+        picks = sorted({round(i * (len(frame) - 1) / (max_rows - 1)) for i in range(max_rows)})
+        shown = frame.iloc[picks]
+    print(format_table(shown, columns, floatfmt))
+    if len(shown) < len(frame):
+        print(f"({len(shown)} of {len(frame)} rows, evenly spaced; --output writes all)")
+    output = getattr(args, "output", None)
+    if output is not None:
+        write_results(frame, output, command=args.command,
+                      settings=settings_of(args, **extra_settings))
+        print(f"wrote {output}")
+
+
+def progress_enabled(args: argparse.Namespace) -> bool:
+    """Whether to draw progress bars: not with ``--no-progress``, and only on a terminal
+    or in a notebook (tqdm.auto decides the look)."""
+    return not getattr(args, "no_progress", False) and sys.stderr.isatty()
