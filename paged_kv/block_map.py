@@ -29,7 +29,7 @@ import numpy as np
 import pandas as pd
 
 from paged_kv.cache import PagedKVCache
-from paged_kv.checks import require_int
+from paged_kv.checks import cdiv, require_int
 from paged_kv.config import CacheConfig
 from paged_kv.sequence import GPU
 
@@ -157,7 +157,7 @@ def min_blocks(block_size: int, prefix_lens: tuple[int, ...], parallel_every: in
     if not prefix_lens or min(prefix_lens) < 1:
         raise ValueError(f"prefix_lens must be one or more lengths >= 1, got {prefix_lens!r}")
     longest = max(prefix_lens) + _MAX_PRIVATE + _MAX_OUTPUT
-    return -(-longest // block_size) * (2 if parallel_every else 1)
+    return cdiv(longest, block_size) * (2 if parallel_every else 1)
 
 
 def scripted_serving(
