@@ -236,11 +236,10 @@ def scripted_serving(
             bar.update()
         admitted = hits = preempted = 0
         while waiting and len(running) < max_running:
-            r = waiting[0]
-            if not cache.can_allocate(token_ids=prompts[r]):
+            seq = cache.try_allocate(token_ids=prompts[waiting[0]])
+            if seq is None:
                 break
-            waiting.popleft()
-            seq = cache.allocate(token_ids=prompts[r])
+            r = waiting.popleft()
             cache.commit(seq)  # prefilled in the step that admits it
             seqs = [seq] + [cache.fork(seq) for _ in range(samples[r] - 1)]
             for s in seqs:
