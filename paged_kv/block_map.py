@@ -29,7 +29,7 @@ import numpy as np
 import pandas as pd
 
 from paged_kv.cache import PagedKVCache
-from paged_kv.checks import require_int
+from paged_kv.checks import cdiv, require_int
 from paged_kv.config import CacheConfig
 from paged_kv.sequence import GPU
 
@@ -157,7 +157,7 @@ def min_blocks(block_size: int, prefix_lens: tuple[int, ...], parallel_every: in
     if not prefix_lens or min(prefix_lens) < 1:
         raise ValueError(f"prefix_lens must be one or more lengths >= 1, got {prefix_lens!r}")
     longest = max(prefix_lens) + _MAX_PRIVATE + _MAX_OUTPUT
-    return -(-longest // block_size) * (2 if parallel_every else 1)
+    return cdiv(longest, block_size) * (2 if parallel_every else 1)
 
 
 def scripted_serving(
@@ -236,11 +236,10 @@ def scripted_serving(
             bar.update()
         admitted = hits = preempted = 0
         while waiting and len(running) < max_running:
-            r = waiting[0]
-            if not cache.can_allocate(token_ids=prompts[r]):
+            seq = cache.try_allocate(token_ids=prompts[waiting[0]])
+            if seq is None:
                 break
-            waiting.popleft()
-            seq = cache.allocate(token_ids=prompts[r])
+            r = waiting.popleft()
             cache.commit(seq)  # prefilled in the step that admits it
             seqs = [seq] + [cache.fork(seq) for _ in range(samples[r] - 1)]
             for s in seqs:

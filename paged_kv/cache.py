@@ -38,7 +38,7 @@ from typing import Any
 import numpy as np
 
 from paged_kv import checker
-from paged_kv.admission import Admission
+from paged_kv.admission import Admission, PromptPlan
 from paged_kv.block_allocator import BlockAllocator
 from paged_kv.checks import require_int, require_range
 from paged_kv.config import CacheConfig, ModelSpec
@@ -182,7 +182,8 @@ class PagedKVCache:
         One call hashes and matches the prompt once and either admits it, returning the
         new sequence's id, or changes nothing but the `allocation_failures` count.
         """
-        return self._allocate(num_tokens, token_ids, block_keys, salt, seq_id, watermark, False)
+        plan = self._admission.plan(num_tokens, token_ids, block_keys, salt, watermark)
+        return self._admit(plan, seq_id)
 
     def allocate(
         self,
@@ -204,17 +205,19 @@ class PagedKVCache:
 
         Raises `OutOfBlocksError` (changing nothing) when the GPU pool lacks room.
         """
-        return self._allocate(num_tokens, token_ids, block_keys, salt, seq_id, False, True)
+        plan = self._admission.plan(num_tokens, token_ids, block_keys, salt, False)
+        seq = self._admit(plan, seq_id)
+        if seq is None:
+            need, what = plan.new_blocks, f"allocate {plan.num_tokens} tokens"
+            raise OutOfBlocksError(GPU, need, need - plan.short, what)
+        return seq
 
-    def _allocate(self, num_tokens, token_ids, block_keys, salt, seq_id, watermark, strict):
-        plan = self._admission.plan(num_tokens, token_ids, block_keys, salt, watermark)
+    def _admit(self, plan: PromptPlan, seq_id: int | None) -> int | None:
+        """Admit a planned prompt as a new sequence; None (a failure counted) if it is short."""
         seq_id = self._seqs.new_id(seq_id)
         if plan.short > 0:
             self._failures += 1
-            if not strict:
-                return None
-            need, what = plan.new_blocks, f"allocate {plan.num_tokens} tokens"
-            raise OutOfBlocksError(GPU, need, need - plan.short, what)
+            return None
         self._seqs.add(self._admission.admit(plan, seq_id))
         self._pressure.update()
         return seq_id

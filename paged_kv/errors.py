@@ -2,9 +2,11 @@
 
 Bad arguments are `ValueError`; running out of a resource, naming a sequence that does
 not exist, asking for something the cache was not configured with, and misusing the
-simulator are `PagedKVError` subclasses (two of them, `ImmutableBlockError` and
-`ConfigurationError`, are also subclasses of `ValueError`: they are bad requests). Every operation
-that raises leaves the cache exactly as it was.
+simulator are `PagedKVError` subclasses (`ImmutableBlockError`, `ConfigurationError` and
+the simulator's misuse errors are also subclasses of `ValueError`: they are bad
+requests). Every operation that raises leaves the cache exactly as it was. The
+simulator's errors derive from `SimulationError`; `paged_kv.sim.errors` adds the ones
+only the scheduler raises.
 """
 
 
@@ -91,10 +93,16 @@ class SimulationError(PagedKVError):
     """Base class of the serving simulator's errors (`paged_kv.sim`)."""
 
 
-class SchemeStateError(SimulationError):
-    """A memory scheme used out of turn: reused for a second simulation, or told to
-    admit a request it has no room for."""
+class SchemeStateError(SimulationError, ValueError):
+    """A memory scheme used out of turn (`paged_kv.sim.errors.SchemeReusedError`: given
+    to a second simulation)."""
 
 
-class UnservableRequestError(SimulationError):
-    """A request the simulator can never run, even alone in an empty cache."""
+class UnservableRequestError(SimulationError, ValueError):
+    """A request the simulator can never run with the scheme and limits given, not even
+    alone in an empty cache.
+
+    Raised before the run starts where it can be seen up front (too long for the pool,
+    a prompt over ``max_num_batched_tokens``), or when a request cannot be admitted
+    into an empty cache (the watermark leaves too little room).
+    """

@@ -8,9 +8,11 @@ ids, and carries both, so that a match compares token ids and not only the hash:
     h[i]   = hash_fn((h[i-1], tokens[i*bs : (i+1)*bs]))
     key[i] = (h[i], h[i-1], tokens[i*bs : (i+1)*bs])
 
-Equal keys mean equal block contents after an equal parent hash, so a hash collision
-(an injected ``hash_fn`` that collides) is a miss, never someone else's KV; a salt on
-the first block keeps tenants apart. A caller may pass precomputed keys instead (trace
+Equal keys mean equal block contents after an equal parent hash, so a collision of a
+block's own hash (an injected ``hash_fn`` that collides) is a miss when its tokens
+differ; a salt on the first block keeps tenants apart. Two different parents whose
+hashes collide are not told apart (vLLM's keys have the same limit): the chain is as
+strong as ``hash_fn``. A caller may pass precomputed keys instead (trace
 replay, e.g. Mooncake ``hash_ids``); those are trusted as given.
 
 The key <-> block map itself lives in the `BlockAllocator` (one owner, as in vLLM's

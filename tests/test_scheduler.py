@@ -203,6 +203,20 @@ def test_prefix_caching_in_the_simulator_saves_prefill_on_a_real_trace():
     assert runs[True].steps["batched_tokens"].sum() < runs[False].steps["batched_tokens"].sum()
 
 
+def test_the_simulators_errors_are_the_packages_own_classes():
+    import paged_kv.errors as errors
+
+    # one class per error: catching paged_kv.errors' class catches what simulate raises
+    with pytest.raises(errors.UnservableRequestError, match="cannot fit"):
+        simulate(two_requests(), PagedScheme(1, 4))
+    scheme = PagedScheme(8, 4, watermark=0.0)
+    simulate(two_requests(), scheme, UNIT_STEPS)
+    with pytest.raises(errors.SchemeStateError, match="already served"):
+        simulate(two_requests(), scheme, UNIT_STEPS)
+    for error in (SchemeReusedError, UnservableRequestError, UnsupportedError):
+        assert issubclass(error, errors.SimulationError) and issubclass(error, ValueError)
+
+
 def test_a_scheme_serves_one_simulation():
     scheme = PagedScheme(8, 4, watermark=0.0)
     simulate(two_requests(), scheme, UNIT_STEPS)

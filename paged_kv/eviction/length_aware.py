@@ -27,16 +27,20 @@ from __future__ import annotations
 
 from collections.abc import Callable, Hashable, Mapping
 
-from paged_kv.eviction._heap import LazyHeap
 from paged_kv.eviction.base import EvictionPolicy
+from paged_kv.eviction.lfu import LFUPolicy
+
+#: a block's lead is its depth shifted past every release stamp (below 2**40)
+_DEPTH_SHIFT = 40
 
 
-class LengthAwarePolicy(EvictionPolicy):
+class LengthAwarePolicy(LFUPolicy):
     """LFU; among equal frequencies the deepest block goes first, then LRU.
 
-    The candidates sit in a `LazyHeap` on ``(frequency, -depth, release stamp)``;
-    entries made stale by a hit or a revival are skipped when they reach the top
-    (O(log n) amortized per hook).
+    `LFUPolicy` with a lead of ``depth * 2**40`` on each block: the candidates sit in its
+    `LazyHeap` on ``(frequency, release stamp - depth * 2**40)``, which orders equal
+    frequencies by depth, then release stamp (stamps stay below 2**40). A block added
+    without ever being announced by `on_cached` counts as depth 0.
     """
 
     name = "length_aware"
@@ -51,14 +55,7 @@ class LengthAwarePolicy(EvictionPolicy):
                 f"depths must map each key to its block index in the prompt (a mapping or "
                 f"a function), got {depths!r}"
             )
-        #: frequency and depth of every cached block this policy knows
-        self._freq: dict[int, int] = {}
-        self._depth: dict[int, int] = {}
-        #: candidate -> release stamp (larger = released more recently)
-        self._released: dict[int, int] = {}
-        # (frequency, -depth, release stamp, block); live when it matches the block
-        self._heap = LazyHeap()
-        self._clock = 0
+        super().__init__()
 
     def depth(self, key: Hashable) -> int:
         """The depth of `key`; ValueError when the map does not know it."""
@@ -71,84 +68,21 @@ class LengthAwarePolicy(EvictionPolicy):
                              f"got {depth!r}")
         return depth
 
-    def _entry(self, block: int) -> tuple[int, int, int, int]:
-        return (self._freq[block], -self._depth.get(block, 0), self._released[block], block)
-
-    def _push(self, block: int) -> None:
-        if self._heap.push(self._entry(block), len(self._released)):
-            self._heap.rebuild(self._entry(b) for b in self._released)
-
-    def _take(self, entry: tuple[int, int, int, int]) -> bool:
-        """Evict the entry's block if the entry is its current one (`LazyHeap.take`)."""
-        block = entry[3]
-        if block in self._released and self._entry(block) == entry:
-            del self._released[block]
-            del self._freq[block]
-            self._depth.pop(block, None)
-            return True
-        return False
-
     def on_cached(self, block_id: int, key: Hashable) -> None:
-        """A freshly cached block has been used once; remember its depth."""
-        if block_id in self._released:
-            raise ValueError(f"block {block_id} is an eviction candidate; it cannot be cached")
-        self._depth[block_id] = self.depth(key)
-        self._freq[block_id] = 1
-
-    def on_hit(self, block_id: int) -> None:
-        """One more use of `block_id` (a candidate is reordered at once)."""
-        self._freq[block_id] = self._freq.get(block_id, 1) + 1
-        if block_id in self._released:
-            self._push(block_id)
-
-    def add(self, block_id: int) -> None:
-        """`block_id` becomes a candidate, the most recently released one."""
-        if block_id in self._released:
-            raise ValueError(f"block {block_id} is already an eviction candidate")
-        self._freq.setdefault(block_id, 1)
-        self._clock += 1
-        self._released[block_id] = self._clock
-        self._push(block_id)
-
-    def remove(self, block_id: int) -> None:
-        """`block_id` is no longer a candidate; it keeps its frequency (O(1))."""
-        del self._released[block_id]
-
-    def pop(self) -> int:
-        """Evict by (frequency, deepest, least recently released); forget the block."""
-        return self.pop_many(1)[0]
-
-    def pop_many(self, n: int) -> list[int]:
-        """`n` evictions in a row, in eviction order."""
-        if n > len(self._released):
-            raise IndexError(f"{n} evictions asked, {len(self._released)} candidates")
-        return [entry[3] for entry in self._heap.take(n, self._take)]
-
-    def clear(self) -> None:
-        """Drop every candidate with its frequency and depth."""
-        for block in self._released:
-            del self._freq[block]
-            self._depth.pop(block, None)
-        self._released.clear()
-        self._heap.clear()
-
-    def order(self) -> list[int]:
-        """Candidates in eviction order."""
-        return sorted(self._released, key=self._entry)
-
-    def __len__(self) -> int:
-        return len(self._released)
-
-    def __contains__(self, block_id: object) -> bool:
-        return block_id in self._released
+        """A freshly cached block has been used once; remember its depth (its lead)."""
+        depth = self.depth(key)
+        super().on_cached(block_id, key)
+        self._lead[block_id] = depth << _DEPTH_SHIFT
 
     def state(self) -> object:
         """Eviction order, frequencies, depths and release stamps."""
+        lead, shift = self._lead, _DEPTH_SHIFT
         return (
             tuple(self.order()),
             tuple(sorted(self._freq.items())),
-            tuple(sorted(self._depth.items())),
-            tuple(sorted(self._released.items())),
+            tuple(sorted((block, value >> shift) for block, value in lead.items())),
+            tuple(sorted((block, rank + lead.get(block, 0))
+                         for block, rank in self._released.items())),
         )
 
 

@@ -19,9 +19,11 @@ class LFUPolicy(EvictionPolicy):
     evicted (`pop`) or dropped (`clear`): a block cached again starts at 1. A block
     added without ever being announced by `on_cached` counts as cached then.
 
-    The candidates sit in a `LazyHeap` on ``(frequency, release stamp)``; entries made
-    stale by a revival or a hit are skipped when they reach the top: O(log n)
-    amortized per hook.
+    The candidates sit in a `LazyHeap` on ``(frequency, rank)``, the rank being the
+    release stamp less the block's *lead* (0 here; `LengthAwarePolicy` gives deeper
+    blocks a larger lead, so they go first among equal frequencies); entries made stale
+    by a revival or a hit are skipped when they reach the top: O(log n) amortized per
+    hook.
     """
 
     name = "lfu"
@@ -29,9 +31,11 @@ class LFUPolicy(EvictionPolicy):
     def __init__(self) -> None:
         #: frequency of every cached block this policy knows (in use or candidate)
         self._freq: dict[int, int] = {}
-        #: candidate -> release stamp (larger = released more recently)
+        #: candidate -> its rank: release stamp (larger = released more recently) - lead
         self._released: dict[int, int] = {}
-        # (frequency, release stamp, block); live when it matches the block's values
+        #: cached block -> its lead, fixed while it is cached (absent: 0; LFU sets none)
+        self._lead: dict[int, int] = {}
+        # (frequency, rank, block); live when it matches the block's values
         self._heap = LazyHeap()
         self._clock = 0
 
@@ -42,6 +46,8 @@ class LFUPolicy(EvictionPolicy):
         if self._released.get(block) == stamp and self._freq[block] == freq:
             del self._released[block]
             del self._freq[block]
+            if self._lead:
+                self._lead.pop(block, None)
             return True
         return False
 
@@ -65,9 +71,11 @@ class LFUPolicy(EvictionPolicy):
         if block_id in self._released:
             raise ValueError(f"block {block_id} is already an eviction candidate")
         freq = self._freq.setdefault(block_id, 1)
-        self._clock += 1
-        self._released[block_id] = self._clock
-        if self._heap.push((freq, self._clock, block_id), len(self._released)):
+        self._clock = rank = self._clock + 1
+        if self._lead:
+            rank -= self._lead.get(block_id, 0)
+        self._released[block_id] = rank
+        if self._heap.push((freq, rank, block_id), len(self._released)):
             self._rebuild()
 
     def remove(self, block_id: int) -> None:
@@ -88,6 +96,7 @@ class LFUPolicy(EvictionPolicy):
         """Drop every candidate and its frequency; blocks still in use keep theirs."""
         for block in self._released:
             del self._freq[block]
+            self._lead.pop(block, None)
         self._released.clear()
         self._heap.clear()
 
@@ -97,7 +106,7 @@ class LFUPolicy(EvictionPolicy):
         self._heap.rebuild([(freq[b], s, b) for b, s in self._released.items()])
 
     def order(self) -> list[int]:
-        """Candidates by (frequency, release stamp), ascending."""
+        """Candidates by (frequency, rank), ascending."""
         freq, released = self._freq, self._released
         return sorted(released, key=lambda b: (freq[b], released[b]))
 
@@ -112,7 +121,7 @@ class LFUPolicy(EvictionPolicy):
         return block_id in self._released
 
     def state(self) -> object:
-        """Eviction order, every known block's frequency, and the release stamps."""
+        """Eviction order, every known block's frequency, and the candidates' ranks."""
         return (
             tuple(self.order()),
             tuple(sorted(self._freq.items())),

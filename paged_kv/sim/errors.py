@@ -1,33 +1,22 @@
 """Errors the serving simulator raises when it is misused or finds itself inconsistent.
 
-They join the package's hierarchy (`paged_kv.errors.PagedKVError`) so one ``except``
-catches every paged_kv error; those that reject an argument also subclass `ValueError`
-(what the rest of the package raises for a bad argument), so callers written against
-`ValueError` keep working.
+They join the package's hierarchy under `paged_kv.errors.SimulationError`, so one
+``except PagedKVError`` catches every paged_kv error; those that reject an argument
+also subclass `ValueError` (what the rest of the package raises for a bad argument), so
+callers written against `ValueError` keep working. `SimulationError` and
+`UnservableRequestError` are `paged_kv.errors`' own classes, re-exported here: there is
+one class per error, whichever module it is imported from.
 """
 
 from __future__ import annotations
 
-from paged_kv.errors import PagedKVError
+from paged_kv.errors import SchemeStateError, SimulationError, UnservableRequestError
 
 
-class SimulationError(PagedKVError):
-    """Base class of the simulator's errors."""
-
-
-class SchemeReusedError(SimulationError, ValueError):
+class SchemeReusedError(SchemeStateError):
     """A memory scheme that already served a simulation was given to another one.
 
     A scheme holds the memory state of one run; build a fresh one per simulation.
-    """
-
-
-class UnservableRequestError(SimulationError, ValueError):
-    """A request cannot be served by the scheme and limits given, not even alone.
-
-    Raised before the run starts where it can be seen up front (too long for the pool,
-    a prompt over ``max_num_batched_tokens``), or when a request cannot be admitted
-    into an empty cache (the watermark leaves too little room).
     """
 
 
@@ -37,3 +26,7 @@ class UnsupportedError(SimulationError, ValueError):
 
 class SchedulerStateError(SimulationError, AssertionError):
     """The simulator found its own state inconsistent: a bug, not a misuse."""
+
+
+__all__ = ["SchedulerStateError", "SchemeReusedError", "SchemeStateError", "SimulationError",
+           "UnservableRequestError", "UnsupportedError"]

@@ -104,12 +104,6 @@ class ModelCompute:
         """Bytes of weights a step reads."""
         return self.num_params * self.weight_itemsize
 
-    def flops(self, tokens: int, attention_pairs: int) -> float:
-        """FLOPs of a step computing `tokens` tokens whose queries meet
-        `attention_pairs` keys in all: ``2 N tokens + 4 layers hidden pairs``."""
-        return 2.0 * self.num_params * tokens + 4.0 * self.num_layers * self.hidden_size * \
-            attention_pairs
-
 
 def _decoder_params(layers: int, d: int, ffn: int, vocab: int, *, gated: bool,
                     kv_width: int | None = None, tied: bool = True) -> float:

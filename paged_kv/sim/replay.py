@@ -37,7 +37,7 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from paged_kv.cache import PagedKVCache
-from paged_kv.checks import is_int
+from paged_kv.checks import cdiv, is_int
 from paged_kv.config import CacheConfig
 from paged_kv.eviction import EvictionPolicy, policy_names
 from paged_kv.eviction.belady import BeladyPolicy
@@ -160,7 +160,7 @@ def served_prompt(request: Request, capacity: int) -> tuple[int, tuple]:
     first ``capacity`` keys (see the module docstring).
     """
     n, keys, bs = request.prompt_len, request.block_keys, request.key_block_size
-    if -(-n // bs) <= capacity:
+    if cdiv(n, bs) <= capacity:
         return n, keys
     return capacity * bs, keys[:capacity]
 

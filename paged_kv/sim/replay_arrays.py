@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from paged_kv.checks import require_int
+from paged_kv.checks import cdiv, require_int
 from paged_kv.sim.request import Workload
 
 #: ``next_access`` of an access whose key is never accessed again.
@@ -70,7 +70,7 @@ class TraceArrays:
             )
         counts = np.diff(offsets)
         bad = np.flatnonzero(
-            (counts < 1) | (prompt_lens < 1) | (counts > -(-prompt_lens // self.block_size))
+            (counts < 1) | (prompt_lens < 1) | (counts > cdiv(prompt_lens, self.block_size))
         )
         if len(bad):
             i = int(bad[0])

@@ -104,7 +104,6 @@ def _heap_remove(hk, hv, pos, n, key):
     return n
 
 
-_NEVER = np.iinfo(np.int64).max
 _NEVER_FLOOR = -(2**62)
 
 
@@ -112,7 +111,7 @@ _NEVER_FLOOR = -(2**62)
 def _belady_value(use, stamp):
     """Belady's heap value: the farthest next use first; never-again first of all,
     among those the least recently released (finite next uses are distinct)."""
-    if use == _NEVER:
+    if use == NEVER:
         return _NEVER_FLOOR + stamp
     return -use
 

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from paged_kv.checks import is_int
+from paged_kv.checks import cdiv, is_int
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,7 +115,7 @@ class Request:
                 )
             keys = tuple(int(k) for k in keys)
         object.__setattr__(self, "block_keys", tuple(keys))
-        max_keys = -(-self.prompt_len // size)
+        max_keys = cdiv(self.prompt_len, size)
         if not 1 <= len(keys) <= max_keys:
             raise ValueError(
                 f"Request.block_keys must hold 1 to ceil(prompt_len / key_block_size) = "

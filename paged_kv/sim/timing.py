@@ -86,7 +86,7 @@ class StepTimeModel(StepTime):
     def step_seconds(self, tokens: int, kv_tokens: int, attention_pairs: int,
                      kv_block_size: int | None) -> float:
         """`seconds(tokens)`: the KV read is not modelled."""
-        return self.base_s + self.per_token_s * tokens
+        return self.seconds(tokens)
 
 
 #: The constants of `RooflineStepTime` with their status. ``fitted``: fitted to the
@@ -175,9 +175,8 @@ class RooflineStepTime(StepTime):
     def step_seconds(self, tokens: int, kv_tokens: int, attention_pairs: int,
                      kv_block_size: int | None) -> float:
         """The larger of the memory time and the compute time, plus the overhead."""
-        factor = 1.0 if kv_block_size is None else \
-            1.0 + self.paged_overhead_tokens / kv_block_size
-        memory = self._weight_s + self._kv_s * (kv_tokens * factor + tokens)
+        memory = self._weight_s + self._kv_s * (kv_tokens * self.kv_read_factor(kv_block_size)
+                                                + tokens)
         compute = self._token_s * tokens + self._pair_s * attention_pairs
         return (memory if memory > compute else compute) + self.overhead_s
 

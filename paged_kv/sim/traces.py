@@ -51,7 +51,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from paged_kv.checks import require_int
+from paged_kv.checks import cdiv, require_int
 from paged_kv.sim.request import Request, Workload
 from paged_kv.sim.workloads import arrival_times
 
@@ -258,7 +258,7 @@ def _mooncake_requests(name: str) -> tuple[Request, ...]:
             continue
         row = json.loads(line)
         prompt_len, keys = row["input_length"], row["hash_ids"]
-        expected = -(-prompt_len // MOONCAKE_BLOCK_SIZE)
+        expected = cdiv(prompt_len, MOONCAKE_BLOCK_SIZE)
         if len(keys) != expected:
             raise ValueError(
                 f"{filename} line {line_no}: {len(keys)} hash_ids for input_length "

@@ -32,15 +32,20 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
-from paged_kv.sim.published import VLLM_FIG2_KV_USAGE_PCT, VLLM_FIG13_BATCH_SIZE
+from paged_kv.sim.published import (
+    VLLM_FIG2_KV_USAGE_PCT,
+    VLLM_FIG2_SETTING,
+    VLLM_FIG13_BATCH_SIZE,
+)
 from paged_kv.sim.scheduler import SchedulerConfig, simulate
 from paged_kv.sim.studies._common import PAPER_ROW, SCHEMES, make_scheme, requests_for
 from paged_kv.sim.studies.fragmentation import FIG2_CATEGORIES, FIG2_DURATION_S, FIG2_RATE
 from paged_kv.sim.timing import calibrated_step_time
 from paged_kv.sim.workloads import SHAREGPT_LIKE, LengthModel, synthetic_workload
 
-_SLOTS = 15_728
-_MAX_LEN = 2048
+#: Fig. 2's pool and context (15,728 slots, 2,048 tokens): the paper's setting
+_SLOTS = int(VLLM_FIG2_SETTING["token_slots"])
+_MAX_LEN = int(VLLM_FIG2_SETTING["max_seq_len"])
 
 
 #: the summary columns the fits compare with the paper

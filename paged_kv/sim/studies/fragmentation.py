@@ -26,7 +26,11 @@ from tqdm.auto import tqdm
 
 from paged_kv.config import ModelSpec
 from paged_kv.sim.hardware import GPUSpec
-from paged_kv.sim.published import VLLM_FIG2_KV_USAGE_PCT, VLLM_FIG13_BATCH_SIZE
+from paged_kv.sim.published import (
+    VLLM_FIG2_KV_USAGE_PCT,
+    VLLM_FIG2_SETTING,
+    VLLM_FIG13_BATCH_SIZE,
+)
 from paged_kv.sim.scheduler import SchedulerConfig, SimResult, simulate
 from paged_kv.sim.studies._common import (
     PAPER_ROW,
@@ -41,9 +45,9 @@ from paged_kv.sim.studies._common import (
 from paged_kv.sim.timing import StepTime
 
 #: Fig. 2's rate, requests/s (inferred from Fig. 13a, the same experiment's batch sizes)
-FIG2_RATE = 2.0
+FIG2_RATE = float(VLLM_FIG2_SETTING["rate"])
 #: trace length, seconds (stated: "we evaluate the systems with 1-hour traces", §6.1)
-FIG2_DURATION_S = 3600.0
+FIG2_DURATION_S = float(VLLM_FIG2_SETTING["duration_s"])
 #: Fig. 2's categories: our column -> the paper's key in `VLLM_FIG2_KV_USAGE_PCT`
 FIG2_CATEGORIES = {
     "token_states": "token_states",

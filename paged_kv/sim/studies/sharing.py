@@ -82,12 +82,13 @@ def sharing_runs(
                                  step_time=timer, beam_parents=beam_parents,
                                  beam_replacements=beam_replacements,
                                  beam_length_exponent=beam_length_exponent)
-        result = simulate(works[(name, seed)], scheme, config)
+        work = works[(name, seed)]
+        result = simulate(work, scheme, config)
         summary = result.summary(over="run")
         rows.append({
             "workload": name, "sampling": sampling, "n": n, "seed": seed,
             "saved_pct": summary["sharing_saved_pct"],
-            "cow_copies_per_request": result.cow_copies / num_requests,
+            "cow_copies_per_request": result.cow_copies / len(work),
             "preemptions": summary["preemptions"],
         })
     return pd.DataFrame(rows)
