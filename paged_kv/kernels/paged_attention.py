@@ -79,7 +79,6 @@ from paged_kv.kernels._validate import (
     host_int_array,
     is_cuda_array,
     require_c_contiguous,
-    require_cuda_array,
 )
 from paged_kv.kernels.gather import pad_block_tables, read_blocks_only
 from paged_kv.kernels.quantized import check_scales
@@ -102,8 +101,6 @@ def _pool_dims(pool: Any, layer: Any, kv_scales: Any, what: str) -> tuple[int, .
         check_scales(pool, kv_scales, shape, what)
     elif kv_scales is not None:
         raise ValueError(f"{what}: a {np.dtype(pool.dtype).name} pool takes no kv_scales")
-    require_cuda_array(pool, what, "pool")
-    require_c_contiguous(pool, what, "pool")
     layer = check_layer(layer, num_layers, what)
     if head_dim > MAX_HEAD_DIM:
         raise ValueError(
