@@ -19,6 +19,14 @@ simulator all the same. Kernel sources still write ``cuda.grid(1)`` with ``from 
 import cuda``: the simulator substitutes its own module for that name while it runs a
 kernel, and on a GPU the name is the real module.
 
+In the simulator, paged_kv also makes numba's static shared arrays thread-safe (the first
+`cuda_api` call does it, once; `_serialise_simulator_shared_arrays`): the simulator runs
+each CUDA thread as a Python thread and creates a block's ``cuda.shared.array`` on first
+use with an unlocked check-then-insert, so when the scheduler switches threads inside
+that window (a loaded machine), two threads each make their own "shared" array and stop
+seeing each other's writes. The paged-attention kernel then returned one V row instead
+of the softmax average, once, under load.
+
 The one combination that cannot work is a GPU choice after ``numba.cuda`` was imported
 in simulator mode (``NUMBA_ENABLE_CUDASIM=1``): numba then has no real GPU API in this
 process, and `cuda_api` says so in one line.
@@ -28,6 +36,8 @@ from __future__ import annotations
 
 import ctypes
 import os
+import sys
+import threading
 from types import ModuleType
 from typing import Any
 
@@ -113,6 +123,7 @@ def cuda_api() -> ModuleType:
     if is_simulator():
         import numba.cuda.simulator as simulator  # noqa: PLC0415 - loaded at first use
 
+        _serialise_simulator_shared_arrays()
         return simulator
     import numba.cuda as real  # noqa: PLC0415 - loaded at first use
 
@@ -123,6 +134,48 @@ def cuda_api() -> ModuleType:
             f"unset {_SIM_ENV} before Python starts, or use {ENV_OVERRIDE}=sim"
         )
     return real
+
+
+def _serialise_simulator_shared_arrays() -> bool:
+    """Make the simulator's static ``cuda.shared.array`` allocation atomic (module doc).
+
+    numba-cuda's ``FakeCUDAShared.array`` (one instance per launch, shared by the
+    block's threads) looks the array up by the calling line, and creates and stores it
+    when missing, without a lock. This replaces that method, once per process, by one
+    that does the same lookup under a lock; dynamic shared memory (``shape == 0``, a view
+    of one buffer) and the alignment refusal stay numba's own. Returns False, changing
+    nothing, when numba's class no longer has the layout this relies on.
+    """
+    from numba.cuda.simulator import kernelapi  # noqa: PLC0415 - simulator only
+
+    cls = kernelapi.FakeCUDAShared
+    if getattr(cls, "_paged_kv_serialised", False):
+        return True
+    if not isinstance(getattr(cls(0), "_allocations", None), dict):
+        return False
+    import numpy as np  # noqa: PLC0415 - simulator only
+    from numba.core import types  # noqa: PLC0415
+    from numba.np import numpy_support  # noqa: PLC0415
+
+    numba_array = cls.array
+    lock = threading.Lock()
+
+    def array(self: Any, shape: Any, dtype: Any, alignment: Any = None) -> Any:
+        if shape == 0 or alignment is not None:
+            return numba_array(self, shape, dtype, alignment)
+        caller = sys._getframe(1)  # the kernel line, numba's key for the allocation
+        key = (caller.f_code.co_filename, caller.f_lineno)
+        with lock:
+            found = self._allocations.get(key)
+            if found is None:
+                if isinstance(dtype, types.Type):
+                    dtype = numpy_support.as_dtype(dtype)
+                found = self._allocations[key] = np.empty(shape, dtype)
+        return found
+
+    cls.array = array
+    cls._paged_kv_serialised = True
+    return True
 
 
 def jit(*args: Any, **kwargs: Any) -> Any:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from test_kernels_quantized import _fast_simulator_barriers  # noqa: F401 (autouse)
 
 from paged_kv import CacheConfig, PagedKVCache, get_model
 from paged_kv.attention import paged_decode_attention
@@ -22,6 +21,7 @@ BLOCK = 4
 KV_DTYPES = pytest.mark.parametrize("kv_dtype", ["int8", "fp8_e4m3"])
 # read_kv rounds the dequantized K/V to the model's float16; the kernel keeps float32
 # (tests/test_kernels_quantized.py holds it to the float32 reference at 2e-5)
+pytestmark = pytest.mark.usefixtures("fast_simulator_barriers")  # conftest: speed only
 TOL = {"rtol": 4e-3, "atol": 1e-3}
 
 

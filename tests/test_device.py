@@ -9,8 +9,12 @@ import os
 import subprocess
 import sys
 import textwrap
+import threading
+import time
 
+import numpy as np
 import pytest
+from numba import cuda  # the simulator swaps this module-level name inside kernels
 
 import paged_kv
 from paged_kv import device
@@ -117,3 +121,39 @@ def test_gpu_forced_after_numba_chose_the_simulator_is_a_one_line_error() -> Non
     last = done.stderr.strip().splitlines()[-1]
     assert "DeviceChoiceError: PAGED_KV_DEVICE=gpu, but numba.cuda runs in simulator mode" in last
     assert "unset NUMBA_ENABLE_CUDASIM" in last
+
+
+@pytest.mark.skipif(not device.is_simulator(), reason="a guard of the simulator's threads")
+def test_simulator_threads_of_a_block_share_their_shared_arrays_under_thread_switches(
+) -> None:
+    """Each simulated thread pauses on every line of the shared-array allocation (as a
+    loaded machine may switch threads there): all threads must still get the same
+    arrays. Unguarded, numba's check-then-insert gave some threads private copies."""
+    @device.jit
+    def neighbours(out):
+        a = cuda.shared.array(32, np.float32)
+        b = cuda.shared.array(32, np.float32)
+        t = cuda.threadIdx.x
+        a[t] = t
+        b[t] = 2 * t
+        cuda.syncthreads()
+        out[t] = a[(t + 1) % 32] + b[(t + 1) % 32]
+
+    def pause_in_allocation(frame, event, arg):
+        if frame.f_code.co_name != "array":
+            return None
+
+        def on_line(frame, event, arg):
+            if event == "line":
+                time.sleep(0.0002)  # releases the GIL: other threads run here
+            return on_line
+        return on_line
+
+    out = device.cuda_api().device_array(32, np.float32)
+    threading.settrace(pause_in_allocation)
+    try:
+        neighbours[1, 32](out)
+    finally:
+        threading.settrace(None)
+    want = 3 * ((np.arange(32) + 1) % 32)
+    np.testing.assert_array_equal(out.copy_to_host(), want.astype(np.float32))

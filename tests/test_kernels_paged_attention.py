@@ -15,7 +15,6 @@ still cross several KV tiles (the online softmax's rescaling). On a GPU
 from __future__ import annotations
 
 import math
-import sys
 
 import numpy as np
 import pytest
@@ -34,6 +33,7 @@ from paged_kv.kernels.paged_attention import (
     _tiles,
 )
 
+pytestmark = pytest.mark.usefixtures("fast_simulator_barriers")  # conftest: speed only
 cuda = cuda_api()  # numba.cuda on a GPU, numba.cuda.simulator otherwise
 
 NEEDS_GPU = pytest.mark.skipif(
@@ -43,14 +43,6 @@ NEEDS_GPU = pytest.mark.skipif(
 TOL = {"rtol": 2e-5, "atol": 2e-6}  # float32 accumulation against a float64 reference
 
 
-@pytest.fixture(autouse=True)
-def _fast_simulator_barriers():
-    """The simulator polls its barrier under the GIL: a 0.2 ms switch interval (not 5 ms)
-    makes each of the kernel's barriers cost ~25x less wall time. Speed only."""
-    before = sys.getswitchinterval()
-    sys.setswitchinterval(2e-4)
-    yield
-    sys.setswitchinterval(before)
 
 
 class Pool:

@@ -9,8 +9,6 @@ launch here is a few hundred simulator threads.
 
 from __future__ import annotations
 
-import sys
-
 import numpy as np
 import pytest
 
@@ -37,6 +35,7 @@ from paged_kv.quantization import (
 )
 from paged_kv.storage import KVStorage
 
+pytestmark = pytest.mark.usefixtures("fast_simulator_barriers")  # conftest: speed only
 cuda = device.cuda_api()
 
 NUM_LAYERS, BLOCK_SIZE, HEADS, HEAD_DIM = 2, 4, 2, 8
@@ -44,14 +43,6 @@ FORMATS = ("int8", "fp8")  # pool element types int8 and uint8
 TOL = {"rtol": 2e-5, "atol": 2e-6}  # float32 accumulation against a float64 reference
 
 
-@pytest.fixture(autouse=True)
-def _fast_simulator_barriers():
-    """The simulator polls its barriers under the GIL: a short switch interval makes
-    them cheap (speed only; as in test_kernels_paged_attention)."""
-    before = sys.getswitchinterval()
-    sys.setswitchinterval(2e-4)
-    yield
-    sys.setswitchinterval(before)
 
 
 def same_bytes(a: np.ndarray, b: np.ndarray) -> bool:

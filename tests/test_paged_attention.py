@@ -11,7 +11,6 @@ import numpy as np
 import pytest
 from test_attention import MODELS, TINY, queries
 from test_attention import write_dense as write
-from test_kernels_paged_attention import _fast_simulator_barriers  # noqa: F401 (autouse)
 
 from paged_kv import CacheConfig, PagedKVCache
 from paged_kv.attention import dense_attention, paged_attention, paged_decode_attention
@@ -19,6 +18,7 @@ from paged_kv.device import cuda_api
 from paged_kv.errors import MetadataOnlyError, SequenceStateError, UnknownSequenceError
 from paged_kv.paged_attention import decode, prefill
 
+pytestmark = pytest.mark.usefixtures("fast_simulator_barriers")  # conftest: speed only
 cuda = cuda_api()  # numba.cuda on a GPU, numba.cuda.simulator otherwise
 
 TOL = {"rtol": 2e-5, "atol": 2e-6}  # float32 accumulation against a float64 reference

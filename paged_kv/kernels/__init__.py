@@ -17,7 +17,8 @@ gather_kv_dequantized  dequantized_gather_kernel     quantized pool -> float16/3
                                                      batch
 =====================  ============================  ======================================
 
-`decode_attention` and `prefill_attention` (`paged_kv.kernels.paged_attention`, kernels
+`decode_attention` and `prefill_attention` (`paged_kv.kernels.paged_attention`; the
+kernel source is `paged_kv.kernels._attention_kernel`, variants
 ``paged_attention_<threads>x<queries>``, and ``..._int8`` / ``..._fp8`` for quantized
 pools) attend to one layer's K/V through block tables. Quantized pools and their scales:
 `paged_kv.kernels.quantized`.
@@ -33,7 +34,7 @@ the signatures its wrapper launches, for `paged_kv.kernels.compile_check`.
 from __future__ import annotations
 
 from paged_kv.config import SUPPORTED_DTYPES
-from paged_kv.kernels import block_copy, gather, paged_attention, quantized, slot_write
+from paged_kv.kernels import _attention_kernel, block_copy, gather, quantized, slot_write
 from paged_kv.kernels._launch import THREADS_PER_BLOCK, DeviceBuffers, default_buffers
 from paged_kv.kernels._units import UNIT_DTYPES
 from paged_kv.kernels.block_copy import copy_blocks
@@ -63,13 +64,13 @@ KERNELS = {
         for storage, suffix in quantized.SUFFIXES.items()
     },
     **{
-        f"paged_attention_{threads}x{queries}": (kernel, paged_attention.signature)
-        for (threads, queries), kernel in paged_attention.KERNEL_VARIANTS.items()
+        f"paged_attention_{threads}x{queries}": (kernel, _attention_kernel.signature)
+        for (threads, queries), kernel in _attention_kernel.KERNEL_VARIANTS.items()
     },
     **{
         f"paged_attention_{threads}x{queries}_{quantized.SUFFIXES[storage]}": (
-            kernel, paged_attention.signature, (storage,))
-        for (threads, queries, storage), kernel in paged_attention.QUANTIZED_VARIANTS.items()
+            kernel, _attention_kernel.signature, (storage,))
+        for (threads, queries, storage), kernel in _attention_kernel.QUANTIZED_VARIANTS.items()
     },
 }
 

@@ -63,11 +63,16 @@ class ModelConfig:
 
     @property
     def kv_dtype(self) -> str:
-        """The dtype K and V are stored in (the pools' dtype)."""
+        """The float dtype the model rounds K and V to before the cache stores them
+        (``spec.dtype``). It is the pools' dtype unless ``spec.kv_dtype`` names a
+        quantized type (``spec.with_kv_dtype("int8")``), which the cache then stores
+        instead (`paged_kv.kv_dtype`)."""
         return self.spec.dtype
 
     def with_kv_dtype(self, dtype: str) -> ModelConfig:
-        """The same model storing its KV in `dtype` (``"float16"`` or ``"float32"``)."""
+        """The same model rounding its K/V to `dtype` (``"float16"`` or ``"float32"``; the
+        `kv_dtype` property). A quantized cache is the spec's choice, not this one:
+        ``dataclasses.replace(config, spec=config.spec.with_kv_dtype("int8"))``."""
         if dtype not in SUPPORTED_DTYPES:
             raise ValueError(f"kv dtype must be one of {SUPPORTED_DTYPES}, got {dtype!r}")
         return dataclasses.replace(self, spec=dataclasses.replace(self.spec, dtype=dtype))
