@@ -61,7 +61,9 @@ from paged_kv.cli._serving import (
     add_serving_options,
     applies_rate,
     check_serving_options,
-    paper_columns,
+    paper_note,
+    unlike_paper,
+    without_paper,
 )
 from paged_kv.cli._types import (
     FIGURE_SUFFIXES,
@@ -110,7 +112,7 @@ __all__ = [
     "nonnegative_int",
     "number_in",
     "one_line",
-    "paper_columns",
+    "paper_note",
     "positive_int",
     "positive_number",
     "progress_enabled",
@@ -120,5 +122,7 @@ __all__ = [
     "seed",
     "settings_of",
     "text",
+    "unlike_paper",
+    "without_paper",
     "write_results",
 ]
