@@ -13,7 +13,7 @@ from paged_kv.cli._common import (
     add_output_options,
     choice_list,
     emit,
-    format_table,
+    emit_table,
     paper_note,
     positive_number,
     progress_enabled,
@@ -106,19 +106,20 @@ def run(args: argparse.Namespace) -> int:
         batches = batch_size_study(workloads=tuple(args.workloads),
                                    schemes=tuple(args.schemes), progress=progress, **setting)
         print("\nAverage batched requests at Fig. 13's rates:\n")
-        print(format_table(*without_paper(batches, {
+        batches, columns = without_paper(batches, {
             "workload": "workload", "rate": "req/s|{:g}", "scheme": "scheme",
             "mean_requests": "batch|{:.2f}", "paper_mean_requests": "paper (Fig. 13)|{:.2f}"},
-            differs)))
+            differs)
+        emit_table(batches, args, "batch_sizes", columns=columns)
     if args.shared_prefix:
         prefix = shared_prefix_study(threshold_s=args.threshold, progress=progress,
                                      duration_s=args.duration, seed=args.seed, gpu=args.gpu)
         print("\nShared prefix (LLaMA-13B, translation, Fig. 16): sustained req/s of Orca "
               "(Oracle) and of paged memory sharing the prefix through its prefix cache:\n")
-        print(format_table(prefix, {"prefix_len": "prefix tokens", "oracle_rate":
-                                    "Oracle|{:.2f}", "paged_rate": "paged|{:.2f}",
-                                    "speedup": "paged / Oracle|{:.2f}",
-                                    "paper_speedup": "paper|{:.2f}"}))
+        emit_table(prefix, args, "shared_prefix", columns={
+            "prefix_len": "prefix tokens", "oracle_rate": "Oracle|{:.2f}",
+            "paged_rate": "paged|{:.2f}", "speedup": "paged / Oracle|{:.2f}",
+            "paper_speedup": "paper|{:.2f}"})
     if args.figure is not None:
         _figure(study, args)
     return 0
