@@ -37,6 +37,8 @@ def trace_argument(text: str) -> str:
 
 
 trace_argument.__name__ = "trace"
+#: what the generic CLI test feeds it (see paged_kv.cli._types): an Azure trace has no keys
+trace_argument.bad_values = ("", "banana", "azure-conv", "/missing/trace.jsonl")
 
 #: the columns of a replay's table, shared with ``paged-kv sweep`` (name -> header)
 HIT_RATE_COLUMNS = {
@@ -66,6 +68,8 @@ def capacity(text: str) -> int | None:
         )
     return value
 
+
+capacity.bad_values = ("", "banana", "0", "-1", "1e4", "1.5")
 
 def add_trace_options(parser: argparse.ArgumentParser) -> None:
     """``--trace`` and ``--warmup``, shared with ``paged-kv sweep``."""

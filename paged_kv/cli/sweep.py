@@ -40,6 +40,7 @@ def capacity_list(text: str) -> list[int | None]:
 
 
 capacity_list.__name__ = "capacities"
+capacity_list.bad_values = ("", ",", "banana", "0", "1e4", "10,10", "unbounded,unbounded")
 
 
 def register(subparsers) -> None:
