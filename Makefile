@@ -3,13 +3,14 @@
 #                   the data-plane round trip, then the fragmentation study
 #   make test       same environment, runs the whole suite (tests, compile check, notebooks)
 # and the others use the same environment:
-#   make lint       ruff over the package, the tests and the benchmarks
+#   make lint       ruff over the package, the tests, the benchmarks and the scripts
 #   make bench      the kernel benchmarks (benchmarks/RESULTS.md has the numbers)
 #   make gpu-check  on a machine with a GPU: kernel tests, demo, compile check, benchmarks
 #   make docs       the documentation site, warnings as errors -> docs/_build/html
 #   make notebooks  re-run every notebook at full size, in place, with its figures
 #                   (NOTEBOOKS="04_block_map" for some; long: run it with nice)
-#   make clean      removes the environment and every cache and build
+#   make clean      removes the environment and every cache (Numba's compiled replay
+#                   engine included, in __pycache__) and build
 PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
@@ -50,3 +51,4 @@ notebooks: $(STAMP)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis .ruff_cache docs/_build paged_kv.egg-info
+	find paged_kv tests benchmarks scripts notebooks -name __pycache__ -type d -prune -exec rm -rf {} +

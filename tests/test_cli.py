@@ -3,6 +3,8 @@
 import subprocess
 import sys
 
+import pandas as pd
+
 from paged_kv.cli import main
 from paged_kv.sim.studies import block_size_sweep
 
@@ -66,7 +68,10 @@ def test_block_size_waste_grows_with_the_block():
 def test_replay_command_prints_the_hit_rate(capsys):
     assert main(["replay", "--trace", "mooncake-conversation", "--capacity", "unbounded",
                  "--no-progress"]) == 0
-    assert "| mooncake-conversation | lru | - | 0.3734 |" in capsys.readouterr().out
+    text = capsys.readouterr().out
+    # the columns of paged-kv sweep, one row
+    assert "| policy | capacity (blocks) | hit rate (tokens) | hit rate (blocks) |" in text
+    assert "| lru | unbounded | 0.3734 | 0.3660 | 0 | 12031 |" in text
 
 
 def test_bad_arguments_exit_2_with_a_message(capsys):
@@ -82,3 +87,45 @@ def test_python_dash_m_runs_the_demo():
     from paged_kv.device import device_name
 
     assert device_name() in done.stdout and "all verified" in done.stdout
+
+
+def test_the_papers_numbers_stand_only_beside_its_setting(tmp_path, capsys):
+    """Another model or workload (or GPU, KV size, KV dtype) is not the paper's Fig. 2
+    setting: neither the table, the --output file nor the figure carries its numbers,
+    and a line says what differs. Recorded arrivals print no rate."""
+    out = tmp_path / "f.csv"
+    assert main(["fragmentation", "--workload", "azure-conv", "--model", "llama-2-7b",
+                 "--num-requests", "40", "--seeds", "0", "--output", str(out), "--no-figure",
+                 "--no-progress"]) == 0
+    text = capsys.readouterr().out
+    assert "| paper %" not in text and "Fig. 2" not in text
+    assert "it did not run model llama-2-7b, workload azure-conv" in text
+    assert "recorded arrivals" in text and "req/s" not in text
+    written = out.read_text()
+    assert "# rate: null" in written and "paper_token_states_pct" not in written
+    assert main(["sharing", "--workloads", "alpaca-like", "--samplings", "parallel",
+                 "--widths", "2", "--seeds", "0", "--num-requests", "20", "--model",
+                 "llama-13b", "--no-figure", "--no-progress"]) == 0
+    text = capsys.readouterr().out
+    assert "paper low" not in text and "it did not run model llama-13b" in text
+
+
+def test_unlike_paper_names_each_difference_from_the_papers_setting():
+    from argparse import Namespace
+
+    from paged_kv.cli._common import unlike_paper, without_paper
+    from paged_kv.sim.hardware import model_spec
+
+    opt = model_spec("opt-13b")
+    paper = Namespace(gpu="A100-40GB", kv_gib=12.0, workload="sharegpt-like")
+    assert unlike_paper(paper, opt) == []
+    assert unlike_paper(Namespace(workload="sharegpt"), opt) == []  # ShareGPT's own lengths
+    assert unlike_paper(paper, opt.with_kv_dtype("int8")) == ["int8 KV"]
+    other = Namespace(gpu="H100", kv_gib=20.0, workload="alpaca-like")
+    assert unlike_paper(other, model_spec("llama-13b")) == [
+        "model llama-13b", "GPU H100", "20 GiB of KV", "workload alpaca-like"]
+    frame = pd.DataFrame({"a": [1.0], "paper_a": [2.0]})
+    assert without_paper(frame, {"a": "a", "paper_a": "paper"}, [])[1] == {
+        "a": "a", "paper_a": "paper"}
+    shown, columns = without_paper(frame, {"a": "a", "paper_a": "paper"}, ["GPU H100"])
+    assert list(shown) == ["a"] and columns == {"a": "a"}

@@ -147,3 +147,32 @@ def test_a_space_separated_list_gets_a_hint(capsys):
     assert one_error_line(capsys) == (
         "paged-kv block-size: error: unrecognized arguments: 32 (--block-sizes takes a "
         "comma-separated list: --block-sizes 16,32)")
+
+
+@pytest.mark.parametrize("suffix", [".json", ".csv"])
+def test_emit_table_writes_every_table_the_run_prints(tmp_path, capsys, suffix):
+    """A table printed before or after the results goes into --output too: under
+    "tables" in the JSON file, or in FILE.NAME.csv beside the CSV file."""
+    from argparse import Namespace
+
+    from paged_kv.cli._common import emit, emit_table
+
+    out = tmp_path / f"r{suffix}"
+    args = Namespace(command="x", output=out, seed=3)
+    before, results, after = (pd.DataFrame({"v": [i, i + 1]}) for i in (10, 20, 30))
+    emit_table(before, args, "before")
+    emit(results, args)
+    emit_table(after, args, "after")
+    text = capsys.readouterr().out
+    assert "| 10 |" in text and "| 20 |" in text and "| 30 |" in text
+    if suffix == ".json":
+        document = json.loads(out.read_text())
+        assert [r["v"] for r in document["results"]] == [20, 21]
+        assert {name: [r["v"] for r in rows] for name, rows in document["tables"].items()} \
+            == {"before": [10, 11], "after": [30, 31]}
+        assert document["settings"] == {"seed": 3}
+    else:
+        for path, first in ((out, 20), (tmp_path / "r.before.csv", 10),
+                            (tmp_path / "r.after.csv", 30)):
+            assert "# seed: 3" in path.read_text()
+            assert pd.read_csv(path, comment="#")["v"].tolist() == [first, first + 1]

@@ -47,8 +47,10 @@ def test_replay_reads_a_trace_file(small_trace, tmp_path, capsys):
     out = tmp_path / "r.json"
     assert main(["replay", "--trace", str(small_trace), "--capacity", "unbounded",
                  "--output", str(out), "--no-progress"]) == 0
-    assert "| head.jsonl | lru |" in capsys.readouterr().out
+    text = capsys.readouterr().out
+    assert text.startswith("head.jsonl: 300 requests measured") and "| lru | unbounded |" in text
     document = json.loads(out.read_text())
+    assert document["results"][0]["trace"] == "head.jsonl"
     assert document["settings"]["trace"] == str(small_trace)
     assert len(document["settings"]["trace_checksum"]) == 16
 

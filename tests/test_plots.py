@@ -173,3 +173,14 @@ def test_curve_styles_differ():
     styles = [tuple(curve_style(i)[k] for k in ("marker", "linestyle"))
               for i in range(len(CURVE_STYLES))]
     assert len(set(styles)) == len(CURVE_STYLES)
+
+
+def test_sharing_shades_the_papers_range_only_where_the_frame_carries_it():
+    frame = pd.DataFrame([{"workload": "alpaca-like", "sampling": s, "n": n,
+                           "saved_pct": 10.0 * n} for s in ("parallel", "beam") for n in (2, 4)])
+    assert len(plots.plot_sharing(frame).axes[0].collections) == 0  # not the paper's setting
+    frame["paper_low_pct"], frame["paper_high_pct"] = 6.1, 9.8
+    ax = plots.plot_sharing(frame).axes[0]
+    assert len(ax.collections) == 2
+    legend = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert legend.count("vLLM paper Fig. 15 range") == 1

@@ -37,7 +37,8 @@ def test_the_fragmentation_table_is_what_the_command_prints(capsys, tmp_path):
 def test_the_replay_numbers_are_what_the_command_prints(capsys):
     assert main(["replay", "--capacity", "10000", "--no-progress"]) == 0
     out = capsys.readouterr().out
-    assert "| mooncake-conversation | lru | 10000 | 0.2192 |" in out
+    assert out.startswith("mooncake-conversation: 12,031 requests measured")
+    assert "| lru | 10000 | 0.2192 |" in out
     assert "0.2192 at 10,000 blocks" in README
     assert "0.3734 unbounded" in README  # tests/test_cli.py checks the unbounded run
 

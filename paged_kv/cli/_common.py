@@ -12,7 +12,8 @@ The rules every subcommand follows:
   suffix must be one the command writes; nothing creates folders.
 * **One output style**: a table on stdout (`~paged_kv.cli._output.emit`), and with
   ``--output FILE.csv`` or ``FILE.json`` the same rows written with the settings that
-  produced them and the package version (`~paged_kv.cli._output.write_results`).
+  produced them and the package version (`~paged_kv.cli._output.write_results`); a
+  command that prints further tables writes them too (`~paged_kv.cli._output.emit_table`).
 * A run longer than a few seconds shows a progress bar (``tqdm.auto``) unless
   ``--no-progress`` is given, or says up front how long it will take; work the CUDA
   simulator would spend minutes on is refused unless ``--allow-slow`` is given
@@ -43,6 +44,7 @@ from paged_kv.cli._checks import (
 from paged_kv.cli._output import (
     add_output_options,
     emit,
+    emit_table,
     format_table,
     progress_enabled,
     resolve_figure,
@@ -61,7 +63,9 @@ from paged_kv.cli._serving import (
     add_serving_options,
     applies_rate,
     check_serving_options,
-    paper_columns,
+    paper_note,
+    unlike_paper,
+    without_paper,
 )
 from paged_kv.cli._types import (
     FIGURE_SUFFIXES,
@@ -101,6 +105,7 @@ __all__ = [
     "check_simulator_time",
     "choice_list",
     "emit",
+    "emit_table",
     "figure_file",
     "format_table",
     "fraction",
@@ -110,7 +115,7 @@ __all__ = [
     "nonnegative_int",
     "number_in",
     "one_line",
-    "paper_columns",
+    "paper_note",
     "positive_int",
     "positive_number",
     "progress_enabled",
@@ -120,5 +125,7 @@ __all__ = [
     "seed",
     "settings_of",
     "text",
+    "unlike_paper",
+    "without_paper",
     "write_results",
 ]

@@ -110,13 +110,16 @@ def _plain(value: Any) -> Any:
 
 
 def write_results(frame: pd.DataFrame, path: Path, *, command: str,
-                  settings: Mapping[str, Any]) -> Path:
+                  settings: Mapping[str, Any],
+                  tables: Mapping[str, pd.DataFrame] | None = None) -> Path:
     """Write `frame` to `path` with the settings and the package version beside it.
 
-    * ``.json``: ``{"paged_kv_version", "command", "settings", "results": [rows]}``;
+    * ``.json``: ``{"paged_kv_version", "command", "settings", "results": [rows]}``, and
+      ``"tables": {name: [rows]}`` for the run's further `tables`;
     * ``.csv``: leading ``# key: value`` comment lines (version, command, one per
       setting as JSON), then the rows; ``pandas.read_csv(path, comment="#")`` reads
-      the rows back.
+      the rows back. One table per file: `tables` must be empty (`emit_table` writes
+      each beside it as ``STEM.NAME.csv``).
     """
     from paged_kv import __version__  # noqa: PLC0415 - the package imports this module
 
@@ -128,8 +131,13 @@ def write_results(frame: pd.DataFrame, path: Path, *, command: str,
             "settings": dict(settings),
             "results": json.loads(frame.to_json(orient="records")),
         }
+        if tables:
+            document["tables"] = {name: json.loads(table.to_json(orient="records"))
+                                  for name, table in tables.items()}
         path.write_text(json.dumps(document, indent=2) + "\n")
     else:
+        if tables:
+            raise ValueError("a CSV file holds one table; write the others beside it")
         header = [f"# paged_kv_version: {__version__}", f"# command: {command}"]
         header += [f"# {key}: {json.dumps(value)}" for key, value in settings.items()]
         path.write_text("\n".join(header) + "\n" + frame.to_csv(index=False))
@@ -153,9 +161,45 @@ def emit(frame: pd.DataFrame, args: argparse.Namespace, *,
         print(f"({len(shown)} of {len(frame)} rows, evenly spaced; --output writes all)")
     output = getattr(args, "output", None)
     if output is not None:
-        write_results(frame, output, command=args.command,
-                      settings=settings_of(args, **extra_settings))
+        settings = settings_of(args, **extra_settings)
+        args._results = (frame, settings)  # for the tables emit_table adds after it
+        write_results(frame, output, command=args.command, settings=settings,
+                      tables=_tables(args) if _is_json(output) else None)
         print(f"wrote {output}")
+
+
+def emit_table(frame: pd.DataFrame, args: argparse.Namespace, name: str, *,
+               columns: Mapping[str, str] | None = None, floatfmt: str = "{:.1f}") -> None:
+    """Print a further table of the run (one beside `emit`'s results: a capacity table, a
+    summary) and, with ``--output``, write it too, under `name`: in the JSON file's
+    ``"tables"``, or for ``FILE.csv`` in ``FILE.NAME.csv`` beside it, with the same
+    settings header. Before or after `emit`, in the order the command prints them."""
+    print(format_table(frame, columns, floatfmt))
+    output = getattr(args, "output", None)
+    if output is None:
+        return
+    if not _is_json(output):
+        path = output.with_name(f"{output.stem}.{name}{output.suffix}")
+        write_results(frame, path, command=args.command, settings=settings_of(args))
+        print(f"wrote {path}")
+        return
+    _tables(args)[name] = frame
+    results = getattr(args, "_results", None)
+    if results is not None:  # the results are written already: write them again with it
+        write_results(results[0], output, command=args.command, settings=results[1],
+                      tables=_tables(args))
+        print(f"wrote {output} (table {name!r} added)")
+
+
+def _is_json(path: Path) -> bool:
+    return RESULT_FORMATS[path.suffix.lower()] == "json"
+
+
+def _tables(args: argparse.Namespace) -> dict[str, pd.DataFrame]:
+    """The further tables of this run (`emit_table`), kept on `args` until written."""
+    if getattr(args, "_tables", None) is None:
+        args._tables = {}
+    return args._tables
 
 
 def progress_enabled(args: argparse.Namespace) -> bool:

@@ -6,6 +6,8 @@ import argparse
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import pandas as pd
+
 from paged_kv.cli._checks import refuse_if_given
 from paged_kv.cli._parser import UsageError
 from paged_kv.cli._types import int_at_least, int_list, positive_number, seed
@@ -122,9 +124,45 @@ def add_serving_options(parser: argparse.ArgumentParser, *, workloads: Sequence[
                             help="comma-separated seeds of lengths and arrivals, one run each")
 
 
-def paper_columns(columns: Mapping[str, str], model: Any) -> dict[str, str]:
-    """`columns`, less those of the paper's numbers (keys starting ``paper``) when
-    `model` (a `ModelSpec`) stores quantized KV: the paper ran FP16 caches only."""
-    if not model.kv.quantized:
-        return dict(columns)
-    return {key: header for key, header in columns.items() if not key.startswith("paper")}
+def unlike_paper(args: argparse.Namespace, model: Any) -> list[str]:
+    """How this run's setting differs from the vLLM paper's serving setting
+    (`paged_kv.sim.published.VLLM_FIG2_SETTING`: OPT-13B with FP16 KV on one A100-40GB,
+    12 GiB of KV, ShareGPT), one short phrase per difference; empty when it does not
+    differ, and only then do the paper's numbers stand beside ours. `model` is the run's
+    `ModelSpec`; ``--gpu``, ``--kv-gib`` and ``--workload`` count where the command has
+    them. The rate, duration, seeds, allocator and block size change the sample or a
+    modelling choice, not the setting, and do not count."""
+    from paged_kv.sim.published import VLLM_FIG2_SETTING as PAPER  # noqa: PLC0415
+
+    differs = []
+    if model.name != PAPER["model"]:
+        differs.append(f"model {model.name}")
+    if model.kv.quantized:
+        differs.append(f"{model.kv.name} KV")
+    gpu = getattr(args, "gpu", None)
+    if isinstance(gpu, str) and gpu != PAPER["gpu"]:
+        differs.append(f"GPU {gpu}")
+    kv_gib = getattr(args, "kv_gib", None)
+    if isinstance(kv_gib, float) and int(kv_gib * 2**30) != PAPER["kv_cache_bytes"]:
+        differs.append(f"{kv_gib:g} GiB of KV")
+    workload = getattr(args, "workload", None)
+    if isinstance(workload, str) and workload.removesuffix("-like") != PAPER["workload"]:
+        differs.append(f"workload {workload}")
+    return differs
+
+
+def without_paper(frame: pd.DataFrame, columns: Mapping[str, str],
+                  differs: Sequence[str]) -> tuple[pd.DataFrame, dict[str, str]]:
+    """`frame` and `columns`, less the paper's numbers (names starting ``paper``) when
+    `differs` (`unlike_paper`) is not empty, so that neither the table nor ``--output``
+    puts them beside a setting the paper did not run."""
+    if not differs:
+        return frame, dict(columns)
+    return (frame[[c for c in frame.columns if not str(c).startswith("paper")]],
+            {key: header for key, header in columns.items() if not key.startswith("paper")})
+
+
+def paper_note(differs: Sequence[str]) -> str:
+    """The line that says why the paper's numbers are left out (empty when they are not)."""
+    return (f"(the vLLM paper's numbers are left out: it did not run "
+            f"{', '.join(differs)})\n" if differs else "")

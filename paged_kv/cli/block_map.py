@@ -11,7 +11,7 @@ from paged_kv.cli._common import (
     UsageError,
     add_output_options,
     emit,
-    format_table,
+    emit_table,
     int_at_least,
     int_list,
     nonnegative_int,
@@ -96,9 +96,10 @@ def run(args: argparse.Namespace) -> int:
              f"{args.policy.upper()} eviction, seed {args.seed}")
     print(f"block map: {setup}\n")
     facts = block_map_summary(recorder, log)
-    print(format_table(pd.DataFrame({"what happened": list(facts),
-                                     "value": ["-" if v is None else str(v)
-                                          for v in facts.values()]})) + "\n")
+    emit_table(pd.DataFrame({"what happened": list(facts),
+                             "value": ["-" if v is None else str(v) for v in facts.values()]}),
+               args, "summary")
+    print()
     steps = log.merge(recorder.counts().drop(columns="label"), left_index=True,
                       right_index=True)
     emit(steps, args, max_rows=12, columns={

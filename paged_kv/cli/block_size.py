@@ -46,18 +46,22 @@ def register(subparsers) -> None:
 def run(args: argparse.Namespace) -> int:
     """Run the sweep, print the table, write the figure."""
     from paged_kv.plots import plot_block_size, save  # noqa: PLC0415
+    from paged_kv.sim.hardware import get_gpu, model_spec  # noqa: PLC0415
     from paged_kv.sim.studies import block_size_sweep  # noqa: PLC0415
+    from paged_kv.sim.studies._common import default_kv_bytes  # noqa: PLC0415
 
     frame = block_size_sweep(
         block_sizes=tuple(args.block_sizes), workloads=tuple(args.workloads),
         model=args.model, num_requests=args.num_requests, rate=args.rate, seed=args.seed,
         progress=progress_enabled(args),
     )
-    print("Paged waste (% of memory in use that is not token states):\n")
+    kv_gib = default_kv_bytes(model_spec(args.model), get_gpu("A100-40GB")) / 2**30
+    setup = (f"{args.model}, {kv_gib:.1f} GiB of KV on one A100-40GB, {args.num_requests} "
+             f"requests per run at {args.rate:g} req/s, seed {args.seed}")
+    print(f"{setup}; paged waste (% of memory in use that is not token states):\n")
     emit(frame, args, columns={"workload": "workload", "block_size": "block size",
                                "waste_pct": "waste %|{:.2f}"})
     if args.figure is not None:
-        title = (f"Paged waste against block size: {args.model} on one A100-40GB, "
-                 f"{args.num_requests} requests per run at {args.rate:g} req/s")
+        title = f"Paged waste against block size: {setup}"
         print(f"wrote {save(plot_block_size(frame, title=title), args.figure)}")
     return 0

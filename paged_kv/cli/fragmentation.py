@@ -8,10 +8,13 @@ from paged_kv.cli import add_command
 from paged_kv.cli._common import (
     add_output_options,
     add_serving_options,
+    applies_rate,
     emit,
-    paper_columns,
+    paper_note,
     positive_number,
     progress_enabled,
+    unlike_paper,
+    without_paper,
 )
 
 NAME = "fragmentation"
@@ -72,25 +75,27 @@ def run(args: argparse.Namespace) -> int:
         progress=progress_enabled(args),
     )
     s = study.settings
+    arrivals = f"{s['rate']:g} req/s" if applies_rate(args) else "recorded arrivals"
     print(f"{s['model']} ({s['kv_dtype']} KV) on {s['gpu']}: {s['kv_slots']:,} KV token "
           f"slots, max length "
           f"{s['max_seq_len']}; {s['workload']}: {s['requests']} requests per seed (mean "
           f"prompt {s['mean_prompt']:.0f}, output {s['mean_output']:.0f} tokens) at "
-          f"{s['rate']} req/s; seeds {', '.join(map(str, s['seeds']))}; contiguous "
+          f"{arrivals}; seeds {', '.join(map(str, s['seeds']))}; contiguous "
           f"baselines placed by {s['allocator']}")
-    paper = not model.kv.quantized  # the paper ran FP16 caches only
+    differs = unlike_paper(args, model)  # the paper's numbers only beside its setting
     print("Shares of the whole KV pool, time-averaged while requests arrive (mean over "
           "seeds; sd of the token share)"
-          + (", beside the vLLM paper's Fig. 2 and Fig. 13a" if paper else "") + ":\n")
-    table = study.table if paper else study.table[
-        [c for c in study.table if not c.startswith("paper")]]
-    emit(table, args, columns=paper_columns(COLUMNS, model),
+          + ("" if differs else ", beside the vLLM paper's Fig. 2 and Fig. 13a") + ":\n"
+          + paper_note(differs))
+    table, columns = without_paper(study.table, COLUMNS, differs)
+    emit(table, args, columns=columns, rate=args.rate if applies_rate(args) else None,
          **{k: v for k, v in s.items() if k in ("kv_slots", "requests", "mean_prompt",
                                                  "mean_output", "step_time")})
     if args.figure is not None:
         fig = plot_fragmentation(table, title=(
             f"Where the KV memory goes: {s['model']}, {s['kv_slots']:,} slots, "
-            f"{s['workload']} at {s['rate']:g} req/s"
-            + ("\n(ours | vLLM paper Fig. 2, hatched)" if paper else f", {s['kv_dtype']} KV")))
+            f"{s['workload']} at {arrivals}"
+            + (f", {s['kv_dtype']} KV" if model.kv.quantized else "")
+            + ("" if differs else "\n(ours | vLLM paper Fig. 2, hatched)")))
         print(f"wrote {save(fig, args.figure)}")
     return 0

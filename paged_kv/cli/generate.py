@@ -10,7 +10,7 @@ from paged_kv.cli._common import (
     UsageError,
     add_output_options,
     emit,
-    format_table,
+    emit_table,
     int_at_least,
     positive_int,
     progress_enabled,
@@ -119,7 +119,7 @@ def run(args: argparse.Namespace) -> int:
     print("Each row of paged logits against the dense model (recomputed with no cache):\n")
     emit(steps, args, columns=STEP_COLUMNS)
     print("\nTokens computed per prompt-logits mode:\n")
-    print(format_table(summary, SUMMARY_COLUMNS))
+    emit_table(summary, args, "prompt_logits", columns=SUMMARY_COLUMNS)
     if len(summary) == 2:
         recompute, keep = (summary.set_index("prompt_logits").loc[m, "tokens_computed"]
                            for m in PROMPT_LOGITS_MODES)

@@ -10,7 +10,7 @@ from paged_kv.cli._common import (
     add_output_options,
     check_simulator_time,
     emit,
-    format_table,
+    emit_table,
     int_at_least,
     positive_int,
     positive_number,
@@ -111,10 +111,9 @@ def run(args: argparse.Namespace) -> int:
                               block_size=CAPACITY_BLOCK)
     print(f"Capacity of {args.kv_gib:g} GiB of KV memory (blocks of {CAPACITY_BLOCK} "
           f"tokens):\n")
-    print(format_table(capacity, {"model": "model", "kv_dtype": "KV dtype",
-                                        "bytes_per_token": "bytes/token",
-                                        "tokens": "tokens", "capacity_ratio": "x float16"},
-                       "{:.2f}"))
+    emit_table(capacity, args, "capacity", columns={
+        "model": "model", "kv_dtype": "KV dtype", "bytes_per_token": "bytes/token",
+        "tokens": "tokens", "capacity_ratio": "x float16"}, floatfmt="{:.2f}")
     shape = dict(num_tokens=args.tokens, num_kv_heads=args.kv_heads, head_dim=args.head_dim,
                  group=args.group, num_queries=args.queries,
                  outlier_channels=args.outlier_channels, seed=args.seed)
@@ -135,11 +134,11 @@ def run(args: argparse.Namespace) -> int:
         print(f"\nThe small model's logits with quantized KV against its own KV dtype "
               f"({new_tokens + 1} rows of logits: a {prompt_len}-token prompt, then "
               f"{new_tokens} greedy tokens):\n")
-        print(format_table(drift, {"model": "model", "kv_dtype": "KV dtype",
-                                   "max_abs_diff": "max abs diff|{:.4g}",
-                                   "relative_diff": "relative diff|{:.4g}",
-                                   "top_token_agreement": "same top token|{:.0%}",
-                                   "max_abs_logit": "max abs logit|{:.3g}"}))
+        emit_table(drift, args, "model_logits", columns={
+            "model": "model", "kv_dtype": "KV dtype", "max_abs_diff": "max abs diff|{:.4g}",
+            "relative_diff": "relative diff|{:.4g}",
+            "top_token_agreement": "same top token|{:.0%}",
+            "max_abs_logit": "max abs logit|{:.3g}"})
     if args.figure is not None:
         from tqdm.auto import tqdm  # noqa: PLC0415
 

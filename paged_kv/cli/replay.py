@@ -37,6 +37,21 @@ def trace_argument(text: str) -> str:
 
 
 trace_argument.__name__ = "trace"
+#: what the generic CLI test feeds it (see paged_kv.cli._types): an Azure trace has no keys
+trace_argument.bad_values = ("", "banana", "azure-conv", "/missing/trace.jsonl")
+
+#: the columns of a replay's table, shared with ``paged-kv sweep`` (name -> header)
+HIT_RATE_COLUMNS = {
+    "policy": "policy", "capacity": "capacity (blocks)",
+    "hit_rate": "hit rate (tokens)|{:.4f}", "block_hit_rate": "hit rate (blocks)|{:.4f}",
+    "evictions": "evictions", "requests": "requests",
+}
+
+
+def capacity_shown(frame: pd.DataFrame) -> pd.DataFrame:
+    """`frame` with a capacity of None (unbounded) shown as ``unbounded``."""
+    return frame.assign(capacity=frame["capacity"].astype(object).where(
+        frame["capacity"].notna(), "unbounded"))
 
 
 def capacity(text: str) -> int | None:
@@ -53,6 +68,8 @@ def capacity(text: str) -> int | None:
         )
     return value
 
+
+capacity.bad_values = ("", "banana", "0", "-1", "1e4", "1.5")
 
 def add_trace_options(parser: argparse.ArgumentParser) -> None:
     """``--trace`` and ``--warmup``, shared with ``paged-kv sweep``."""
@@ -86,9 +103,9 @@ def run(args: argparse.Namespace) -> int:
     result = replay(workload, args.capacity, args.policy, warmup=args.warmup,
                     progress=progress_enabled(args))
     measured = int(result.requests["measured"].sum())
-    shown = "unbounded" if args.capacity is None else f"{args.capacity}"
-    print(f"{result.trace}: {measured} requests measured, capacity {shown} blocks of "
-          f"{result.block_size} tokens, policy {result.policy}\n")
-    emit(pd.DataFrame([result.summary()]), args, floatfmt="{:.4f}",
+    shown = "unbounded" if args.capacity is None else f"{args.capacity:,} blocks"
+    print(f"{result.trace}: {measured:,} requests measured, {result.block_size}-token blocks, "
+          f"capacity {shown}, policy {result.policy}\n")
+    emit(capacity_shown(pd.DataFrame([result.summary()])), args, columns=HIT_RATE_COLUMNS,
          trace_checksum=TraceArrays.from_workload(workload).checksum)
     return 0

@@ -11,17 +11,21 @@ from paged_kv.cli._common import (
     choice_list,
     emit,
     int_list,
+    paper_note,
     positive_int,
     progress_enabled,
+    unlike_paper,
+    without_paper,
 )
 
 NAME = "sharing"
 HELP = "vLLM Fig. 15: memory saved by block sharing (parallel sampling, beam search)"
 DESCRIPTION = """\
 Serve each workload with parallel sampling and beam search of several widths on the
-paged cache (OPT-13B, 12 GiB of KV, block 16, swap to a host pool as large as the GPU
-pool) and report the memory saved by sharing blocks, 1 - physical / unshared blocks,
-time-averaged, as a mean and spread over seeds beside the paper's ranges. Beam search
+paged cache (the model's KV budget on an A100-40GB, 12 GiB for the default OPT-13B,
+block 16, swap to a host pool as large as the GPU pool) and report the memory saved by
+sharing blocks, 1 - physical / unshared blocks, time-averaged, as a mean and spread over
+seeds beside the paper's ranges (OPT-13B only: its setting). Beam search
 uses the fitted lineage model (paged_kv.sim.scheduler): its numbers are a fit to the
 paper's, parallel sampling's a prediction."""
 WORKLOADS = ("alpaca-like", "sharegpt-like")
@@ -47,22 +51,34 @@ def register(subparsers) -> None:
 def run(args: argparse.Namespace) -> int:
     """Run the study, print the table beside the paper's ranges, write the figure."""
     from paged_kv.plots import plot_sharing, save  # noqa: PLC0415
+    from paged_kv.sim.hardware import get_gpu, model_spec  # noqa: PLC0415
     from paged_kv.sim.studies import sharing_study  # noqa: PLC0415
+    from paged_kv.sim.studies._common import default_kv_bytes  # noqa: PLC0415
 
     table = sharing_study(widths=tuple(args.widths), workloads=tuple(args.workloads),
                           samplings=tuple(args.samplings), seeds=tuple(args.seeds),
                           num_requests=args.num_requests, model=args.model,
                           progress=progress_enabled(args))
-    print(f"{args.model}: {args.num_requests} requests per run, seeds "
-          f"{', '.join(map(str, args.seeds))}; memory saved by sharing (%), mean and "
-          f"standard deviation over seeds, beside the vLLM paper's range over widths "
-          f"2, 4, 6:\n")
-    emit(table, args, columns={
+    model = model_spec(args.model)
+    kv_gib = default_kv_bytes(model, get_gpu("A100-40GB")) / 2**30
+    differs = unlike_paper(args, model)
+    print(f"{args.model}, {kv_gib:.1f} GiB of KV, block 16: {args.num_requests} requests "
+          f"per run, seeds {', '.join(map(str, args.seeds))}; memory saved by sharing (%), "
+          f"mean and standard deviation over seeds"
+          + ("" if differs else ", beside the vLLM paper's range over widths 2, 4, 6")
+          + ":\n" + paper_note(differs))
+    table, columns = without_paper(table, {
         "workload": "workload", "sampling": "sampling", "n": "n",
         "saved_pct": "saved %", "saved_sd": "sd|{:.2f}",
         "paper_low_pct": "paper low %", "paper_high_pct": "paper high %",
         "cow_copies_per_request": "COW copies / request",
-    })
+    }, differs)
+    emit(table, args, columns=columns)
     if args.figure is not None:
-        print(f"wrote {save(plot_sharing(table), args.figure)}")
+        fig = plot_sharing(table, title=(
+            f"Memory saved by sharing, {args.model}, {kv_gib:.1f} GiB of KV, block 16\n(mean "
+            f"and sd over {len(args.seeds)} seed{'s' * (len(args.seeds) > 1)}; beam search: "
+            f"fitted lineage model)"))
+        fig.axes[0].title.set_fontsize(10)
+        print(f"wrote {save(fig, args.figure)}")
     return 0

@@ -15,7 +15,7 @@ from paged_kv.cli._common import (
     positive_int,
     progress_enabled,
 )
-from paged_kv.cli.replay import add_trace_options, capacity
+from paged_kv.cli.replay import HIT_RATE_COLUMNS, add_trace_options, capacity, capacity_shown
 
 NAME = "sweep"
 HELP = "hit rates at every eviction policy x cache capacity (compiled, parallel)"
@@ -40,6 +40,7 @@ def capacity_list(text: str) -> list[int | None]:
 
 
 capacity_list.__name__ = "capacities"
+capacity_list.bad_values = ("", ",", "banana", "0", "1e4", "10,10", "unbounded,unbounded")
 
 
 def register(subparsers) -> None:
@@ -91,15 +92,11 @@ def run(args: argparse.Namespace) -> int:
     print(f"{trace.name}: {len(trace):,} requests ({frame['requests'].iloc[0]:,} measured), "
           f"{trace.num_accesses:,} block keys of {trace.block_size} tokens, "
           f"checksum {trace.checksum}; engine {args.engine}, "
-          f"{'Dask scheduler ' + args.scheduler if workers is None else f'{workers} workers'}\n")
-    shown = frame.assign(capacity=frame["capacity"].astype(object).where(
-        frame["capacity"].notna(), "unbounded"))
-    emit(shown, args, columns={
-        "policy": "policy", "capacity": "capacity (blocks)",
-        "hit_rate": "hit rate (tokens)|{:.4f}", "block_hit_rate": "hit rate (blocks)|{:.4f}",
-        "evictions": "evictions", "requests": "requests",
-    }, trace_checksum=trace.checksum, trace_requests=len(trace),
-        block_size=trace.block_size, workers=workers)
+          + (f"Dask scheduler {args.scheduler}" if workers is None
+             else f"{workers} worker" + "s" * (workers > 1)) + "\n")
+    emit(capacity_shown(frame), args, columns=HIT_RATE_COLUMNS,
+         trace_checksum=trace.checksum, trace_requests=len(trace),
+         block_size=trace.block_size, workers=workers)
     if args.figure is not None:
         from paged_kv.plots import plot_hit_rates, save  # noqa: PLC0415
 

@@ -13,11 +13,13 @@ from paged_kv.cli._common import (
     add_output_options,
     choice_list,
     emit,
-    format_table,
-    paper_columns,
+    emit_table,
+    paper_note,
     positive_number,
     progress_enabled,
     seed,
+    unlike_paper,
+    without_paper,
 )
 
 NAME = "throughput"
@@ -91,30 +93,33 @@ def run(args: argparse.Namespace) -> int:
           f"slots; "
           f"{s['duration_s']:g} s of Poisson arrivals per run, seed {s['seed']}; a rate "
           f"is sustained while the normalised latency stays <= {s['threshold_s']:g} s/token")
+    differs = unlike_paper(args, model)  # the paper's numbers only beside its setting
     print("Highest rate each scheme sustains, and paged memory's over it" + (
-        " beside the vLLM paper's (ShareGPT, over OPT-13B/66B/175B, §6.2; no Alpaca ratios "
-        "given)" if not model.kv.quantized else "") + ":\n")
-    emit(_with_ratios(study), args, columns=paper_columns({
+        "" if differs else " beside the vLLM paper's (ShareGPT, over OPT-13B/66B/175B, "
+        "§6.2; no Alpaca ratios given)") + ":\n" + paper_note(differs))
+    table, columns = without_paper(_with_ratios(study), {
         "workload": "workload", "scheme": "scheme", "sustained_rate": "sustained req/s|{:.2f}",
-        "paged_over": "paged / scheme|{:.2f}", "paper": "paper (§6.2)"}, model),
-        threshold_s=s["threshold_s"], kv_slots=s["kv_slots"], step_time=s["step_time"])
+        "paged_over": "paged / scheme|{:.2f}", "paper": "paper (§6.2)"}, differs)
+    emit(table, args, columns=columns, threshold_s=s["threshold_s"], kv_slots=s["kv_slots"],
+         step_time=s["step_time"])
     if args.batch_sizes:
         batches = batch_size_study(workloads=tuple(args.workloads),
                                    schemes=tuple(args.schemes), progress=progress, **setting)
         print("\nAverage batched requests at Fig. 13's rates:\n")
-        print(format_table(batches, paper_columns({
+        batches, columns = without_paper(batches, {
             "workload": "workload", "rate": "req/s|{:g}", "scheme": "scheme",
             "mean_requests": "batch|{:.2f}", "paper_mean_requests": "paper (Fig. 13)|{:.2f}"},
-            model)))
+            differs)
+        emit_table(batches, args, "batch_sizes", columns=columns)
     if args.shared_prefix:
         prefix = shared_prefix_study(threshold_s=args.threshold, progress=progress,
                                      duration_s=args.duration, seed=args.seed, gpu=args.gpu)
         print("\nShared prefix (LLaMA-13B, translation, Fig. 16): sustained req/s of Orca "
               "(Oracle) and of paged memory sharing the prefix through its prefix cache:\n")
-        print(format_table(prefix, {"prefix_len": "prefix tokens", "oracle_rate":
-                                    "Oracle|{:.2f}", "paged_rate": "paged|{:.2f}",
-                                    "speedup": "paged / Oracle|{:.2f}",
-                                    "paper_speedup": "paper|{:.2f}"}))
+        emit_table(prefix, args, "shared_prefix", columns={
+            "prefix_len": "prefix tokens", "oracle_rate": "Oracle|{:.2f}",
+            "paged_rate": "paged|{:.2f}", "speedup": "paged / Oracle|{:.2f}",
+            "paper_speedup": "paper|{:.2f}"})
     if args.figure is not None:
         _figure(study, args)
     return 0
