@@ -90,7 +90,10 @@ def require_prompt(
 
 
 def require_range(what: str, start: int, end: int, limit: int, hint: str = "") -> None:
-    """`ValueError` unless ``0 <= start <= end <= limit`` (positions ``start .. end-1``)."""
+    """`ValueError` unless `start` and `end` are integers (not bools) with
+    ``0 <= start <= end <= limit`` (positions ``start .. end-1``)."""
+    if not (is_int(start) and is_int(end)):
+        raise ValueError(f"positions must be integers, got {start!r}..{end!r} for {what}")
     if not 0 <= start <= end <= limit:
         raise ValueError(
             f"positions {start}..{end} outside {what}'s {limit} tokens"

@@ -68,6 +68,14 @@ def test_numpy_integer_token_ids_are_accepted_as_ints():
     cache.check_invariants()
 
 
+@pytest.mark.parametrize(("start", "end"), [(0.5, 3), (True, 3), (0, 2.0), ("0", 3)], ids=repr)
+def test_positions_must_be_integers(start, end):
+    cache = make()
+    seq = cache.allocate(6)
+    with pytest.raises(ValueError, match="positions must be integers"):
+        cache.slot_mapping(seq, start, end)  # 0.5 used to give the slots of 0..2
+
+
 def test_try_allocate_admits_or_returns_none_changing_nothing():
     cache = make(num_blocks=4, watermark_low=0.5, watermark_high=0.75)  # keeps 1 block free
     a = cache.try_allocate(token_ids=list(range(9)))  # 3 blocks
