@@ -164,6 +164,18 @@ def test_bad_inputs():
         StepTimeModel(base_s=0.0)
 
 
+@pytest.mark.parametrize(("make", "named"), [
+    (lambda: ContiguousScheme(32, "max", 0), "max_seq_len"),  # accepted; failed at admission
+    (lambda: ContiguousScheme(32, "max", 16.0), "max_seq_len"),  # AttributeError
+    (lambda: ContiguousScheme(32, "max", "16"), "max_seq_len"),  # TypeError
+    (lambda: ContiguousScheme(0, "max", 16), "capacity"),
+    (lambda: PagedScheme(8, 4, watermark="0.1"), "watermark"),  # TypeError
+])
+def test_schemes_refuse_bad_sizes_naming_them(make, named):
+    with pytest.raises(ValueError, match=named):
+        make()
+
+
 def test_arrivals_map_onto_steps_through_the_step_time():
     # B arrives at 2.5 s; steps take 1 s: it is admitted at step 3 (starting at 3.0 s)
     work = Workload("late", [Request(0, 0.0, 4, 6), Request(1, 2.5, 4, 1)])

@@ -36,7 +36,7 @@ from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
 
 from paged_kv.cache import PagedKVCache
-from paged_kv.checks import cdiv
+from paged_kv.checks import cdiv, require_int
 from paged_kv.config import CacheConfig
 from paged_kv.sim.address_space import ALLOCATORS, make_space, next_power_of_two
 from paged_kv.sim.request import Request
@@ -180,8 +180,9 @@ class PagedScheme(MemoryScheme):
         prefix_caching: bool = False,
         eviction_policy: str = "lru",
     ) -> None:
-        if not 0.0 <= watermark < 1.0:
-            raise ValueError(f"watermark must be in [0, 1), got {watermark!r}")
+        if isinstance(watermark, bool) or not isinstance(watermark, (int, float)) \
+                or not 0.0 <= watermark < 1.0:
+            raise ValueError(f"watermark must be a number in [0, 1), got {watermark!r}")
         high = 1.0 - watermark
         self.cache = PagedKVCache(
             CacheConfig(
@@ -362,6 +363,8 @@ class ContiguousScheme(MemoryScheme):
             raise ValueError(
                 f"unknown allocator {allocator!r}; valid names: {', '.join(ALLOCATORS)}"
             )
+        capacity = require_int("capacity", capacity, 1)
+        max_seq_len = require_int("max_seq_len", max_seq_len, 1)
         if max_seq_len > capacity:
             raise ValueError(f"max_seq_len {max_seq_len} exceeds the {capacity} slots")
         self.space = make_space(allocator, capacity, max_seq_len)
