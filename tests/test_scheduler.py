@@ -1,5 +1,7 @@
 """The serving simulator: hand-worked accounting, preemption, sharing, reproducibility."""
 
+import re
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -164,6 +166,20 @@ def test_bad_inputs():
         StepTimeModel(base_s=0.0)
 
 
+@pytest.mark.parametrize(("call", "named"), [
+    (lambda w: simulate(list(w), PagedScheme(8, 4)), "Workload"),  # AttributeError
+    (lambda w: simulate(w, "paged"), "MemoryScheme"),
+    (lambda w: simulate(w, PagedScheme(8, 4), "fast"), "SchedulerConfig"),
+    (lambda w: SchedulerConfig(seed="a"), "seed"),  # accepted; TypeError in simulate
+    (lambda w: SchedulerConfig(seed=-1), "seed"),
+    (lambda w: StepTimeModel(base_s=float("inf")), "base_s"),  # accepted: infinite steps
+    (lambda w: StepTimeModel(base_s="1"), "base_s"),  # TypeError
+])
+def test_simulate_refuses_bad_arguments_in_one_line(call, named):
+    with pytest.raises(ValueError, match=named):
+        call(two_requests())
+
+
 @pytest.mark.parametrize(("make", "named"), [
     (lambda: ContiguousScheme(32, "max", 0), "max_seq_len"),  # accepted; failed at admission
     (lambda: ContiguousScheme(32, "max", 16.0), "max_seq_len"),  # AttributeError
@@ -260,9 +276,12 @@ def test_the_scheduler_never_asks_the_schemes_kind():
     import paged_kv.sim.scheduler as scheduler
 
     source = Path(scheduler.__file__).read_text()
-    for word in ("PagedScheme", "ContiguousScheme", "isinstance(scheme", "self.paged",
+    for word in ("PagedScheme", "ContiguousScheme", "self.paged",
                  "scheme.cache", "scheme.space", "scheme.policy"):
         assert word not in source, word
+    # the one isinstance on a scheme checks the argument against the interface itself
+    assert re.findall(r"isinstance\((?:self\.)?scheme\b[^)]*\)", source) == [
+        "isinstance(scheme, MemoryScheme)"]
 
 
 def test_unadmittable_request_is_a_typed_error():

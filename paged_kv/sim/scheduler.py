@@ -121,6 +121,12 @@ class Simulator:
 
     def __init__(self, workload: Workload, scheme: MemoryScheme,
                  config: SchedulerConfig) -> None:
+        if not isinstance(workload, Workload):
+            raise ValueError(f"workload must be a Workload, got {type(workload).__name__}")
+        if not isinstance(scheme, MemoryScheme):
+            raise ValueError(f"scheme must be a MemoryScheme, got {type(scheme).__name__}")
+        if not isinstance(config, SchedulerConfig):
+            raise ValueError(f"config must be a SchedulerConfig, got {type(config).__name__}")
         self.scheme = scheme
         self.config = config
         if scheme.simulated:
