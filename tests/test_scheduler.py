@@ -270,6 +270,18 @@ def test_recomputed_requests_publish_only_their_prompts_full_blocks():
     assert keys == [(7, 0), (7, 1)]
 
 
+def test_a_trace_that_keys_fewer_blocks_than_its_prompt_caches_what_the_keys_cover():
+    # one key over 8 tokens for a 20-token prompt (a Request may hold fewer keys than
+    # blocks): the sub-blocks of the keyed block are shared, the rest is not
+    # (this raised IndexError in PagedScheme._block_keys)
+    work = Workload("short-keys", [Request(0, 0.0, 20, 2, (5,), 8),
+                                   Request(1, 1.0, 20, 2, (5,), 8)])
+    scheme = PagedScheme(100, 4, prefix_caching=True, watermark=0.0)
+    assert scheme._block_keys(work[0]) == [(5, 0), (5, 1)]
+    result = simulate(work, scheme, UNIT_STEPS)
+    assert result.requests["cached_tokens"].tolist() == [0, 8]
+
+
 def test_the_scheduler_never_asks_the_schemes_kind():
     from pathlib import Path
 

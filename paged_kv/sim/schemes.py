@@ -222,8 +222,9 @@ class PagedScheme(MemoryScheme):
             )
         per = size // self.block_size
         # full blocks only: after a recompute the prompt's partial block fills with
-        # generated tokens, which its key does not describe
-        count = request.prompt_len // self.block_size
+        # generated tokens, which its key does not describe; and only the blocks the
+        # keys cover (a trace may key fewer blocks than the prompt has)
+        count = min(request.prompt_len // self.block_size, len(keys) * per)
         return [(keys[i // per], i % per) for i in range(count)]
 
     def try_admit(self, request: Request, prefill_len: int, num_seqs: int) -> Admission | None:
