@@ -261,6 +261,10 @@ def test_recompute_that_could_not_fit_one_step_is_refused_up_front():
     swap = SchedulerConfig(max_num_batched_tokens=64, preemption="swap")
     result = simulate(work, PagedScheme(12, 16, num_host_blocks=16), swap)
     assert (result.requests["generated"] == 100).all()
+    # with no room on the host a swap falls back to recompute, which cannot fit a step:
+    # the error says so (it blamed the watermark and an empty cache)
+    with pytest.raises(UnservableRequestError, match="must recompute 95 tokens.*host pool"):
+        simulate(work, PagedScheme(12, 16, num_host_blocks=1), swap)
 
 
 def test_recomputed_requests_publish_only_their_prompts_full_blocks():

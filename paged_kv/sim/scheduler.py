@@ -471,6 +471,14 @@ class Simulator:
             if not self.running:
                 if self.waiting or self.swapped:
                     g = self.waiting[0] if self.waiting else self.swapped[0]
+                    limit = self.config.max_num_batched_tokens
+                    if g.prefill_len > limit:  # a recompute after a swap that found no room
+                        raise UnservableRequestError(
+                            f"request {g.request.request_id} must recompute {g.prefill_len} "
+                            f"tokens in one step after a preemption (the host pool had no "
+                            f"room to swap it out), above max_num_batched_tokens={limit}; "
+                            f"raise it or the host pool"
+                        )
                     raise UnservableRequestError(
                         f"request {g.request.request_id} ({g.prefill_len} tokens to prefill, "
                         f"{g.n} sequences) cannot be admitted even into an empty cache: "
