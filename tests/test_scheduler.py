@@ -169,6 +169,7 @@ def test_bad_inputs():
 @pytest.mark.parametrize(("call", "named"), [
     (lambda w: simulate(list(w), PagedScheme(8, 4)), "Workload"),  # AttributeError
     (lambda w: simulate(w, "paged"), "MemoryScheme"),
+    (lambda w: simulate(w.head(0), PagedScheme(8, 4)), "no requests"),  # KeyError later
     (lambda w: simulate(w, PagedScheme(8, 4), "fast"), "SchedulerConfig"),
     (lambda w: SchedulerConfig(seed="a"), "seed"),  # accepted; TypeError in simulate
     (lambda w: SchedulerConfig(seed=-1), "seed"),

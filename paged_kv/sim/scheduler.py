@@ -123,6 +123,8 @@ class Simulator:
                  config: SchedulerConfig) -> None:
         if not isinstance(workload, Workload):
             raise ValueError(f"workload must be a Workload, got {type(workload).__name__}")
+        if not len(workload):
+            raise ValueError(f"workload {workload.name!r} has no requests to simulate")
         if not isinstance(scheme, MemoryScheme):
             raise ValueError(f"scheme must be a MemoryScheme, got {type(scheme).__name__}")
         if not isinstance(config, SchedulerConfig):
