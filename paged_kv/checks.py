@@ -64,7 +64,7 @@ def require_prompt(
     """
     if token_ids is not None:
         token_ids = require_token_ids(token_ids)
-        if num_tokens is not None and num_tokens != len(token_ids):
+        if num_tokens is not None and require_int("num_tokens", num_tokens) != len(token_ids):
             raise ValueError(f"num_tokens={num_tokens} disagrees with {len(token_ids)} token_ids")
         num_tokens = len(token_ids)
     if num_tokens is None:
@@ -90,7 +90,10 @@ def require_prompt(
 
 
 def require_range(what: str, start: int, end: int, limit: int, hint: str = "") -> None:
-    """`ValueError` unless ``0 <= start <= end <= limit`` (positions ``start .. end-1``)."""
+    """`ValueError` unless `start` and `end` are integers (not bools) with
+    ``0 <= start <= end <= limit`` (positions ``start .. end-1``)."""
+    if not (is_int(start) and is_int(end)):
+        raise ValueError(f"positions must be integers, got {start!r}..{end!r} for {what}")
     if not 0 <= start <= end <= limit:
         raise ValueError(
             f"positions {start}..{end} outside {what}'s {limit} tokens"

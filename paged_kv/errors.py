@@ -103,6 +103,8 @@ class UnservableRequestError(SimulationError, ValueError):
     alone in an empty cache.
 
     Raised before the run starts where it can be seen up front (too long for the pool,
-    a prompt over ``max_num_batched_tokens``), or when a request cannot be admitted
-    into an empty cache (the watermark leaves too little room).
+    a prompt over ``max_num_batched_tokens``), or during the run when a request cannot
+    be admitted into an empty cache (the watermark leaves too little room), or when a
+    swap preemption found the host pool full and the recompute it fell back to needs
+    more than ``max_num_batched_tokens`` in one step.
     """

@@ -71,7 +71,7 @@ def require_growth(
     """
     if token_ids is not None:
         token_ids = require_token_ids(token_ids)
-        if num_tokens is not None and num_tokens != len(token_ids):
+        if num_tokens is not None and require_int("num_tokens", num_tokens) != len(token_ids):
             raise ValueError(f"num_tokens={num_tokens} disagrees with {len(token_ids)} token_ids")
         if record.token_ids is None:
             raise ValueError(

@@ -49,6 +49,15 @@ def test_bad_arguments():
         make_space("slab", 64, 64)
 
 
+@pytest.mark.parametrize("space", [FirstFitSpace(64), BuddySpace(64, 64)], ids=repr)
+@pytest.mark.parametrize("length", [3.5, True, "4"])
+def test_a_length_must_be_an_integer(space, length):
+    # first-fit placed 3.5 slots at 0 (used became 3.5); buddy died with AttributeError
+    with pytest.raises(ValueError, match="length must be an integer"):
+        space.allocate(length)
+    assert space.used == 0
+
+
 def test_the_papers_pool_holds_seven_max_chunks_and_a_useless_tail():
     # 12 GiB of OPT-13B KV = 15,728 slots: 7 x 2,048 and chunks of 1,024, 256, 64, 32, 16
     space = BuddySpace(15_728, 2048)

@@ -68,6 +68,24 @@ def test_numpy_integer_token_ids_are_accepted_as_ints():
     cache.check_invariants()
 
 
+@pytest.mark.parametrize(("start", "end"), [(0.5, 3), (True, 3), (0, 2.0), ("0", 3)], ids=repr)
+def test_positions_must_be_integers(start, end):
+    cache = make()
+    seq = cache.allocate(6)
+    with pytest.raises(ValueError, match="positions must be integers"):
+        cache.slot_mapping(seq, start, end)  # 0.5 used to give the slots of 0..2
+
+
+def test_a_length_given_beside_token_ids_must_be_an_integer():
+    cache = make()
+    with pytest.raises(ValueError, match="num_tokens must be an integer >= 0, got '2'"):
+        cache.allocate("2", token_ids=[1, 2])  # said "num_tokens=2 disagrees with 2 ..."
+    seq = cache.allocate(token_ids=[1, 2])
+    with pytest.raises(ValueError, match="got 1.0"):
+        cache.append(seq, 1.0, token_ids=[3])  # 1.0 == 1: accepted
+    assert cache.num_tokens(seq) == 2
+
+
 def test_try_allocate_admits_or_returns_none_changing_nothing():
     cache = make(num_blocks=4, watermark_low=0.5, watermark_high=0.75)  # keeps 1 block free
     a = cache.try_allocate(token_ids=list(range(9)))  # 3 blocks

@@ -92,6 +92,20 @@ def test_trace_arrays_derived_arrays():
     assert hand_trace([(9, (7, 8, 9)), (8, (7, 8))])[1].checksum != arrays.checksum
 
 
+def test_trace_arrays_built_from_raw_keys_are_interned():
+    # sparse keys used to be kept: depth had 5 entries for num_keys 10 (the kernel read
+    # past its end for LengthAware) and the checksum differed from the interned copy's
+    _, interned = hand_trace([(9, (10, 20, 30)), (8, (10, 20)), (9, (10, 40, 50))])
+    raw = TraceArrays("raw", interned.block_size, interned.offsets,
+                      np.array([9, 7, 5, 9, 7, 9, 3, 1]), interned.prompt_lens,
+                      interned.request_ids)
+    assert raw.keys.tolist() == interned.keys.tolist() == [0, 1, 2, 0, 1, 0, 3, 4]
+    assert raw.num_keys == len(raw.depth) == 5
+    assert raw.checksum == interned.checksum
+    with pytest.raises(ValueError, match="must be integers"):  # silently truncated before
+        TraceArrays("bad", 4, np.array([0, 1]), np.array([0.5]), np.array([4]), np.array([0]))
+
+
 def test_trace_arrays_refuse_bad_traces():
     with pytest.raises(ValueError, match="repeats a block key"):
         TraceArrays("bad", 4, np.array([0, 2]), np.array([3, 3]), np.array([8]),

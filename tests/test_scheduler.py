@@ -1,5 +1,7 @@
 """The serving simulator: hand-worked accounting, preemption, sharing, reproducibility."""
 
+import re
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -164,6 +166,33 @@ def test_bad_inputs():
         StepTimeModel(base_s=0.0)
 
 
+@pytest.mark.parametrize(("call", "named"), [
+    (lambda w: simulate(list(w), PagedScheme(8, 4)), "Workload"),  # AttributeError
+    (lambda w: simulate(w, "paged"), "MemoryScheme"),
+    (lambda w: simulate(w.head(0), PagedScheme(8, 4)), "no requests"),  # KeyError later
+    (lambda w: simulate(w, PagedScheme(8, 4), "fast"), "SchedulerConfig"),
+    (lambda w: SchedulerConfig(seed="a"), "seed"),  # accepted; TypeError in simulate
+    (lambda w: SchedulerConfig(seed=-1), "seed"),
+    (lambda w: StepTimeModel(base_s=float("inf")), "base_s"),  # accepted: infinite steps
+    (lambda w: StepTimeModel(base_s="1"), "base_s"),  # TypeError
+])
+def test_simulate_refuses_bad_arguments_in_one_line(call, named):
+    with pytest.raises(ValueError, match=named):
+        call(two_requests())
+
+
+@pytest.mark.parametrize(("make", "named"), [
+    (lambda: ContiguousScheme(32, "max", 0), "max_seq_len"),  # accepted; failed at admission
+    (lambda: ContiguousScheme(32, "max", 16.0), "max_seq_len"),  # AttributeError
+    (lambda: ContiguousScheme(32, "max", "16"), "max_seq_len"),  # TypeError
+    (lambda: ContiguousScheme(0, "max", 16), "capacity"),
+    (lambda: PagedScheme(8, 4, watermark="0.1"), "watermark"),  # TypeError
+])
+def test_schemes_refuse_bad_sizes_naming_them(make, named):
+    with pytest.raises(ValueError, match=named):
+        make()
+
+
 def test_arrivals_map_onto_steps_through_the_step_time():
     # B arrives at 2.5 s; steps take 1 s: it is admitted at step 3 (starting at 3.0 s)
     work = Workload("late", [Request(0, 0.0, 4, 6), Request(1, 2.5, 4, 1)])
@@ -233,6 +262,10 @@ def test_recompute_that_could_not_fit_one_step_is_refused_up_front():
     swap = SchedulerConfig(max_num_batched_tokens=64, preemption="swap")
     result = simulate(work, PagedScheme(12, 16, num_host_blocks=16), swap)
     assert (result.requests["generated"] == 100).all()
+    # with no room on the host a swap falls back to recompute, which cannot fit a step:
+    # the error says so (it blamed the watermark and an empty cache)
+    with pytest.raises(UnservableRequestError, match="must recompute 95 tokens.*host pool"):
+        simulate(work, PagedScheme(12, 16, num_host_blocks=1), swap)
 
 
 def test_recomputed_requests_publish_only_their_prompts_full_blocks():
@@ -242,15 +275,30 @@ def test_recomputed_requests_publish_only_their_prompts_full_blocks():
     assert keys == [(7, 0), (7, 1)]
 
 
+def test_a_trace_that_keys_fewer_blocks_than_its_prompt_caches_what_the_keys_cover():
+    # one key over 8 tokens for a 20-token prompt (a Request may hold fewer keys than
+    # blocks): the sub-blocks of the keyed block are shared, the rest is not
+    # (this raised IndexError in PagedScheme._block_keys)
+    work = Workload("short-keys", [Request(0, 0.0, 20, 2, (5,), 8),
+                                   Request(1, 1.0, 20, 2, (5,), 8)])
+    scheme = PagedScheme(100, 4, prefix_caching=True, watermark=0.0)
+    assert scheme._block_keys(work[0]) == [(5, 0), (5, 1)]
+    result = simulate(work, scheme, UNIT_STEPS)
+    assert result.requests["cached_tokens"].tolist() == [0, 8]
+
+
 def test_the_scheduler_never_asks_the_schemes_kind():
     from pathlib import Path
 
     import paged_kv.sim.scheduler as scheduler
 
     source = Path(scheduler.__file__).read_text()
-    for word in ("PagedScheme", "ContiguousScheme", "isinstance(scheme", "self.paged",
+    for word in ("PagedScheme", "ContiguousScheme", "self.paged",
                  "scheme.cache", "scheme.space", "scheme.policy"):
         assert word not in source, word
+    # the one isinstance on a scheme checks the argument against the interface itself
+    assert re.findall(r"isinstance\((?:self\.)?scheme\b[^)]*\)", source) == [
+        "isinstance(scheme, MemoryScheme)"]
 
 
 def test_unadmittable_request_is_a_typed_error():

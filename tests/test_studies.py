@@ -45,6 +45,15 @@ def test_fragmentation_study_takes_a_model_spec_and_first_fit():
                                       "Oracle (first-fit)", "paged (block 16)"]).all()
 
 
+def test_fragmentation_study_takes_seeds_from_any_iterable_and_refuses_bad_sizes():
+    study = fragmentation_study(num_requests=3, seeds=iter([0]), progress=False)  # TypeError
+    assert study.settings["seeds"] == [0]
+    with pytest.raises(ValueError, match="at least one seed"):  # KeyError 'seed'
+        fragmentation_study(num_requests=3, seeds=(), progress=False)
+    with pytest.raises(ValueError, match="block_size"):  # ZeroDivisionError
+        fragmentation_study(num_requests=3, seeds=(0,), block_size=0, progress=False)
+
+
 def test_sustained_rate_brackets_then_bisects():
     calls = []
 

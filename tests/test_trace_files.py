@@ -72,6 +72,8 @@ def test_optional_fields_and_block_size(tmp_path):
     ('{"timestamp": -5, "input_length": 10, "hash_ids": [1]}', r"line 2: timestamp -5 ms"),
     ('{"input_length": 10, "hash_ids": [1], "block_size": 8}', r"line 2: block_size 8"),
     ("[1, 2]", r"line 2: expected a JSON object"),
+    # loaded, then refused by the replay without a line number
+    ('{"input_length": 1000, "hash_ids": [9001, 9001]}', r"line 2: hash_ids repeat a key"),
 ])
 def test_a_bad_line_fails_with_one_line_naming_it(tmp_path, line, message):
     path = tmp_path / "bad.jsonl"

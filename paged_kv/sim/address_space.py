@@ -93,8 +93,8 @@ class FirstFitSpace(ContiguousSpace):
 
     def allocate(self, length: int) -> int | None:
         """Place `length` slots at the lowest hole that fits; its start, or None."""
-        if length <= 0:
-            raise ValueError(f"length must be positive, got {length}")
+        if type(length) is not int or length <= 0:
+            length = require_int("length", length, 1)
         for i, hole in enumerate(self._lengths):
             if hole >= length:
                 start = self._starts[i]
@@ -188,8 +188,8 @@ class BuddySpace(ContiguousSpace):
 
     def allocate(self, length: int) -> int | None:
         """Place `length` slots in a chunk of the next power of two; its start, or None."""
-        if length <= 0:
-            raise ValueError(f"length must be positive, got {length}")
+        if type(length) is not int or length <= 0:
+            length = require_int("length", length, 1)
         order = self._order(length)
         if order > self._max_order:
             return None

@@ -4,7 +4,8 @@ A trace of ``R`` requests with ``T`` block keys in all is held as::
 
     offsets      int64[R + 1]   request r's keys are keys[offsets[r] : offsets[r + 1]]
     keys         int32[T]       block keys interned to 0 .. num_keys - 1, in order of
-                                first appearance (equal keys, equal ids)
+                                first appearance (equal keys, equal ids; integer keys
+                                given otherwise are interned on construction)
     prompt_lens  int64[R]       prompt tokens of each request
     request_ids  int64[R]       the requests' ids (the data row, for a file)
 
@@ -58,7 +59,11 @@ class TraceArrays:
         prompt_lens = np.ascontiguousarray(self.prompt_lens, dtype=np.int64)
         request_ids = np.ascontiguousarray(self.request_ids, dtype=np.int64)
         keys = np.ascontiguousarray(self.keys)
-        if keys.dtype not in (np.int32, np.int64):
+        if keys.dtype.kind not in "iu":
+            raise ValueError(f"block keys must be integers, got dtype {keys.dtype}")
+        if not _interned(keys):  # the kernel indexes its arrays by key: make them dense
+            keys = intern_keys(keys)
+        elif keys.dtype not in (np.int32, np.int64):
             keys = keys.astype(np.int64)
         r = len(prompt_lens)
         if r == 0:
@@ -82,8 +87,6 @@ class TraceArrays:
         if request_ids.shape != (r,):
             raise ValueError(f"request_ids must have {r} entries, got {request_ids.shape}")
         num_keys = int(keys.max()) + 1 if len(keys) else 0
-        if len(keys) and keys.min() < 0:
-            raise ValueError("interned keys must be >= 0")
         for name, value in (("offsets", offsets), ("keys", keys),
                             ("prompt_lens", prompt_lens), ("request_ids", request_ids)):
             value.flags.writeable = False
@@ -247,6 +250,18 @@ def intern_keys(raw: np.ndarray) -> np.ndarray:
     rank[np.argsort(first, kind="stable")] = np.arange(len(first))
     dtype = np.int32 if len(first) < 2**31 else np.int64
     return rank[inverse.ravel()].astype(dtype)
+
+
+def _interned(keys: np.ndarray) -> bool:
+    """Whether `keys` are already dense ids in order of first appearance (each key at
+    most one above every key before it, the first one 0)."""
+    if not len(keys):
+        return True
+    keys = keys.astype(np.int64, copy=False)
+    if keys[0] != 0:
+        return False
+    seen = np.maximum.accumulate(keys)
+    return bool(np.all(keys[1:] <= seen[:-1] + 1))
 
 
 def _check_distinct_within_requests(trace: TraceArrays) -> None:

@@ -121,6 +121,14 @@ class Simulator:
 
     def __init__(self, workload: Workload, scheme: MemoryScheme,
                  config: SchedulerConfig) -> None:
+        if not isinstance(workload, Workload):
+            raise ValueError(f"workload must be a Workload, got {type(workload).__name__}")
+        if not len(workload):
+            raise ValueError(f"workload {workload.name!r} has no requests to simulate")
+        if not isinstance(scheme, MemoryScheme):
+            raise ValueError(f"scheme must be a MemoryScheme, got {type(scheme).__name__}")
+        if not isinstance(config, SchedulerConfig):
+            raise ValueError(f"config must be a SchedulerConfig, got {type(config).__name__}")
         self.scheme = scheme
         self.config = config
         if scheme.simulated:
@@ -465,6 +473,14 @@ class Simulator:
             if not self.running:
                 if self.waiting or self.swapped:
                     g = self.waiting[0] if self.waiting else self.swapped[0]
+                    limit = self.config.max_num_batched_tokens
+                    if g.prefill_len > limit:  # a recompute after a swap that found no room
+                        raise UnservableRequestError(
+                            f"request {g.request.request_id} must recompute {g.prefill_len} "
+                            f"tokens in one step after a preemption (the host pool had no "
+                            f"room to swap it out), above max_num_batched_tokens={limit}; "
+                            f"raise it or the host pool"
+                        )
                     raise UnservableRequestError(
                         f"request {g.request.request_id} ({g.prefill_len} tokens to prefill, "
                         f"{g.n} sequences) cannot be admitted even into an empty cache: "

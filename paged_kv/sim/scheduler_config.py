@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
+from paged_kv.checks import is_int
 from paged_kv.sim.timing import StepTime, calibrated_step_time
 
 SAMPLING = ("single", "parallel", "beam")
@@ -52,6 +53,8 @@ class SchedulerConfig:
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"SchedulerConfig.{name} must be a positive integer, "
                                  f"got {value!r}")
+        if not is_int(self.seed) or self.seed < 0:
+            raise ValueError(f"SchedulerConfig.seed must be an integer >= 0, got {self.seed!r}")
         if self.preemption not in ("recompute", "swap"):
             raise ValueError(f"SchedulerConfig.preemption must be 'recompute' or 'swap', "
                              f"got {self.preemption!r}")

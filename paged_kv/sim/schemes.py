@@ -36,7 +36,7 @@ from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
 
 from paged_kv.cache import PagedKVCache
-from paged_kv.checks import cdiv
+from paged_kv.checks import cdiv, require_int
 from paged_kv.config import CacheConfig
 from paged_kv.sim.address_space import ALLOCATORS, make_space, next_power_of_two
 from paged_kv.sim.request import Request
@@ -180,8 +180,9 @@ class PagedScheme(MemoryScheme):
         prefix_caching: bool = False,
         eviction_policy: str = "lru",
     ) -> None:
-        if not 0.0 <= watermark < 1.0:
-            raise ValueError(f"watermark must be in [0, 1), got {watermark!r}")
+        if isinstance(watermark, bool) or not isinstance(watermark, (int, float)) \
+                or not 0.0 <= watermark < 1.0:
+            raise ValueError(f"watermark must be a number in [0, 1), got {watermark!r}")
         high = 1.0 - watermark
         self.cache = PagedKVCache(
             CacheConfig(
@@ -221,8 +222,9 @@ class PagedScheme(MemoryScheme):
             )
         per = size // self.block_size
         # full blocks only: after a recompute the prompt's partial block fills with
-        # generated tokens, which its key does not describe
-        count = request.prompt_len // self.block_size
+        # generated tokens, which its key does not describe; and only the blocks the
+        # keys cover (a trace may key fewer blocks than the prompt has)
+        count = min(request.prompt_len // self.block_size, len(keys) * per)
         return [(keys[i // per], i % per) for i in range(count)]
 
     def try_admit(self, request: Request, prefill_len: int, num_seqs: int) -> Admission | None:
@@ -362,6 +364,8 @@ class ContiguousScheme(MemoryScheme):
             raise ValueError(
                 f"unknown allocator {allocator!r}; valid names: {', '.join(ALLOCATORS)}"
             )
+        capacity = require_int("capacity", capacity, 1)
+        max_seq_len = require_int("max_seq_len", max_seq_len, 1)
         if max_seq_len > capacity:
             raise ValueError(f"max_seq_len {max_seq_len} exceeds the {capacity} slots")
         self.space = make_space(allocator, capacity, max_seq_len)

@@ -73,10 +73,12 @@ class StepTimeModel(StepTime):
     per_token_s: float = 1.0e-4
 
     def __post_init__(self) -> None:
-        if not (self.base_s > 0 and self.per_token_s >= 0):
+        numbers = all(isinstance(v, (int, float)) and not isinstance(v, bool)
+                      and math.isfinite(v) for v in (self.base_s, self.per_token_s))
+        if not (numbers and self.base_s > 0 and self.per_token_s >= 0):
             raise ValueError(
-                f"StepTimeModel needs base_s > 0 and per_token_s >= 0, got {self.base_s!r}, "
-                f"{self.per_token_s!r}"
+                f"StepTimeModel needs finite base_s > 0 and per_token_s >= 0, got "
+                f"{self.base_s!r}, {self.per_token_s!r}"
             )
 
     def seconds(self, batched_tokens: int) -> float:

@@ -364,10 +364,13 @@ def _file_request(path: Path, line_no: int, record: dict[str, Any], index: int,
         raise bad(f"timestamp {time} ms is before the previous request's "
                   f"({previous * 1000:g} ms): requests must be in arrival order")
     try:
-        return Request(index, arrival, record["input_length"], record.get("output_length", 1),
-                       tuple(keys), block_size)
+        request = Request(index, arrival, record["input_length"],
+                          record.get("output_length", 1), tuple(keys), block_size)
     except ValueError as err:
         raise bad(str(err).replace("Request.", "")) from None
+    if len(set(request.block_keys)) != len(request.block_keys):
+        raise bad("hash_ids repeat a key (prefix-chained keys name distinct blocks)")
+    return request
 
 
 def _number(value: object) -> bool:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+from paged_kv.checks import require_int
 from paged_kv.config import ModelSpec
 from paged_kv.sim.hardware import GPUSpec, get_gpu, model_compute, model_spec
 from paged_kv.sim.request import Workload
@@ -96,6 +97,7 @@ def make_scheme(name: str, slots: int, max_len: int, *, block_size: int = 16,
                 num_host_blocks: int = 0) -> MemoryScheme:
     """A fresh scheme called `name` (one of `SCHEMES`) over `slots` token slots."""
     if name == "paged":
+        block_size = require_int("block_size", block_size, 1)
         return PagedScheme(slots // block_size, block_size, prefix_caching=prefix_caching,
                            num_host_blocks=num_host_blocks)
     if name in ("max", "pow2", "oracle"):

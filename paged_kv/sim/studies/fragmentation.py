@@ -105,6 +105,9 @@ def fragmentation_study(
     ``rate * duration_s``. Each seed draws its own workload; the table averages the
     seeds (``*_sd`` columns: their standard deviation).
     """
+    seeds = list(seeds)  # indexed below: an iterator would fail after the first run
+    if not seeds:
+        raise ValueError("fragmentation_study needs at least one seed")
     spec, device, budget, timer = resolve(model, gpu, kv_bytes, step_time)
     slots = kv_slots(spec, budget)
     count = requests_for(rate, duration_s) if num_requests is None else num_requests
