@@ -64,7 +64,20 @@ def test_sustained_rate_brackets_then_bisects():
     assert sustained_rate(latency, (0.5, 1.0, 1.5, 2.0), 0.25) == pytest.approx(1.296875)
     assert calls[:3] == [0.5, 1.0, 1.5]
     assert sustained_rate(lambda r: 9.0, (1.0, 2.0), 0.25) == 0.0
-    assert sustained_rate(lambda r: 0.0, (1.0, 2.0), 0.25) == 2.0
+
+def test_sustained_rate_searches_past_the_grid_top():
+    # a knee above the grid: the top (2.0) is not reported as the sustained rate
+    calls = []
+
+    def latency(rate):
+        calls.append(rate)
+        return 0.05 if rate <= 5.0 else 5.0
+
+    assert sustained_rate(latency, (1.0, 2.0), 0.25) == pytest.approx(5.0)
+    assert calls[:4] == [1.0, 2.0, 4.0, 8.0]
+    # no knee within 2**doublings times the top: refused, not reported as the top
+    with pytest.raises(ValueError, match=r"up to 32 req/s \(16x the rate grid's top, 2\)"):
+        sustained_rate(lambda r: 0.0, (1.0, 2.0), 0.25)
 
 
 def test_paged_memory_sustains_more_than_the_baselines():

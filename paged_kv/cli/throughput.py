@@ -81,7 +81,7 @@ def run(args: argparse.Namespace) -> int:
     model = model_spec(args.model).with_kv_dtype(args.kv_dtype)
     setting = dict(model=model, gpu=args.gpu, duration_s=args.duration, seed=args.seed)
     # a quantized cache holds about twice the tokens: carry the rate grids on to twice
-    # their top, so that a sustained rate is not cut off there
+    # their top in finer steps than the search's doubling past the top would take
     rates = None if not model.kv.quantized else {
         w: (*RATES[w], *(RATES[w][-1] * f for f in (1.25, 1.5, 1.75, 2.0)))
         for w in args.workloads}

@@ -105,22 +105,34 @@ class _Runner:
 
 
 def sustained_rate(latency_at, rates: Sequence[float], threshold_s: float,
-                   *, iterations: int = 6) -> float:
+                   *, iterations: int = 6, doublings: int = 4) -> float:
     """The highest rate whose normalised latency is at most `threshold_s`.
 
     `latency_at(rate)` runs one simulation. The grid `rates` brackets the knee (the
     first rate over the threshold and the last one under it), then bisection narrows it
-    `iterations` times. Returns 0.0 if even the lowest rate is over, and the highest
-    rate if none is.
+    `iterations` times. Returns 0.0 if even the lowest rate is over. When every rate of
+    the grid is sustained (a smaller model, a larger GPU), the search goes on past its
+    top, doubling the rate up to `doublings` times, so that the grid's top is never
+    reported as if it were the knee; beyond that it raises `ValueError`.
     """
-    low = 0.0
+    low, high = 0.0, None
     for rate in rates:
         if latency_at(rate) > threshold_s:
             high = rate
             break
         low = rate
     else:
-        return float(rates[-1])
+        for _ in range(doublings):
+            if latency_at(low * 2) > threshold_s:
+                high = low * 2
+                break
+            low *= 2
+        else:
+            raise ValueError(
+                f"the normalised latency stays within {threshold_s:g} s/token up to "
+                f"{low:g} req/s ({2 ** doublings}x the rate grid's top, "
+                f"{float(rates[-1]):g}): no sustained rate to report; lower the "
+                f"threshold or pass a grid that reaches the knee")
     for _ in range(iterations if low > 0 else 0):
         mid = (low + high) / 2
         if latency_at(mid) > threshold_s:
