@@ -66,6 +66,19 @@ def test_fragmentation_labels_never_overprint(token_share, schemes):
     assert overlapping_labels(fig) == []
 
 
+@pytest.mark.parametrize("token_share, inside", [(0.5, False), (5.0, False), (6.0, True),
+                                                 (50.0, True)])
+def test_fragmentation_label_of_a_thin_segment_goes_above_it(token_share, inside):
+    fig = plots.plot_fragmentation(_fragmentation_table(token_share, 1))
+    label = next(t for t in fig.axes[0].texts if t.get_text() == f"{token_share:.1f}")
+    x, y = label.get_position()
+    if inside:  # centred in the segment, white on its colour
+        assert y == pytest.approx(token_share / 2) and label.get_color() == "white"
+    else:  # above the segment (off the axis line), dark on the next category's colour
+        assert y > token_share and label.get_va() == "bottom"
+        assert label.get_color() != "white"
+
+
 @pytest.mark.parametrize("workloads", [1, 2, 8])
 def test_block_size_curves_are_told_apart_and_labels_clear(workloads):
     sizes = [1, 2, 4, 8, 16, 32, 64, 128, 256]

@@ -48,12 +48,10 @@ def plot_fragmentation(table: pd.DataFrame, ax=None, title: str | None = None) -
                    hatch=hatch, edgecolor="white", linewidth=0.5,
                    label="not broken down by the paper")
     for xi, ours in zip(x, table["token_states_pct"]):
-        ax.text(xi + bars[0][0], ours / 2, f"{ours:.1f}", ha="center", va="center",
-                color="white", fontsize=8, fontweight="bold")
+        _share_label(ax, xi + bars[0][0], ours)
     if paper:
         for xi, theirs in zip(x, table["paper_token_states_pct"]):
-            ax.text(xi + width / 2, theirs / 2, f"{theirs:.1f}", ha="center", va="center",
-                    color="white", fontsize=8, fontweight="bold")
+            _share_label(ax, xi + width / 2, theirs)
     ax.set_xticks(x, [f"{s}\nours | paper" if paper else s for s in table["scheme"]],
                   fontsize=8)
     ax.set_ylabel("share of the KV pool (%)")
@@ -61,3 +59,17 @@ def plot_fragmentation(table: pd.DataFrame, ax=None, title: str | None = None) -
     ax.set_title(title or "Where the KV memory goes (ours | vLLM paper Fig. 2, hatched)")
     ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8)
     return fig
+
+
+#: token-state shares (%) below this are labelled above their segment, in dark text:
+#: inside a segment that thin the label would sit on the axis line
+_INSIDE_MIN_PCT = 6.0
+
+
+def _share_label(ax, x: float, share: float) -> None:
+    """Label a token-state segment of height `share` with its value: centred inside in
+    white where it fits, just above it in dark text where it does not."""
+    inside = share >= _INSIDE_MIN_PCT
+    ax.text(x, share / 2 if inside else share + 1.0, f"{share:.1f}", ha="center",
+            va="center" if inside else "bottom", color="white" if inside else "#212529",
+            fontsize=8, fontweight="bold")
