@@ -313,6 +313,127 @@ def test_pool_and_query_kinds_are_refused() -> None:
 
 
 # ------------------------------------------------------------------------------------
+# device-resident block tables: checked for form on the host, ids guarded in the kernel
+# ------------------------------------------------------------------------------------
+def no_copy_back(arr):
+    """`arr`, made to fail the test if anything copies it to the host."""
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a device-resident block table was copied back")
+
+    arr.copy_to_host = refuse
+    return arr
+
+
+def device_table(rows, width, fill=-1):
+    """Per-sequence lists as a padded int32 device table (padding `fill`)."""
+    table = np.full((len(rows), width), fill, dtype=np.int32)
+    for s, row in enumerate(rows):
+        table[s, :len(row)] = row
+    return no_copy_back(cuda.to_device(table))
+
+
+@pytest.mark.skipif(not is_simulator(), reason="the no-copy wrapper is a simulator array")
+def test_device_tables_give_the_host_result_and_are_not_copied_back(monkeypatch) -> None:
+    rng = np.random.default_rng(21)
+    lens = [7, 13, 2]
+    pool = Pool(rng, "float16", 3, 2, 8, lens)
+    shrink_tiles(monkeypatch, 4, 8, "float16")  # several KV tiles per sequence
+    buffers = paged_attention.DeviceBuffers()
+    q = rng.standard_normal((3, 4, 8)).astype(np.float32)
+    # padding past the needed blocks holds ids the kernel must not read
+    table = device_table(pool.tables, 7, fill=10**6)
+    got = decode_attention(pool.device, 1, q, table, lens, buffers=buffers).copy_to_host()
+    want = decode_attention(pool.device, 1, q, pool.tables, lens).copy_to_host()
+    np.testing.assert_array_equal(got, want)
+    qp = rng.standard_normal((5, 4, 8)).astype(np.float32)
+    row = no_copy_back(cuda.to_device(np.asarray(pool.tables[1], dtype=np.int32)))
+    got = prefill_attention(pool.device, 0, qp, row, 8, buffers=buffers).copy_to_host()
+    want = prefill_attention(pool.device, 0, qp, pool.tables[1], 8).copy_to_host()
+    np.testing.assert_array_equal(got, want)
+    assert buffers.take_errors() == 0
+
+
+@pytest.mark.parametrize("dtype", ["float16", "float32"])
+def test_out_of_range_device_ids_are_skipped_and_counted(monkeypatch, dtype) -> None:
+    """A token in a bad block adds nothing (the others' softmax is over the good tokens
+    only), is counted, and its id is never read; the other sequences are untouched.
+    Block 0, where the kernel reads instead, holds NaN (which must not leak in)."""
+    rng = np.random.default_rng(22)
+    block_size, lens = 2, [9, 7, 3]
+    pool = Pool(rng, dtype, block_size, 1, 8, lens, spare_blocks=1)
+    free = sorted(set(range(pool.host.shape[2])) - {b for t in pool.tables for b in t})
+    pool.tables = [[free[0] if b == 0 else b for b in t] for t in pool.tables]
+    pool.host[:, :, 0] = np.nan  # no table holds block 0 now
+    pool.device = cuda.to_device(pool.host)
+    shrink_tiles(monkeypatch, 3, 8, dtype)
+    rows = [list(t) for t in pool.tables]
+    rows[1][1] = 10**6  # positions 2, 3 of sequence 1
+    rows[1][3] = -1  # position 6
+    rows[2] = [-5, 10**9]  # every key of sequence 2
+    buffers = paged_attention.DeviceBuffers()
+    q = rng.standard_normal((3, 1, 8)).astype(np.float32)
+    got = decode_attention(pool.device, 1, q, device_table(rows, 5), lens,
+                           buffers=buffers).copy_to_host()
+    assert buffers.take_errors() == 3 + 3  # one query tile per sequence
+    assert buffers.take_errors() == 0
+    k, v = pool.kv(1, 0, lens[0])
+    np.testing.assert_allclose(got[0], dense_attention(q[:1], k, v)[0], **TOL)
+    k, v = pool.kv(1, 1, lens[1])
+    keep = [0, 1, 4, 5]
+    np.testing.assert_allclose(got[1], dense_attention(q[1:2], k[keep], v[keep])[0], **TOL)
+    np.testing.assert_array_equal(got[2], np.zeros((1, 8), np.float32))
+    # prefill: rows attend to their causal prefix minus the skipped positions 2, 3
+    qp = rng.standard_normal((4, 1, 8)).astype(np.float32)
+    row = cuda.to_device(np.asarray(rows[1], dtype=np.int32))
+    got = prefill_attention(pool.device, 0, qp, row, 3, buffers=buffers).copy_to_host()
+    assert buffers.take_errors() == 3  # one query tile (4 rows) reads positions 2, 3, 6
+    k, v = pool.kv(0, 1, lens[1])
+    for i in range(4):
+        keep = [p for p in range(3 + i + 1) if p not in (2, 3, 6)]
+        np.testing.assert_allclose(got[i], dense_attention(qp[i:i + 1], k[keep], v[keep])[0],
+                                   **TOL)
+
+
+@pytest.mark.parametrize(
+    "table,lens,match",
+    [
+        (np.zeros((2, 3), np.int64), [6, 3], "a device block_tables must be a 2-D int32"),
+        (np.zeros(3, np.int32), [6, 3], "a device block_tables must be a 2-D int32"),
+        (np.zeros((1, 3), np.int32), [6, 3], "seq_lens has 2 entries for 1 block tables"),
+        (np.zeros((2, 1), np.int32), [6, 3], "block table 0 has 1 entries, 6 tokens need 2"),
+    ],
+)
+def test_device_decode_tables_of_the_wrong_form_are_refused(small_pool, table, lens,
+                                                            match) -> None:
+    with pytest.raises(ValueError, match=match):
+        decode_attention(small_pool.device, 0, np.zeros((2, 4, 8), np.float32),
+                         no_copy_back(cuda.to_device(table)), lens)
+
+
+def test_a_device_table_over_a_pool_without_blocks_is_refused() -> None:
+    pool = cuda.device_array((1, 2, 0, 4, 1, 8), np.float32)
+    with pytest.raises(ValueError, match="the pool has no blocks to read"):
+        decode_attention(pool, 0, np.zeros((1, 1, 8), np.float32),
+                         no_copy_back(cuda.to_device(np.zeros((1, 1), np.int32))), [1])
+
+
+@pytest.mark.parametrize(
+    "table,match",
+    [
+        (np.zeros(3, np.float32), "a device block_table must be a 1-D int32"),
+        (np.zeros((1, 3), np.int32), "a device block_table must be a 1-D int32"),
+        (np.zeros(1, np.int32), "block table 0 has 1 entries, 6 tokens need 2"),
+    ],
+)
+def test_device_prefill_tables_of_the_wrong_form_are_refused(small_pool, table,
+                                                             match) -> None:
+    with pytest.raises(ValueError, match=match):
+        prefill_attention(small_pool.device, 0, np.zeros((4, 4, 8), np.float32),
+                          no_copy_back(cuda.to_device(table)), 2)
+
+
+# ------------------------------------------------------------------------------------
 # realistic sizes (GPU only)
 # ------------------------------------------------------------------------------------
 @NEEDS_GPU

@@ -210,6 +210,39 @@ def test_attention_over_quantized_kv_matches_the_reference(monkeypatch, fmt) -> 
                                **TOL)
 
 
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_out_of_range_device_ids_are_skipped_over_quantized_kv(monkeypatch, fmt) -> None:
+    """A device table's bad id: its tokens add nothing and are counted. The kernel reads
+    block 0 in their place, which holds NaN (int8: its scales; FP8: its codes)."""
+    rng = np.random.default_rng(6)
+    qp = QuantPool(fmt, num_blocks=5, rng=rng, heads=1)
+    n = 5 * BLOCK_SIZE
+    k = rng.standard_normal((n, 1, HEAD_DIM)).astype(np.float16)
+    v = rng.standard_normal((n, 1, HEAD_DIM)).astype(np.float16)
+    qp.write(1, k, v, np.arange(n))
+    if fmt == "int8":
+        scales = qp.scales.copy_to_host()
+        scales[1, :, 0] = np.nan
+        qp.scales = cuda.to_device(scales)
+    else:
+        codes = qp.pool.copy_to_host()
+        codes[1, :, 0] = 0x7F  # E4M3 NaN
+        qp.pool = cuda.to_device(codes)
+    monkeypatch.setattr(paged_attention, "TILE_BYTES", 3 * _stride(HEAD_DIM, 1))
+    ref = qp.dequantized()
+    table, length = [1, 10**6, 3], 11  # positions 4 .. 7 skipped
+    buffers = paged_attention.DeviceBuffers()
+    q = rng.standard_normal((1, 2, HEAD_DIM)).astype(np.float32)
+    got = decode_attention(qp.pool, 1, q, cuda.to_device(np.array([table], np.int32)),
+                           [length], kv_scales=qp.scales, buffers=buffers).copy_to_host()
+    assert buffers.take_errors() == 4
+    pos = np.array([0, 1, 2, 3, 8, 9, 10])
+    blocks = np.asarray(table)[pos // BLOCK_SIZE]
+    want = dense_attention(q, ref[1, 0, blocks, pos % BLOCK_SIZE],
+                           ref[1, 1, blocks, pos % BLOCK_SIZE])
+    np.testing.assert_allclose(got, want, **TOL)
+
+
 # -- storage: blocks carry codes and scales -------------------------------------------------
 
 

@@ -64,7 +64,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from numba import float32, int64, types, uint64
+from numba import float32, int32, int64, types, uint64
 
 from paged_kv import device
 from paged_kv.kernels._quant_math import (
@@ -102,6 +102,27 @@ _ZERO = float32(0.0)
 _ONE = float32(1.0)
 
 
+@device.jitable
+def _slot(block, num_blocks, errors, skip_sh, tid, block_size, offset):
+    """Token ``tid``'s pool slot in `block` at `offset`; an out-of-range `block` is
+    counted in ``errors[0]``, flagged in ``skip_sh[tid]`` and replaced by block 0."""
+    skip = block < 0 or block >= num_blocks
+    skip_sh[tid] = 1 if skip else 0
+    if skip:
+        cuda.atomic.add(errors, 0, 1)
+        block = 0
+    return block * block_size + offset
+
+
+@device.jitable
+def _zero_row(words_sh, first, count):
+    """Zero `count` words of shared memory from `first`."""
+    w = 0
+    while w < count:
+        words_sh[uint64(first + w)] = 0
+        w += 1
+
+
 def _make_kernel(threads: int, queries: int, kind: int = KIND_FLOAT) -> Any:
     """The kernel for ``head_dim <= threads``, tiles of at most `queries` queries, and
     pools of `kind` (`KIND_FLOAT`, `KIND_INT8`, `KIND_FP8`: see "Quantized pools").
@@ -124,7 +145,8 @@ def _make_kernel(threads: int, queries: int, kind: int = KIND_FLOAT) -> Any:
     @device.jit(**options)
     def paged_attention_kernel(flat_pool, words, k_offset, v_offset, block_size, token_words,
                                row_words, stride, tile, q, scale, block_tables, tiles, out,
-                               scales, k_scale_offset, v_scale_offset, num_kv_heads):
+                               scales, k_scale_offset, v_scale_offset, num_kv_heads,
+                               num_blocks, errors):
         """One CUDA block: one query tile (row ``cuda.blockIdx.x`` of `tiles`).
 
         `words` is the pool viewed as 1-D uint32 words: the ``row_words`` words of a K
@@ -136,6 +158,10 @@ def _make_kernel(threads: int, queries: int, kind: int = KIND_FLOAT) -> Any:
         float32; KV head h's K scale is at ``k_scale_offset + slot * num_kv_heads + h``
         (int8) or ``k_scale_offset + h`` (FP8), its V scale ``v_scale_offset`` further.
         The float kind ignores the four scale arguments.
+        A block id outside ``[0, num_blocks)`` (only a device-resident table can hold
+        one) is never read: the token reads slot 0 instead, is masked (score -inf, V
+        row and int8 V scale zeroed, so it adds nothing) and counted in ``errors[0]``;
+        a query with no key left gets zeros.
         Shared indices are cast to uint64: Numba adds no negative-index wrap-around
         to unsigned indices.
         """
@@ -144,6 +170,7 @@ def _make_kernel(threads: int, queries: int, kind: int = KIND_FLOAT) -> Any:
         q_sh = cuda.shared.array(q_elems, float32)  # [queries, threads], scaled
         p_sh = cuda.shared.array(p_elems, float32)  # [queries, MAX_TILE]
         base_sh = cuda.shared.array(MAX_TILE, int64)  # token t's K row, in pool words
+        skip_sh = cuda.shared.array(MAX_TILE, int32)  # 1: token t's block id is out of range
         m_sh = cuda.shared.array(queries, float32)  # running max per query
         alpha_sh = cuda.shared.array(queries, float32)  # this tile's rescale
         scale_sh = cuda.shared.array(token_scale_elems, int64)  # int8: token t's K scale
@@ -197,7 +224,8 @@ def _make_kernel(threads: int, queries: int, kind: int = KIND_FLOAT) -> Any:
         step_blocks = tile // block_size
         step_offset = tile - step_blocks * block_size
         if tid < min(tile, kv_len):
-            slot = block_tables[seq, logical] * block_size + offset
+            slot = _slot(block_tables[seq, logical], num_blocks, errors, skip_sh, tid,
+                         block_size, offset)
             base_sh[tid] = slot * token_words + head_off
             if kind == KIND_INT8:
                 scale_sh[tid] = slot * num_kv_heads + head_scale
@@ -212,7 +240,8 @@ def _make_kernel(threads: int, queries: int, kind: int = KIND_FLOAT) -> Any:
                     m_new = m_old
                     for t in range(n):
                         m_new = max(m_new, p_sh[uint64(tid * MAX_TILE + t)])
-                    alpha_sh[tid] = math.exp(m_old - m_new)  # 0 on the first tile
+                    # 0 on the first tile; 1 while every key so far was skipped
+                    alpha_sh[tid] = _ONE if m_new == _NEG_INF else math.exp(m_old - m_new)
                     m_sh[tid] = m_new
                 kv_off = half * v_offset + w_stage
                 t_chunk = t_stage
@@ -252,16 +281,22 @@ def _make_kernel(threads: int, queries: int, kind: int = KIND_FLOAT) -> Any:
                             s[j] = dot
                         for j in range(queries):
                             if j < nq:
-                                if t0 + tid >= tiles[b, TILE_LEN + j]:
-                                    s[j] = _NEG_INF  # causal mask (prefill rows)
+                                if t0 + tid >= tiles[b, TILE_LEN + j] or skip_sh[tid]:
+                                    s[j] = _NEG_INF  # causal mask (prefill rows), skipped
                                 p_sh[j * MAX_TILE + tid] = s[j]
                     cuda.syncthreads()
             if tid < n:
                 for j in range(queries):
                     if j < nq:
-                        p_sh[j * MAX_TILE + tid] = math.exp(s[j] - m_sh[j])
+                        # exp(-inf - -inf) would be NaN when every key so far was skipped
+                        p_sh[j * MAX_TILE + tid] = (
+                            _ZERO if s[j] == _NEG_INF else math.exp(s[j] - m_sh[j]))
                 if kind == KIND_INT8:
                     v_scale_sh[tid] = scales[scale_sh[tid] + v_scale_offset]
+                if skip_sh[tid]:  # slot 0's V (maybe NaN) must not meet p = 0
+                    _zero_row(kv_words_sh, tid * stride_words, row_words)
+                    if kind == KIND_INT8:
+                        v_scale_sh[tid] = _ZERO
             # The next tile's offsets: base_sh is not read again in this tile.
             logical += step_blocks
             offset += step_offset
@@ -269,7 +304,8 @@ def _make_kernel(threads: int, queries: int, kind: int = KIND_FLOAT) -> Any:
                 offset -= block_size
                 logical += 1
             if tid < min(tile, kv_len - t0 - n):
-                slot = block_tables[seq, logical] * block_size + offset
+                slot = _slot(block_tables[seq, logical], num_blocks, errors, skip_sh, tid,
+                             block_size, offset)
                 base_sh[tid] = slot * token_words + head_off
                 if kind == KIND_INT8:
                     scale_sh[tid] = slot * num_kv_heads + head_scale
@@ -298,7 +334,9 @@ def _make_kernel(threads: int, queries: int, kind: int = KIND_FLOAT) -> Any:
         if tid < head_dim:
             for j in range(queries):
                 if j < nq:
-                    out[tiles[b, TILE_QUERY + j], tid] = acc[j] / l[j] * out_scale
+                    # l = 0: every key of this query was skipped
+                    out[tiles[b, TILE_QUERY + j], tid] = (
+                        acc[j] / l[j] * out_scale if l[j] > _ZERO else _ZERO)
 
     return paged_attention_kernel
 
@@ -332,4 +370,6 @@ def signature(dtype: str) -> Any:
         types.Array(types.float32, 2, "C"),  # out [query rows, head_dim]
         types.Array(types.float32, 1, "C"),  # scales (flat)
         i64, i64, i64,  # k_scale_offset, v_scale_offset, num_kv_heads
+        i64,  # num_blocks
+        types.Array(types.int32, 1, "C"),  # errors (out-of-range block ids skipped)
     )

@@ -39,7 +39,9 @@ Limits (checked by the wrappers, ``ValueError`` before any launch): ``head_dim <
 and ``head_dim * itemsize`` a multiple of 4 (a row must be whole words: even for
 float16, a multiple of 4 for 1-byte codes); ``q_heads`` a positive
 multiple of ``num_kv_heads``; every row attends to at least one
-key; every block id it reads inside the pool. Any block size works (1 to 256 tested),
+key; every block id it reads inside the pool (host tables; a device-resident table is
+checked for form only, and the kernel skips and counts an id outside the pool: see
+`decode_attention`). Any block size works (1 to 256 tested),
 partial last blocks included; pools in float16, float32, int8 or FP8, queries and
 outputs in float32.
 
@@ -76,6 +78,7 @@ from paged_kv.kernels._validate import (
     STORED_DTYPES,
     check_layer,
     check_pool,
+    device_index_array,
     host_int_array,
     is_cuda_array,
     require_c_contiguous,
@@ -154,10 +157,22 @@ def _scale(scale: Any, head_dim: int, what: str) -> np.float32:
     return np.float32(scale)
 
 
-def _checked_tables(table: np.ndarray, kv_lens: np.ndarray, num_blocks: int,
-                    block_size: int, what: str) -> np.ndarray:
-    """Check that table row ``s`` covers ``kv_lens[s]`` tokens with ids inside the pool;
-    return it as int32 with every entry the kernel does not read set to -1."""
+def _host_or_device_table(table: Any, ndim: int, what: str, name: str) -> Any:
+    """A device table checked for form only (int32, `ndim`-D, C-contiguous: its ids are
+    not copied back, the kernel guards them); a host one as an int64 2-D array."""
+    if is_cuda_array(table):
+        table = device_index_array(table, what, name, np.int32, ndim=ndim)
+        return table.reshape(1, int(table.shape[0])) if ndim == 1 else table
+    if ndim == 1:
+        return host_int_array(table, what, name, ndim=1)[None, :]
+    return pad_block_tables(table, what)
+
+
+def _checked_tables(table: Any, kv_lens: np.ndarray, num_blocks: int,
+                    block_size: int, what: str) -> Any:
+    """Check that table row ``s`` covers ``kv_lens[s]`` tokens; for a host table also
+    that those ids are inside the pool, and return it as int32 with every entry the
+    kernel does not read set to -1. A device table is returned as it is."""
     needed = (kv_lens + block_size - 1) // block_size
     short = np.flatnonzero(needed > table.shape[1])
     if short.size:
@@ -166,6 +181,10 @@ def _checked_tables(table: np.ndarray, kv_lens: np.ndarray, num_blocks: int,
             f"{what}: block table {s} has {table.shape[1]} entries, {int(kv_lens[s])} "
             f"tokens need {int(needed[s])} blocks of {block_size}"
         )
+    if is_cuda_array(table):
+        if num_blocks == 0 and kv_lens.size and kv_lens.max() > 0:
+            raise ValueError(f"{what}: the pool has no blocks to read")
+        return table
     return read_blocks_only(table, np.zeros_like(kv_lens), kv_lens, block_size, num_blocks,
                             what)
 
@@ -227,7 +246,7 @@ class AttentionLaunch:
     may be called again until the next launch is prepared with the same buffers and
     stream. A quantized pool comes with its checked `kv_scales`."""
 
-    def __init__(self, pool: Any, dims: tuple[int, ...], q: Any, table: np.ndarray,
+    def __init__(self, pool: Any, dims: tuple[int, ...], q: Any, table: Any,
                  row_seq: np.ndarray, row_len: np.ndarray, rows_per_tile: int,
                  scale: np.float32, stream: Any, buffers: DeviceBuffers | None,
                  kv_scales: Any = None) -> None:
@@ -267,10 +286,12 @@ class AttentionLaunch:
             pool.reshape(pool.size), flat_units(pool, np.dtype(np.uint32)), layer * 2 * v_offset,
             v_offset, block_size, token_words, row_words, stride, tile,
             q_dev.reshape(rows * q_heads, head_dim), scale,
-            buffers.upload("attention_tables", table, stream),
+            table if is_cuda_array(table) else buffers.upload("attention_tables", table, stream),
             buffers.upload("attention_tiles", tiles, stream),
             self.out.reshape(rows * q_heads, head_dim),
             *scale_args,
+            num_blocks,
+            buffers.errors,
         )
 
     def __call__(self) -> Any:
@@ -286,8 +307,8 @@ def prepare_decode(pool: Any, layer: int, q: Any, block_tables: Any, seq_lens: A
     what = "decode_attention"
     dims = _pool_dims(pool, layer, kv_scales, what)
     _, num_blocks, block_size, num_kv_heads, head_dim = dims
-    table = pad_block_tables(block_tables, what)
-    batch = table.shape[0]
+    table = _host_or_device_table(block_tables, 2, what, "block_tables")
+    batch = int(table.shape[0])
     lens = host_int_array(seq_lens, what, "seq_lens", ndim=1)
     if lens.shape[0] != batch:
         raise ValueError(f"{what}: seq_lens has {lens.shape[0]} entries for {batch} block tables")
@@ -312,7 +333,7 @@ def prepare_prefill(pool: Any, layer: int, q: Any, block_table: Any, q_start: in
     what = "prefill_attention"
     dims = _pool_dims(pool, layer, kv_scales, what)
     _, num_blocks, block_size, num_kv_heads, head_dim = dims
-    table = host_int_array(block_table, what, "block_table", ndim=1)[None, :]
+    table = _host_or_device_table(block_table, 1, what, "block_table")
     if isinstance(q_start, (bool, np.bool_)) or not isinstance(q_start, (int, np.integer)) \
             or q_start < 0:
         raise ValueError(f"{what}: q_start must be an integer >= 0, got {q_start!r}")
@@ -341,19 +362,28 @@ def decode_attention(pool: Any, layer: int, q: Any, block_tables: Any, seq_lens:
     the layouts; ``KVStorage.gpu_scales``); `q` is ``[batch, q_heads, head_dim]`` (NumPy of
     any float dtype, or a float32 device array), ``q_heads`` a multiple of
     ``num_kv_heads``; `block_tables` is a padded 2-D integer array ``[batch,
-    max_blocks]`` (-1 padding, never read) or a list of per-sequence lists; `seq_lens`
-    is 1-D integer of length batch. `scale` multiplies ``q . k`` (default ``1 /
-    sqrt(head_dim)``). The uploads (into `buffers`, default `default_buffers()`) and
-    the launch are enqueued on `stream` (None: the default stream). Returns a new
-    float32 device array ``[batch, q_heads, head_dim]``; block tables are needed on the
-    host (to check every id read), so a device table is copied back.
+    max_blocks]`` (-1 padding, never read) or a list of per-sequence lists, or a device
+    int32 ``[batch, max_blocks]`` array; `seq_lens` is 1-D integer of length batch.
+    `scale` multiplies ``q . k`` (default ``1 / sqrt(head_dim)``). The uploads (into
+    `buffers`, default `default_buffers()`) and the launch are enqueued on `stream`
+    (None: the default stream). Returns a new float32 device array ``[batch, q_heads,
+    head_dim]``. `seq_lens` lays out the work, so it is needed on the host (a device
+    array there is copied back).
+
+    Index arrays may also live on the device: a device block table is not copied back
+    to be checked. Its form is checked on the host; the kernel never reads a block id
+    outside ``[0, num_blocks)``: the token is skipped (it adds nothing to the softmax;
+    a query with no key left gets zeros) and counted in ``buffers.errors``, once per
+    query tile that reads it (`DeviceBuffers.take_errors` reads and resets the count).
 
     Raises `ValueError` before any launch when: the layer is out of range; head_dim >
     256; q has another shape or non-float values; q_heads is not a positive multiple
     of num_kv_heads; seq_lens is not 1-D integer of length batch or holds a length < 1;
-    a table has fewer than ``ceil(seq_len / block_size)`` entries or one of those is
-    outside ``[0, num_blocks)``; scale is not a finite number; a quantized pool comes
-    without its scales or with scales of another shape, or a float pool with scales.
+    a table has fewer than ``ceil(seq_len / block_size)`` entries or, for a host table,
+    one of those is outside ``[0, num_blocks)``; a device table is not a C-contiguous
+    2-D int32 array with a row per sequence; scale is not a finite number; a quantized
+    pool comes without its scales or with scales of another shape, or a float pool with
+    scales.
     """
     return prepare_decode(pool, layer, q, block_tables, seq_lens, scale=scale,
                           kv_scales=kv_scales, stream=stream, buffers=buffers)()
@@ -366,13 +396,15 @@ def prefill_attention(pool: Any, layer: int, q: Any, block_table: Any, q_start: 
 
     `q` is ``[n, q_heads, head_dim]`` for positions ``q_start .. q_start + n - 1``; row
     ``i`` attends to keys ``0 .. q_start + i``, read through `block_table` (1-D
-    integer: the sequence's physical blocks in logical order), so the K/V of all
+    integer, or a device int32 array: the sequence's physical blocks in logical order;
+    a device table is guarded in the kernel as in `decode_attention`), so the K/V of all
     ``q_start + n`` positions must be in the pool. Other arguments as in
     `decode_attention`. Returns a new float32 device array ``[n, q_heads, head_dim]``.
 
     Raises `ValueError` before any launch when: q_start is not an integer >= 0; the
-    table has fewer than ``ceil((q_start + n) / block_size)`` entries or one of those is
-    outside ``[0, num_blocks)``; and for the reasons `decode_attention` gives.
+    table has fewer than ``ceil((q_start + n) / block_size)`` entries or, for a host
+    table, one of those is outside ``[0, num_blocks)``; a device table is not 1-D int32;
+    and for the reasons `decode_attention` gives.
     """
     return prepare_prefill(pool, layer, q, block_table, q_start, scale=scale,
                            kv_scales=kv_scales, stream=stream, buffers=buffers)()
