@@ -5,7 +5,7 @@ from __future__ import annotations
 import statistics
 from collections.abc import Callable
 
-from paged_kv import device
+from paged_kv.gpu import device
 
 
 def median_ms(fn: Callable[[], object], warmup: int, repeats: int) -> float:

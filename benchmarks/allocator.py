@@ -37,9 +37,9 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from paged_kv.block_allocator import BlockAllocator
 from paged_kv.cache import PagedKVCache
-from paged_kv.config import CacheConfig
+from paged_kv.core.block_allocator import BlockAllocator
+from paged_kv.core.config import CacheConfig
 
 #: a timed loop, and the check run on its state afterwards (outside the timing)
 Run = Callable[[], None]

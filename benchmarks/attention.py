@@ -38,7 +38,7 @@ from pathlib import Path
 import numpy as np
 
 from paged_kv import __version__, device
-from paged_kv.kernels.paged_attention import decode_attention, prepare_decode
+from paged_kv.gpu.kernels.paged_attention import decode_attention, prepare_decode
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _timing import gbps, median_ms  # noqa: E402

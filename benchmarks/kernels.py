@@ -12,7 +12,7 @@ Rows (``--sizes`` MiB of KV per call, default 256 and 1024):
   ids, one 2-D memcpy; ``scattered``: a random permutation, one memcpy per block),
   host ids: GB/s and the ratio to **pinned**, ``cuMemcpyDtoH`` / ``cuMemcpyHtoD`` of the
   same bytes between device memory and page-locked host memory (goal: at least 0.8).
-  Which path should be the default (`paged_kv.kernels.swap`) is what these rows decide.
+  Which path should be the default (`paged_kv.gpu.kernels.swap`) is what these rows decide.
 
 Payload bytes: each byte of KV the operation moves, counted once (slot write and
 gather: ``num_tokens * 2 * num_kv_heads * head_dim * itemsize``; block copy and swap:
@@ -39,8 +39,8 @@ from pathlib import Path
 
 import numpy as np
 
-from paged_kv import device
-from paged_kv.kernels import (
+from paged_kv.gpu import device
+from paged_kv.gpu.kernels import (
     SWAP_METHODS,
     DeviceBuffers,
     copy_blocks,
@@ -77,7 +77,7 @@ class Dims:
         return self.num_layers * self.block_size * self.token_bytes
 
     def shape(self, num_blocks: int) -> tuple[int, ...]:
-        """Pool shape with `num_blocks` blocks (layout of `paged_kv.storage`)."""
+        """Pool shape with `num_blocks` blocks (layout of `paged_kv.gpu.storage`)."""
         return (self.num_layers, 2, num_blocks, self.block_size, self.num_kv_heads,
                 self.head_dim)
 

@@ -35,10 +35,15 @@ from pathlib import Path
 import numpy as np
 
 from paged_kv import __version__, device
-from paged_kv.kernels import gather_kv, gather_kv_dequantized, write_slots, write_slots_quantized
-from paged_kv.kernels.paged_attention import prepare_decode
-from paged_kv.kernels.quantized import scales_shape
-from paged_kv.kv_dtype import KV_DTYPES
+from paged_kv.core.kv_dtype import KV_DTYPES
+from paged_kv.gpu.kernels import (
+    gather_kv,
+    gather_kv_dequantized,
+    write_slots,
+    write_slots_quantized,
+)
+from paged_kv.gpu.kernels.paged_attention import prepare_decode
+from paged_kv.gpu.kernels.quantized import scales_shape
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _timing import median_ms  # noqa: E402

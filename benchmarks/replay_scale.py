@@ -17,7 +17,7 @@ import resource
 import sys
 import time
 
-from paged_kv.eviction import policy_names
+from paged_kv.core.eviction import policy_names
 from paged_kv.sim.replay_compiled import compile_engine
 from paged_kv.sim.replay_sweep import sweep
 from paged_kv.sim.replay_synthetic import synthetic_prefix_trace

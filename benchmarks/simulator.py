@@ -23,10 +23,10 @@ import statistics
 import sys
 import time
 
-from paged_kv.config import get_model
+from paged_kv.core.config import get_model
 from paged_kv.sim.scheduler import simulate
 from paged_kv.sim.schemes import ContiguousScheme, PagedScheme
-from paged_kv.sim.studies import DEFAULT_KV_BYTES, kv_slots, make_workload
+from paged_kv.studies import DEFAULT_KV_BYTES, kv_slots, make_workload
 
 GOAL = 1_000_000
 

@@ -6,11 +6,9 @@ Importing the package never imports numba: storage (and with it the kernels) loa
 a cache with storage is built.
 """
 
-from paged_kv import device  # noqa: F401  (GPU or simulator: chosen lazily, at first use)
 from paged_kv.cache import PagedKVCache
-from paged_kv.config import MODEL_PRESETS, CacheConfig, ModelSpec, blocks_for_bytes, get_model
-from paged_kv.device import device_name
-from paged_kv.errors import (
+from paged_kv.core.config import MODEL_PRESETS, CacheConfig, ModelSpec, blocks_for_bytes, get_model
+from paged_kv.core.errors import (
     ConfigurationError,
     ImmutableBlockError,
     InvariantError,
@@ -22,9 +20,11 @@ from paged_kv.errors import (
     SequenceStateError,
     UnknownSequenceError,
 )
-from paged_kv.sequence import SequenceInfo
-from paged_kv.stats import CacheStats, PrefixCacheStats
-from paged_kv.watermark import PressureLevel
+from paged_kv.core.pressure import PressureLevel
+from paged_kv.core.sequence import SequenceInfo
+from paged_kv.core.stats import CacheStats, PrefixCacheStats
+from paged_kv.gpu import device  # noqa: F401  (GPU or simulator: chosen lazily, at first use)
+from paged_kv.gpu.device import device_name
 
 __version__ = "0.1.0"
 

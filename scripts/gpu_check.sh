@@ -13,7 +13,7 @@
 #   1. device: nvidia-smi's name, driver, memory; versions; numba must see a GPU.
 #   2. tests: pytest on the kernel, storage, fence and data-path tests with
 #      PAGED_KV_DEVICE=gpu (the "realistic"-size cases skipped in the simulator run here).
-#   3. demo: paged_kv.demo.run_demo() writes, gathers, copies and swaps, byte-checked.
+#   3. demo: paged_kv.studies.demo.run_demo() writes, gathers, copies and swaps, byte-checked.
 #   4. compile check: registers/spills/16-byte loads for sm_80 and sm_90.
 #   5. copy benchmark: benchmarks/kernels.py at BENCH_SIZES MiB (default 256 1024):
 #      copy kernels vs a device-to-device copy (goal >= 0.8x), swap by memcpy and by
@@ -92,7 +92,7 @@ import sys
 import numba
 import numpy
 
-from paged_kv import device
+from paged_kv.gpu import device
 
 print(f"python {sys.version.split()[0]}, numpy {numpy.__version__}, numba {numba.__version__}")
 try:
@@ -131,7 +131,7 @@ EOF
     echo
     echo "== 3. data-plane demo"
     if timeout 120 "$PY" -c \
-        "import sys; from paged_kv.demo import run_demo; sys.exit(0 if run_demo() else 1)"
+        "import sys; from paged_kv.studies.demo import run_demo; sys.exit(0 if run_demo() else 1)"
     then
         demo="passed"
     else
@@ -141,7 +141,7 @@ EOF
     echo
     echo "== 4. compile check (sm_80, sm_90; needs NVVM and ptxas, no GPU)"
     PAGED_KV_DEVICE=gpu NUMBA_ENABLE_CUDASIM=0 timeout 180 \
-        "$PY" -m paged_kv.kernels.compile_check "${COMPILE_ONLY[@]}" | tee "$OUT/compile_check.txt"
+        "$PY" -m paged_kv.gpu.kernels.compile_check "${COMPILE_ONLY[@]}" | tee "$OUT/compile_check.txt"
     case ${PIPESTATUS[0]} in
         0) compile="passed" ;;
         2) compile="NOT RUN (NVVM or ptxas missing in this image)" ;;

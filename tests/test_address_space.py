@@ -49,7 +49,8 @@ def test_bad_arguments():
         make_space("slab", 64, 64)
 
 
-@pytest.mark.parametrize("space", [FirstFitSpace(64), BuddySpace(64, 64)], ids=repr)
+@pytest.mark.parametrize("space", [FirstFitSpace(64), BuddySpace(64, 64)],
+                         ids=lambda s: type(s).__name__)
 @pytest.mark.parametrize("length", [3.5, True, "4"])
 def test_a_length_must_be_an_integer(space, length):
     # first-fit placed 3.5 slots at 0 (used became 3.5); buddy died with AttributeError

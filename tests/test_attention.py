@@ -10,9 +10,11 @@ import numpy as np
 import pytest
 
 from paged_kv import CacheConfig, ModelSpec, get_model
-from paged_kv.attention import dense_attention, paged_attention, paged_decode_attention
 from paged_kv.cache import PagedKVCache
-from paged_kv.errors import MetadataOnlyError
+from paged_kv.core.errors import MetadataOnlyError
+from paged_kv.reference.attention import decode as reference_decode
+from paged_kv.reference.attention import dense_attention
+from paged_kv.reference.attention import prefill as reference_prefill
 
 TINY = get_model("tiny")  # 2 layers, 4 q heads over 2 KV heads, head_dim 8, float16
 F32 = ModelSpec("f32-gqa", num_layers=1, num_kv_heads=2, head_dim=8, dtype="float32",
@@ -182,16 +184,16 @@ def test_prefill_over_eleven_tokens_in_three_blocks_equals_dense(model):
     dense = write_dense(cache, s, model, rng, 11)
     for layer, (k, v) in dense.items():
         q = queries(rng, model, 11)
-        got = paged_attention(cache, layer, s, q)
+        got = reference_prefill(cache, layer, s, q)
         np.testing.assert_allclose(got, dense_attention(q, k, v), **TOL)
         np.testing.assert_allclose(got, loop_attention(q, k, v), **TOL)
         # a chunk of queries in the middle: positions 5..8 see keys 0..8 at most
         q = queries(rng, model, 4)
-        got = paged_attention(cache, layer, s, q, q_start=5)
+        got = reference_prefill(cache, layer, s, q, q_start=5)
         np.testing.assert_allclose(got, dense_attention(q, k[:9], v[:9], q_offset=5), **TOL)
         np.testing.assert_allclose(got, loop_attention(q, k, v, q_offset=5), **TOL)
         # non-causal: all 11 tokens
-        got = paged_attention(cache, layer, s, q, q_start=5, causal=False)
+        got = reference_prefill(cache, layer, s, q, q_start=5, causal=False)
         np.testing.assert_allclose(got, dense_attention(q, k, v, causal=False), **TOL)
 
 
@@ -207,7 +209,7 @@ def test_decode_at_the_last_position_equals_dense(model):
         k = np.concatenate([dense[layer][0], new[layer][0]])
         v = np.concatenate([dense[layer][1], new[layer][1]])
         q = queries(rng, model, 1)
-        got = paged_attention(cache, layer, s, q)
+        got = reference_prefill(cache, layer, s, q)
         np.testing.assert_allclose(got, dense_attention(q, k, v, causal=False), **TOL)
         np.testing.assert_allclose(got, loop_attention(q, k, v, q_offset=10), **TOL)
 
@@ -229,7 +231,7 @@ def test_batched_decode_uses_one_gather_and_equals_dense(model, monkeypatch):
     monkeypatch.setattr(cache, "read_kv_batch", counting)
     for layer in range(model.num_layers):
         q = queries(rng, model, len(seqs))
-        got = paged_decode_attention(cache, layer, seqs, q)
+        got = reference_decode(cache, layer, seqs, q)
         assert got.shape == (len(seqs), model.q_heads, model.head_dim)
         for i, s in enumerate(seqs):
             k, v = dense[s][layer]
@@ -253,12 +255,12 @@ def test_fork_and_copy_on_write_append_attend_to_their_own_tails(model):
     assert cache.get(a).block_table[1] != cache.get(b).block_table[1]
     for layer in prompt:
         q = queries(rng, model, 2)
-        got = paged_decode_attention(cache, layer, [a, b], q)
+        got = reference_decode(cache, layer, [a, b], q)
         for i, tail in enumerate([tail_a, tail_b]):
             k = np.concatenate([prompt[layer][0], tail[layer][0]])
             v = np.concatenate([prompt[layer][1], tail[layer][1]])
             np.testing.assert_allclose(got[i], dense_attention(q[i:i + 1], k, v)[0], **TOL)
-            single = paged_attention(cache, layer, [a, b][i], q[i:i + 1])
+            single = reference_prefill(cache, layer, [a, b][i], q[i:i + 1])
             np.testing.assert_allclose(single, got[i:i + 1], **TOL)
         # and the two differ: each saw its own tail, not the other's
         assert not np.allclose(got[0], got[1], **TOL)
@@ -276,7 +278,7 @@ def test_paged_prefill_notices_a_changed_key_only_from_its_position_on():
     k_new = rand(rng, (1, 2, 8), np.float16)
     cache.write_kv(s, 0, k_new, v[6:7], start=6)
     q = queries(rng, TINY, 11)
-    got = paged_attention(cache, 0, s, q)
+    got = reference_prefill(cache, 0, s, q)
     expected = dense_attention(q, k, v)
     np.testing.assert_allclose(got[:6], expected[:6], **TOL)
     for row in range(6, 11):
@@ -289,21 +291,21 @@ def test_paged_attention_checks_its_arguments():
     s = cache.allocate(5)
     write_dense(cache, s, TINY, rng, 5)
     with pytest.raises(ValueError, match=r"\[num_q_tokens, 4, 8\] .* got \(5, 2, 8\)"):
-        paged_attention(cache, 0, s, np.zeros((5, 2, 8)))
+        reference_prefill(cache, 0, s, np.zeros((5, 2, 8)))
     with pytest.raises(ValueError, match=r"3 queries from position 3 .* 5 stored tokens"):
-        paged_attention(cache, 0, s, np.zeros((3, 4, 8)), q_start=3)
+        reference_prefill(cache, 0, s, np.zeros((3, 4, 8)), q_start=3)
     with pytest.raises(ValueError, match=r"6 queries from position -1 .* 5 stored tokens"):
-        paged_attention(cache, 0, s, np.zeros((6, 4, 8)))
+        reference_prefill(cache, 0, s, np.zeros((6, 4, 8)))
     with pytest.raises(ValueError, match=r"layer 2 out of range \[0, 2\)"):
-        paged_attention(cache, 2, s, np.zeros((1, 4, 8)))
+        reference_prefill(cache, 2, s, np.zeros((1, 4, 8)))
     with pytest.raises(ValueError, match="q has 1 rows for 2 sequences"):
-        paged_decode_attention(cache, 0, [s, s], np.zeros((1, 4, 8)))
+        reference_decode(cache, 0, [s, s], np.zeros((1, 4, 8)))
     with pytest.raises(ValueError, match=r"\[num_seqs, 4, 8\]"):
-        paged_decode_attention(cache, 0, [s], np.zeros((1, 4, 4)))
+        reference_decode(cache, 0, [s], np.zeros((1, 4, 4)))
     empty = cache.allocate(0)
     with pytest.raises(ValueError, match=f"sequence {empty} stores no tokens"):
-        paged_decode_attention(cache, 0, [s, empty], np.zeros((2, 4, 8)))
+        reference_decode(cache, 0, [s, empty], np.zeros((2, 4, 8)))
     meta = PagedKVCache(CacheConfig(block_size=4, num_gpu_blocks=4))
     m = meta.allocate(3)
     with pytest.raises(MetadataOnlyError):
-        paged_attention(meta, 0, m, np.zeros((1, 4, 8)))
+        reference_prefill(meta, 0, m, np.zeros((1, 4, 8)))

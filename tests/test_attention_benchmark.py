@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from paged_kv.device import is_simulator
+from paged_kv.gpu.device import is_simulator
 
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "attention.py"
 

@@ -2,8 +2,8 @@
 
 import pytest
 
-from paged_kv.block_allocator import BlockAllocator
-from paged_kv.errors import OutOfBlocksError
+from paged_kv.core.block_allocator import BlockAllocator
+from paged_kv.core.errors import OutOfBlocksError
 
 
 def test_fresh_pool_hands_out_ids_in_order():

@@ -13,7 +13,11 @@ import numpy as np
 import pytest
 from matplotlib.colors import to_rgb
 
-from paged_kv.block_map import (
+from paged_kv.cache import PagedKVCache
+from paged_kv.core.config import CacheConfig
+from paged_kv.core.errors import InvariantError
+from paged_kv.plots import BLOCK_MAP_COLORS, plot_block_map
+from paged_kv.studies.block_map import (
     EVICTABLE,
     FREE,
     SHARED,
@@ -22,10 +26,6 @@ from paged_kv.block_map import (
     block_states,
     scripted_serving,
 )
-from paged_kv.cache import PagedKVCache
-from paged_kv.config import CacheConfig
-from paged_kv.errors import InvariantError
-from paged_kv.plots import BLOCK_MAP_COLORS, plot_block_map
 
 F, E, S = FREE, EVICTABLE, SHARED
 

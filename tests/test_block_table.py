@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from paged_kv.block_table import BlockTable
+from paged_kv.core.block_table import BlockTable
 
 
 def test_slot_mapping_crosses_blocks():

@@ -7,13 +7,13 @@ import pytest
 
 from paged_kv import CacheConfig, OutOfBlocksError, UnknownSequenceError
 from paged_kv.cache import PagedKVCache
-from paged_kv.errors import (
+from paged_kv.core.errors import (
     ConfigurationError,
     MetadataOnlyError,
     NoHostPoolError,
     SequenceStateError,
 )
-from paged_kv.watermark import PressureLevel
+from paged_kv.core.pressure import PressureLevel
 
 
 def make(num_blocks=8, block_size=4, host=0, **kw):
@@ -248,7 +248,7 @@ def test_metadata_only_at_realistic_scale():
 
 
 def test_invariant_checker_catches_corruption():
-    from paged_kv.errors import InvariantError
+    from paged_kv.core.errors import InvariantError
 
     cache = make()
     a = cache.allocate(5)

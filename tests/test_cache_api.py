@@ -7,14 +7,14 @@ import pytest
 
 import paged_kv
 from paged_kv import CacheConfig, OutOfBlocksError, PagedKVCache
-from paged_kv.errors import (
+from paged_kv.core.errors import (
     ConfigurationError,
     PagedKVError,
     SchemeStateError,
     SimulationError,
     UnservableRequestError,
 )
-from paged_kv.eviction import BeladyPolicy, FIFOPolicy, LRUPolicy, policy_names
+from paged_kv.core.eviction import BeladyPolicy, FIFOPolicy, LRUPolicy, policy_names
 
 
 def make(num_blocks=8, policy=None, **kw):

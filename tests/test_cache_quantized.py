@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 
 from paged_kv import CacheConfig, PagedKVCache, get_model
-from paged_kv.attention import paged_decode_attention
-from paged_kv.paged_attention import decode
-from paged_kv.quantization import round_trip
+from paged_kv.cache.attention import decode
+from paged_kv.reference.attention import decode as reference_decode
+from paged_kv.reference.quantization import round_trip
 
 BLOCK = 4
 KV_DTYPES = pytest.mark.parametrize("kv_dtype", ["int8", "fp8_e4m3"])
@@ -151,4 +151,4 @@ def test_device_decode_reads_the_codes_as_read_kv_returns_them() -> None:
         write_all_layers(cache, seq, [random_kv(rng, n, model) for _ in range(model.num_layers)])
     q = rng.standard_normal((2, model.q_heads, model.head_dim)).astype(np.float32)
     np.testing.assert_allclose(decode(cache, 1, seqs, q),
-                               paged_decode_attention(cache, 1, seqs, q), **TOL)
+                               reference_decode(cache, 1, seqs, q), **TOL)

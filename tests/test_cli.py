@@ -6,7 +6,7 @@ import sys
 import pandas as pd
 
 from paged_kv.cli import main
-from paged_kv.sim.studies import block_size_sweep
+from paged_kv.studies import block_size_sweep
 
 
 def test_fragmentation_command_prints_the_table_and_writes_the_figure(tmp_path, capsys):
@@ -84,7 +84,7 @@ def test_python_dash_m_runs_the_demo():
     done = subprocess.run([sys.executable, "-m", "paged_kv", "demo"], capture_output=True,
                           text=True, timeout=120)
     assert done.returncode == 0, done.stderr
-    from paged_kv.device import device_name
+    from paged_kv.gpu.device import device_name
 
     assert device_name() in done.stdout and "all verified" in done.stdout
 

@@ -15,9 +15,9 @@ import argparse
 import pytest
 
 import paged_kv.cli
-from paged_kv import device
 from paged_kv.cli import build_parser, main
 from paged_kv.cli._common import text
+from paged_kv.gpu import device
 
 GENERIC_BAD = ("", "banana")
 

@@ -1,6 +1,6 @@
 """Compile check: every kernel compiles for sm_80 and sm_90 with zero register spills.
 
-Runs `paged_kv.kernels.compile_check` in a subprocess with the simulator off (numba
+Runs `paged_kv.gpu.kernels.compile_check` in a subprocess with the simulator off (numba
 reads ``NUMBA_ENABLE_CUDASIM`` once per process, and this test process runs the
 simulator). No GPU or driver is needed: NVVM and ptxas come from the ``cuda`` extra.
 A missing toolchain is a failure, never a skip: ``make test`` installs ``.[dev,cuda]``.
@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from paged_kv.kernels.compile_check import (
+from paged_kv.gpu.kernels.compile_check import (
     ARCHS,
     CompileResult,
     ToolchainMissing,
@@ -36,7 +36,7 @@ def test_every_kernel_compiles_for_sm80_and_sm90_without_spills(capsys) -> None:
     env["PAGED_KV_DEVICE"] = "gpu"
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
     proc = subprocess.run(
-        [sys.executable, "-m", "paged_kv.kernels.compile_check", "--json"],
+        [sys.executable, "-m", "paged_kv.gpu.kernels.compile_check", "--json"],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=600, check=False,
     )
     assert proc.returncode == 0, (

@@ -13,7 +13,7 @@ from paged_kv import (
     PagedKVCache,
     get_model,
 )
-from paged_kv.kv_io import WrittenExtents
+from paged_kv.core.sequence import WrittenExtents
 
 MODEL = get_model("tiny")  # 2 layers, 2 KV heads, head_dim 8, float16
 H, D = MODEL.num_kv_heads, MODEL.head_dim

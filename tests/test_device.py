@@ -17,7 +17,7 @@ import pytest
 from numba import cuda  # the simulator swaps this module-level name inside kernels
 
 import paged_kv
-from paged_kv import device
+from paged_kv.gpu import device
 
 NO_GPU = pytest.mark.skipif(device._driver_reports_a_device(), reason="this machine has a GPU")
 
@@ -25,7 +25,7 @@ NO_GPU = pytest.mark.skipif(device._driver_reports_a_device(), reason="this mach
 ROUND_TRIP = """
 import numpy as np
 from paged_kv import get_model
-from paged_kv.storage import KVStorage
+from paged_kv.gpu.storage import KVStorage
 spec = get_model("tiny")
 storage = KVStorage(spec, block_size=4, num_gpu_blocks=4, num_host_blocks=2)
 k = np.arange(6 * spec.num_kv_heads * spec.head_dim, dtype=spec.dtype).reshape(
@@ -35,7 +35,7 @@ storage.swap_out([(1, 0), (0, 1)])
 storage.swap_in([(0, 2), (1, 3)])
 got, _ = storage.gather(0, [[2, 3]], [6])
 assert np.array_equal(got, k), "bytes differ"
-print("round trip", paged_kv.device.device_kind())
+print("round trip", paged_kv.gpu.device.device_kind())
 """
 
 
@@ -63,7 +63,7 @@ def test_import_loads_no_numba_writes_no_environment_and_calls_no_driver() -> No
         import paged_kv
         assert dict(os.environ) == before, "import paged_kv wrote the environment"
         assert "numba" not in sys.modules, "import paged_kv imported numba"
-        assert paged_kv.device._kind is None, "import paged_kv chose a device"
+        assert paged_kv.gpu.device._kind is None, "import paged_kv chose a device"
         print("clean")
     """)
     assert done.returncode == 0, done.stderr
@@ -90,9 +90,9 @@ def test_numba_in_simulator_mode_first_works_too() -> None:
 def test_the_choice_is_made_at_first_use_and_the_override_wins() -> None:
     done = run("""
         import paged_kv, sys
-        from paged_kv import device
+        from paged_kv.gpu import device
         assert device._kind is None
-        import paged_kv.storage
+        import paged_kv.gpu.storage
         print(device._kind, device.cuda_api().__name__)
     """, PAGED_KV_DEVICE="sim")
     assert done.returncode == 0, done.stderr
@@ -101,21 +101,21 @@ def test_the_choice_is_made_at_first_use_and_the_override_wins() -> None:
 
 @NO_GPU
 def test_without_a_driver_the_package_chooses_the_simulator_by_itself() -> None:
-    done = run("import paged_kv; print(paged_kv.device.device_kind())")
+    done = run("import paged_kv; print(paged_kv.gpu.device.device_kind())")
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == ["sim"]
 
 
 def test_a_bad_override_is_a_one_line_error() -> None:
-    done = run("import paged_kv; paged_kv.device.device_kind()", PAGED_KV_DEVICE="tpu")
+    done = run("import paged_kv; paged_kv.gpu.device.device_kind()", PAGED_KV_DEVICE="tpu")
     assert done.returncode != 0
     last = done.stderr.strip().splitlines()[-1]
-    assert last.startswith("paged_kv.device.DeviceChoiceError: PAGED_KV_DEVICE must be one of "
+    assert last.startswith("paged_kv.gpu.device.DeviceChoiceError: PAGED_KV_DEVICE must be one of "
                            "('gpu', 'sim'), got 'tpu'")
 
 
 def test_gpu_forced_after_numba_chose_the_simulator_is_a_one_line_error() -> None:
-    done = run("from numba import cuda\nimport paged_kv.storage",
+    done = run("from numba import cuda\nimport paged_kv.gpu.storage",
                PAGED_KV_DEVICE="gpu", NUMBA_ENABLE_CUDASIM="1")
     assert done.returncode != 0
     last = done.stderr.strip().splitlines()[-1]

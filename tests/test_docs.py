@@ -61,10 +61,10 @@ def _code_blocks(page: Path) -> list[str]:
 
 @pytest.mark.parametrize("page", sorted((DOCS / "howto").glob("*.rst")), ids=lambda p: p.stem)
 def test_the_how_to_code_runs(page, monkeypatch):
-    import paged_kv.eviction
+    import paged_kv.core.eviction
 
     # a guide may register a policy: on a copy, so no other test sees it
-    monkeypatch.setattr(paged_kv.eviction, "POLICIES", dict(paged_kv.eviction.POLICIES))
+    monkeypatch.setattr(paged_kv.core.eviction, "POLICIES", dict(paged_kv.core.eviction.POLICIES))
     blocks = _code_blocks(page)
     assert blocks, f"{page.name} has no code"
     namespace: dict = {"__name__": f"docs_{page.stem}"}

@@ -11,8 +11,8 @@ import random
 import pytest
 
 from paged_kv.cache import PagedKVCache
-from paged_kv.config import CacheConfig
-from paged_kv.eviction import (
+from paged_kv.core.config import CacheConfig
+from paged_kv.core.eviction import (
     ONLINE_POLICIES,
     ARCPolicy,
     BeladyPolicy,

@@ -7,8 +7,8 @@ import sys
 
 import pytest
 
-from paged_kv import fences
-from paged_kv.fences import BlockFences
+from paged_kv.gpu import fences
+from paged_kv.gpu.fences import BlockFences
 
 
 class FakeEvent:
@@ -105,5 +105,5 @@ def test_reset_forgets_everything() -> None:
 
 
 def test_fences_never_import_numba() -> None:
-    code = "import sys, paged_kv.fences; assert 'numba' not in sys.modules"
+    code = "import sys, paged_kv.gpu.fences; assert 'numba' not in sys.modules"
     assert subprocess.run([sys.executable, "-c", code], timeout=120).returncode == 0

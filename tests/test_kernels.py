@@ -1,7 +1,7 @@
 """Every kernel against an independent NumPy reference, and every wrapper's rejections.
 
 The references below index plain NumPy arrays token by token; they share no code with
-`paged_kv.kernels`. Equality is exact, byte for byte. Under the CUDA simulator (the
+`paged_kv.gpu.kernels`. Equality is exact, byte for byte. Under the CUDA simulator (the
 default, see conftest.py) the dimensions are tiny so that no launch exceeds a few
 thousand threads; on a GPU (``PAGED_KV_DEVICE=gpu``, `scripts/gpu_check.sh`) the
 "realistic" dimensions run as well.
@@ -14,8 +14,15 @@ from dataclasses import dataclass
 import numpy as np
 import pytest
 
-from paged_kv.device import cuda_api, is_simulator
-from paged_kv.kernels import KERNELS, SWAP_METHODS, copy_blocks, gather_kv, swap_blocks, write_slots
+from paged_kv.gpu.device import cuda_api, is_simulator
+from paged_kv.gpu.kernels import (
+    KERNELS,
+    SWAP_METHODS,
+    copy_blocks,
+    gather_kv,
+    swap_blocks,
+    write_slots,
+)
 
 cuda = cuda_api()  # numba.cuda on a GPU, numba.cuda.simulator otherwise
 

@@ -7,9 +7,9 @@ import io
 import numpy as np
 import pytest
 
-from paged_kv.demo import run_demo
-from paged_kv.device import device_name
-from paged_kv.storage import KVStorage
+from paged_kv.gpu.device import device_name
+from paged_kv.gpu.storage import KVStorage
+from paged_kv.studies.demo import run_demo
 
 
 def test_demo_verifies_every_step() -> None:

@@ -1,4 +1,4 @@
-"""The paged attention kernels against `paged_kv.attention.dense_attention` (NumPy).
+"""The paged attention kernels against `paged_kv.reference.attention.dense_attention` (NumPy).
 
 K and V for the reference are read from a host copy of the pool by plain NumPy
 indexing through the same block tables, so the reference shares no code with the
@@ -19,10 +19,9 @@ import math
 import numpy as np
 import pytest
 
-from paged_kv.attention import dense_attention
-from paged_kv.device import cuda_api, is_simulator
-from paged_kv.kernels import decode_attention, paged_attention, prefill_attention
-from paged_kv.kernels.paged_attention import (
+from paged_kv.gpu.device import cuda_api, is_simulator
+from paged_kv.gpu.kernels import decode_attention, paged_attention, prefill_attention
+from paged_kv.gpu.kernels.paged_attention import (
     MAX_QUERIES,
     TILE_COLUMNS,
     TILE_HEAD,
@@ -32,6 +31,7 @@ from paged_kv.kernels.paged_attention import (
     _stride,
     _tiles,
 )
+from paged_kv.reference.attention import dense_attention
 
 pytestmark = pytest.mark.usefixtures("fast_simulator_barriers")  # conftest: speed only
 cuda = cuda_api()  # numba.cuda on a GPU, numba.cuda.simulator otherwise

@@ -16,8 +16,8 @@ import types as pytypes
 import numpy as np
 import pytest
 
-from paged_kv.device import cuda_api, is_simulator
-from paged_kv.kernels import (
+from paged_kv.gpu.device import cuda_api, is_simulator
+from paged_kv.gpu.kernels import (
     SWAP_METHODS,
     DeviceBuffers,
     copy_blocks,
@@ -25,11 +25,11 @@ from paged_kv.kernels import (
     swap_blocks,
     write_slots,
 )
-from paged_kv.kernels import block_copy as block_copy_module
-from paged_kv.kernels import gather as gather_module
-from paged_kv.kernels import slot_write as slot_write_module
-from paged_kv.kernels._units import plan_units
-from paged_kv.kernels.copy_engine import block_runs
+from paged_kv.gpu.kernels import block_copy as block_copy_module
+from paged_kv.gpu.kernels import gather as gather_module
+from paged_kv.gpu.kernels import slot_write as slot_write_module
+from paged_kv.gpu.kernels._units import plan_units
+from paged_kv.gpu.kernels.copy_engine import block_runs
 
 cuda = cuda_api()
 

@@ -1,8 +1,8 @@
 """Quantized pools in the kernels: the quantizing write, the dequantizing gather, paged
 attention over int8 and FP8 codes, and copy/swap carrying codes and scales together.
 
-The write and the gather are held to `paged_kv.quantization` (NumPy) bit for bit, codes
-and scales; attention to `paged_kv.attention.dense_attention` over the reference's
+The write and the gather are held to `paged_kv.reference.quantization` (NumPy) bit for bit, codes
+and scales; attention to `paged_kv.reference.attention.dense_attention` over the reference's
 dequantized K/V (the same arithmetic, float32 against float64). Sizes are tiny: every
 launch here is a few hundred simulator threads.
 """
@@ -12,10 +12,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from paged_kv import device
-from paged_kv.attention import dense_attention
-from paged_kv.config import get_model
-from paged_kv.kernels import (
+from paged_kv.core.config import get_model
+from paged_kv.gpu import device
+from paged_kv.gpu.kernels import (
     SWAP_METHODS,
     decode_attention,
     gather_kv_dequantized,
@@ -23,9 +22,11 @@ from paged_kv.kernels import (
     prefill_attention,
     write_slots_quantized,
 )
-from paged_kv.kernels._quant_math import e4m3_decode, e4m3_encode
-from paged_kv.kernels.paged_attention import _stride
-from paged_kv.quantization import (
+from paged_kv.gpu.kernels._quant_math import e4m3_decode, e4m3_encode
+from paged_kv.gpu.kernels.paged_attention import _stride
+from paged_kv.gpu.storage import KVStorage
+from paged_kv.reference.attention import dense_attention
+from paged_kv.reference.quantization import (
     dequantize_int8,
     fp8_e4m3_decode,
     fp8_e4m3_encode,
@@ -33,7 +34,6 @@ from paged_kv.quantization import (
     quantize_int8,
     round_trip,
 )
-from paged_kv.storage import KVStorage
 
 pytestmark = pytest.mark.usefixtures("fast_simulator_barriers")  # conftest: speed only
 cuda = device.cuda_api()

@@ -3,8 +3,8 @@
 import pytest
 
 from paged_kv.cache import PagedKVCache
-from paged_kv.config import CacheConfig
-from paged_kv.eviction import LengthAwarePolicy, make_policy
+from paged_kv.core.config import CacheConfig
+from paged_kv.core.eviction import LengthAwarePolicy, make_policy
 
 
 def test_lowest_frequency_first_then_deepest_then_least_recently_released():

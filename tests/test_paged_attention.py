@@ -1,5 +1,5 @@
-"""`paged_kv.paged_attention` (attention on the device, through the cache) against the
-NumPy reference `paged_kv.attention` and against dense attention over KV this test
+"""`paged_kv.cache.attention` (attention on the device, through the cache) against the
+NumPy reference `paged_kv.reference.attention` and against dense attention over KV this test
 keeps itself: decode after fork and copy-on-write, prefill over a prefix served by the
 prefix cache (only the new tokens' KV written), and the refusals. Models and helpers
 come from tests/test_attention.py, the simulator speed-up from
@@ -13,10 +13,12 @@ from test_attention import MODELS, TINY, queries
 from test_attention import write_dense as write
 
 from paged_kv import CacheConfig, PagedKVCache
-from paged_kv.attention import dense_attention, paged_attention, paged_decode_attention
-from paged_kv.device import cuda_api
-from paged_kv.errors import MetadataOnlyError, SequenceStateError, UnknownSequenceError
-from paged_kv.paged_attention import decode, prefill
+from paged_kv.cache.attention import decode, prefill
+from paged_kv.core.errors import MetadataOnlyError, SequenceStateError, UnknownSequenceError
+from paged_kv.gpu.device import cuda_api
+from paged_kv.reference.attention import decode as reference_decode
+from paged_kv.reference.attention import dense_attention
+from paged_kv.reference.attention import prefill as reference_prefill
 
 pytestmark = pytest.mark.usefixtures("fast_simulator_barriers")  # conftest: speed only
 cuda = cuda_api()  # numba.cuda on a GPU, numba.cuda.simulator otherwise
@@ -42,7 +44,7 @@ def test_decode_after_fork_and_copy_on_write_equals_the_reference(model) -> None
     q = queries(rng, model, 3)
     got = decode(cache, layer, [a, b, c], q)
     assert got.shape == q.shape and got.dtype == np.float32
-    np.testing.assert_allclose(got, paged_decode_attention(cache, layer, [a, b, c], q), **TOL)
+    np.testing.assert_allclose(got, reference_decode(cache, layer, [a, b, c], q), **TOL)
     for i, tail in enumerate([tail_a, tail_b]):
         k = np.concatenate([prompt[layer][0], tail[layer][0]])
         v = np.concatenate([prompt[layer][1], tail[layer][1]])
@@ -61,7 +63,7 @@ def test_prefill_without_a_prefix_equals_dense_causal_attention(model) -> None:
     q = queries(rng, model, 5)
     got = prefill(cache, 0, s, q)
     np.testing.assert_allclose(got, dense_attention(q, k, v), **TOL)
-    np.testing.assert_allclose(got, paged_attention(cache, 0, s, q), **TOL)
+    np.testing.assert_allclose(got, reference_prefill(cache, 0, s, q), **TOL)
 
 
 def test_prefill_over_a_prefix_cache_hit_computes_only_the_new_tokens() -> None:

@@ -14,10 +14,10 @@ import pytest
 from matplotlib.colors import to_rgb
 
 from paged_kv import plots
-from paged_kv.block_map import scripted_serving
 from paged_kv.plots._style import CURVE_STYLES, curve_style, overlapping_labels
 from paged_kv.plots.block_map import OWNER_COLORS, owner_colors
 from paged_kv.sim.accounting import CATEGORIES
+from paged_kv.studies.block_map import scripted_serving
 
 
 def _lab(colour) -> np.ndarray:

@@ -7,7 +7,7 @@ import pytest
 
 from paged_kv import CacheConfig, OutOfBlocksError
 from paged_kv.cache import PagedKVCache
-from paged_kv.errors import PrefixCacheInUseError
+from paged_kv.core.errors import PrefixCacheInUseError
 
 BS = 4
 

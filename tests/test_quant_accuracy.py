@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from paged_kv.cli import main
-from paged_kv.quant_accuracy import (
+from paged_kv.studies.quant_accuracy import (
     SCHEMES,
     capacity_table,
     error_table,

@@ -1,4 +1,4 @@
-"""The NumPy reference quantizer (`paged_kv.quantization`) and the KV dtypes in ModelSpec.
+"""The NumPy reference quantizer (`paged_kv.reference.quantization`) and the KV dtypes in ModelSpec.
 
 FP8 E4M3 is checked against the format's definition written out independently here
 (sign, exponent bias 7, three mantissa bits, subnormals, one NaN pattern per sign) and
@@ -11,9 +11,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from paged_kv.config import ModelSpec, get_model
-from paged_kv.kv_dtype import KV_DTYPES
-from paged_kv.quantization import (
+from paged_kv.core.config import ModelSpec, get_model
+from paged_kv.core.kv_dtype import KV_DTYPES
+from paged_kv.reference.quantization import (
     FP8_E4M3_MAX,
     dequantize_fp8,
     dequantize_int8,

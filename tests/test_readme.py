@@ -55,7 +55,7 @@ def test_every_make_target_is_listed_and_the_docs_are_linked():
 
 
 def test_the_simulator_estimate_quoted_is_what_the_demo_says(capsys, monkeypatch):
-    from paged_kv import device
+    from paged_kv.gpu import device
 
     monkeypatch.setattr(device, "device_kind", lambda: "sim")
     assert main(["demo", "--model", "opt-13b"]) == 2

@@ -9,7 +9,7 @@ import os
 import numpy as np
 import pytest
 
-from paged_kv.eviction import policy_names
+from paged_kv.core.eviction import policy_names
 from paged_kv.sim import Request, Workload, load_trace
 from paged_kv.sim.replay import replay
 from paged_kv.sim.replay_arrays import NEVER, TraceArrays

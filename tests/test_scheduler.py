@@ -233,9 +233,9 @@ def test_prefix_caching_in_the_simulator_saves_prefill_on_a_real_trace():
 
 
 def test_the_simulators_errors_are_the_packages_own_classes():
-    import paged_kv.errors as errors
+    import paged_kv.core.errors as errors
 
-    # one class per error: catching paged_kv.errors' class catches what simulate raises
+    # one class per error: catching paged_kv.core.errors' class catches what simulate raises
     with pytest.raises(errors.UnservableRequestError, match="cannot fit"):
         simulate(two_requests(), PagedScheme(1, 4))
     scheme = PagedScheme(8, 4, watermark=0.0)

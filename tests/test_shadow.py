@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 
 from paged_kv import CacheConfig, PagedKVCache
-from paged_kv.shadow import ShadowKV
-from paged_kv.storage import KVStorage
+from paged_kv.gpu.storage import KVStorage
+from paged_kv.reference.shadow import ShadowKV
 
 
 def _fork_and_cow() -> ShadowKV:

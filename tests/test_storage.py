@@ -10,10 +10,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from paged_kv import device
-from paged_kv.config import ModelSpec, get_model
-from paged_kv.kernels import SWAP_METHODS
-from paged_kv.storage import KVStorage
+from paged_kv.core.config import ModelSpec, get_model
+from paged_kv.gpu import device
+from paged_kv.gpu.kernels import SWAP_METHODS
+from paged_kv.gpu.storage import KVStorage
 
 cuda = device.cuda_api()
 

@@ -5,11 +5,11 @@ import dataclasses
 import numpy as np
 import pytest
 
-from paged_kv.config import get_model
-from paged_kv.sim.studies import fragmentation_study, make_workload, sharing_study
-from paged_kv.sim.studies.calibration import fit_memory_efficiency
-from paged_kv.sim.studies.sharing import fit_beam_model
-from paged_kv.sim.studies.throughput import (
+from paged_kv.core.config import get_model
+from paged_kv.studies import fragmentation_study, make_workload, sharing_study
+from paged_kv.studies.calibration import fit_memory_efficiency
+from paged_kv.studies.sharing import fit_beam_model
+from paged_kv.studies.throughput import (
     batch_size_study,
     block_size_latency,
     shared_prefix_study,

@@ -4,7 +4,7 @@ import dataclasses
 
 import pytest
 
-from paged_kv.config import get_model
+from paged_kv.core.config import get_model
 from paged_kv.sim.hardware import GPU_PRESETS, MODEL_COMPUTE, get_gpu, model_compute, model_spec
 from paged_kv.sim.timing import (
     CALIBRATION,

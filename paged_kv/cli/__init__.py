@@ -170,7 +170,7 @@ def _run(argv: Sequence[str] | None) -> int:
                           + _list_hint(command, argv, unknown[0]))
     except SystemExit as done:  # --help, --version, or a bad flag (already reported)
         return done.code if isinstance(done.code, int) else 2
-    args._argv = argv  # what was typed: `paged_kv.cli._checks.given` reads it
+    args._argv = argv  # what was typed: `paged_kv.cli._preflight.given` reads it
     try:
         # every check before any work: the device setting, a serving run's
         # pool and workload options, the default figure's path, then the command's own

@@ -17,8 +17,8 @@ The rules every subcommand follows:
 * A run longer than a few seconds shows a progress bar (``tqdm.auto``) unless
   ``--no-progress`` is given, or says up front how long it will take; work the CUDA
   simulator would spend minutes on is refused unless ``--allow-slow`` is given
-  (`~paged_kv.cli._checks.check_simulator_time`).
-* **Options that do not apply are refused**: `~paged_kv.cli._checks.refuse_if_given`
+  (`~paged_kv.cli._preflight.check_simulator_time`).
+* **Options that do not apply are refused**: `~paged_kv.cli._preflight.refuse_if_given`
   names the flag and why.
 * **Environment**: ``PAGED_KV_DEVICE`` is checked before any command runs (a value other
   than ``gpu`` or ``sim`` is refused, and ``gpu`` is refused without a GPU by commands
@@ -27,20 +27,11 @@ The rules every subcommand follows:
 Subcommand modules import everything from here; the pieces live by concern:
 `paged_kv.cli._parser` (the parser, its help and the usage error),
 `paged_kv.cli._types` (argument types, each declaring the ``bad_values`` it refuses),
-`paged_kv.cli._checks` (checks after parsing), `paged_kv.cli._serving` (a serving
+`paged_kv.cli._preflight` (checks after parsing), `paged_kv.cli._serving` (a serving
 simulation's options) and `paged_kv.cli._output` (the table, ``--output``,
 ``--figure``, progress).
 """
 
-from paged_kv.cli._checks import (
-    ANNOUNCE_S,
-    SLOW_SIMULATOR_S,
-    add_allow_slow,
-    check_device_setting,
-    check_simulator_time,
-    given,
-    refuse_if_given,
-)
 from paged_kv.cli._output import (
     add_output_options,
     emit,
@@ -56,6 +47,15 @@ from paged_kv.cli._parser import (
     Parser,
     UsageError,
     one_line,
+)
+from paged_kv.cli._preflight import (
+    ANNOUNCE_S,
+    SLOW_SIMULATOR_S,
+    add_allow_slow,
+    check_device_setting,
+    check_simulator_time,
+    given,
+    refuse_if_given,
 )
 from paged_kv.cli._serving import (
     RECORDED_ARRIVALS,

@@ -13,8 +13,8 @@ from typing import Any
 
 import pandas as pd
 
-from paged_kv.cli._checks import given
 from paged_kv.cli._parser import UsageError
+from paged_kv.cli._preflight import given
 from paged_kv.cli._types import RESULT_FORMATS, figure_file, results_file
 
 

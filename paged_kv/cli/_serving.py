@@ -8,8 +8,8 @@ from typing import Any
 
 import pandas as pd
 
-from paged_kv.cli._checks import refuse_if_given
 from paged_kv.cli._parser import UsageError
+from paged_kv.cli._preflight import refuse_if_given
 from paged_kv.cli._types import int_at_least, int_list, positive_number, seed
 
 #: workloads whose arrival times are recorded in the trace (``--rate`` does not apply)
@@ -22,10 +22,10 @@ def check_serving_options(args: argparse.Namespace) -> None:
     the model and the GPU are presets, the KV pool holds one longest sequence (in whole
     blocks, with a block size), and ``--rate`` is refused for a trace with recorded
     arrivals (a command then prints no rate: `applies_rate`)."""
-    try:  # the simulator's presets: paged_kv.config's and the extra models it knows
+    try:  # the simulator's presets: paged_kv.core.config's and the extra models it knows
         from paged_kv.sim.hardware import model_spec as get_model  # noqa: PLC0415
     except ImportError:
-        from paged_kv.config import get_model  # noqa: PLC0415
+        from paged_kv.core.config import get_model  # noqa: PLC0415
 
     spec = None
     if isinstance(getattr(args, "model", None), str):
@@ -42,7 +42,7 @@ def check_serving_options(args: argparse.Namespace) -> None:
             )
         block = getattr(args, "block_size", None)
         if isinstance(block, int):
-            from paged_kv.config import CacheConfig  # noqa: PLC0415
+            from paged_kv.core.config import CacheConfig  # noqa: PLC0415
 
             blocks = slots // block
             usable = blocks - (CacheConfig(block, max(1, blocks)).watermark_reserve_blocks
@@ -76,7 +76,7 @@ def add_model_options(parser: argparse.ArgumentParser, *, gpu: bool = False,
                       kv_dtype: bool = False) -> None:
     """Add ``--model`` (the simulator's model presets) and, when asked, ``--gpu`` (the GPU
     presets, which set the step time) and ``--kv-dtype`` (what the cache stores)."""
-    from paged_kv.kv_dtype import KV_DTYPE_CHOICES  # noqa: PLC0415
+    from paged_kv.core.kv_dtype import KV_DTYPE_CHOICES  # noqa: PLC0415
     from paged_kv.sim.hardware import GPU_PRESETS, MODEL_COMPUTE  # noqa: PLC0415
 
     parser.add_argument("--model", default="opt-13b", choices=sorted(MODEL_COMPUTE),

@@ -32,7 +32,7 @@ steps, and draws the map (one column per step, one row per token slot)."""
 
 
 def _policies() -> list[str]:
-    from paged_kv.eviction import make_policy, policy_names  # noqa: PLC0415
+    from paged_kv.core.eviction import make_policy, policy_names  # noqa: PLC0415
 
     usable = []
     for name in policy_names():
@@ -69,7 +69,7 @@ def register(subparsers) -> None:
 
 def check(args: argparse.Namespace) -> None:
     """Refuse a pool too small for the longest request before serving."""
-    from paged_kv.block_map import min_blocks  # noqa: PLC0415
+    from paged_kv.studies.block_map import min_blocks  # noqa: PLC0415
 
     needed = min_blocks(args.block_size, tuple(args.prefix_lens), args.parallel_every)
     if args.num_blocks < needed:
@@ -82,8 +82,8 @@ def check(args: argparse.Namespace) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Serve, print what happened and the pool per state, draw the map."""
-    from paged_kv.block_map import block_map_summary, scripted_serving  # noqa: PLC0415
     from paged_kv.plots import plot_block_map, save  # noqa: PLC0415
+    from paged_kv.studies.block_map import block_map_summary, scripted_serving  # noqa: PLC0415
 
     recorder, log = scripted_serving(
         num_blocks=args.num_blocks, block_size=args.block_size,

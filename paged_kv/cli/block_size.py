@@ -47,8 +47,8 @@ def run(args: argparse.Namespace) -> int:
     """Run the sweep, print the table, write the figure."""
     from paged_kv.plots import plot_block_size, save  # noqa: PLC0415
     from paged_kv.sim.hardware import get_gpu, model_spec  # noqa: PLC0415
-    from paged_kv.sim.studies import block_size_sweep  # noqa: PLC0415
-    from paged_kv.sim.studies._common import default_kv_bytes  # noqa: PLC0415
+    from paged_kv.studies import block_size_sweep  # noqa: PLC0415
+    from paged_kv.studies._common import default_kv_bytes  # noqa: PLC0415
 
     frame = block_size_sweep(
         block_sizes=tuple(args.block_sizes), workloads=tuple(args.workloads),

@@ -6,7 +6,7 @@ import argparse
 
 from paged_kv.cli import add_command
 from paged_kv.cli._common import add_allow_slow, check_simulator_time, seed
-from paged_kv.config import MODEL_PRESETS
+from paged_kv.core.config import MODEL_PRESETS
 
 NAME = "demo"
 HELP = "data-plane round trip through the kernels, every byte checked"
@@ -30,7 +30,7 @@ def register(subparsers) -> None:
 
 def check(args: argparse.Namespace) -> None:
     """Refuse a model the CUDA simulator would take minutes on, unless --allow-slow."""
-    from paged_kv.demo import simulator_seconds  # noqa: PLC0415
+    from paged_kv.studies.demo import simulator_seconds  # noqa: PLC0415
 
     check_simulator_time(args, simulator_seconds(args.model), "--model",
                          f"the demo on {args.model}")
@@ -38,6 +38,6 @@ def check(args: argparse.Namespace) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Run the demo; status 0 when every byte matched."""
-    from paged_kv.demo import run_demo  # noqa: PLC0415 - loads numba
+    from paged_kv.studies.demo import run_demo  # noqa: PLC0415 - loads numba
 
     return 0 if run_demo(args.model, seed=args.seed) else 1

@@ -64,7 +64,7 @@ def run(args: argparse.Namespace) -> int:
     """Run the study, print the table beside the paper's, write the figure."""
     from paged_kv.plots import plot_fragmentation, save  # noqa: PLC0415
     from paged_kv.sim.hardware import model_spec  # noqa: PLC0415
-    from paged_kv.sim.studies import fragmentation_study  # noqa: PLC0415
+    from paged_kv.studies import fragmentation_study  # noqa: PLC0415
 
     model = model_spec(args.model).with_kv_dtype(args.kv_dtype)
     study = fragmentation_study(

@@ -95,7 +95,7 @@ def check(args: argparse.Namespace) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Run the scripted generation, print both tables; status 1 if out of tolerance."""
-    from paged_kv.device import device_name  # noqa: PLC0415
+    from paged_kv.gpu.device import device_name  # noqa: PLC0415
     from paged_kv.model import get_model_config  # noqa: PLC0415
     from paged_kv.model.generation import (  # noqa: PLC0415
         PROMPT_LOGITS_MODES,

@@ -17,7 +17,7 @@ from paged_kv.cli._common import (
     progress_enabled,
     seed,
 )
-from paged_kv.humanize import format_bytes
+from paged_kv.core.humanize import format_bytes
 
 NAME = "kv-quant"
 HELP = "capacity and attention error of int8 and FP8 KV caches"
@@ -71,7 +71,7 @@ def register(subparsers) -> None:
 def check(args: argparse.Namespace) -> None:
     """Refuse more outlier channels than the head has, a budget that holds no block, and
     an error study too large to hold in memory; announce the small model's run."""
-    from paged_kv.config import get_model  # noqa: PLC0415
+    from paged_kv.core.config import get_model  # noqa: PLC0415
 
     if args.outlier_channels > args.head_dim:
         raise UsageError(f"argument --outlier-channels: {args.outlier_channels} exceeds "
@@ -101,7 +101,7 @@ def check(args: argparse.Namespace) -> None:
 def run(args: argparse.Namespace) -> int:
     """Print the capacity and error tables, write the outlier sweep figure."""
     from paged_kv.plots import plot_quantization_error, save  # noqa: PLC0415
-    from paged_kv.quant_accuracy import (  # noqa: PLC0415
+    from paged_kv.studies.quant_accuracy import (  # noqa: PLC0415
         capacity_table,
         error_table,
         outlier_sweep,
@@ -127,7 +127,7 @@ def run(args: argparse.Namespace) -> int:
                                "v_error": "V error|{:.4f}",
                                "attention_error": "attention error|{:.4f}"})
     if args.model_logits:
-        from paged_kv.quant_accuracy import model_logit_drift  # noqa: PLC0415
+        from paged_kv.studies.quant_accuracy import model_logit_drift  # noqa: PLC0415
 
         prompt_len, new_tokens = 16, 8
         drift = model_logit_drift(prompt_len=prompt_len, new_tokens=new_tokens, seed=args.seed)

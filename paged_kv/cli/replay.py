@@ -82,7 +82,7 @@ def add_trace_options(parser: argparse.ArgumentParser) -> None:
 
 def register(subparsers) -> None:
     """Add ``replay`` and its options."""
-    from paged_kv.eviction import policy_names  # noqa: PLC0415
+    from paged_kv.core.eviction import policy_names  # noqa: PLC0415
 
     parser = add_command(subparsers, __name__, NAME, HELP, DESCRIPTION)
     add_trace_options(parser)

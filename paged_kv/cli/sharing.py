@@ -52,8 +52,8 @@ def run(args: argparse.Namespace) -> int:
     """Run the study, print the table beside the paper's ranges, write the figure."""
     from paged_kv.plots import plot_sharing, save  # noqa: PLC0415
     from paged_kv.sim.hardware import get_gpu, model_spec  # noqa: PLC0415
-    from paged_kv.sim.studies import sharing_study  # noqa: PLC0415
-    from paged_kv.sim.studies._common import default_kv_bytes  # noqa: PLC0415
+    from paged_kv.studies import sharing_study  # noqa: PLC0415
+    from paged_kv.studies._common import default_kv_bytes  # noqa: PLC0415
 
     table = sharing_study(widths=tuple(args.widths), workloads=tuple(args.workloads),
                           samplings=tuple(args.samplings), seeds=tuple(args.seeds),

@@ -45,7 +45,7 @@ capacity_list.bad_values = ("", ",", "banana", "0", "1e4", "10,10", "unbounded,u
 
 def register(subparsers) -> None:
     """Add ``sweep`` and its options."""
-    from paged_kv.eviction import policy_names  # noqa: PLC0415
+    from paged_kv.core.eviction import policy_names  # noqa: PLC0415
     from paged_kv.sim.replay_sweep import ENGINES  # noqa: PLC0415
 
     parser = add_command(subparsers, __name__, NAME, HELP, DESCRIPTION)

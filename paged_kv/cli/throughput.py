@@ -70,7 +70,7 @@ def check(args: argparse.Namespace) -> None:
 def run(args: argparse.Namespace) -> int:
     """Run the study, print the sustained rates and the ratios beside the paper's."""
     from paged_kv.sim.hardware import model_spec  # noqa: PLC0415
-    from paged_kv.sim.studies.throughput import (  # noqa: PLC0415
+    from paged_kv.studies.throughput import (  # noqa: PLC0415
         RATES,
         batch_size_study,
         shared_prefix_study,

@@ -26,7 +26,7 @@ SCHEMES = ("paged", "max", "pow2", "oracle")
 
 def register(subparsers) -> None:
     """Add ``timeline`` and its options."""
-    from paged_kv.sim.studies import WORKLOADS  # noqa: PLC0415
+    from paged_kv.studies import WORKLOADS  # noqa: PLC0415
 
     parser = add_command(subparsers, __name__, NAME, HELP, DESCRIPTION)
     parser.add_argument("--scheme", default="paged", choices=SCHEMES,
@@ -48,7 +48,7 @@ def run(args: argparse.Namespace) -> int:
     from paged_kv.sim.hardware import model_spec  # noqa: PLC0415
     from paged_kv.sim.scheduler import simulate  # noqa: PLC0415
     from paged_kv.sim.schemes import ContiguousScheme, PagedScheme  # noqa: PLC0415
-    from paged_kv.sim.studies import kv_slots, make_workload  # noqa: PLC0415
+    from paged_kv.studies import kv_slots, make_workload  # noqa: PLC0415
 
     spec = model_spec(args.model)
     slots = kv_slots(spec, int(args.kv_gib * 2**30))

@@ -1,6 +1,6 @@
 """The shape of a small decoder-only transformer: its KV part and the rest.
 
-The KV part is a `paged_kv.config.ModelSpec` (layers, KV heads, query heads, head_dim,
+The KV part is a `paged_kv.core.config.ModelSpec` (layers, KV heads, query heads, head_dim,
 the KV dtype the pools store), so a `PagedKVCache` built from ``config.spec`` holds
 exactly this model's KV. The rest (vocabulary, hidden and MLP widths, RoPE base) only
 the NumPy model needs. Presets are small enough that a whole generation runs through
@@ -12,8 +12,8 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-from paged_kv.checks import require_int
-from paged_kv.config import SUPPORTED_DTYPES, ModelSpec, get_model
+from paged_kv.core.config import SUPPORTED_DTYPES, ModelSpec, get_model
+from paged_kv.core.validate import require_int
 
 
 @dataclass(frozen=True)
@@ -66,7 +66,7 @@ class ModelConfig:
         """The float dtype the model rounds K and V to before the cache stores them
         (``spec.dtype``). It is the pools' dtype unless ``spec.kv_dtype`` names a
         quantized type (``spec.with_kv_dtype("int8")``), which the cache then stores
-        instead (`paged_kv.kv_dtype`)."""
+        instead (`paged_kv.core.kv_dtype`)."""
         return self.spec.dtype
 
     def with_kv_dtype(self, dtype: str) -> ModelConfig:
@@ -78,7 +78,7 @@ class ModelConfig:
         return dataclasses.replace(self, spec=dataclasses.replace(self.spec, dtype=dtype))
 
 
-#: Model presets. "tiny" has the KV shape of `paged_kv.config`'s "tiny" preset (2 layers,
+#: Model presets. "tiny" has the KV shape of `paged_kv.core.config`'s "tiny" preset (2 layers,
 #: 2 KV heads, 4 query heads, head_dim 8) with float32 KV, so paged and dense logits
 #: agree to float32 rounding; `with_kv_dtype("float16")` gives the preset's own dtype.
 MODEL_CONFIGS: dict[str, ModelConfig] = {

@@ -1,7 +1,7 @@
 """The dense reference: the same model with no cache at all.
 
 `DenseModel.logits` recomputes a whole sequence from its token ids in one causal pass,
-attending in float64 (`paged_kv.attention.dense_attention`) over K and V held in plain
+attending in float64 (`paged_kv.reference.attention.dense_attention`) over K and V held in plain
 arrays. Nothing in it touches a block table, a pool or a kernel, so the paged runner's
 logits agreeing with it checks the whole paged path: slot writes, prefix hits, forks
 and copy-on-write, swapping, and attention read through block tables on the device.
@@ -13,9 +13,9 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from paged_kv.attention import dense_attention
 from paged_kv.model.transformer import Transformer
 from paged_kv.model.weights import Weights
+from paged_kv.reference.attention import dense_attention
 
 
 class DenseModel:

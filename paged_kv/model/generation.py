@@ -32,7 +32,7 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
-from paged_kv.checks import require_int
+from paged_kv.core.validate import require_int
 from paged_kv.model.config import get_model_config
 from paged_kv.model.dense import LOGITS_TOLERANCE, DenseModel
 from paged_kv.model.paged import PagedModelRunner
@@ -194,7 +194,7 @@ def run_generation(
     `paged_kv.model.ATTENTION_BACKENDS`. The weights and the prompts come from `seed`.
     """
     from paged_kv.cache import PagedKVCache  # noqa: PLC0415 - numba, when storage is built
-    from paged_kv.config import CacheConfig  # noqa: PLC0415
+    from paged_kv.core.config import CacheConfig  # noqa: PLC0415
 
     if prompt_logits not in PROMPT_LOGITS_MODES:
         raise ValueError(f"unknown prompt_logits mode {prompt_logits!r}; valid names: "

@@ -3,7 +3,7 @@
 Each layer's attention goes through the cache, as in a serving engine: the new tokens'
 K and V are written into the pool with the slot-write kernel (`write_kv`,
 `write_kv_batch`), then the queries attend to K/V read through the block tables by the
-paged-attention kernels (`paged_kv.paged_attention`: ``prefill`` over a cached prefix,
+paged-attention kernels (`paged_kv.cache.attention`: ``prefill`` over a cached prefix,
 ``decode`` for a batch). What the prefix cache serves is not computed at all::
 
     prompt   t0 t1 t2 t3 | t4 t5 t6 t7 | t8 t9          block_size 4
@@ -29,8 +29,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from paged_kv.checks import is_int
-from paged_kv.errors import OutOfBlocksError
+from paged_kv.core.errors import OutOfBlocksError
+from paged_kv.core.validate import is_int
 from paged_kv.model.prompt_logits import PromptLogits
 from paged_kv.model.transformer import Transformer
 from paged_kv.model.weights import Weights
@@ -47,13 +47,13 @@ def attention_functions(backend: str):
     """``(prefill, decode)`` attention over the cache for `backend` (see
     `ATTENTION_BACKENDS`); both take ``(cache, layer, seq or seq_ids, q, ...)``."""
     if backend == "device":
-        from paged_kv import paged_attention  # noqa: PLC0415 - loads the kernels
+        from paged_kv.cache import attention as paged_attention  # noqa: PLC0415 - loads the kernels
 
         return paged_attention.prefill, paged_attention.decode
     if backend == "reference":
-        from paged_kv import attention  # noqa: PLC0415
+        from paged_kv.reference import attention  # noqa: PLC0415
 
-        return attention.paged_attention, attention.paged_decode_attention
+        return attention.prefill, attention.decode
     raise ValueError(
         f"unknown attention backend {backend!r}; valid names: {', '.join(ATTENTION_BACKENDS)}"
     )

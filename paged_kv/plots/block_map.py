@@ -5,8 +5,8 @@ from __future__ import annotations
 import matplotlib.pyplot as plt
 import numpy as np
 
-from paged_kv.block_map import EVICTABLE, FREE, SHARED, BlockMapRecorder
 from paged_kv.plots._style import COLORS, new_axes
+from paged_kv.studies.block_map import EVICTABLE, FREE, SHARED, BlockMapRecorder
 
 #: colours of the block-map states that are not an owner (unfilled slots of a held block
 #: are internal fragmentation, in that category's colour in every figure)
@@ -67,7 +67,7 @@ def owner_colors(states: np.ndarray) -> dict[int, int]:
 def plot_block_map(recorder: BlockMapRecorder, ax=None, title: str = "") -> plt.Figure:
     """The GPU pool over time: one column per snapshot, one row per token slot.
 
-    `recorder` is a `paged_kv.block_map.BlockMapRecorder` (or anything with ``states``
+    `recorder` is a `paged_kv.studies.block_map.BlockMapRecorder` (or anything with ``states``
     and ``fill`` arrays of shape ``[snapshot, block]`` and a ``block_size``). A slot that
     holds a token takes its owner's colour (`owner_colors`; black when several owners
     share the block); a slot of a held block with no token yet is internal

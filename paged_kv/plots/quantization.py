@@ -12,7 +12,7 @@ def plot_quantization_error(sweep: pd.DataFrame, ax=None, title: str = "") -> pl
     """Relative attention-output error against the key outlier scale, one line per scheme
     (told apart by marker and line style).
 
-    `sweep` is `paged_kv.quant_accuracy.outlier_sweep`'s frame.
+    `sweep` is `paged_kv.studies.quant_accuracy.outlier_sweep`'s frame.
     """
     fig, ax = new_axes(ax)
     for i, (scheme, rows) in enumerate(sweep.groupby("scheme", sort=False)):

@@ -30,7 +30,7 @@ from __future__ import annotations
 import bisect
 from abc import ABC, abstractmethod
 
-from paged_kv.checks import require_int
+from paged_kv.core.validate import require_int
 
 #: placements `make_space` knows
 ALLOCATORS = ("buddy", "first-fit")

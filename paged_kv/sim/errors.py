@@ -1,16 +1,16 @@
 """Errors the serving simulator raises when it is misused or finds itself inconsistent.
 
-They join the package's hierarchy under `paged_kv.errors.SimulationError`, so one
+They join the package's hierarchy under `paged_kv.core.errors.SimulationError`, so one
 ``except PagedKVError`` catches every paged_kv error; those that reject an argument
 also subclass `ValueError` (what the rest of the package raises for a bad argument), so
 callers written against `ValueError` keep working. `SimulationError` and
-`UnservableRequestError` are `paged_kv.errors`' own classes, re-exported here: there is
+`UnservableRequestError` are `paged_kv.core.errors`' own classes, re-exported here: there is
 one class per error, whichever module it is imported from.
 """
 
 from __future__ import annotations
 
-from paged_kv.errors import SchemeStateError, SimulationError, UnservableRequestError
+from paged_kv.core.errors import SchemeStateError, SimulationError, UnservableRequestError
 
 
 class SchemeReusedError(SchemeStateError):

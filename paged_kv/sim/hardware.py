@@ -3,7 +3,7 @@
 `GPUSpec` holds a GPU's memory, memory bandwidth, dense FP16 tensor-core FLOP/s and the
 bandwidth of its host link (what a swap crosses), each from the vendor's datasheet.
 `ModelCompute` holds what a forward pass costs beyond the KV shape that
-`paged_kv.config.ModelSpec` already describes: parameters (bytes to read per step,
+`paged_kv.core.config.ModelSpec` already describes: parameters (bytes to read per step,
 FLOPs per token), hidden size and layers (attention FLOPs), from the models' papers.
 Both are separate from `ModelSpec` on purpose: the cache needs only the KV shape.
 
@@ -17,7 +17,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
 
-from paged_kv.config import ModelSpec, get_model
+from paged_kv.core.config import ModelSpec, get_model
 
 _GB = 1e9
 _TFLOPS = 1e12
@@ -113,7 +113,7 @@ def _decoder_params(layers: int, d: int, ffn: int, vocab: int, *, gated: bool,
     return layers * (attention + mlp) + (1 if tied else 2) * vocab * d
 
 
-#: Compute shapes by model preset name (`paged_kv.config.MODEL_PRESETS` plus
+#: Compute shapes by model preset name (`paged_kv.core.config.MODEL_PRESETS` plus
 #: ``llama-13b``, the model of the paper's §6.4 shared-prefix study). Parameter counts
 #: are from the architectures (matrices only; biases and norms are under 0.1%).
 MODEL_COMPUTE: Mapping[str, ModelCompute] = MappingProxyType({
@@ -136,7 +136,7 @@ MODEL_COMPUTE: Mapping[str, ModelCompute] = MappingProxyType({
                "FFN 14,336, vocabulary 128,256: 8.0B"),
 })
 
-#: KV shapes of models that are not `paged_kv.config` presets (same KV as OPT-13B:
+#: KV shapes of models that are not `paged_kv.core.config` presets (same KV as OPT-13B:
 #: 40 layers x 40 heads x 128, FP16, context 2,048).
 EXTRA_MODELS: Mapping[str, ModelSpec] = MappingProxyType({
     "llama-13b": ModelSpec("llama-13b", num_layers=40, num_kv_heads=40, head_dim=128,
@@ -145,7 +145,7 @@ EXTRA_MODELS: Mapping[str, ModelSpec] = MappingProxyType({
 
 
 def model_spec(model: str | ModelSpec) -> ModelSpec:
-    """`model` as a `ModelSpec`: a preset name (`paged_kv.config` or `EXTRA_MODELS`), or a
+    """`model` as a `ModelSpec`: a preset name (`paged_kv.core.config` or `EXTRA_MODELS`), or a
     `ModelSpec` returned as is (so a caller can pass, say, another KV dtype)."""
     if isinstance(model, ModelSpec):
         return model

@@ -188,7 +188,7 @@ MOONCAKE_FIG9_HIT_RATE: Mapping[str, Mapping[int | None, float]] = MappingProxyT
 #: capacity (512-token blocks; None = "Inf") -> hit rate, on the report's own
 #: 23,608-request trace (arxiv-trace/mooncake_trace.jsonl, not shipped here). The report
 #: describes LengthAwareCache only as "similar to LFU but prioritizing cache blocks
-#: occurring later in requests" (see paged_kv.eviction.length_aware for our reading).
+#: occurring later in requests" (see paged_kv.core.eviction.length_aware for our reading).
 #: Sources: the LRU row as quoted in this project's issue 11; the LFU and LengthAware
 #: rows (and the LRU row again) from three independent public reading notes of the
 #: report, found by a full-text search of public repositories, which agree cell for

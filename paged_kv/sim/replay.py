@@ -37,11 +37,11 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from paged_kv.cache import PagedKVCache
-from paged_kv.checks import cdiv, is_int
-from paged_kv.config import CacheConfig
-from paged_kv.eviction import EvictionPolicy, policy_names
-from paged_kv.eviction.belady import BeladyPolicy
-from paged_kv.eviction.length_aware import LengthAwarePolicy
+from paged_kv.core.config import CacheConfig
+from paged_kv.core.eviction import EvictionPolicy, policy_names
+from paged_kv.core.eviction.belady import BeladyPolicy
+from paged_kv.core.eviction.length_aware import LengthAwarePolicy
+from paged_kv.core.validate import cdiv, is_int
 from paged_kv.sim.request import Request, Workload
 from paged_kv.sim.traces import load_trace
 
@@ -223,7 +223,7 @@ def replay(
         number (a prompt longer than the cache caches what fits, see the module
         docstring); None for unbounded (nothing is ever evicted).
     policy:
-        An eviction policy name (see `paged_kv.eviction.policy_names`), including
+        An eviction policy name (see `paged_kv.core.eviction.policy_names`), including
         ``"belady"``, the offline optimum, which this function feeds the future, and
         ``"length_aware"``, which it tells each key's depth.
     warmup:

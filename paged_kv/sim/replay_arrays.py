@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from paged_kv.checks import cdiv, require_int
+from paged_kv.core.validate import cdiv, require_int
 from paged_kv.sim.request import Workload
 
 #: ``next_access`` of an access whose key is never accessed again.

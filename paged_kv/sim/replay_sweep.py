@@ -33,7 +33,7 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
-from paged_kv.eviction import policy_names
+from paged_kv.core.eviction import policy_names
 from paged_kv.sim.replay import check_capacity, check_policy, check_warmup, replay
 from paged_kv.sim.replay_arrays import TraceArrays, as_trace_arrays
 from paged_kv.sim.request import Workload

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from paged_kv.checks import require_int
+from paged_kv.core.validate import require_int
 from paged_kv.sim.replay_arrays import TraceArrays, intern_keys
 
 

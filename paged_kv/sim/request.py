@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from paged_kv.checks import cdiv, is_int
+from paged_kv.core.validate import cdiv, is_int
 
 
 @dataclass(frozen=True, slots=True)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-from paged_kv.checks import is_int
+from paged_kv.core.validate import is_int
 from paged_kv.sim.timing import StepTime, calibrated_step_time
 
 SAMPLING = ("single", "parallel", "beam")
@@ -14,7 +14,7 @@ BEAM_PARENTS = ("lineage", "uniform")
 #: Beam search (``beam_parents="lineage"``): a beam is replaced on average
 #: ``BEAM_REPLACEMENTS * (output_len - 1) ** BEAM_LENGTH_EXPONENT`` times over a request.
 #: Both are fitted to the vLLM paper's Fig. 15 beam-search savings on both workloads
-#: (``paged_kv.sim.studies.sharing.fit_beam_model``): the exponent comes out 0, a
+#: (``paged_kv.studies.sharing.fit_beam_model``): the exponent comes out 0, a
 #: fixed number of replacements per beam whatever the output length (a constant rate
 #: per token would leave Alpaca's short outputs sharing far too little).
 BEAM_REPLACEMENTS = 10.0

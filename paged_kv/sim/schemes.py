@@ -36,8 +36,8 @@ from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
 
 from paged_kv.cache import PagedKVCache
-from paged_kv.checks import cdiv, require_int
-from paged_kv.config import CacheConfig
+from paged_kv.core.config import CacheConfig
+from paged_kv.core.validate import cdiv, require_int
 from paged_kv.sim.address_space import ALLOCATORS, make_space, next_power_of_two
 from paged_kv.sim.request import Request
 
@@ -46,7 +46,7 @@ _LABELS = {"max": "Max", "pow2": "Pow2", "oracle": "Oracle"}
 
 
 @dataclass(frozen=True, slots=True)
-class Admission:
+class Admitted:
     """What `MemoryScheme.try_admit` gives a request it admits."""
 
     #: one opaque handle per sequence (sequence ids, or range starts)
@@ -82,7 +82,7 @@ class MemoryScheme(ABC):
         empty pool (without any sharing)."""
 
     @abstractmethod
-    def try_admit(self, request: Request, prefill_len: int, num_seqs: int) -> Admission | None:
+    def try_admit(self, request: Request, prefill_len: int, num_seqs: int) -> Admitted | None:
         """Admit `prefill_len` tokens of prompt for `num_seqs` sequences, or return None
         changing nothing when they do not fit now."""
 
@@ -227,7 +227,7 @@ class PagedScheme(MemoryScheme):
         count = min(request.prompt_len // self.block_size, len(keys) * per)
         return [(keys[i // per], i % per) for i in range(count)]
 
-    def try_admit(self, request: Request, prefill_len: int, num_seqs: int) -> Admission | None:
+    def try_admit(self, request: Request, prefill_len: int, num_seqs: int) -> Admitted | None:
         """Allocate the prompt under the watermark and fork it; None if it does not fit.
 
         `PagedKVCache.try_allocate` hashes and matches the prompt once; the scheduler
@@ -240,7 +240,7 @@ class PagedScheme(MemoryScheme):
             return None
         seqs = [cache.fork(seq) for _ in range(num_seqs - 1)]
         seqs.append(seq)  # the original last: its holders copy before it would
-        return Admission(
+        return Admitted(
             handles=seqs,
             alloc=self.slots_for(prefill_len),
             cached_tokens=cache.num_cached_tokens(seq),
@@ -404,7 +404,7 @@ class ContiguousScheme(MemoryScheme):
             self._fits[key] = all(empty.allocate(key[0]) is not None for _ in range(num_seqs))
         return self._fits[key]
 
-    def try_admit(self, request: Request, prefill_len: int, num_seqs: int) -> Admission | None:
+    def try_admit(self, request: Request, prefill_len: int, num_seqs: int) -> Admitted | None:
         """Reserve one range per sequence, all or none."""
         length = self.reserve(request)
         starts: list[int] = []
@@ -418,7 +418,7 @@ class ContiguousScheme(MemoryScheme):
         for s in starts:
             self._reserved[s] = length
         self._reserved_total += num_seqs * length
-        return Admission(handles=starts, alloc=length, cached_tokens=0, shared_partial=False)
+        return Admitted(handles=starts, alloc=length, cached_tokens=0, shared_partial=False)
 
     def commit(self, handles: Sequence[int], num_tokens: int) -> None:
         """Contiguous memory caches no prefixes: nothing to publish."""

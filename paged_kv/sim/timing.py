@@ -30,7 +30,7 @@ as vLLM's ``swap_blocks`` issues them, so small blocks swap slowly (the paper's 
 Which constants are whose (see `CALIBRATION` for the numbers and their sources):
 peak bandwidth, FLOP/s and link speed are datasheet figures (`paged_kv.sim.hardware`);
 ``eta_mem`` is fitted to the vLLM paper's Fig. 13a (average batch sizes at 2 req/s) by
-`paged_kv.sim.studies.calibration`; ``paged_overhead_tokens`` is inferred from its Fig.
+`paged_kv.studies.calibration`; ``paged_overhead_tokens`` is inferred from its Fig.
 18a (PagedAttention 20-26% slower than FasterTransformer's contiguous kernel, read as
 measured at block size 16); ``eta_flop``, ``overhead_s``, ``eta_link`` and
 ``copy_latency_s`` are modelling choices.
@@ -44,7 +44,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
-from paged_kv.config import ModelSpec
+from paged_kv.core.config import ModelSpec
 from paged_kv.sim.hardware import GPUSpec, ModelCompute, get_gpu, model_compute, model_spec
 
 
@@ -93,7 +93,7 @@ class StepTimeModel(StepTime):
 
 #: The constants of `RooflineStepTime` with their status. ``fitted``: fitted to the
 #: vLLM paper's Fig. 13a (OPT-13B, A100-40GB, ShareGPT at 2 req/s) by
-#: ``paged_kv.sim.studies.calibration.fit_memory_efficiency``; ``inferred``: read from
+#: ``paged_kv.studies.calibration.fit_memory_efficiency``; ``inferred``: read from
 #: the paper with an assumption stated; ``choice``: a modelling choice.
 CALIBRATION: Mapping[str, Mapping[str, object]] = MappingProxyType({
     "memory_efficiency": MappingProxyType({

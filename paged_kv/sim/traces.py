@@ -51,7 +51,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from paged_kv.checks import cdiv, require_int
+from paged_kv.core.validate import cdiv, require_int
 from paged_kv.sim.request import Request, Workload
 from paged_kv.sim.workloads import arrival_times
 

@@ -45,7 +45,7 @@ from types import MappingProxyType
 
 import numpy as np
 
-from paged_kv.checks import cdiv, is_int, require_int
+from paged_kv.core.validate import cdiv, is_int, require_int
 from paged_kv.sim import published
 from paged_kv.sim.request import Request, Workload
 
@@ -203,7 +203,7 @@ def _log_means(model: LengthModel, max_len: int | None) -> tuple[float, float]:
 #: prints only histograms (Fig. 11a), so the log-space sigmas (prompt 2.0, output 1.0)
 #: were chosen on a grid (prompt 1.5-2.25, output 0.85-1.05), served at 2 req/s as in
 #: §6.2, as the pair whose token-state shares best meet Fig. 2's for all four systems
-#: (`paged_kv.sim.studies.calibration.fit_length_spread`). Narrower outputs match the
+#: (`paged_kv.studies.calibration.fit_length_spread`). Narrower outputs match the
 #: Orca bars' other shares better but hold shorter sequences than the paper's vLLM does
 #: (30.42 requests filling 96.3% of 15,728 slots: 498 tokens each), leaving its pool
 #: emptier; wide prompts (many short questions, a tail of pasted documents) bring Pow2's

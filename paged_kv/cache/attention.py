@@ -1,0 +1,134 @@
+"""Paged attention on the device, for sequences of a `PagedKVCache`.
+
+The same computations as the NumPy references in `paged_kv.reference.attention`, but K and V
+never leave the pool: the kernels of `paged_kv.gpu.kernels.paged_attention` read them
+through each sequence's block table, on the GPU (or in the CUDA simulator)::
+
+    out = decode(cache, layer, seq_ids, q)            # one new token per sequence
+    out = prefill(cache, layer, seq_id, q, q_start=p) # new tokens p.. over a cached prefix
+
+Write the new tokens' K/V first (`PagedKVCache.write_kv`): a query attends to its own
+position. Both return float32 NumPy arrays ``[num_queries, q_heads, head_dim]`` and
+take ``stream=None`` (the default stream); the call waits for its result.
+
+A cache whose model stores quantized KV (``ModelSpec.kv_dtype`` int8 or FP8) is read
+in its codes, with ``cache.storage.gpu_scales``: the result is attention over the
+dequantized K/V in float32 (`PagedKVCache.read_kv` returns them rounded to the model's
+dtype).
+
+The cache is used only through its public surface: ``cache.storage`` (``gpu_pool``,
+``gpu_scales`` and ``access``, which fences the launch against work on other streams that writes the
+blocks it reads), ``cache.model`` (``q_heads``, ``head_dim``), ``cache.get(seq_id)``
+(``block_table``, ``location``) and ``cache.num_tokens(seq_id)``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from paged_kv.cache.attention_args import check_cache, check_query, query_start
+from paged_kv.core.errors import SequenceStateError
+from paged_kv.gpu.fences import stream_arg
+from paged_kv.gpu.kernels.paged_attention import decode_attention, prefill_attention
+
+if TYPE_CHECKING:
+    from paged_kv.cache.manager import PagedKVCache
+
+__all__ = ["decode", "prefill"]
+
+_ON_GPU = "gpu"  # SequenceInfo.location of a sequence whose blocks are in the GPU pool
+
+
+def _block_table(cache: PagedKVCache, seq_id: int) -> tuple[int, ...]:
+    """`seq_id`'s block table; refused unless its blocks are in the GPU pool."""
+    info = cache.get(seq_id)
+    if info.location != _ON_GPU:
+        raise SequenceStateError(
+            f"sequence {seq_id} is on the {info.location} pool; attention reads the GPU "
+            f"pool (swap_in first)"
+        )
+    return info.block_table
+
+
+def _to_host(out: Any, stream: Any) -> np.ndarray:
+    """Copy a device result back on `stream` and wait for it."""
+    host = out.copy_to_host(stream=stream_arg(stream))
+    if stream is not None:
+        stream.synchronize()
+    return host
+
+
+def decode(
+    cache: PagedKVCache,
+    layer: int,
+    seq_ids: Sequence[int],
+    q: np.ndarray,
+    *,
+    scale: float | None = None,
+    stream: Any = None,
+) -> np.ndarray:
+    """One decode step for a batch, on the device: query row ``i``, at sequence
+    ``seq_ids[i]``'s last position, attends to all of that sequence's stored tokens.
+
+    `q` is ``[len(seq_ids), q_heads, head_dim]`` (any float dtype); `scale` defaults to
+    ``1 / sqrt(head_dim)``. Returns float32 ``[len(seq_ids), q_heads, head_dim]``, the
+    result `paged_kv.reference.attention.decode` computes on the host.
+
+    Raises `MetadataOnlyError` without storage, `UnknownSequenceError` for a freed id,
+    `SequenceStateError` for a swapped-out one, and `ValueError` for a q of another
+    shape, a sequence named twice or one that stores no token yet, a bad layer or scale.
+    """
+    check_cache(cache)
+    seq_ids = list(seq_ids)
+    q = check_query(cache, q, "num_seqs")
+    if q.shape[0] != len(seq_ids):
+        raise ValueError(f"q has {q.shape[0]} rows for {len(seq_ids)} sequences")
+    if len(set(seq_ids)) != len(seq_ids):
+        raise ValueError("a sequence appears twice in one decode batch")
+    tables = [list(_block_table(cache, s)) for s in seq_ids]
+    lens = np.array([cache.num_tokens(s) for s in seq_ids], dtype=np.int64)
+    for seq_id, length in zip(seq_ids, lens):
+        if length == 0:
+            raise ValueError(f"sequence {seq_id} stores no tokens to attend to")
+    storage = cache.storage
+    with storage.access(stream, gpu_reads=[b for table in tables for b in table]):
+        out = decode_attention(storage.gpu_pool, layer, q, tables, lens, scale=scale,
+                               kv_scales=storage.gpu_scales, stream=stream)
+    return _to_host(out, stream)
+
+
+def prefill(
+    cache: PagedKVCache,
+    layer: int,
+    seq_id: int,
+    q: np.ndarray,
+    *,
+    q_start: int | None = None,
+    scale: float | None = None,
+    stream: Any = None,
+) -> np.ndarray:
+    """Causal attention of one sequence's new tokens over its cached prefix and
+    themselves, on the device.
+
+    `q` is ``[n, q_heads, head_dim]`` for positions ``q_start .. q_start + n - 1``
+    (default: the sequence's last ``n`` positions); row ``i`` attends to positions
+    ``0 .. q_start + i``, all of which must be stored (the prefix served by the prefix
+    cache or written earlier, the new tokens written with `PagedKVCache.write_kv`).
+    Returns float32 ``[n, q_heads, head_dim]``, what
+    `paged_kv.reference.attention.prefill` computes on the host.
+
+    Raises as `decode` does, and `ValueError` when the queries do not fit the
+    sequence's stored tokens.
+    """
+    check_cache(cache)
+    q = check_query(cache, q, "num_q_tokens")
+    table = _block_table(cache, seq_id)
+    q_start = query_start(cache, seq_id, q.shape[0], q_start)
+    storage = cache.storage
+    with storage.access(stream, gpu_reads=table):
+        out = prefill_attention(storage.gpu_pool, layer, q, list(table), q_start,
+                                scale=scale, kv_scales=storage.gpu_scales, stream=stream)
+    return _to_host(out, stream)

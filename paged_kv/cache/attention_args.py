@@ -1,0 +1,66 @@
+"""Arguments of attention over a cache's sequences, checked one way for both forms.
+
+The NumPy reference (`paged_kv.reference.attention`) and the device kernels
+(`paged_kv.cache.attention`) take the same queries of the same sequences; these checks
+refuse the same misuse with the same words in both.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from paged_kv.core.errors import MetadataOnlyError
+
+if TYPE_CHECKING:
+    from paged_kv.cache.manager import PagedKVCache
+
+
+def as_3d(name: str, arr: np.ndarray, dims: str) -> np.ndarray:
+    """`arr` as a 3-D array of real numbers, or `ValueError` naming it and its `dims`."""
+    arr = np.asarray(arr)
+    if arr.ndim != 3:
+        raise ValueError(f"{name} must be 3-D [{dims}], got shape {arr.shape}")
+    if not (np.issubdtype(arr.dtype, np.floating) or np.issubdtype(arr.dtype, np.integer)):
+        raise ValueError(f"{name} must hold real numbers, got dtype {arr.dtype}")
+    return arr
+
+
+def check_cache(cache: PagedKVCache) -> None:
+    """Refuse a metadata-only cache (`MetadataOnlyError`): there is no KV to attend to."""
+    if cache.storage is None or cache.model is None:
+        raise MetadataOnlyError(
+            "paged attention needs a cache with storage (a model and storage=True)"
+        )
+
+
+def check_query(cache: PagedKVCache, q: np.ndarray, what: str) -> np.ndarray:
+    """`q` as a 3-D array ``[what, q_heads, head_dim]`` of the cache's model, or
+    `ValueError`."""
+    model = cache.model
+    q = as_3d("q", q, f"{what}, q_heads, head_dim")
+    if q.shape[1:] != (model.q_heads, model.head_dim):
+        raise ValueError(
+            f"q must have shape [{what}, {model.q_heads}, {model.head_dim}] for model "
+            f"{model.name!r} (q_heads={model.q_heads}, head_dim={model.head_dim}), "
+            f"got {q.shape}"
+        )
+    return q
+
+
+def query_start(cache: PagedKVCache, seq_id: int, num_q: int, q_start: int | None) -> int:
+    """The position of the first of `num_q` queries of `seq_id` (default: they are its
+    last positions), or `ValueError` when they do not fit its stored tokens."""
+    num_tokens = cache.num_tokens(seq_id)
+    if q_start is None:
+        q_start = num_tokens - num_q
+    elif isinstance(q_start, bool) or not isinstance(q_start, (int, np.integer)):
+        raise ValueError(f"q_start must be an integer, got {q_start!r}")
+    q_start = int(q_start)
+    if not 0 <= q_start <= num_tokens - num_q:
+        raise ValueError(
+            f"{num_q} queries from position {q_start} do not fit sequence {seq_id}'s "
+            f"{num_tokens} stored tokens (write their KV first)"
+        )
+    return q_start

@@ -1,0 +1,183 @@
+"""Storage backends: what the manager needs from KV storage, with storage and without.
+
+`KVBackend` is the interface: write slots, gather, copy blocks, swap both ways, and the
+pool bytes for snapshots. `StorageBackend` wraps a real `paged_kv.gpu.storage.KVStorage`
+(device arrays, kernels; numba loads only when one is built); `NullBackend` is
+metadata-only mode: copies and swaps are metadata changes with no bytes to move, and any
+KV read or write raises `MetadataOnlyError`. The manager picks one at construction
+(`make_backend`) and never asks which it has.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+import numpy as np
+
+from paged_kv.core.config import CacheConfig, ModelSpec, get_model
+from paged_kv.core.errors import MetadataOnlyError
+from paged_kv.core.sequence import WrittenExtents
+from paged_kv.core.validate import require_int
+
+
+class KVBackend(Protocol):
+    """What the manager needs from KV storage; `StorageBackend` or `NullBackend`."""
+
+    #: the wrapped `KVStorage`, or None in metadata-only mode
+    storage: Any
+    #: what a cache's repr calls its mode ("metadata-only", or the model's name)
+    label: str
+
+    def new_extents(self, written: int) -> WrittenExtents | None:
+        """Bookkeeping of written positions for a new sequence (None: not tracked)."""
+
+    def check_layer(self, layer: object) -> int:
+        """`layer` checked (`MetadataOnlyError` first when no KV is stored)."""
+
+    def check_kv(self, k: object, v: object) -> tuple[np.ndarray, np.ndarray]:
+        """K and V rows checked against the model's shape and dtype."""
+
+    def write(self, layer: int, k: np.ndarray, v: np.ndarray, slots: np.ndarray) -> None:
+        """Scatter rows of `k`, `v` of `layer` into the GPU pool at `slots`."""
+
+    def gather(self, layer: int, tables: list, ends: list, starts: list) -> tuple:
+        """Read positions ``starts[s] .. ends[s]-1`` of each table of `layer`."""
+
+    def copy_blocks(self, pairs: list[tuple[int, int]]) -> None:
+        """Copy GPU blocks ``src -> dst`` (copy-on-write)."""
+
+    def swap_out(self, pairs: list[tuple[int, int]]) -> None:
+        """Copy GPU block ``src`` to host block ``dst`` for each pair."""
+
+    def swap_in(self, pairs: list[tuple[int, int]]) -> None:
+        """Copy host block ``src`` to GPU block ``dst`` for each pair."""
+
+    def pool_bytes(self) -> dict[str, bytes]:
+        """The pools' bytes by name, for snapshots (empty without storage)."""
+
+
+class NullBackend:
+    """Metadata-only mode: no arrays; block copies and swaps move no bytes."""
+
+    storage = None
+    label = "metadata-only"
+
+    def new_extents(self, written: int) -> None:
+        """Nothing is written without storage: not tracked."""
+        return None
+
+    def _refuse(self, *args: object) -> Any:
+        raise MetadataOnlyError(
+            "this cache is metadata-only (no model or storage=False): it holds no KV"
+        )
+
+    check_layer = check_kv = write = gather = _refuse
+
+    def copy_blocks(self, pairs: list[tuple[int, int]]) -> None:
+        """No bytes to copy."""
+
+    def swap_out(self, pairs: list[tuple[int, int]]) -> None:
+        """No bytes to move."""
+
+    def swap_in(self, pairs: list[tuple[int, int]]) -> None:
+        """No bytes to move."""
+
+    def pool_bytes(self) -> dict[str, bytes]:
+        """No pools."""
+        return {}
+
+
+class StorageBackend:
+    """A `KVStorage` (imported here only: numba loads when a cache stores KV)."""
+
+    def __init__(
+        self, model: ModelSpec, block_size: int, num_gpu_blocks: int, num_host_blocks: int
+    ) -> None:
+        from paged_kv.gpu.storage import KVStorage  # noqa: PLC0415 - numba only when storing
+
+        #: the wrapped storage (pools and kernels)
+        self.storage = KVStorage(model, block_size, num_gpu_blocks, num_host_blocks)
+        #: the model's name
+        self.label = model.name
+        self._model = model
+
+    def new_extents(self, written: int) -> WrittenExtents:
+        """A sequence whose first `written` positions hold KV in every layer."""
+        return WrittenExtents(self._model.num_layers, written)
+
+    def check_layer(self, layer: object) -> int:
+        """`layer` as an int in ``[0, num_layers)``."""
+        layer = require_int("layer", layer)
+        if layer >= self._model.num_layers:
+            raise ValueError(f"layer {layer} out of range [0, {self._model.num_layers})")
+        return layer
+
+    def check_kv(self, k: object, v: object) -> tuple[np.ndarray, np.ndarray]:
+        """`k`, `v` as arrays ``[num_tokens, num_kv_heads, head_dim]`` of the model's dtype."""
+        model = self._model
+        k = np.asarray(k)
+        v = np.asarray(v)
+        shape = (model.num_kv_heads, model.head_dim)
+        for name, arr in (("k", k), ("v", v)):
+            if arr.ndim != 3 or arr.shape[1:] != shape:
+                raise ValueError(
+                    f"{name} must have shape [num_tokens, {shape[0]}, {shape[1]}], got "
+                    f"{arr.shape}"
+                )
+            if arr.dtype != np.dtype(model.dtype):
+                raise ValueError(f"{name} must be {model.dtype}, got {arr.dtype}")
+        if k.shape != v.shape:
+            raise ValueError(f"k and v shapes differ: {k.shape} vs {v.shape}")
+        return k, v
+
+    def write(self, layer: int, k: np.ndarray, v: np.ndarray, slots: np.ndarray) -> None:
+        """The slot-write kernel."""
+        self.storage.write(layer, k, v, slots)
+
+    def gather(self, layer: int, tables: list, ends: list, starts: list) -> tuple:
+        """The gather kernel; NumPy ``k, v``."""
+        return self.storage.gather(layer, tables, ends, starts)
+
+    def copy_blocks(self, pairs: list[tuple[int, int]]) -> None:
+        """The block-copy kernel."""
+        if pairs:
+            self.storage.copy_blocks(pairs)
+
+    def swap_out(self, pairs: list[tuple[int, int]]) -> None:
+        """The swap kernel, GPU -> host."""
+        self.storage.swap_out(pairs)
+
+    def swap_in(self, pairs: list[tuple[int, int]]) -> None:
+        """The swap kernel, host -> GPU."""
+        self.storage.swap_in(pairs)
+
+    def pool_bytes(self) -> dict[str, bytes]:
+        """Both pools' bytes, and a quantized cache's scales (`KVStorage.gpu_scales`)."""
+        storage = self.storage
+        pools = {"gpu_bytes": storage.gpu_snapshot().tobytes(),
+                 "host_bytes": storage.host_snapshot().tobytes()}
+        for name, scales in (("gpu_scale_bytes", storage.gpu_scales_snapshot()),
+                             ("host_scale_bytes", storage.host_scales_snapshot())):
+            if scales is not None:
+                pools[name] = scales.tobytes()
+        return pools
+
+
+def make_backend(
+    config: CacheConfig, model: ModelSpec | str | None, storage: bool | None
+) -> tuple[ModelSpec | None, StorageBackend | NullBackend]:
+    """The model (a preset name resolved) and the backend a cache with these arguments
+    uses: storage whenever a model is given, unless ``storage=False``."""
+    if isinstance(model, str):
+        model = get_model(model)
+    if model is not None and not isinstance(model, ModelSpec):
+        raise ValueError(f"model must be a ModelSpec or preset name, got {model!r}")
+    if storage is None:
+        storage = model is not None
+    if storage and model is None:
+        raise ValueError("storage=True needs a model to size the pools")
+    if not storage:
+        return model, NullBackend()
+    return model, StorageBackend(
+        model, config.block_size, config.num_gpu_blocks, config.num_host_blocks
+    )

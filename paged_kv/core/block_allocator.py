@@ -1,0 +1,354 @@
+"""Block allocator: reference counts, cache keys and the free queue of one pool (metadata only).
+
+Every physical block id ``0 .. num_blocks-1`` is a real block; none is reserved (padding
+in slot mappings is a negative slot, padding in padded block tables is -1, and neither is
+ever handed out). A block is in exactly one of three states::
+
+    in use       ref_count >= 1, held by that many block tables (+ a key if published)
+    free         ref_count == 0, no cached content: in the uncached free queue
+    evictable    ref_count == 0, holds a cached full block: an eviction-policy candidate
+
+The *free queue* is the order in which free blocks are reused: uncached blocks first
+(oldest freed first), then evictable ones in the eviction policy's order. Allocation is
+O(1) (plus the policy's cost when it must evict); freeing is O(1).
+
+The allocator is the one owner of the prefix cache's key <-> block map, as vLLM's block
+pool is: ``block_keys[b]`` is the key on the block, and a dict maps each key back to its
+block. Both change only here (`cache_block`, `cache_blocks`, eviction, `uncache_all`),
+so they cannot disagree and every counter is counted where the change happens. The
+`paged_kv.core.prefix_cache.PrefixCache` computes keys, matches prompts and decides what to
+publish; it stores nothing of its own.
+
+This module never imports numba: the simulator runs it at full scale with no storage.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Hashable, Iterable, Sequence
+
+from paged_kv.core.errors import OutOfBlocksError
+from paged_kv.core.eviction import EvictionPolicy, make_policy
+from paged_kv.core.validate import require_int
+
+
+class BlockAllocator:
+    """Reference counts, cache keys and the free queue of one pool of `num_blocks` blocks.
+
+    Invariants (see `check`): ``num_free + num_used == num_blocks``; a block is free or
+    evictable exactly when its ref count is 0; evictable blocks, and only they among free
+    blocks, carry a key; the key map and ``block_keys`` are each other's inverse; no
+    block appears twice in the free structures.
+    """
+
+    def __init__(
+        self,
+        num_blocks: int,
+        policy: str | EvictionPolicy = "lru",
+        *,
+        name: str = "gpu",
+    ) -> None:
+        num_blocks = require_int("num_blocks", num_blocks, 1)
+        #: pool name used in error messages ("gpu" or "host")
+        self.name = name
+        #: number of blocks in the pool
+        self.num_blocks = num_blocks
+        #: ref_counts[b]: how many block tables hold block b (read-only outside)
+        self.ref_counts: list[int] = [0] * num_blocks
+        #: block_keys[b]: the prefix-cache key block b holds, or None (read-only outside)
+        self.block_keys: list[Hashable | None] = [None] * num_blocks
+        self._cached: dict[Hashable, int] = {}  # key -> block: the inverse of block_keys
+        self._free: deque[int] = deque(range(num_blocks))  # uncached, reuse from the left
+        self.policy: EvictionPolicy = make_policy(policy)
+        policy_type = type(self.policy)
+        # the policy's on_cached hook, or None when it keeps the base class's no-op
+        self._on_cached = (
+            None if policy_type.on_cached is EvictionPolicy.on_cached else self.policy.on_cached
+        )
+        #: blocks given a key since construction (each publication counted once)
+        self.num_cached_total = 0
+        #: cached blocks evicted since construction (their keys dropped to make room)
+        self.num_evicted_total = 0
+
+    def _check_ids(self, blocks: Sequence[int]) -> None:
+        """Raise ValueError unless every id is in ``[0, num_blocks)`` (no wrap-around)."""
+        if blocks and (min(blocks) < 0 or max(blocks) >= self.num_blocks):
+            bad = next(b for b in blocks if not 0 <= b < self.num_blocks)
+            raise ValueError(
+                f"block id {bad} outside the {self.name} pool [0, {self.num_blocks})"
+            )
+
+    # -- counts ----------------------------------------------------------------------
+    @property
+    def num_free(self) -> int:
+        """Blocks that an allocation can take: uncached free plus evictable."""
+        return len(self._free) + len(self.policy)
+
+    @property
+    def num_used(self) -> int:
+        """Blocks with a reference count of at least 1."""
+        return self.num_blocks - len(self._free) - len(self.policy)
+
+    @property
+    def num_evictable(self) -> int:
+        """Free blocks that still hold a cached full block."""
+        return len(self.policy)
+
+    @property
+    def num_cached(self) -> int:
+        """Blocks holding a key now, in use or evictable."""
+        return len(self._cached)
+
+    @property
+    def usage(self) -> float:
+        """Fraction of blocks in use (evictable blocks count as free)."""
+        return self.num_used / self.num_blocks
+
+    def free_queue(self) -> list[int]:
+        """Free blocks in the order allocation would take them (uncached first)."""
+        return list(self._free) + self.policy.order()
+
+    # -- allocation ------------------------------------------------------------------
+    def allocate(self) -> int:
+        """Take one free block (ref count 0 -> 1), evicting a cached one if need be."""
+        if self._free:
+            block = self._free.popleft()
+        elif len(self.policy):
+            block = self._evict(1)[0]
+        else:
+            raise OutOfBlocksError(self.name, 1, 0)
+        self.ref_counts[block] = 1
+        return block
+
+    def allocate_many(self, n: int) -> list[int]:
+        """Take `n` free blocks, all or none (raises `OutOfBlocksError`, changing nothing).
+
+        Uncached free blocks go first, oldest freed first; the rest are evicted in the
+        policy's order.
+        """
+        if type(n) is not int or n < 0:
+            n = require_int("n", n)
+        free = self._free
+        if n > len(free) + len(self.policy):
+            raise OutOfBlocksError(self.name, n, self.num_free)
+        take = min(n, len(free))
+        popleft = free.popleft
+        out = [popleft() for _ in range(take)]
+        if take < n:
+            out.extend(self._evict(n - take))
+        refs = self.ref_counts
+        for block in out:
+            refs[block] = 1
+        return out
+
+    def _evict(self, n: int) -> list[int]:
+        """Take `n` victims from the policy and drop their keys (both directions)."""
+        victims = self.policy.pop_many(n)
+        keys = self.block_keys
+        cached = self._cached
+        for block in victims:
+            del cached[keys[block]]
+            keys[block] = None
+        self.num_evicted_total += len(victims)
+        return victims
+
+    def evict(self, n: int) -> list[int]:
+        """Evict up to `n` evictable blocks in policy order; they become uncached free."""
+        n = require_int("n", n)
+        out = self._evict(min(n, len(self.policy)))
+        self._free.extend(out)
+        return out
+
+    # -- sharing and release ---------------------------------------------------------
+    def incref(self, block: int) -> None:
+        """One more block table holds `block`; an evictable block is revived (0 -> 1)."""
+        self.incref_many((block,))
+
+    def free(self, block: int) -> None:
+        """One block table lets go of `block`; at ref count 0 it joins the free queue.
+
+        A cached block becomes an eviction candidate; an uncached one is appended to
+        the uncached free queue.
+        """
+        if not 0 <= block < self.num_blocks:
+            self._check_ids([block])  # raises with the message
+        refs = self.ref_counts
+        count = refs[block]
+        if count <= 0:
+            raise ValueError(f"block {block} of the {self.name} pool is already free")
+        refs[block] = count - 1
+        if count == 1:
+            if self.block_keys[block] is None:
+                self._free.append(block)
+            else:
+                self.policy.add(block)
+
+    def free_many(self, blocks: Iterable[int]) -> None:
+        """`free` each block, in the order given (the hot path of releasing a sequence).
+
+        All or nothing: a block already free (or named more often than it is held)
+        raises `ValueError` with every count restored.
+        """
+        blocks = list(blocks)
+        self._check_ids(blocks)
+        refs = self.ref_counts
+        keys = self.block_keys
+        uncached = []
+        evictable = []
+        to_free, to_policy = uncached.append, evictable.append
+        bad = False
+        for block in blocks:
+            count = refs[block]
+            refs[block] = count - 1
+            if count == 1:
+                if keys[block] is None:
+                    to_free(block)
+                else:
+                    to_policy(block)
+            elif count <= 0:
+                bad = True
+        if bad:  # undo every decrement; the free structures were not touched yet
+            for block in blocks:
+                refs[block] += 1
+            culprit = next(b for b in blocks if blocks.count(b) > refs[b])
+            raise ValueError(f"block {culprit} of the {self.name} pool is already free")
+        if uncached:
+            self._free.extend(uncached)
+        if evictable:
+            self.policy.add_many(evictable)
+
+    def incref_many(self, blocks: Sequence[int]) -> None:
+        """`incref` each block (a prefix hit revives evictable ones), all or none."""
+        refs = self.ref_counts
+        keys = self.block_keys
+        n = self.num_blocks
+        for block in blocks:  # check everything before changing anything
+            if not 0 <= block < n:
+                raise ValueError(f"block id {block} outside the {self.name} pool [0, {n})")
+            if refs[block] == 0 and keys[block] is None:
+                raise ValueError(f"block {block} is free and uncached: allocate it instead")
+        remove = self.policy.remove
+        for block in blocks:
+            if refs[block] == 0:
+                remove(block)
+            refs[block] += 1
+
+    # -- the key map -----------------------------------------------------------------
+    def cached_block(self, key: Hashable) -> int | None:
+        """The block holding `key`, in use or evictable, or None."""
+        return self._cached.get(key)
+
+    def match(self, keys: Sequence[Hashable], limit: int) -> list[int]:
+        """Blocks holding ``keys[0], keys[1], ...`` up to the first key not cached, at
+        most `limit` of them; changes nothing."""
+        get = self._cached.get
+        out: list[int] = []
+        for i in range(min(limit, len(keys))):
+            block = get(keys[i])
+            if block is None:
+                break
+            out.append(block)
+        return out
+
+    def cache_block(self, block: int, key: Hashable) -> bool:
+        """Give in-use `block` the key `key`; False, changing nothing, if `key` is cached
+        already (another block holds that content: the first stays the cached copy) or
+        `block` already holds a key."""
+        return self.cache_blocks((block,), (key,)) == 1
+
+    def cache_blocks(self, blocks: Sequence[int], keys: Sequence[Hashable]) -> int:
+        """`cache_block` each ``(block, key)`` pair in order; how many got their key.
+
+        Every block must be in use (`ValueError`, changing nothing, otherwise). The
+        eviction policy's `on_cached` hook is told once per block that gets a key.
+        """
+        if len(blocks) != len(keys):
+            raise ValueError(f"{len(blocks)} blocks but {len(keys)} keys")
+        self._check_ids(blocks)
+        refs = self.ref_counts
+        if 0 in map(refs.__getitem__, blocks):
+            block = next(b for b in blocks if refs[b] <= 0)
+            raise ValueError(f"block {block} is free; only a block in use can be cached")
+        return self.cache_held(blocks, keys)
+
+    def cache_held(self, blocks: Sequence[int], keys: Sequence[Hashable]) -> int:
+        """`cache_blocks` for blocks the caller knows are in use (a live sequence's, as
+        the prefix cache publishes them): the publishing hot path, unchecked."""
+        block_keys = self.block_keys
+        setdefault = self._cached.setdefault
+        on_cached = self._on_cached
+        stored = 0
+        for block, key in zip(blocks, keys):
+            # a keyed block is skipped first, so setdefault never re-confirms a key
+            if block_keys[block] is None and setdefault(key, block) == block:
+                block_keys[block] = key
+                stored += 1
+                if on_cached is not None:
+                    on_cached(block, key)
+        self.num_cached_total += stored
+        return stored
+
+    def cached_in_use(self) -> list[int]:
+        """Blocks that hold a key and are held by a block table, ascending."""
+        refs = self.ref_counts
+        return sorted(b for b in self._cached.values() if refs[b] > 0)
+
+    def uncache_all(self) -> list[int]:
+        """Forget every key; evictable blocks join the uncached free queue.
+
+        Refused (`ValueError`, changing nothing) while a cached block is in use. Used by
+        a prefix-cache reset. Returns the blocks dropped, in former eviction order.
+        """
+        in_use = self.cached_in_use()
+        if in_use:
+            raise ValueError(f"cached blocks {in_use[:8]} are in use")
+        dropped = self.policy.order()
+        self.policy.clear()
+        keys = self.block_keys
+        for block in dropped:
+            keys[block] = None
+        self._cached.clear()
+        self._free.extend(dropped)
+        return dropped
+
+    # -- checking --------------------------------------------------------------------
+    def check(self) -> list[str]:
+        """Problems with this allocator's own invariants (empty when consistent)."""
+        problems = []
+        free = list(self._free)
+        evictable = self.policy.order()
+        if len(set(free)) != len(free):
+            problems.append(f"{self.name}: a block appears twice in the free queue")
+        if set(free) & set(evictable):
+            problems.append(f"{self.name}: a block is both uncached-free and evictable")
+        if len(evictable) != len(self.policy) or len(set(evictable)) != len(evictable):
+            problems.append(f"{self.name}: the policy's order disagrees with its size")
+        zero = {b for b, r in enumerate(self.ref_counts) if r == 0}
+        if zero != set(free) | set(evictable):
+            problems.append(
+                f"{self.name}: ref-count-0 blocks {sorted(zero)[:8]} != free blocks "
+                f"{sorted(set(free) | set(evictable))[:8]}"
+            )
+        if any(r < 0 for r in self.ref_counts):
+            problems.append(f"{self.name}: negative ref count")
+        if any(self.block_keys[b] is not None for b in free):
+            problems.append(f"{self.name}: an uncached free block carries a key")
+        if any(self.block_keys[b] is None for b in evictable):
+            problems.append(f"{self.name}: an evictable block has no key")
+        keyed = {b: k for b, k in enumerate(self.block_keys) if k is not None}
+        if keyed != {b: k for k, b in self._cached.items()}:
+            problems.append(f"{self.name}: the key map and the blocks' keys disagree")
+        if self.num_free + self.num_used != self.num_blocks:
+            problems.append(f"{self.name}: free + used != total")
+        return problems
+
+    def state(self) -> tuple:
+        """A comparable picture of the whole state (tests snapshot it)."""
+        return (
+            tuple(self.ref_counts),
+            tuple(self.block_keys),
+            tuple(self._free),
+            self.policy.state(),
+            self.num_cached_total,
+            self.num_evicted_total,
+        )

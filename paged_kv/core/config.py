@@ -1,0 +1,223 @@
+"""Model and cache configuration.
+
+`ModelSpec` describes the KV shape of a transformer (how many bytes one token's keys and
+values take); `CacheConfig` describes the paged cache (block size, pool sizes, watermarks,
+prefix caching). Both are frozen dataclasses validated on construction: a bad value raises
+`ValueError` naming the field and the value.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+
+import numpy as np
+
+from paged_kv.core.errors import ConfigurationError
+from paged_kv.core.eviction import EvictionPolicy, policy_names
+from paged_kv.core.kv_dtype import AUTO, KV_DTYPES, KVDtype, canonical_kv_dtype
+from paged_kv.core.validate import require_int
+
+#: KV element types the pools and kernels support. Numba has no bfloat16 arithmetic;
+#: the kernels only load and store, but we keep to the two types tests cover.
+SUPPORTED_DTYPES = ("float16", "float32")
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """The KV-cache shape of one model.
+
+    One token stores, in every layer, a key and a value vector per KV head:
+    ``bytes_per_token = 2 (K and V) * num_layers * num_kv_heads * head_dim * itemsize``
+    (unquantized KV).
+    For OPT-13B in float16 that is ``2 * 40 * 40 * 128 * 2 = 819,200`` bytes.
+
+    ``kv_dtype`` is what the KV cache stores (`paged_kv.core.kv_dtype`: "auto" = ``dtype``,
+    "float16", "float32", "int8", "fp8_e4m3" alias "fp8"); ``dtype`` stays what the
+    model computes in and what K/V are written and read back as. A quantized cache
+    counts its scales: OPT-13B with int8 KV takes ``2 * 40 * 40 * (128 + 4) = 422,400``
+    bytes per token (a float32 scale per token and head), with FP8 ``409,600``.
+    """
+
+    name: str
+    num_layers: int
+    num_kv_heads: int
+    head_dim: int
+    dtype: str = "float16"
+    #: the longest sequence (prompt + output) the model serves; the contiguous
+    #: "Max" baseline reserves this many slots per request.
+    max_seq_len: int = 2048
+    #: query heads (>= num_kv_heads, a multiple of it); only reference attention uses it.
+    num_q_heads: int | None = None
+    #: what the KV cache stores ("auto": the compute dtype); see `paged_kv.core.kv_dtype`
+    kv_dtype: str = AUTO
+
+    def __post_init__(self) -> None:
+        for field in ("num_layers", "num_kv_heads", "head_dim", "max_seq_len"):
+            require_int(f"ModelSpec.{field}", getattr(self, field), 1)
+        if self.dtype not in SUPPORTED_DTYPES:
+            raise ValueError(
+                f"ModelSpec.dtype must be one of {SUPPORTED_DTYPES}, got {self.dtype!r}"
+            )
+        if self.num_q_heads is not None:
+            require_int("ModelSpec.num_q_heads", self.num_q_heads, 1)
+            if self.num_q_heads % self.num_kv_heads:
+                raise ValueError(
+                    f"ModelSpec.num_q_heads must be a multiple of num_kv_heads="
+                    f"{self.num_kv_heads}, got {self.num_q_heads!r}"
+                )
+        try:
+            kv_dtype = canonical_kv_dtype(self.kv_dtype)
+        except ValueError as exc:
+            raise ValueError(f"ModelSpec.kv_dtype: {exc}") from None
+        if kv_dtype in KV_DTYPES and not KV_DTYPES[kv_dtype].quantized and kv_dtype != self.dtype:
+            raise ValueError(
+                f"ModelSpec.kv_dtype must be 'auto', {self.dtype!r} (the compute dtype) or a "
+                f"quantized type ('int8', 'fp8_e4m3'), got {self.kv_dtype!r}"
+            )
+        object.__setattr__(self, "kv_dtype", kv_dtype)
+
+    @property
+    def itemsize(self) -> int:
+        """Bytes per element of the compute dtype (``dtype``)."""
+        return np.dtype(self.dtype).itemsize
+
+    @property
+    def kv(self) -> KVDtype:
+        """What the KV cache stores: ``kv_dtype`` resolved ("auto" is ``dtype``)."""
+        return KV_DTYPES[self.dtype if self.kv_dtype == AUTO else self.kv_dtype]
+
+    def with_kv_dtype(self, kv_dtype: str) -> ModelSpec:
+        """This model with its KV cache stored as `kv_dtype`."""
+        return replace(self, kv_dtype=kv_dtype)
+
+    @property
+    def q_heads(self) -> int:
+        """Query heads (defaults to num_kv_heads: multi-head attention)."""
+        return self.num_q_heads if self.num_q_heads is not None else self.num_kv_heads
+
+    @property
+    def bytes_per_token(self) -> int:
+        """Bytes of K and V one token occupies across all layers, in the KV dtype and
+        with its per-token scales."""
+        return 2 * self.num_layers * self.num_kv_heads * self.kv.bytes_per_token_head(
+            self.head_dim)
+
+    def bytes_per_block(self, block_size: int) -> int:
+        """Bytes one block of `block_size` token slots occupies across all layers."""
+        require_int("block_size", block_size, 1)
+        return self.bytes_per_token * block_size
+
+
+#: Named model presets. OPT-13B is the vLLM paper's study model.
+MODEL_PRESETS: dict[str, ModelSpec] = {
+    "opt-13b": ModelSpec("opt-13b", num_layers=40, num_kv_heads=40, head_dim=128,
+                         max_seq_len=2048),
+    "llama-2-7b": ModelSpec("llama-2-7b", num_layers=32, num_kv_heads=32, head_dim=128,
+                            max_seq_len=4096),
+    "llama-3-8b": ModelSpec("llama-3-8b", num_layers=32, num_kv_heads=8, head_dim=128,
+                            max_seq_len=8192, num_q_heads=32),
+    # Small enough that a whole pool fits in a few simulator launches.
+    "tiny": ModelSpec("tiny", num_layers=2, num_kv_heads=2, head_dim=8, max_seq_len=256,
+                      num_q_heads=4),
+}
+
+
+def get_model(name: str) -> ModelSpec:
+    """Return the preset `ModelSpec` called `name` (see `MODEL_PRESETS`)."""
+    try:
+        return MODEL_PRESETS[name.lower()]
+    except KeyError:
+        raise ValueError(
+            f"unknown model {name!r}; valid names: {', '.join(sorted(MODEL_PRESETS))}"
+        ) from None
+
+
+def blocks_for_bytes(num_bytes: int, model: ModelSpec, block_size: int) -> int:
+    """How many whole blocks of `block_size` tokens of `model` fit in `num_bytes`.
+
+    >>> blocks_for_bytes(12 * 2**30, get_model("opt-13b"), 16)  # vLLM paper: ~15.7k slots
+    983
+    """
+    require_int("num_bytes", num_bytes)
+    return int(num_bytes) // model.bytes_per_block(block_size)
+
+
+@dataclass(frozen=True)
+class CacheConfig:
+    """Configuration of one paged KV cache.
+
+    Watermarks are fractions of the GPU pool in use (evictable cached blocks count as
+    free): below ``watermark_low`` the pressure level is NORMAL, from it up to
+    ``watermark_high`` ELEVATED, at or above ``watermark_high`` CRITICAL. Admission
+    that respects the watermark keeps ``1 - watermark_high`` of the pool free.
+    ``eviction_policy`` is a name from `paged_kv.core.eviction.policy_names` (any case,
+    stored lower-case); "belady" also needs the `BeladyPolicy` instance itself, passed
+    to `PagedKVCache(config, policy=...)`.
+    """
+
+    block_size: int = 16
+    num_gpu_blocks: int = 1024
+    num_host_blocks: int = 0
+    watermark_low: float = 0.90
+    watermark_high: float = 0.99
+    enable_prefix_caching: bool = False
+    eviction_policy: str = "lru"
+
+    def __post_init__(self) -> None:
+        require_int("CacheConfig.block_size", self.block_size, 1)
+        require_int("CacheConfig.num_gpu_blocks", self.num_gpu_blocks, 1)
+        require_int("CacheConfig.num_host_blocks", self.num_host_blocks)
+        for field in ("watermark_low", "watermark_high"):
+            value = getattr(self, field)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not (
+                0.0 <= value <= 1.0
+            ):
+                raise ValueError(f"CacheConfig.{field} must be in [0, 1], got {value!r}")
+        if self.watermark_low > self.watermark_high:
+            raise ValueError(
+                f"CacheConfig.watermark_low must not exceed watermark_high="
+                f"{self.watermark_high}, got {self.watermark_low!r}"
+            )
+        if not isinstance(self.enable_prefix_caching, bool):
+            raise ValueError(
+                f"CacheConfig.enable_prefix_caching must be a bool, got "
+                f"{self.enable_prefix_caching!r}"
+            )
+        names = policy_names()
+        if not isinstance(self.eviction_policy, str) or self.eviction_policy.lower() not in names:
+            raise ValueError(
+                f"CacheConfig.eviction_policy: unknown eviction policy "
+                f"{self.eviction_policy!r}; valid names: {', '.join(names)}"
+            )
+        object.__setattr__(self, "eviction_policy", self.eviction_policy.lower())
+
+    def eviction_policy_for(self, policy: EvictionPolicy | None) -> str | EvictionPolicy:
+        """What builds the GPU allocator's policy: `policy` itself when given (it must be
+        an `EvictionPolicy` named ``eviction_policy``, else `ConfigurationError`), or the
+        configured name."""
+        if policy is None:
+            return self.eviction_policy
+        if not isinstance(policy, EvictionPolicy):
+            raise ValueError(f"policy must be an EvictionPolicy instance, got {policy!r}")
+        if policy.name != self.eviction_policy:
+            raise ConfigurationError(
+                f"policy is a {policy.name!r} policy but CacheConfig.eviction_policy is "
+                f"{self.eviction_policy!r}; set CacheConfig(eviction_policy={policy.name!r})"
+            )
+        return policy
+
+    @property
+    def watermark_reserve_blocks(self) -> int:
+        """GPU blocks that admission under the watermark keeps free.
+
+        ``num_gpu_blocks - floor(watermark_high * num_gpu_blocks)``, computed so that a
+        product such as ``0.29 * 100`` is not rounded down by floating-point error.
+        """
+        usable = math.floor(self.watermark_high * self.num_gpu_blocks + 1e-9)
+        return self.num_gpu_blocks - usable
+
+    @property
+    def num_gpu_slots(self) -> int:
+        """Token slots in the GPU pool."""
+        return self.num_gpu_blocks * self.block_size
