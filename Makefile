@@ -3,7 +3,8 @@
 #                   the data-plane round trip, then the fragmentation study
 #   make test       same environment, runs the whole suite (tests, compile check, notebooks)
 # and the others use the same environment:
-#   make lint       ruff over the package, the tests, the benchmarks and the scripts
+#   make lint       ruff over the package, the tests, the benchmarks and the scripts,
+#                   and the import contracts (the layers) with import-linter
 #   make bench      the kernel benchmarks (benchmarks/RESULTS.md has the numbers)
 #   make gpu-check  on a machine with a GPU: kernel tests, demo, compile check, benchmarks
 #   make docs       the documentation site, warnings as errors -> docs/_build/html
@@ -31,10 +32,11 @@ demo: $(STAMP)
 	$(PY) -m paged_kv fragmentation
 
 test: $(STAMP)
-	PAGED_KV_NOTEBOOK_SIZE=small $(PY) -m pytest -v tests notebooks --nbmake
+	PAGED_KV_NOTEBOOK_SIZE=small $(PY) -m pytest -v -n auto tests notebooks --nbmake
 
 lint: $(STAMP)
 	$(PY) -m ruff check paged_kv tests benchmarks scripts
+	$(VENV)/bin/lint-imports
 
 bench: $(STAMP)
 	$(PY) benchmarks/kernels.py
