@@ -45,6 +45,17 @@ from numba import njit
 
 from paged_kv.sim.replay import ReplayResult, check_capacity, check_policy, check_warmup
 from paged_kv.sim.replay_arrays import NEVER, TraceArrays
+from paged_kv.sim.replay_compiled_tiers import (
+    REFUSED,
+    TIER_POLICY_CODES,
+    tier_arrays,
+    tier_counters,
+    tier_holds,
+    tier_pin,
+    tier_refresh,
+    tier_store,
+    tier_unpin,
+)
 
 #: policy name -> the code the kernel switches on
 POLICY_CODES: dict[str, int] = {
@@ -143,6 +154,54 @@ def _unlink(prev, nxt, ends, lst, key):
         prev[q] = p
 
 
+# --- placement into the lower tiers ---------------------------------------------------
+
+#: placement policy name -> the code the kernel switches on
+PLACEMENT_CODES: dict[str, int] = {"write_through": 0, "write_back": 1, "selective": 2}
+_WRITE_THROUGH, _WRITE_BACK, _SELECTIVE = range(3)
+#: columns of the per-request block counts a tiered replay returns
+MOVED_COLUMNS = ("host_hit_blocks", "disk_hit_blocks", "stored_gpu_host", "stored_gpu_disk",
+                 "stored_host_disk")
+_HOST_HITS, _DISK_HITS, _GPU_HOST, _GPU_DISK, _HOST_DISK = range(5)
+# where a served block came from
+_FROM_GPU, _FROM_HOST, _FROM_DISK = 1, 2, 3
+
+
+@njit(cache=True, inline="always")
+def _copy_down(r, key, has_host, has_disk, h_node, h_ends, hc, d_node, d_ends, dc, moved):
+    """Copy a GPU block to every lower tier that lacks it (their victims are dropped)."""
+    if has_host and not tier_holds(h_node, key):
+        victim, hc = tier_store(h_node, h_ends, hc, key)
+        if victim != REFUSED:
+            moved[r, _GPU_HOST] += 1
+    if has_disk and not tier_holds(d_node, key):
+        victim, dc = tier_store(d_node, d_ends, dc, key)
+        if victim != REFUSED:
+            moved[r, _GPU_DISK] += 1
+    return hc, dc
+
+
+@njit(cache=True, inline="always")
+def _write_back(r, key, has_host, has_disk, h_node, h_ends, hc, d_node, d_ends, dc, moved):
+    """A GPU eviction under write-back: the block goes to the host (whose victim goes to
+    disk), or to disk when there is no host tier."""
+    if has_host:
+        if not tier_holds(h_node, key):
+            victim, hc = tier_store(h_node, h_ends, hc, key)
+            if victim == REFUSED:
+                return hc, dc
+            moved[r, _GPU_HOST] += 1
+            if victim != _NIL and has_disk and not tier_holds(d_node, victim):
+                done, dc = tier_store(d_node, d_ends, dc, victim)
+                if done != REFUSED:
+                    moved[r, _HOST_DISK] += 1
+    elif not tier_holds(d_node, key):
+        victim, dc = tier_store(d_node, d_ends, dc, key)
+        if victim != REFUSED:
+            moved[r, _GPU_DISK] += 1
+    return hc, dc
+
+
 # --- the replay ----------------------------------------------------------------------
 
 @njit(cache=True)
@@ -163,9 +222,17 @@ def _trim_ghosts(gprev, gnext, gends, ghost, n1, n2, b1, b2, arc_c):
 
 @njit(cache=True)
 def _replay_kernel(policy, capacity, block_size, offsets, keys, prompt_lens, next_access,
-                   depth, num_keys, shift_freq, shift_depth, max_depth, hit_blocks):
-    """Replay every request; writes hit blocks per request, returns the evictions."""
+                   depth, num_keys, shift_freq, shift_depth, max_depth, hit_blocks,
+                   placement, h_node, h_ends, hc, d_node, d_ends, dc, moved):
+    """Replay every request; writes hit blocks per request (with lower tiers, also the
+    per-request `MOVED_COLUMNS` counts), returns the GPU evictions."""
     num_requests = len(prompt_lens)
+    has_host = hc[1] > 0
+    has_disk = dc[1] > 0
+    tiered = has_host or has_disk
+    write_back = tiered and placement == _WRITE_BACK
+    write_through = tiered and placement == _WRITE_THROUGH
+    selective = tiered and placement == _SELECTIVE
     uses_heap = policy == _LFU or policy == _BELADY or policy == _LENGTH_AWARE
     k_heap = num_keys if uses_heap else 1
     k_list = 1 if uses_heap else num_keys
@@ -176,6 +243,7 @@ def _replay_kernel(policy, capacity, block_size, offsets, keys, prompt_lens, nex
     cached = np.zeros(num_keys, np.uint8)  # key held by a block
     is_cand = np.zeros(num_keys, np.uint8)  # ... that is an eviction candidate
     stored = np.zeros(max(1, int(np.diff(offsets).max())), np.uint8)
+    source = np.zeros(len(stored) if tiered else 1, np.uint8)  # where a hit came from
     # heap policies (LFU, LengthAware, Belady)
     hk = np.empty(k_heap, np.int32)
     hv = np.empty(k_heap, np.int64)
@@ -233,15 +301,35 @@ def _replay_kernel(policy, capacity, block_size, offsets, keys, prompt_lens, nex
                           _belady_value(use, released[key]))
             last_position = start
 
-        # 2. the longest cached prefix
+        # 2. the longest cached prefix on the GPU; with lower tiers, continued block by
+        # block from the fastest tier holding each (GPU, host, disk)
         h = 0
         while h < limit and cached[keys[start + h]]:
             h += 1
-        hit_blocks[r] = h
+        served = h
+        gpu_hits = h
+        if tiered:
+            while served < limit:
+                key = keys[start + served]
+                if cached[key]:
+                    source[served] = _FROM_GPU
+                    gpu_hits += 1
+                elif has_host and tier_holds(h_node, key):
+                    source[served] = _FROM_HOST
+                    moved[r, _HOST_HITS] += 1
+                elif has_disk and tier_holds(d_node, key):
+                    source[served] = _FROM_DISK
+                    moved[r, _DISK_HITS] += 1
+                else:
+                    break
+                served += 1
+        hit_blocks[r] = served
 
         # 3. on_hit in prompt order, then revival: a hit block stops being a candidate
         # (key by key: leaving the heap or list first keeps both consistent)
-        for j in range(h):
+        for j in range(served):
+            if j >= h and source[j] != _FROM_GPU:
+                continue
             key = keys[start + j]
             is_cand[key] = 0
             if uses_heap:
@@ -262,9 +350,16 @@ def _replay_kernel(policy, capacity, block_size, offsets, keys, prompt_lens, nex
             elif policy == _LRU:
                 _unlink(prev, nxt, ends, 0, key)
             # FIFO: the key stays in the caching-order list, now in use
+        if served > h:  # the lower tiers' hits: each policy hears of them, pinned
+            for j in range(h, served):
+                if source[j] == _FROM_HOST:
+                    hc = tier_pin(h_node, h_ends, hc, keys[start + j])
+            for j in range(h, served):
+                if source[j] == _FROM_DISK:
+                    dc = tier_pin(d_node, d_ends, dc, keys[start + j])
 
         # 4. new blocks: uncached free ones first, then evictions
-        shortfall = (nblocks - h) - (capacity - num_cached)
+        shortfall = (nblocks - gpu_hits) - (capacity - num_cached)
         cursor = ends[0]  # FIFO: keys before the cursor are in use
         for _ in range(shortfall):
             if uses_heap:
@@ -305,10 +400,24 @@ def _replay_kernel(policy, capacity, block_size, offsets, keys, prompt_lens, nex
             cached[victim] = 0
             num_cached -= 1
             evictions += 1
+            if write_back:  # the evicted block is copied down
+                hc, dc = _write_back(r, victim, has_host, has_disk, h_node, h_ends, hc,
+                                     d_node, d_ends, dc, moved)
 
-        # 5. publish the new full blocks in prompt order
+        if served > h:  # loads issued: the pins are released, the last block first
+            for j in range(served - 1, h - 1, -1):
+                if source[j] == _FROM_HOST:
+                    tier_unpin(h_node, h_ends, keys[start + j])
+            for j in range(served - 1, h - 1, -1):
+                if source[j] == _FROM_DISK:
+                    tier_unpin(d_node, d_ends, keys[start + j])
+
+        # 5. publish the new full blocks (loaded, then computed) in prompt order
         for j in range(h, full):
             key = keys[start + j]
+            if j < served and source[j] == _FROM_GPU:
+                stored[j] = 1  # revived: released with the others below
+                continue
             if cached[key]:
                 stored[j] = 0
                 continue
@@ -341,6 +450,23 @@ def _replay_kernel(policy, capacity, block_size, offsets, keys, prompt_lens, nex
                 ghost[key] = 0
                 b1, b2 = _trim_ghosts(gprev, gnext, gends, ghost, n1, n2, b1, b2, arc_c)
 
+        # copies down, each batch from its last block to its first: write-through copies
+        # the loaded blocks (published when loaded), then the computed ones (published
+        # at commit); selective copies every block the prompt was served from
+        if write_through:
+            for j in range(served - 1, h - 1, -1):
+                if source[j] != _FROM_GPU:
+                    hc, dc = _copy_down(r, keys[start + j], has_host, has_disk, h_node,
+                                        h_ends, hc, d_node, d_ends, dc, moved)
+            for j in range(full - 1, served - 1, -1):
+                if stored[j]:
+                    hc, dc = _copy_down(r, keys[start + j], has_host, has_disk, h_node,
+                                        h_ends, hc, d_node, d_ends, dc, moved)
+        elif selective:
+            for j in range(served - 1, -1, -1):
+                hc, dc = _copy_down(r, keys[start + j], has_host, has_disk, h_node, h_ends,
+                                    hc, d_node, d_ends, dc, moved)
+
         # 6. release tail first: cached blocks become candidates, last block first
         for j in range(nblocks - 1, -1, -1):
             if j >= full or (j >= h and stored[j] == 0):
@@ -364,6 +490,17 @@ def _replay_kernel(policy, capacity, block_size, offsets, keys, prompt_lens, nex
                         | clock
                 n_heap = _heap_push(hk, hv, pos, n_heap, key, value)
             # FIFO: already in the caching-order list
+        if tiered:  # 7. the tiers refresh the prompt's blocks they hold, the last first
+            if has_host:
+                for j in range(full - 1, -1, -1):
+                    key = keys[start + j]
+                    if tier_holds(h_node, key):
+                        tier_refresh(h_node, h_ends, key)
+            if has_disk:
+                for j in range(full - 1, -1, -1):
+                    key = keys[start + j]
+                    if tier_holds(d_node, key):
+                        tier_refresh(d_node, d_ends, key)
     return evictions
 
 
@@ -395,15 +532,34 @@ def _priority_layout(trace: TraceArrays) -> tuple[int, int, int]:
 
 def replay_hit_blocks(trace: TraceArrays, capacity: int, policy: str) -> tuple[np.ndarray, int]:
     """Hit blocks per request and the number of evictions (checked arguments)."""
+    hit_blocks, _, evictions = replay_tiered_blocks(trace, capacity, policy)
+    return hit_blocks, evictions
+
+
+def replay_tiered_blocks(
+    trace: TraceArrays, capacity: int, policy: str, *, host_capacity: int = 0,
+    disk_capacity: int = 0, placement: str = "write_through", host_policy: str = "lru",
+    disk_policy: str = "lru",
+) -> tuple[np.ndarray, np.ndarray, int]:
+    """Hit blocks per request (all tiers), the per-request `MOVED_COLUMNS` counts (an
+    ``R x 5`` array; ``1 x 5`` of zeros without lower tiers) and the GPU evictions
+    (checked arguments; a capacity of 0 means no such tier)."""
     nxt, depth = _kernel_arguments(trace, policy)
     shift_freq, shift_depth, max_depth = _priority_layout(trace)
     hit_blocks = np.zeros(len(trace), dtype=np.int64)
+    tiered = host_capacity > 0 or disk_capacity > 0
+    moved = np.zeros((len(trace) if tiered else 1, len(MOVED_COLUMNS)), dtype=np.int64)
     evictions = _replay_kernel(
         POLICY_CODES[policy], int(capacity), int(trace.block_size), trace.offsets,
         trace.keys, trace.prompt_lens, nxt, depth, int(trace.num_keys), shift_freq,
-        shift_depth, max_depth, hit_blocks,
+        shift_depth, max_depth, hit_blocks, PLACEMENT_CODES[placement],
+        *tier_arrays(trace.num_keys if host_capacity > 0 else 1),
+        tier_counters(TIER_POLICY_CODES[host_policy], int(host_capacity)),
+        *tier_arrays(trace.num_keys if disk_capacity > 0 else 1),
+        tier_counters(TIER_POLICY_CODES[disk_policy], int(disk_capacity)),
+        moved,
     )
-    return hit_blocks, int(evictions)
+    return hit_blocks, moved, int(evictions)
 
 
 def compiled_replay(

@@ -1,0 +1,205 @@
+"""The lower tiers (host, disk) of the compiled replay engine: Numba-compiled key sets.
+
+A lower tier (`paged_kv.core.tier.CacheTier` in the manager) holds copies of computed
+prefix blocks, by key, up to its capacity. Its policy is one of `TIER_POLICY_CODES`,
+driven as the manager's tier drives the `paged_kv.core.eviction` policy of that name:
+
+* a store takes a free slot, or evicts the policy's victim among the keys not pinned
+  (none: the store is refused), then announces the key (``on_cached``) and releases it
+  (``add``: the most recent candidate);
+* a hit (`tier_pin`) tells the policy (``on_hit``: ARC moves the key to T2) and pins
+  the key until its load is issued: it stops being a candidate; `tier_unpin` releases
+  it (the most recent candidate again);
+* `tier_refresh` makes a held key the most recent candidate of its list (``remove``
+  then ``add``), as the manager does when a sequence is freed.
+
+``lru`` keeps one list in release order; ``arc`` the lists T1 and T2 in release order,
+the ghost lists B1 and B2, the target ``p`` and the capacity ``c`` of
+`paged_kv.core.eviction.arc.ARCPolicy` (built from its name: ``c`` is the most keys held
+at once). Other policies run on the manager replay only.
+
+A tier is two arrays and a tuple of counters::
+
+    node      int32[K, 6]  per key: class (0: not held, 1: held, ARC: in T1; 2: in T2),
+                           prev and next in its list (LRU: list 0; ARC: T1 = 0, T2 = 1;
+                           a pinned key is in none), ghost (ARC: 0 none, 1 in B1, 2 in
+                           B2), prev and next in its ghost list
+    ends      int64[8]     head and tail of list 0, list 1, ghost list B1, ghost list B2
+    counters  (policy, capacity, held, |T1|, |T2|, |B1|, |B2|, c, p)   p a float
+
+One row per key keeps a key's fields in one cache line, and two arrays per tier keep the
+reference counting of array arguments out of the inner loop. The functions are inlined
+into the kernel and return the new counters, which so stay in registers.
+
+Importing this module imports numba; `paged_kv.sim.replay_compiled` calls these
+functions from its kernel.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+
+#: lower-tier policy name -> the code the kernel switches on
+TIER_POLICY_CODES: dict[str, int] = {"lru": 0, "arc": 4}
+_LRU, _ARC = 0, 4
+_NIL = -1
+#: what `tier_store` returns instead of a victim when every held key is pinned
+REFUSED = -2
+# columns of `node`
+_CLS, _PREV, _NEXT, _GHOST, _GPREV, _GNEXT = range(6)
+
+
+def tier_arrays(num_keys: int) -> tuple[np.ndarray, np.ndarray]:
+    """``(node, ends)`` of an empty tier over `num_keys` keys (1 for an absent tier)."""
+    return np.zeros((num_keys, 6), np.int32), np.full(8, _NIL, np.int64)
+
+
+def tier_counters(policy: int, capacity: int) -> tuple:
+    """The counters of an empty tier."""
+    return (policy, capacity, 0, 0, 0, 0, 0, 0, 0.0)
+
+
+@njit(cache=True, inline="always")
+def _append(node, ends, lst, key, prev, nxt):
+    """Append `key` to list `lst` (ends at ``2 lst``, ``2 lst + 1``) through columns
+    `prev` and `nxt` of `node`."""
+    tail = ends[2 * lst + 1]
+    node[key, prev] = tail
+    node[key, nxt] = _NIL
+    if tail == _NIL:
+        ends[2 * lst] = key
+    else:
+        node[tail, nxt] = key
+    ends[2 * lst + 1] = key
+
+
+@njit(cache=True, inline="always")
+def _unlink(node, ends, lst, key, prev, nxt):
+    """Take `key` out of list `lst`."""
+    p, q = node[key, prev], node[key, nxt]
+    if p == _NIL:
+        ends[2 * lst] = q
+    else:
+        node[p, nxt] = q
+    if q == _NIL:
+        ends[2 * lst + 1] = p
+    else:
+        node[q, prev] = p
+
+
+@njit(cache=True, inline="always")
+def _trim(node, ends, n1, n2, b1, b2, c):
+    """ARC: |T1| + |B1| <= c and |T1| + |T2| + |B1| + |B2| <= 2c, oldest ghosts first."""
+    while b1 > 0 and n1 + b1 > c:
+        key = ends[4]
+        _unlink(node, ends, 2, key, _GPREV, _GNEXT)
+        node[key, _GHOST] = 0
+        b1 -= 1
+    while b2 > 0 and n1 + n2 + b1 + b2 > 2 * c:
+        key = ends[6]
+        _unlink(node, ends, 3, key, _GPREV, _GNEXT)
+        node[key, _GHOST] = 0
+        b2 -= 1
+    return b1, b2
+
+
+@njit(cache=True, inline="always")
+def tier_holds(node, key):
+    """Whether the tier holds `key`."""
+    return node[key, _CLS] != 0
+
+
+@njit(cache=True, inline="always")
+def tier_pop(node, ends, counters):
+    """Evict the tier's victim by its policy: ``(victim key, new counters)``."""
+    policy, capacity, held, n1, n2, b1, b2, c, p = counters
+    if policy == _ARC:
+        lst = 0 if ends[0] != _NIL and (n1 > p or ends[2] == _NIL) else 1
+        victim = ends[2 * lst]
+        _unlink(node, ends, lst, victim, _PREV, _NEXT)
+        _append(node, ends, 2 + lst, victim, _GPREV, _GNEXT)
+        node[victim, _GHOST] = lst + 1
+        if lst == 0:
+            n1 -= 1
+            b1 += 1
+        else:
+            n2 -= 1
+            b2 += 1
+        b1, b2 = _trim(node, ends, n1, n2, b1, b2, c)
+    else:
+        victim = ends[0]
+        _unlink(node, ends, 0, victim, _PREV, _NEXT)
+    node[victim, _CLS] = 0
+    return victim, (policy, capacity, held - 1, n1, n2, b1, b2, c, p)
+
+
+@njit(cache=True, inline="always")
+def tier_store(node, ends, counters, key):
+    """Store `key` (not held), evicting the victim first when the tier is full:
+    ``(victim key, -1 or REFUSED, new counters)``; refused (nothing changes) when the
+    tier is full of pinned keys."""
+    victim = _NIL
+    if counters[2] >= counters[1]:
+        if ends[0] == _NIL and ends[2] == _NIL:
+            return REFUSED, counters
+        victim, counters = tier_pop(node, ends, counters)
+    policy, capacity, held, n1, n2, b1, b2, c, p = counters
+    held += 1
+    if policy != _ARC:
+        node[key, _CLS] = 1
+        _append(node, ends, 0, key, _PREV, _NEXT)
+        return victim, (policy, capacity, held, n1, n2, b1, b2, c, p)
+    in_ghost = node[key, _GHOST]
+    cls = 1
+    if in_ghost == 0:
+        n1 += 1
+        c = max(c, n1 + n2)
+    else:  # a ghost: its list was too small, so p moves towards it
+        delta = max(1.0, b2 / b1) if in_ghost == 1 else max(1.0, b1 / b2)
+        _unlink(node, ends, 1 + in_ghost, key, _GPREV, _GNEXT)
+        if in_ghost == 1:
+            b1 -= 1
+        else:
+            b2 -= 1
+        n2 += 1
+        c = max(c, n1 + n2)
+        p = min(float(c), p + delta) if in_ghost == 1 else max(0.0, p - delta)
+        cls = 2
+        node[key, _GHOST] = 0
+    node[key, _CLS] = cls
+    b1, b2 = _trim(node, ends, n1, n2, b1, b2, c)
+    _append(node, ends, cls - 1, key, _PREV, _NEXT)
+    return victim, (policy, capacity, held, n1, n2, b1, b2, c, p)
+
+
+@njit(cache=True, inline="always")
+def tier_pin(node, ends, counters, key):
+    """A hit on held `key`: ARC moves it to T2; it stops being a candidate until
+    `tier_unpin`. The new counters."""
+    policy, capacity, held, n1, n2, b1, b2, c, p = counters
+    cls = node[key, _CLS]
+    _unlink(node, ends, cls - 1, key, _PREV, _NEXT)
+    if policy == _ARC and cls == 1:
+        node[key, _CLS] = 2
+        n1 -= 1
+        n2 += 1
+    return (policy, capacity, held, n1, n2, b1, b2, c, p)
+
+
+@njit(cache=True, inline="always")
+def tier_unpin(node, ends, key):
+    """Pinned `key` becomes the most recent candidate of its list."""
+    _append(node, ends, node[key, _CLS] - 1, key, _PREV, _NEXT)
+
+
+@njit(cache=True, inline="always")
+def tier_refresh(node, ends, key):
+    """Held, unpinned `key` becomes the most recent candidate of its list."""
+    lst = node[key, _CLS] - 1
+    _unlink(node, ends, lst, key, _PREV, _NEXT)
+    _append(node, ends, lst, key, _PREV, _NEXT)
+
+
+__all__ = ["REFUSED", "TIER_POLICY_CODES", "tier_arrays", "tier_counters", "tier_holds",
+           "tier_pin", "tier_pop", "tier_refresh", "tier_store", "tier_unpin"]
