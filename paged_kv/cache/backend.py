@@ -29,6 +29,9 @@ class KVBackend(Protocol):
     storage: Any
     #: what a cache's repr calls its mode ("metadata-only", or the model's name)
     label: str
+    #: the tiers' bytes (`paged_kv.gpu.tier_pools.TierPools`), or None (no tiers or
+    #: metadata-only)
+    tier_pools: Any
 
     def new_extents(self, written: int) -> WrittenExtents | None:
         """Bookkeeping of written positions for a new sequence (None: not tracked)."""
@@ -78,6 +81,7 @@ class NullBackend:
 
     storage = None
     label = "metadata-only"
+    tier_pools = None
 
     def new_extents(self, written: int) -> None:
         """Nothing is written without storage: not tracked."""
@@ -129,7 +133,7 @@ class StorageBackend:
         self.storage = KVStorage(model, config.block_size, config.num_gpu_blocks,
                                  config.num_host_blocks)
         #: the tiers' bytes (`paged_kv.gpu.tier_pools.TierPools`), or None without tiers
-        self.tiers = (TierPools(self.storage, config.host_cache_blocks,
+        self.tier_pools = (TierPools(self.storage, config.host_cache_blocks,
                                 config.disk_cache_blocks, config.disk_cache_dir)
                       if config.has_tiers else None)
         #: the model's name
@@ -188,19 +192,19 @@ class StorageBackend:
 
     def tier_store(self, tier: str, pairs: list[tuple[int, int]]) -> None:
         """`TierPools.store`."""
-        self.tiers.store(tier, pairs)
+        self.tier_pools.store(tier, pairs)
 
     def tier_load(self, tier: str, pairs: list[tuple[int, int]]) -> None:
         """`TierPools.load`."""
-        self.tiers.load(tier, pairs)
+        self.tier_pools.load(tier, pairs)
 
     def tier_copy(self, src_tier: str, dst_tier: str, pairs: list[tuple[int, int]]) -> None:
         """`TierPools.copy`."""
-        self.tiers.copy(src_tier, dst_tier, pairs)
+        self.tier_pools.copy(src_tier, dst_tier, pairs)
 
     def tier_problems(self, tier: str, slots: list[int]) -> list[str]:
         """`TierPools.problems`."""
-        return self.tiers.problems(tier, slots)
+        return self.tier_pools.problems(tier, slots)
 
     def pool_bytes(self) -> dict[str, bytes]:
         """Both pools' bytes, a quantized cache's scales (`KVStorage.gpu_scales`), and the
@@ -212,8 +216,8 @@ class StorageBackend:
                              ("host_scale_bytes", storage.host_scales_snapshot())):
             if scales is not None:
                 pools[name] = scales.tobytes()
-        if self.tiers is not None:
-            pools.update(self.tiers.pool_bytes())
+        if self.tier_pools is not None:
+            pools.update(self.tier_pools.pool_bytes())
         return pools
 
 

@@ -45,6 +45,7 @@ take tier slots, and tier copies never take swap blocks.
 from __future__ import annotations
 
 from collections.abc import Hashable, Sequence
+from typing import Any
 
 from paged_kv.cache.backend import KVBackend
 from paged_kv.core.block_allocator import BlockAllocator
@@ -80,6 +81,12 @@ class Tiers:
             gpu.on_evict = self._gpu_evicted
         elif self.placement == WRITE_THROUGH:
             gpu.on_publish = self.copy_down
+
+    @property
+    def pools(self) -> Any:
+        """The tiers' bytes (`paged_kv.gpu.tier_pools.TierPools`), or None when the cache
+        stores no KV."""
+        return self._backend.tier_pools
 
     # -- lookup ------------------------------------------------------------------------
     def match(self, keys: Sequence[Hashable], start: int, limit: int) -> list[Source]:
