@@ -23,6 +23,17 @@ capacity rule for prompts longer than the cache):
 6. the request is released tail first: its cached blocks become candidates from the
    last to the first.
 
+**Tiers below the GPU** (`paged_kv.sim.replay_compiled_tiers`: a host and a disk tier,
+LRU or ARC each; the manager's rules are in `paged_kv.cache.tiers`): step 2 goes on past
+the GPU prefix, each block served by the GPU (revived with the hits), the host or the
+disk tier, up to the first block none holds; the tiers' hits are pinned (each policy
+hears of them) while step 4 allocates, where write-back copies each GPU victim down;
+the pins are released last block first; step 5 publishes the loaded blocks, then the
+computed ones, and write-through copies each batch down (selective: every block the
+prompt was served from), each from its last block; after step 6 each tier refreshes
+the prompt's blocks it holds, last block first. The per-request counts are
+`MOVED_COLUMNS`.
+
 The cache is modelled by key rather than by physical block: every policy orders
 candidates by stamps, counts and next uses, never by block id, and between requests
 every block is free, so which physical block holds a key cannot change a hit. State is
@@ -43,11 +54,19 @@ import time
 import numpy as np
 from numba import njit
 
-from paged_kv.sim.replay import ReplayResult, check_capacity, check_policy, check_warmup
+from paged_kv.sim.replay import (
+    ReplayResult,
+    TierSetting,
+    check_capacity,
+    check_policy,
+    check_warmup,
+)
 from paged_kv.sim.replay_arrays import NEVER, TraceArrays
 from paged_kv.sim.replay_compiled_tiers import (
     REFUSED,
     TIER_POLICY_CODES,
+    load_counters,
+    save_counters,
     tier_arrays,
     tier_counters,
     tier_holds,
@@ -167,39 +186,78 @@ _HOST_HITS, _DISK_HITS, _GPU_HOST, _GPU_DISK, _HOST_DISK = range(5)
 _FROM_GPU, _FROM_HOST, _FROM_DISK = 1, 2, 3
 
 
-@njit(cache=True, inline="always")
-def _copy_down(r, key, has_host, has_disk, h_node, h_ends, hc, d_node, d_ends, dc, moved):
-    """Copy a GPU block to every lower tier that lacks it (their victims are dropped)."""
-    if has_host and not tier_holds(h_node, key):
-        victim, hc = tier_store(h_node, h_ends, hc, key)
-        if victim != REFUSED:
-            moved[r, _GPU_HOST] += 1
-    if has_disk and not tier_holds(d_node, key):
-        victim, dc = tier_store(d_node, d_ends, dc, key)
-        if victim != REFUSED:
-            moved[r, _GPU_DISK] += 1
-    return hc, dc
+@njit(cache=True)
+def _lower_tiers(r, keys, start, h, served, full, source, batch, count, write_back, h_node,
+                 h_ends, d_node, d_ends, counts, tier_p, moved):
+    """Everything one request does to the lower tiers, in the manager's order.
 
+    1. the hits of blocks ``h .. served-1`` are pinned, each tier's in prompt order
+       (its policy hears of each);
+    2. write-back (`write_back`): ``batch[:count]`` are the keys the GPU evicted, in
+       eviction order: each goes to the first lower tier if it lacks it, and the key the
+       host tier evicts for it goes on to the disk tier if that lacks it;
+    3. the pins are released, from the last block to the first;
+    4. copy-down (write-through, selective): ``batch[:count]``, in that order, go to every
+       lower tier that lacks them, the host first; a tier's victims are dropped;
+    5. each tier refreshes the prompt's full blocks it holds, the last block first.
 
-@njit(cache=True, inline="always")
-def _write_back(r, key, has_host, has_disk, h_node, h_ends, hc, d_node, d_ends, dc, moved):
-    """A GPU eviction under write-back: the block goes to the host (whose victim goes to
-    disk), or to disk when there is no host tier."""
+    The kernel calls this once per request, after its own work for the request: the
+    GPU's allocations and publications never look at the lower tiers, and the lower
+    tiers see only these steps, so the order between the two does not matter. One call
+    site and one (inlined) store keep the compiled kernel small."""
+    has_host = counts[0, 1] > 0
+    has_disk = counts[1, 1] > 0
+    hc = load_counters(counts, tier_p, 0)
+    dc = load_counters(counts, tier_p, 1)
+    lower_hits = False
+    for j in range(h, served):
+        if source[j] == _FROM_HOST:
+            hc = tier_pin(h_node, h_ends, hc, keys[start + j])
+            lower_hits = True
+    for j in range(h, served):
+        if source[j] == _FROM_DISK:
+            dc = tier_pin(d_node, d_ends, dc, keys[start + j])
+            lower_hits = True
+    for phase in range(2):  # 0: write-back stores, then the pins go; 1: copy-down stores
+        if phase == 1 and lower_hits:
+            for j in range(served - 1, h - 1, -1):
+                if source[j] == _FROM_HOST:
+                    tier_unpin(h_node, h_ends, keys[start + j])
+            for j in range(served - 1, h - 1, -1):
+                if source[j] == _FROM_DISK:
+                    tier_unpin(d_node, d_ends, keys[start + j])
+        if write_back != (phase == 0):
+            continue
+        for i in range(count):
+            key = batch[i]
+            t = 0 if has_host else 1
+            column = _GPU_HOST if has_host else _GPU_DISK
+            while t < 2 and (t == 0 or has_disk):
+                node = h_node if t == 0 else d_node
+                ends = h_ends if t == 0 else d_ends
+                victim = REFUSED
+                if not tier_holds(node, key):
+                    victim, stored = tier_store(node, ends, hc if t == 0 else dc, key)
+                    if t == 0:
+                        hc = stored
+                    else:
+                        dc = stored
+                    if victim != REFUSED:
+                        moved[r, column] += 1
+                if write_back:  # only the host's victim goes on, to the disk
+                    if t == 1 or victim == REFUSED or victim == _NIL:
+                        break
+                    key = victim
+                    column = _HOST_DISK
+                else:
+                    column = _GPU_DISK
+                t += 1
     if has_host:
-        if not tier_holds(h_node, key):
-            victim, hc = tier_store(h_node, h_ends, hc, key)
-            if victim == REFUSED:
-                return hc, dc
-            moved[r, _GPU_HOST] += 1
-            if victim != _NIL and has_disk and not tier_holds(d_node, victim):
-                done, dc = tier_store(d_node, d_ends, dc, victim)
-                if done != REFUSED:
-                    moved[r, _HOST_DISK] += 1
-    elif not tier_holds(d_node, key):
-        victim, dc = tier_store(d_node, d_ends, dc, key)
-        if victim != REFUSED:
-            moved[r, _GPU_DISK] += 1
-    return hc, dc
+        tier_refresh(h_node, h_ends, keys, start, start + full)
+    if has_disk:
+        tier_refresh(d_node, d_ends, keys, start, start + full)
+    save_counters(counts, tier_p, 0, hc)
+    save_counters(counts, tier_p, 1, dc)
 
 
 # --- the replay ----------------------------------------------------------------------
@@ -223,12 +281,12 @@ def _trim_ghosts(gprev, gnext, gends, ghost, n1, n2, b1, b2, arc_c):
 @njit(cache=True)
 def _replay_kernel(policy, capacity, block_size, offsets, keys, prompt_lens, next_access,
                    depth, num_keys, shift_freq, shift_depth, max_depth, hit_blocks,
-                   placement, h_node, h_ends, hc, d_node, d_ends, dc, moved):
+                   placement, h_node, h_ends, d_node, d_ends, counts, tier_p, moved):
     """Replay every request; writes hit blocks per request (with lower tiers, also the
     per-request `MOVED_COLUMNS` counts), returns the GPU evictions."""
     num_requests = len(prompt_lens)
-    has_host = hc[1] > 0
-    has_disk = dc[1] > 0
+    has_host = counts[0, 1] > 0
+    has_disk = counts[1, 1] > 0
     tiered = has_host or has_disk
     write_back = tiered and placement == _WRITE_BACK
     write_through = tiered and placement == _WRITE_THROUGH
@@ -244,6 +302,10 @@ def _replay_kernel(policy, capacity, block_size, offsets, keys, prompt_lens, nex
     is_cand = np.zeros(num_keys, np.uint8)  # ... that is an eviction candidate
     stored = np.zeros(max(1, int(np.diff(offsets).max())), np.uint8)
     source = np.zeros(len(stored) if tiered else 1, np.uint8)  # where a hit came from
+    # keys copied down together: a prompt's blocks, or the GPU blocks it evicts (at most
+    # its blocks, which may outnumber its keys)
+    most_blocks = min(capacity, (prompt_lens.max() + block_size - 1) // block_size)
+    batch = np.empty(max(len(stored), most_blocks) if tiered else 1, keys.dtype)
     # heap policies (LFU, LengthAware, Belady)
     hk = np.empty(k_heap, np.int32)
     hv = np.empty(k_heap, np.int64)
@@ -350,16 +412,10 @@ def _replay_kernel(policy, capacity, block_size, offsets, keys, prompt_lens, nex
             elif policy == _LRU:
                 _unlink(prev, nxt, ends, 0, key)
             # FIFO: the key stays in the caching-order list, now in use
-        if served > h:  # the lower tiers' hits: each policy hears of them, pinned
-            for j in range(h, served):
-                if source[j] == _FROM_HOST:
-                    hc = tier_pin(h_node, h_ends, hc, keys[start + j])
-            for j in range(h, served):
-                if source[j] == _FROM_DISK:
-                    dc = tier_pin(d_node, d_ends, dc, keys[start + j])
 
         # 4. new blocks: uncached free ones first, then evictions
         shortfall = (nblocks - gpu_hits) - (capacity - num_cached)
+        shortfall_done = 0
         cursor = ends[0]  # FIFO: keys before the cursor are in use
         for _ in range(shortfall):
             if uses_heap:
@@ -400,17 +456,9 @@ def _replay_kernel(policy, capacity, block_size, offsets, keys, prompt_lens, nex
             cached[victim] = 0
             num_cached -= 1
             evictions += 1
-            if write_back:  # the evicted block is copied down
-                hc, dc = _write_back(r, victim, has_host, has_disk, h_node, h_ends, hc,
-                                     d_node, d_ends, dc, moved)
-
-        if served > h:  # loads issued: the pins are released, the last block first
-            for j in range(served - 1, h - 1, -1):
-                if source[j] == _FROM_HOST:
-                    tier_unpin(h_node, h_ends, keys[start + j])
-            for j in range(served - 1, h - 1, -1):
-                if source[j] == _FROM_DISK:
-                    tier_unpin(d_node, d_ends, keys[start + j])
+            if write_back:  # the evicted block is copied down, in this order (step 7)
+                batch[shortfall_done] = victim
+                shortfall_done += 1
 
         # 5. publish the new full blocks (loaded, then computed) in prompt order
         for j in range(h, full):
@@ -453,19 +501,20 @@ def _replay_kernel(policy, capacity, block_size, offsets, keys, prompt_lens, nex
         # copies down, each batch from its last block to its first: write-through copies
         # the loaded blocks (published when loaded), then the computed ones (published
         # at commit); selective copies every block the prompt was served from
+        count = 0
         if write_through:
             for j in range(served - 1, h - 1, -1):
                 if source[j] != _FROM_GPU:
-                    hc, dc = _copy_down(r, keys[start + j], has_host, has_disk, h_node,
-                                        h_ends, hc, d_node, d_ends, dc, moved)
+                    batch[count] = keys[start + j]
+                    count += 1
             for j in range(full - 1, served - 1, -1):
                 if stored[j]:
-                    hc, dc = _copy_down(r, keys[start + j], has_host, has_disk, h_node,
-                                        h_ends, hc, d_node, d_ends, dc, moved)
+                    batch[count] = keys[start + j]
+                    count += 1
         elif selective:
             for j in range(served - 1, -1, -1):
-                hc, dc = _copy_down(r, keys[start + j], has_host, has_disk, h_node, h_ends,
-                                    hc, d_node, d_ends, dc, moved)
+                batch[count] = keys[start + j]
+                count += 1
 
         # 6. release tail first: cached blocks become candidates, last block first
         for j in range(nblocks - 1, -1, -1):
@@ -490,17 +539,10 @@ def _replay_kernel(policy, capacity, block_size, offsets, keys, prompt_lens, nex
                         | clock
                 n_heap = _heap_push(hk, hv, pos, n_heap, key, value)
             # FIFO: already in the caching-order list
-        if tiered:  # 7. the tiers refresh the prompt's blocks they hold, the last first
-            if has_host:
-                for j in range(full - 1, -1, -1):
-                    key = keys[start + j]
-                    if tier_holds(h_node, key):
-                        tier_refresh(h_node, h_ends, key)
-            if has_disk:
-                for j in range(full - 1, -1, -1):
-                    key = keys[start + j]
-                    if tier_holds(d_node, key):
-                        tier_refresh(d_node, d_ends, key)
+        if tiered:  # 7. the lower tiers' part of the request (see `_lower_tiers`)
+            _lower_tiers(r, keys, start, h, served, full, source, batch,
+                         shortfall_done if write_back else count, write_back, h_node, h_ends,
+                         d_node, d_ends, counts, tier_p, moved)
     return evictions
 
 
@@ -536,30 +578,53 @@ def replay_hit_blocks(trace: TraceArrays, capacity: int, policy: str) -> tuple[n
     return hit_blocks, evictions
 
 
+def check_tiers(tiers: TierSetting) -> TierSetting:
+    """`tiers` if the compiled engine runs its tier policies (`TIER_POLICY_CODES`), else
+    ValueError naming the policy (the manager replay runs every online policy)."""
+    for tier in ("host", "disk"):
+        policy = getattr(tiers, f"{tier}_policy")
+        if getattr(tiers, f"{tier}_capacity") and policy not in TIER_POLICY_CODES:
+            raise ValueError(
+                f"{tier}_policy {policy!r}: the compiled engine runs the {tier} tier with "
+                f"{' or '.join(TIER_POLICY_CODES)}; use the manager replay "
+                f"(paged_kv.sim.replay.replay, or engine='manager') for other policies"
+            )
+    return tiers
+
+
 def replay_tiered_blocks(
-    trace: TraceArrays, capacity: int, policy: str, *, host_capacity: int = 0,
-    disk_capacity: int = 0, placement: str = "write_through", host_policy: str = "lru",
-    disk_policy: str = "lru",
+    trace: TraceArrays, capacity: int, policy: str, tiers: TierSetting | None = None,
 ) -> tuple[np.ndarray, np.ndarray, int]:
     """Hit blocks per request (all tiers), the per-request `MOVED_COLUMNS` counts (an
-    ``R x 5`` array; ``1 x 5`` of zeros without lower tiers) and the GPU evictions
-    (checked arguments; a capacity of 0 means no such tier)."""
+    ``R x 5`` int64 array; ``1 x 5`` of zeros without tiers) and the GPU evictions
+    (checked arguments)."""
+    tiers = TierSetting() if tiers is None else tiers
     nxt, depth = _kernel_arguments(trace, policy)
     shift_freq, shift_depth, max_depth = _priority_layout(trace)
     hit_blocks = np.zeros(len(trace), dtype=np.int64)
-    tiered = host_capacity > 0 or disk_capacity > 0
-    moved = np.zeros((len(trace) if tiered else 1, len(MOVED_COLUMNS)), dtype=np.int64)
+    host, disk = tiers.host_capacity, tiers.disk_capacity
+    host_code = TIER_POLICY_CODES.get(tiers.host_policy, 0)
+    disk_code = TIER_POLICY_CODES.get(tiers.disk_policy, 0)
+    moved = np.zeros((len(trace) if tiers.enabled else 1, len(MOVED_COLUMNS)), dtype=np.int64)
     evictions = _replay_kernel(
         POLICY_CODES[policy], int(capacity), int(trace.block_size), trace.offsets,
         trace.keys, trace.prompt_lens, nxt, depth, int(trace.num_keys), shift_freq,
-        shift_depth, max_depth, hit_blocks, PLACEMENT_CODES[placement],
-        *tier_arrays(trace.num_keys if host_capacity > 0 else 1),
-        tier_counters(TIER_POLICY_CODES[host_policy], int(host_capacity)),
-        *tier_arrays(trace.num_keys if disk_capacity > 0 else 1),
-        tier_counters(TIER_POLICY_CODES[disk_policy], int(disk_capacity)),
+        shift_depth, max_depth, hit_blocks, PLACEMENT_CODES[tiers.placement],
+        *tier_arrays(trace.num_keys if host else 1, host_code),
+        *tier_arrays(trace.num_keys if disk else 1, disk_code),
+        *tier_counters((host_code, host), (disk_code, disk)),
         moved,
     )
     return hit_blocks, moved, int(evictions)
+
+
+def tier_blocks(moved: np.ndarray) -> dict[str, np.ndarray]:
+    """`paged_kv.sim.replay.TIER_COLUMNS` from `replay_tiered_blocks`'s counts (metadata
+    loads never fail: a hit block is a loaded block)."""
+    host, disk, gpu_host, gpu_disk, host_disk = moved.T
+    return {"host_hit_blocks": host, "disk_hit_blocks": disk, "loaded_host": host,
+            "loaded_disk": disk, "stored_gpu_host": gpu_host, "stored_gpu_disk": gpu_disk,
+            "stored_host_disk": host_disk}
 
 
 def compiled_replay(
@@ -568,24 +633,33 @@ def compiled_replay(
     policy: str = "lru",
     *,
     warmup: float = 0.0,
+    host_capacity: int = 0,
+    host_policy: str = "lru",
+    disk_capacity: int = 0,
+    disk_policy: str = "lru",
+    placement: str = "write_through",
 ) -> ReplayResult:
-    """Replay `trace` at `capacity` blocks (None: unbounded) with the compiled engine.
+    """Replay `trace` at `capacity` GPU blocks (None: unbounded) with the compiled engine,
+    with a host and/or disk tier below the GPU when their capacities are not 0.
 
     Same arguments, rules and result as `paged_kv.sim.replay.replay`, whose per-request
-    hit tokens it reproduces exactly.
+    frame it reproduces exactly; the tiers' policies are ``lru`` or ``arc`` here.
     """
     if not isinstance(trace, TraceArrays):
         raise ValueError(f"trace must be a TraceArrays, got {trace!r}")
     policy = check_policy(policy)
     check_warmup(warmup)
     label = check_capacity(capacity)
+    tiers = check_tiers(TierSetting(host_capacity, host_policy, disk_capacity, disk_policy,
+                                    placement))
     capacity = trace.unbounded_capacity() if label is None else label
-    hit_blocks, evictions = replay_hit_blocks(trace, capacity, policy)
+    hit_blocks, moved, evictions = replay_tiered_blocks(trace, capacity, policy, tiers)
     return ReplayResult.from_hits(
         trace=trace.name, policy=policy, capacity=label, block_size=trace.block_size,
         request_ids=trace.request_ids, prompt_lens=trace.prompt_lens,
         num_blocks=np.diff(trace.offsets), hit_blocks=hit_blocks,
-        evictions=evictions, warmup=warmup,
+        evictions=evictions, warmup=warmup, tiers=tiers,
+        tier_blocks=tier_blocks(moved) if tiers.enabled else None,
     )
 
 
@@ -602,4 +676,6 @@ def compile_engine() -> float:
     return time.perf_counter() - start
 
 
-__all__ = ["NEVER", "POLICY_CODES", "compile_engine", "compiled_replay", "replay_hit_blocks"]
+__all__ = ["MOVED_COLUMNS", "NEVER", "PLACEMENT_CODES", "POLICY_CODES", "check_tiers",
+           "compile_engine", "compiled_replay", "replay_hit_blocks", "replay_tiered_blocks",
+           "tier_blocks"]

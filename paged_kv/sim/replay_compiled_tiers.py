@@ -18,9 +18,10 @@ the ghost lists B1 and B2, the target ``p`` and the capacity ``c`` of
 `paged_kv.core.eviction.arc.ARCPolicy` (built from its name: ``c`` is the most keys held
 at once). Other policies run on the manager replay only.
 
-A tier is two arrays and a tuple of counters::
+A tier is two arrays and its counters (kept in arrays between the kernel's calls, as a
+tuple while one runs)::
 
-    node      int32[K, 6]  per key: class (0: not held, 1: held, ARC: in T1; 2: in T2),
+    node      int32[K, w]  per key: class (0: not held, 1: held, ARC: in T1; 2: in T2),
                            prev and next in its list (LRU: list 0; ARC: T1 = 0, T2 = 1;
                            a pinned key is in none), ghost (ARC: 0 none, 1 in B1, 2 in
                            B2), prev and next in its ghost list
@@ -50,14 +51,40 @@ REFUSED = -2
 _CLS, _PREV, _NEXT, _GHOST, _GPREV, _GNEXT = range(6)
 
 
-def tier_arrays(num_keys: int) -> tuple[np.ndarray, np.ndarray]:
-    """``(node, ends)`` of an empty tier over `num_keys` keys (1 for an absent tier)."""
-    return np.zeros((num_keys, 6), np.int32), np.full(8, _NIL, np.int64)
+def tier_arrays(num_keys: int, policy: int) -> tuple[np.ndarray, np.ndarray]:
+    """``(node, ends)`` of an empty tier over `num_keys` keys (1 for an absent tier);
+    only ARC uses the ghost columns, so the others get rows of 4 (16 bytes)."""
+    width = 6 if policy == _ARC else 4
+    return np.zeros((num_keys, width), np.int32), np.full(8, _NIL, np.int64)
 
 
-def tier_counters(policy: int, capacity: int) -> tuple:
-    """The counters of an empty tier."""
-    return (policy, capacity, 0, 0, 0, 0, 0, 0, 0.0)
+def tier_counters(host: tuple[int, int], disk: tuple[int, int]) -> tuple[np.ndarray, ...]:
+    """``(counts, p)``: the counters of an empty host and disk tier, each given as
+    ``(policy code, capacity)``, stored as int64[2, 8] and ARC's ``p`` as float64[2]."""
+    counts = np.zeros((2, 8), np.int64)
+    counts[0, :2] = host
+    counts[1, :2] = disk
+    return counts, np.zeros(2, np.float64)
+
+
+@njit(cache=True, inline="always")
+def load_counters(counts, p, t):
+    """Tier `t`'s counters as the tuple the functions below take and return."""
+    return (counts[t, 0], counts[t, 1], counts[t, 2], counts[t, 3], counts[t, 4],
+            counts[t, 5], counts[t, 6], counts[t, 7], p[t])
+
+
+@njit(cache=True, inline="always")
+def save_counters(counts, p, t, counters):
+    """Store tier `t`'s counters back."""
+    policy, capacity, held, n1, n2, b1, b2, c, arc_p = counters
+    counts[t, 2] = held
+    counts[t, 3] = n1
+    counts[t, 4] = n2
+    counts[t, 5] = b1
+    counts[t, 6] = b2
+    counts[t, 7] = c
+    p[t] = arc_p
 
 
 @njit(cache=True, inline="always")
@@ -194,12 +221,50 @@ def tier_unpin(node, ends, key):
 
 
 @njit(cache=True, inline="always")
-def tier_refresh(node, ends, key):
-    """Held, unpinned `key` becomes the most recent candidate of its list."""
-    lst = node[key, _CLS] - 1
-    _unlink(node, ends, lst, key, _PREV, _NEXT)
-    _append(node, ends, lst, key, _PREV, _NEXT)
+def _move_to_tail(node, ends, first, last):
+    """Move the run ``first .. last`` (consecutive in their list) to the list's tail."""
+    q = node[last, _NEXT]
+    if q == _NIL:  # at the tail already
+        return
+    lst = node[first, _CLS] - 1
+    p = node[first, _PREV]
+    if p == _NIL:
+        ends[2 * lst] = q
+    else:
+        node[p, _NEXT] = q
+    node[q, _PREV] = p
+    tail = ends[2 * lst + 1]
+    node[first, _PREV] = tail
+    node[tail, _NEXT] = first
+    node[last, _NEXT] = _NIL
+    ends[2 * lst + 1] = last
 
 
-__all__ = ["REFUSED", "TIER_POLICY_CODES", "tier_arrays", "tier_counters", "tier_holds",
+@njit(cache=True)
+def tier_refresh(node, ends, keys, start, stop):
+    """Each held, unpinned key of ``keys[start:stop]``, from the last to the first,
+    becomes the most recent candidate of its list (``remove`` then ``add``).
+
+    The same as moving them one by one, done run by run: keys that already follow one
+    another in their list in this order move as one piece, so a prompt whose blocks
+    were refreshed together last time costs one read per block."""
+    first = _NIL
+    last = _NIL
+    for j in range(stop - 1, start - 1, -1):
+        key = keys[j]
+        if node[key, _CLS] == 0:
+            continue
+        if first != _NIL and node[last, _NEXT] == key:
+            last = key
+            continue
+        if first != _NIL:
+            _move_to_tail(node, ends, first, last)
+        first = key
+        last = key
+    if first != _NIL:
+        _move_to_tail(node, ends, first, last)
+
+
+__all__ = ["REFUSED", "TIER_POLICY_CODES", "load_counters", "save_counters", "tier_arrays",
+           "tier_counters", "tier_holds",
            "tier_pin", "tier_pop", "tier_refresh", "tier_store", "tier_unpin"]
