@@ -31,7 +31,7 @@ import numpy as np
 
 from paged_kv.cache.attention_args import check_cache, check_query, query_start
 from paged_kv.core.errors import SequenceStateError
-from paged_kv.gpu.fences import stream_arg
+from paged_kv.gpu.fences import to_host
 from paged_kv.gpu.kernels.paged_attention import decode_attention, prefill_attention
 
 if TYPE_CHECKING:
@@ -51,14 +51,6 @@ def _block_table(cache: PagedKVCache, seq_id: int) -> tuple[int, ...]:
             f"pool (swap_in first)"
         )
     return info.block_table
-
-
-def _to_host(out: Any, stream: Any) -> np.ndarray:
-    """Copy a device result back on `stream` and wait for it."""
-    host = out.copy_to_host(stream=stream_arg(stream))
-    if stream is not None:
-        stream.synchronize()
-    return host
 
 
 def decode(
@@ -97,7 +89,7 @@ def decode(
     with storage.access(stream, gpu_reads=[b for table in tables for b in table]):
         out = decode_attention(storage.gpu_pool, layer, q, tables, lens, scale=scale,
                                kv_scales=storage.gpu_scales, stream=stream)
-    return _to_host(out, stream)
+    return to_host(out, stream)
 
 
 def prefill(
@@ -131,4 +123,4 @@ def prefill(
     with storage.access(stream, gpu_reads=table):
         out = prefill_attention(storage.gpu_pool, layer, q, list(table), q_start,
                                 scale=scale, kv_scales=storage.gpu_scales, stream=stream)
-    return _to_host(out, stream)
+    return to_host(out, stream)

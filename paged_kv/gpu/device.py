@@ -41,6 +41,8 @@ import threading
 from types import ModuleType
 from typing import Any
 
+import numpy as np
+
 ENV_OVERRIDE = "PAGED_KV_DEVICE"
 _SIM_ENV = "NUMBA_ENABLE_CUDASIM"
 _CHOICES = ("gpu", "sim")
@@ -153,7 +155,6 @@ def _serialise_simulator_shared_arrays() -> bool:
         return True
     if not isinstance(getattr(cls(0), "_allocations", None), dict):
         return False
-    import numpy as np  # noqa: PLC0415 - simulator only
     from numba.core import types  # noqa: PLC0415
     from numba.np import numpy_support  # noqa: PLC0415
 
@@ -202,6 +203,21 @@ def new_event() -> Any:
     """A CUDA event without timing (cheaper to record); the simulator's no-op event."""
     api = cuda_api()
     return api.event() if is_simulator() else api.event(timing=False)
+
+
+def host_copy(array: Any) -> np.ndarray:
+    """A NumPy copy of a device, mapped or host array (finish the work that writes it
+    first: `KVStorage.synchronize`, or ``cuda_api().synchronize()``).
+
+    A mapped array (``cuda.mapped_array``) is a NumPy array on a GPU: it is copied as
+    one, from the page-locked host memory it lives in. Its ``copy_to_host`` must not be
+    used: numba-cuda builds a mapped array without running ``DeviceNDArrayBase.__init__``,
+    so the ``alloc_size`` that ``copy_to_host`` reads does not exist (AttributeError).
+    A device array (or any array of the simulator) is copied with ``copy_to_host``.
+    """
+    if isinstance(array, np.ndarray):
+        return np.array(array, copy=True)
+    return array.copy_to_host()
 
 
 def device_name() -> str:

@@ -95,7 +95,7 @@ def swap_blocks(
         pairs = device_block_pairs(pairs, what)
     else:
         if is_cuda_array(pairs):
-            pairs = host_int_array(pairs, what, "pairs", ndim=2)
+            pairs = host_int_array(pairs, what, "pairs", ndim=2, stream=stream)
         pairs = block_pairs(pairs, src_shape[2], dst_shape[2], same_pool=same_pool, what=what)
     if not int(pairs.shape[0]):
         return
