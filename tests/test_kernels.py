@@ -16,7 +16,6 @@ import pytest
 
 from paged_kv.gpu.device import cuda_api, is_simulator
 from paged_kv.gpu.kernels import (
-    KERNELS,
     SWAP_METHODS,
     copy_blocks,
     gather_kv,
@@ -474,23 +473,3 @@ def test_wrapper_rejects_bad_argument_and_changes_nothing(case: str, dtype: str)
         call(c)
     assert_same_bytes(snapshot(c.gpu), gpu_before)
     assert_same_bytes(snapshot(c.host), host_before)
-
-
-# -- what runs is what the compile check compiles -------------------------------------
-
-
-@pytest.mark.skipif(is_simulator(), reason="the simulator interprets kernels, compiles none")
-@pytest.mark.parametrize("dtype", DTYPES)
-def test_launched_signatures_are_the_compile_checked_ones(dtype: str) -> None:
-    rng = np.random.default_rng(12)
-    gpu = cuda.to_device(random_values(rng, TINY.shape(), dtype))
-    host = mapped_pool(random_values(rng, TINY.shape(TINY.num_host_blocks), dtype))
-    k = random_values(rng, (2, TINY.num_kv_heads, TINY.head_dim), dtype)
-    write_slots(gpu, 0, k, k, [0, 1])
-    gather_kv(gpu, 0, [[0]], [2])
-    copy_blocks(gpu, [(0, 1)])
-    swap_blocks(gpu, host, [(0, 1)])
-    swap_blocks(host, gpu, [(1, 2)])
-    for name, (kernel, signature, variants) in KERNELS.items():
-        launched = [tuple(sig) for sig in kernel.signatures]
-        assert any(tuple(signature(v).args) in launched for v in variants), (name, launched)

@@ -194,7 +194,10 @@ def jitable(fn: Any) -> Any:
     itself in the simulator: pass it ``threadIdx.x`` and friends.)"""
     if is_simulator():
         return fn
-    from numba.cuda.extending import register_jitable  # noqa: PLC0415 - GPU only
+    try:
+        from numba.cuda.extending import register_jitable  # noqa: PLC0415 - GPU only
+    except ImportError:  # numba-cuda before it had its own: numba's serves every target
+        from numba.core.extending import register_jitable  # noqa: PLC0415
 
     return register_jitable(fn)
 
