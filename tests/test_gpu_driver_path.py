@@ -308,3 +308,36 @@ def test_in_child_host_copy_reads_a_mapped_array_as_numba_cuda_builds_it() -> No
     assert type(copy) is np.ndarray and np.array_equal(copy, values)
     mapped[0, 0, 0] = -1.0
     assert copy[0, 0, 0] == 0.0  # a copy, not a view
+
+
+# -- kernel options -------------------------------------------------------------------------
+
+
+@child_only
+def test_in_child_kernels_ask_only_for_options_this_numba_cuda_names(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    import inspect
+
+    from numba import cuda
+
+    from paged_kv.gpu import device
+    from paged_kv.gpu.kernels import KERNELS
+    from paged_kv.gpu.kernels.compile_check import launch_option_problems
+
+    named = inspect.signature(cuda.jit).parameters
+    attention = KERNELS["paged_attention_128x4"][0].targetoptions
+    assert attention["launch_bounds"] == (128, 8)
+    carveout = attention.get("shared_memory_carveout")
+    assert carveout == ("MaxShared" if "shared_memory_carveout" in named else None)
+    assert launch_option_problems() == []
+
+    def old_jit(func_or_sig=None, device=False, launch_bounds=None, **kws):  # numba-cuda 0.20
+        raise AssertionError("not called")
+
+    monkeypatch.setattr(cuda, "jit", old_jit)
+    assert device.jit_accepts("launch_bounds")
+    assert not device.jit_accepts("shared_memory_carveout")
+    if carveout:  # built for this numba-cuda, then checked against 0.20's jit
+        assert launch_option_problems() == [
+            f"{name}: this numba-cuda's cuda.jit has no shared_memory_carveout"
+            for name in sorted(n for n in KERNELS if n.startswith("paged_attention_"))]

@@ -186,6 +186,22 @@ def jit(*args: Any, **kwargs: Any) -> Any:
     return cuda_api().jit(*args, **kwargs)
 
 
+def jit_accepts(option: str) -> bool:
+    """True when this numba-cuda's ``cuda.jit`` takes kernel option `option` (False in the
+    simulator, whose jit takes none of the GPU options).
+
+    ``cuda.jit`` passes keywords it does not name on to the kernel, whose constructor
+    then refuses them at the first launch: numba-cuda 0.20 to 0.24 name
+    ``launch_bounds`` but not ``shared_memory_carveout`` (0.26 on). So a kernel asks for
+    an option only where this is True.
+    """
+    if is_simulator():
+        return False
+    import inspect  # noqa: PLC0415 - GPU only
+
+    return option in inspect.signature(cuda_api().jit).parameters
+
+
 def jitable(fn: Any) -> Any:
     """A helper that kernels call: a plain function the simulator runs as it is, and that
     ``register_jitable`` compiles into each kernel calling it on a GPU. (A ``device=True``
