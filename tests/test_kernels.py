@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 import pytest
 
-from paged_kv.gpu.device import cuda_api, is_simulator
+from paged_kv.gpu.device import cuda_api
 from paged_kv.gpu.kernels import (
     SWAP_METHODS,
     copy_blocks,
@@ -22,6 +22,8 @@ from paged_kv.gpu.kernels import (
     swap_blocks,
     write_slots,
 )
+
+pytestmark = pytest.mark.device  # kernels: the simulator here, the GPU in gpu_check.sh
 
 cuda = cuda_api()  # numba.cuda on a GPU, numba.cuda.simulator otherwise
 
@@ -48,10 +50,8 @@ TINY = Dims(num_layers=2, num_blocks=12, block_size=4, num_kv_heads=2, head_dim=
             num_host_blocks=8)
 REALISTIC = Dims(num_layers=3, num_blocks=96, block_size=16, num_kv_heads=8, head_dim=128,
                  num_host_blocks=64)
-NEEDS_GPU = pytest.mark.skipif(
-    is_simulator(),
-    reason="realistic sizes launch ~10^6 threads; the simulator runs ~5,000 threads/s",
-)
+NEEDS_GPU = pytest.mark.gpu(
+    reason="realistic sizes launch ~10^6 threads; the simulator runs ~5,000 threads/s")
 ALL_DIMS = [pytest.param(TINY, id="tiny"),
             pytest.param(REALISTIC, id="realistic", marks=NEEDS_GPU)]
 

@@ -34,7 +34,8 @@ from paged_kv.gpu.kernels import (
 from paged_kv.gpu.kernels._attention_kernel import THREAD_VARIANTS
 from paged_kv.gpu.kernels.quantized import scales_shape
 
-pytestmark = pytest.mark.usefixtures("fast_simulator_barriers")  # conftest: speed only
+pytestmark = [pytest.mark.device,
+              pytest.mark.usefixtures("fast_simulator_barriers")]  # conftest: speed only
 cuda = cuda_api()
 
 #: One head_dim per attention thread variant (head_dim <= threads, a multiple of 4).
@@ -111,7 +112,7 @@ def test_every_kernel_is_launched_with_one_of_its_compile_checked_signatures(
         assert launched[id(kernel)] <= compiled, (name, launched[id(kernel)] - compiled)
 
 
-@pytest.mark.skipif(is_simulator(), reason="the simulator interprets kernels, compiles none")
+@pytest.mark.gpu(reason="the simulator interprets kernels, compiles none")
 def test_every_kernel_compiled_at_launch_one_of_its_compile_checked_signatures() -> None:
     launch_every_kernel()
     for name in KERNELS:
