@@ -341,3 +341,49 @@ def test_in_child_kernels_ask_only_for_options_this_numba_cuda_names(
         assert launch_option_problems() == [
             f"{name}: this numba-cuda's cuda.jit has no shared_memory_carveout"
             for name in sorted(n for n in KERNELS if n.startswith("paged_attention_"))]
+
+
+# -- the GPU probe's device-side code ------------------------------------------------------
+
+
+def _probe():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("paged_kv_gpu_probe",
+                                                  ROOT / "scripts" / "gpu_probe.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    module.bind_kernel_globals()
+    return module
+
+
+@child_only
+def test_in_child_the_probe_kernel_compiles_with_the_attention_kernels_options() -> None:
+    from numba import cuda, types
+
+    from paged_kv.gpu.kernels.compile_check import _target_device
+
+    probe = _probe()
+    options = probe.probe_kernel_options()
+    assert options["launch_bounds"] == (128, 8)
+    kernel = cuda.jit(**options)(probe.neighbours)
+    assert kernel.targetoptions["launch_bounds"] == (128, 8)
+    array = types.Array(types.float32, 1, "C")
+    with _target_device((9, 0)):
+        ptx, _ = cuda.compile_ptx(probe.neighbours, (array, array), cc=(9, 0),
+                                  launch_bounds=options["launch_bounds"])
+    assert ".maxntid 128" in ptx and "bar.sync" in ptx
+
+
+@child_only
+def test_in_child_the_probe_reads_versions_through_apis_this_numba_cuda_has() -> None:
+    from numba import cuda
+    from numba.cuda.cudadrv import nvvm
+
+    probe = _probe()
+    assert callable(cuda.detect) and callable(cuda.runtime.get_version)
+    assert callable(cuda.cudadrv.driver.driver.get_version)
+    assert all(isinstance(n, int) for n in nvvm.NVVM().get_version())  # libNVVM, no GPU
+    needed = probe.minimums()
+    assert needed["numba-cuda"] == "0.20" and needed["python"] == "3.10"
+    assert probe.version_tuple("0.30.4rc1+local") == (0, 30, 4)
