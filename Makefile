@@ -8,9 +8,6 @@
 #   make bench      the kernel benchmarks (benchmarks/RESULTS.md has the numbers)
 #   make gpu-check  on a machine with a GPU: a probe, the kernel tests, the benchmarks
 #                   (docs/gpu.rst); no virtualenv, the machine's own python3
-#   make check-oldest  the oldest numba and numba-cuda the project claims
-#                   (.ci/oldest-requirements.txt) in their own environment, .venv-oldest:
-#                   every kernel compiled to PTX and SASS with them (CI runs it)
 #   make docs       the documentation site, warnings as errors -> docs/_build/html
 #   make notebooks  re-run every notebook at full size, in place, with its figures
 #                   (NOTEBOOKS="04_block_map" for some; long: run it with nice)
@@ -21,9 +18,8 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.paged_kv-installed
 NOTEBOOKS ?= $(basename $(notdir $(wildcard notebooks/*.ipynb)))
-OLDEST_VENV ?= .venv-oldest
 
-.PHONY: demo test lint bench gpu-check check-oldest docs notebooks clean
+.PHONY: demo test lint bench gpu-check docs notebooks clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 10) else "paged_kv needs Python 3.10+")'
@@ -49,12 +45,6 @@ bench: $(STAMP)
 gpu-check:
 	bash scripts/gpu_check.sh
 
-check-oldest:
-	@test -x $(OLDEST_VENV)/bin/python || $(PYTHON) -m venv $(OLDEST_VENV)
-	$(OLDEST_VENV)/bin/python -m pip install --quiet -r .ci/oldest-requirements.txt
-	env -u NUMBA_ENABLE_CUDASIM PAGED_KV_DEVICE=gpu PYTHONPATH="$(CURDIR)" \
-	    PYTHONDONTWRITEBYTECODE=1 $(OLDEST_VENV)/bin/python -m paged_kv.gpu.kernels.compile_check
-
 docs: $(STAMP)
 	$(PY) -m sphinx -W --keep-going -q -b html docs docs/_build/html
 	@echo "documentation: docs/_build/html/index.html"
@@ -63,5 +53,5 @@ notebooks: $(STAMP)
 	$(PY) scripts/run_notebooks.py $(NOTEBOOKS)
 
 clean:
-	rm -rf $(VENV) $(OLDEST_VENV) .pytest_cache .hypothesis .ruff_cache docs/_build paged_kv.egg-info
+	rm -rf $(VENV) .venv-oldest .pytest_cache .hypothesis .ruff_cache docs/_build paged_kv.egg-info
 	find paged_kv tests benchmarks scripts notebooks -name __pycache__ -type d -prune -exec rm -rf {} +

@@ -71,8 +71,8 @@ def test_license_is_an_spdx_expression_with_its_file():
 
 
 def test_the_oldest_pins_are_pyprojects_lower_bounds():
-    """`make check-oldest` (CI) compiles the kernels with exactly the oldest numba and
-    numba-cuda that pyproject.toml admits, so the stated minimum is a checked one."""
+    """`.ci/check_oldest.sh` (a CI step) compiles the kernels with exactly the oldest numba
+    and numba-cuda that pyproject.toml admits, so the stated minimum is a checked one."""
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     lower = {}
     for req in project["dependencies"]:

@@ -72,8 +72,8 @@ def swap_blocks(
 
     Device-resident pairs: the kernel path does not read them back (out-of-range ids
     are skipped on the device and counted in ``buffers.errors``); the memcpy path must
-    know the ids on the host to issue its copies, so it copies them back (which
-    synchronizes) and then checks them like host pairs.
+    know the ids on the host to issue its copies, so it copies them back on `stream`
+    (and waits for it) and then checks them like host pairs.
     """
     what = "swap_blocks"
     if method not in SWAP_METHODS:
