@@ -3,6 +3,8 @@
 import re
 from pathlib import Path
 
+import pytest
+
 from paged_kv.cli import main
 
 README = (Path(__file__).resolve().parents[1] / "README.md").read_text()
@@ -22,6 +24,7 @@ def _table(text: str, first: set[str]) -> list[str]:
             if line.startswith("| ") and line.split("|")[1].strip() in first]
 
 
+@pytest.mark.slow
 def test_the_fragmentation_table_is_what_the_command_prints(capsys, tmp_path):
     assert main(["fragmentation", "--no-progress", "--figure", str(tmp_path / "f.png")]) == 0
     out = capsys.readouterr().out
