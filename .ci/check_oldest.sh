@@ -4,8 +4,9 @@
 # kernel to PTX and SASS. They get their own environment, .venv-oldest ($OLDEST_VENV),
 # made once and reused; the check is paged_kv.gpu.kernels.compile_check, which also
 # refuses a kernel option the installed numba-cuda's cuda.jit does not name.
-# About 70 s to make the environment from pip's cache and 140 s to compile (2 cores,
-# loaded); outside `make test`, which must stay under 5 minutes.
+# Measured on the 2-core development machine under a load average of about 11: 71 s to
+# make the environment from pip's cache, 141 s and 186 s (two runs) for the 82
+# compilations; so it runs outside `make test`, which must stay under 5 minutes.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV=${OLDEST_VENV:-.venv-oldest}

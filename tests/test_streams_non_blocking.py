@@ -20,7 +20,7 @@ import pytest
 
 from paged_kv.core.config import ModelSpec
 from paged_kv.gpu import storage as storage_module
-from paged_kv.gpu.device import cuda_api, is_simulator
+from paged_kv.gpu.device import cuda_api, host_copy, is_simulator
 from paged_kv.gpu.kernels import decode_attention, gather_kv, swap_blocks, write_slots
 from paged_kv.gpu.storage import KVStorage
 from paged_kv.reference.attention import dense_attention
@@ -126,7 +126,7 @@ def test_device_pairs_of_a_memcpy_swap_are_read_back_on_the_callers_stream() -> 
     pairs = WrittenOn(cuda.to_device(np.array([[3, 2]], dtype=np.int32)), stream)
     swap_blocks(pool, host, pairs, method="memcpy", stream=stream)
     stream.synchronize()
-    assert np.array_equal(host.copy_to_host()[0, 0, 2], k[6:8])
+    assert np.array_equal(host_copy(host)[0, 0, 2], k[6:8])
 
 
 def test_device_lengths_of_decode_attention_are_read_back_on_the_callers_stream() -> None:
