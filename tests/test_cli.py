@@ -114,15 +114,15 @@ def test_unlike_paper_names_each_difference_from_the_papers_setting():
     from argparse import Namespace
 
     from paged_kv.cli._common import unlike_paper, without_paper
-    from paged_kv.sim.hardware import model_spec
+    from paged_kv.core.config import get_model
 
-    opt = model_spec("opt-13b")
+    opt = get_model("opt-13b")
     paper = Namespace(gpu="A100-40GB", kv_gib=12.0, workload="sharegpt-like")
     assert unlike_paper(paper, opt) == []
     assert unlike_paper(Namespace(workload="sharegpt"), opt) == []  # ShareGPT's own lengths
     assert unlike_paper(paper, opt.with_kv_dtype("int8")) == ["int8 KV"]
     other = Namespace(gpu="H100", kv_gib=20.0, workload="alpaca-like")
-    assert unlike_paper(other, model_spec("llama-13b")) == [
+    assert unlike_paper(other, get_model("llama-13b")) == [
         "model llama-13b", "GPU H100", "20 GiB of KV", "workload alpaca-like"]
     frame = pd.DataFrame({"a": [1.0], "paper_a": [2.0]})
     assert without_paper(frame, {"a": "a", "paper_a": "paper"}, [])[1] == {

@@ -22,10 +22,7 @@ def check_serving_options(args: argparse.Namespace) -> None:
     the model and the GPU are presets, the KV pool holds one longest sequence (in whole
     blocks, with a block size), and ``--rate`` is refused for a trace with recorded
     arrivals (a command then prints no rate: `applies_rate`)."""
-    try:  # the simulator's presets: paged_kv.core.config's and the extra models it knows
-        from paged_kv.sim.hardware import model_spec as get_model  # noqa: PLC0415
-    except ImportError:
-        from paged_kv.core.config import get_model  # noqa: PLC0415
+    from paged_kv.core.config import get_model  # noqa: PLC0415
 
     spec = None
     if isinstance(getattr(args, "model", None), str):

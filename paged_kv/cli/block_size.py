@@ -45,8 +45,9 @@ def register(subparsers) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Run the sweep, print the table, write the figure."""
+    from paged_kv.core.config import get_model  # noqa: PLC0415
     from paged_kv.plots import plot_block_size, save  # noqa: PLC0415
-    from paged_kv.sim.hardware import get_gpu, model_spec  # noqa: PLC0415
+    from paged_kv.sim.hardware import get_gpu  # noqa: PLC0415
     from paged_kv.studies import block_size_sweep  # noqa: PLC0415
     from paged_kv.studies._common import default_kv_bytes  # noqa: PLC0415
 
@@ -55,7 +56,7 @@ def run(args: argparse.Namespace) -> int:
         model=args.model, num_requests=args.num_requests, rate=args.rate, seed=args.seed,
         progress=progress_enabled(args),
     )
-    kv_gib = default_kv_bytes(model_spec(args.model), get_gpu("A100-40GB")) / 2**30
+    kv_gib = default_kv_bytes(get_model(args.model), get_gpu("A100-40GB")) / 2**30
     setup = (f"{args.model}, {kv_gib:.1f} GiB of KV on one A100-40GB, {args.num_requests} "
              f"requests per run at {args.rate:g} req/s, seed {args.seed}")
     print(f"{setup}; paged waste (% of memory in use that is not token states):\n")

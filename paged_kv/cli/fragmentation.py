@@ -62,11 +62,11 @@ def register(subparsers) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Run the study, print the table beside the paper's, write the figure."""
+    from paged_kv.core.config import get_model  # noqa: PLC0415
     from paged_kv.plots import plot_fragmentation, save  # noqa: PLC0415
-    from paged_kv.sim.hardware import model_spec  # noqa: PLC0415
     from paged_kv.studies import fragmentation_study  # noqa: PLC0415
 
-    model = model_spec(args.model).with_kv_dtype(args.kv_dtype)
+    model = get_model(args.model).with_kv_dtype(args.kv_dtype)
     study = fragmentation_study(
         model=model, gpu=args.gpu, kv_bytes=int(args.kv_gib * 2**30),
         workload=args.workload, rate=args.rate, duration_s=args.duration,

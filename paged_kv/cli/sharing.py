@@ -50,8 +50,9 @@ def register(subparsers) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Run the study, print the table beside the paper's ranges, write the figure."""
+    from paged_kv.core.config import get_model  # noqa: PLC0415
     from paged_kv.plots import plot_sharing, save  # noqa: PLC0415
-    from paged_kv.sim.hardware import get_gpu, model_spec  # noqa: PLC0415
+    from paged_kv.sim.hardware import get_gpu  # noqa: PLC0415
     from paged_kv.studies import sharing_study  # noqa: PLC0415
     from paged_kv.studies._common import default_kv_bytes  # noqa: PLC0415
 
@@ -59,7 +60,7 @@ def run(args: argparse.Namespace) -> int:
                           samplings=tuple(args.samplings), seeds=tuple(args.seeds),
                           num_requests=args.num_requests, model=args.model,
                           progress=progress_enabled(args))
-    model = model_spec(args.model)
+    model = get_model(args.model)
     kv_gib = default_kv_bytes(model, get_gpu("A100-40GB")) / 2**30
     differs = unlike_paper(args, model)
     print(f"{args.model}, {kv_gib:.1f} GiB of KV, block 16: {args.num_requests} requests "

@@ -69,7 +69,7 @@ def check(args: argparse.Namespace) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Run the study, print the sustained rates and the ratios beside the paper's."""
-    from paged_kv.sim.hardware import model_spec  # noqa: PLC0415
+    from paged_kv.core.config import get_model  # noqa: PLC0415
     from paged_kv.studies.throughput import (  # noqa: PLC0415
         RATES,
         batch_size_study,
@@ -78,7 +78,7 @@ def run(args: argparse.Namespace) -> int:
     )
 
     progress = progress_enabled(args)
-    model = model_spec(args.model).with_kv_dtype(args.kv_dtype)
+    model = get_model(args.model).with_kv_dtype(args.kv_dtype)
     setting = dict(model=model, gpu=args.gpu, duration_s=args.duration, seed=args.seed)
     # a quantized cache holds about twice the tokens: carry the rate grids on to twice
     # their top in finer steps than the search's doubling past the top would take

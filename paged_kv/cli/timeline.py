@@ -44,13 +44,13 @@ def check(args: argparse.Namespace) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Serve, print the categories at evenly spaced steps, draw the timeline."""
+    from paged_kv.core.config import get_model  # noqa: PLC0415
     from paged_kv.plots import plot_timeline, save  # noqa: PLC0415
-    from paged_kv.sim.hardware import model_spec  # noqa: PLC0415
     from paged_kv.sim.scheduler import simulate  # noqa: PLC0415
     from paged_kv.sim.schemes import ContiguousScheme, PagedScheme  # noqa: PLC0415
     from paged_kv.studies import kv_slots, make_workload  # noqa: PLC0415
 
-    spec = model_spec(args.model)
+    spec = get_model(args.model)
     slots = kv_slots(spec, int(args.kv_gib * 2**30))
     rate = args.rate if applies_rate(args) else None
     work = make_workload(args.workload, args.num_requests, rate=rate, seed=args.seed,

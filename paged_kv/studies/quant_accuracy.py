@@ -237,12 +237,11 @@ def serving_gain(kv_dtypes: Sequence[str] = ("float16", "int8", "fp8_e4m3"), *,
     quantized cache also shortens steps; dequantization is taken as free (a modelling
     choice: decode is memory-bound).
     """
-    from paged_kv.sim.hardware import model_spec  # noqa: PLC0415
     from paged_kv.studies.throughput import throughput_study  # noqa: PLC0415
 
     rows = []
     for kv_dtype in tqdm(kv_dtypes, desc="serving", disable=not progress):
-        spec = model_spec(model).with_kv_dtype(kv_dtype)
+        spec = get_model(model).with_kv_dtype(kv_dtype)
         setting = dict(workloads=(workload,), schemes=("paged",), model=spec, seed=seed,
                        progress=False)
         if duration_s is not None:
