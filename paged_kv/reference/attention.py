@@ -32,7 +32,15 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from paged_kv.cache.attention_args import as_3d, check_cache, check_query, query_start
+from paged_kv.cache.attention_args import (
+    as_3d,
+    check_cache,
+    check_query,
+    decode_plan,
+    prefill_plan,
+    query_start,
+)
+from paged_kv.cache.step_plan import StepPlan
 
 if TYPE_CHECKING:
     from paged_kv.cache.manager import PagedKVCache
@@ -134,7 +142,7 @@ def dense_attention(
 def prefill(
     cache: PagedKVCache,
     layer: int,
-    seq_id: int,
+    seq_id: int | StepPlan,
     q: np.ndarray,
     *,
     q_start: int | None = None,
@@ -148,10 +156,13 @@ def prefill(
     ``causal=True`` (prefill) only positions ``0 .. q_start + num_q_tokens - 1`` are
     read; with ``causal=False`` every query sees every stored token. The KV comes from
     ``cache.read_kv`` (the gather kernel). Returns float32 ``[num_q_tokens, q_heads,
-    head_dim]``.
+    head_dim]``. `seq_id` may be a plan of one sequence (`PagedKVCache.plan_step`), whose
+    new tokens are the queries, as in `paged_kv.cache.attention.prefill`.
     """
     check_cache(cache)
     q = check_query(cache, q, "num_q_tokens")
+    if isinstance(seq_id, StepPlan):
+        seq_id, q_start = prefill_plan(cache, seq_id, q.shape[0], q_start)
     q_start = query_start(cache, seq_id, q.shape[0], q_start)
     end = q_start + q.shape[0] if causal else cache.num_tokens(seq_id)
     k, v = cache.read_kv(seq_id, layer, end=end)
@@ -161,7 +172,7 @@ def prefill(
 def decode(
     cache: PagedKVCache,
     layer: int,
-    seq_ids: Sequence[int],
+    seq_ids: Sequence[int] | StepPlan,
     q: np.ndarray,
     *,
     scale: float | None = None,
@@ -171,11 +182,14 @@ def decode(
 
     `q` is ``[len(seq_ids), q_heads, head_dim]``. The KV of every sequence is read with
     one ``cache.read_kv_batch`` (one gather launch). Returns float32
-    ``[len(seq_ids), q_heads, head_dim]``.
+    ``[len(seq_ids), q_heads, head_dim]``. `seq_ids` may be a decode plan
+    (`PagedKVCache.plan_step`), as in `paged_kv.cache.attention.decode`: its sequences.
     """
     check_cache(cache)
-    seq_ids = list(seq_ids)
     q = check_query(cache, q, "num_seqs")
+    if isinstance(seq_ids, StepPlan):
+        seq_ids = decode_plan(cache, seq_ids, q.shape[0]).seq_ids
+    seq_ids = list(seq_ids)
     if q.shape[0] != len(seq_ids):
         raise ValueError(f"q has {q.shape[0]} rows for {len(seq_ids)} sequences")
     model = cache.model
