@@ -325,3 +325,27 @@ def test_a_quantized_cache_writes_and_attends_through_a_plan_as_per_call(kv_dtyp
         outs.append(attention.decode(cache, 0, decode_plan, rows(rng, 2, QH)))
     np.testing.assert_array_equal(outs[0], outs[1])
     assert caches[0].snapshot() == caches[1].snapshot()  # codes and scales
+
+
+def test_attend_runs_a_mixed_batch_of_prompts_and_decodes_in_one_launch():
+    rng = np.random.default_rng(7)
+    cache = make()
+    a, b, c = cache.allocate(3), cache.allocate(2), cache.allocate(1)
+    kept = {a: fill(cache, a, rng, 3), b: fill(cache, b, rng, 2), c: fill(cache, c, rng, 1)}
+    cache.append(a)
+    cache.append(b, 3)
+    plan = cache.plan_step([a, b, c], num_tokens=[1, 3, 0])  # c: attends nothing here
+    k, v = rows(rng, 4), rows(rng, 4)
+    cache.write_kv_batch(0, plan, k, v)
+    q = rows(rng, 4, QH)
+    before = cache.storage.upload_counts()
+    out = attention.attend(cache, 0, plan, q)
+    assert (cache.storage.upload_counts() - before).index == 0
+    np.testing.assert_array_equal(out[:1], attention.decode(cache, 0, [a], q[:1]))
+    np.testing.assert_array_equal(out[1:], attention.prefill(cache, 0, b, q[1:], q_start=2))
+    expected_b = dense_attention(q[1:], np.concatenate([kept[b][0][0], k[1:]]),
+                                 np.concatenate([kept[b][0][1], v[1:]]), q_offset=2)
+    np.testing.assert_allclose(out[1:], expected_b, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(reference.attend(cache, 0, plan, q), out, rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="q has 3 rows for the plan's 4 new tokens"):
+        attention.attend(cache, 0, plan, q[:3])

@@ -9,6 +9,7 @@ through each sequence's block table, on the GPU (or in the CUDA simulator)::
 
     plan = cache.plan_step(seq_ids)                   # once per step, for every layer:
     out = decode(cache, layer, plan, q)               # no index upload per layer
+    out = attend(cache, layer, plan, q)               # any plan: every new token, causal
 
 Write the new tokens' K/V first (`PagedKVCache.write_kv`): a query attends to its own
 position. With a step plan (`PagedKVCache.plan_step`, `paged_kv.cache.step_plan`) in
@@ -40,6 +41,7 @@ from paged_kv.cache.attention_args import (
     check_cache,
     check_query,
     decode_plan,
+    plan_rows,
     prefill_plan,
     query_start,
 )
@@ -55,7 +57,7 @@ from paged_kv.gpu.kernels.paged_attention import (
 if TYPE_CHECKING:
     from paged_kv.cache.manager import PagedKVCache
 
-__all__ = ["decode", "prefill"]
+__all__ = ["attend", "decode", "prefill"]
 
 _ON_GPU = "gpu"  # SequenceInfo.location of a sequence whose blocks are in the GPU pool
 
@@ -180,3 +182,31 @@ def prefill(
                                 scale=scale, kv_scales=storage.gpu_scales, stream=stream,
                                 buffers=storage.buffers)
     return _to_host(out, stream)
+
+
+def attend(
+    cache: PagedKVCache,
+    layer: int,
+    plan: StepPlan,
+    q: np.ndarray,
+    *,
+    scale: float | None = None,
+    stream: Any = None,
+) -> np.ndarray:
+    """Causal attention of every new token of a step plan, in one launch, on the device.
+
+    Row ``r`` of `q` is the plan's token ``r`` (sequence after sequence, as the rows of
+    the plan's ``k`` and ``v``): token ``j`` of sequence ``i``, at position ``starts[i]
+    + j``, attends to that sequence's positions ``0 .. starts[i] + j``. A decode plan
+    makes this `decode`, a plan of one sequence `prefill`; a plan of several sequences
+    with several new tokens each (a batch of prompts, or prompts and decode tokens
+    together) runs them all in one launch per layer. Returns float32 ``[total_tokens,
+    q_heads, head_dim]``, what `paged_kv.reference.attention.attend` computes on the
+    host.
+
+    Raises `MetadataOnlyError` without storage, and `ValueError` for a stale plan or a
+    q of another shape, a bad layer or scale.
+    """
+    check_cache(cache)
+    q = check_query(cache, q, "num_tokens")
+    return _planned(cache, layer, plan_rows(cache, plan, q.shape[0]), q, scale, stream)

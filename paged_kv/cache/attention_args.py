@@ -96,3 +96,12 @@ def prefill_plan(cache: PagedKVCache, plan: StepPlan, num_q: int,
     if num_q != plan.num_tokens[0]:
         raise ValueError(f"q has {num_q} rows for the plan's {plan.num_tokens[0]} new tokens")
     return plan.seq_ids[0], plan.starts[0]
+
+
+def plan_rows(cache: PagedKVCache, plan: StepPlan, num_q: int) -> StepPlan:
+    """`plan` checked for attention of each of its new tokens: current (else
+    `ValueError`), and `num_q` equal to its token count."""
+    cache.check_plan(plan)
+    if num_q != plan.total_tokens:
+        raise ValueError(f"q has {num_q} rows for the plan's {plan.total_tokens} new tokens")
+    return plan

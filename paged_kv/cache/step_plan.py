@@ -194,7 +194,7 @@ class StepPlanner:
                 "plan a step for"
             )
         seq_ids = list(seq_ids)
-        if isinstance(num_tokens, (list, tuple, np.ndarray, range)):
+        if isinstance(num_tokens, (Sequence, np.ndarray)) and not isinstance(num_tokens, str):
             counts = [require_int("num_tokens[i]", c) for c in num_tokens]
         else:
             counts = [require_int("num_tokens", num_tokens)] * len(seq_ids)

@@ -37,6 +37,7 @@ from paged_kv.cache.attention_args import (
     check_cache,
     check_query,
     decode_plan,
+    plan_rows,
     prefill_plan,
     query_start,
 )
@@ -45,7 +46,7 @@ from paged_kv.cache.step_plan import StepPlan
 if TYPE_CHECKING:
     from paged_kv.cache.manager import PagedKVCache
 
-__all__ = ["decode", "dense_attention", "prefill"]
+__all__ = ["attend", "decode", "dense_attention", "prefill"]
 
 
 def _default_scale(head_dim: int, scale: float | None) -> float:
@@ -203,4 +204,35 @@ def decode(
     for i in range(len(seq_ids)):
         lo, hi = int(cu[i]), int(cu[i + 1])
         out[i] = dense_attention(q[i : i + 1], k[lo:hi], v[lo:hi], causal=False, scale=scale)[0]
+    return out
+
+
+def attend(
+    cache: PagedKVCache,
+    layer: int,
+    plan: StepPlan,
+    q: np.ndarray,
+    *,
+    scale: float | None = None,
+) -> np.ndarray:
+    """Causal attention of every new token of a step plan: row ``r`` of `q`, the plan's
+    token ``j`` of sequence ``i`` at position ``starts[i] + j``, attends to that
+    sequence's positions ``0 .. starts[i] + j`` (as `paged_kv.cache.attention.attend`).
+    The KV of every sequence is read with one ``cache.read_kv_batch``. Returns float32
+    ``[total_tokens, q_heads, head_dim]``.
+    """
+    check_cache(cache)
+    q = check_query(cache, q, "num_tokens")
+    plan = plan_rows(cache, plan, q.shape[0])
+    model = cache.model
+    out = np.zeros((q.shape[0], model.q_heads, model.head_dim), dtype=np.float32)
+    ends = [s + c for s, c in zip(plan.starts, plan.num_tokens)]
+    k, v, cu = cache.read_kv_batch(layer, plan.seq_ids, ends=ends)
+    row = 0
+    for i, (start, count) in enumerate(zip(plan.starts, plan.num_tokens)):
+        if count:
+            lo, hi = int(cu[i]), int(cu[i + 1])
+            out[row:row + count] = dense_attention(q[row:row + count], k[lo:hi], v[lo:hi],
+                                                   q_offset=start, scale=scale)
+        row += count
     return out
