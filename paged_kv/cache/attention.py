@@ -31,6 +31,7 @@ import numpy as np
 
 from paged_kv.cache.attention_args import check_cache, check_query, query_start
 from paged_kv.core.errors import SequenceStateError
+from paged_kv.core.validate import require_seq_id, require_seq_ids
 from paged_kv.gpu.fences import stream_arg
 from paged_kv.gpu.kernels.paged_attention import decode_attention, prefill_attention
 
@@ -82,7 +83,7 @@ def decode(
     shape, a sequence named twice or one that stores no token yet, a bad layer or scale.
     """
     check_cache(cache)
-    seq_ids = list(seq_ids)
+    seq_ids = require_seq_ids(seq_ids)
     q = check_query(cache, q, "num_seqs")
     if q.shape[0] != len(seq_ids):
         raise ValueError(f"q has {q.shape[0]} rows for {len(seq_ids)} sequences")
@@ -124,6 +125,7 @@ def prefill(
     sequence's stored tokens.
     """
     check_cache(cache)
+    seq_id = require_seq_id(seq_id)
     q = check_query(cache, q, "num_q_tokens")
     table = _block_table(cache, seq_id)
     q_start = query_start(cache, seq_id, q.shape[0], q_start)

@@ -21,7 +21,13 @@ from paged_kv.core.block_allocator import BlockAllocator
 from paged_kv.core.errors import ImmutableBlockError, OutOfBlocksError
 from paged_kv.core.prefix_cache import PrefixCache
 from paged_kv.core.sequence import GPU, SequenceRecord, SequenceRegistry
-from paged_kv.core.validate import cdiv, require_int, require_range
+from paged_kv.core.validate import (
+    cdiv,
+    require_array,
+    require_int,
+    require_range,
+    require_seq_ids,
+)
 
 
 class KVIO:
@@ -85,8 +91,8 @@ class KVIO:
         """
         backend = self._backend
         layer = backend.check_layer(layer)  # metadata-only: MetadataOnlyError first
-        k, v = backend.check_kv(k, v)
-        seq_ids = list(seq_ids)
+        k, v = backend.check_kv(require_array("k", k), require_array("v", v))
+        seq_ids = require_seq_ids(seq_ids)
         counts = [require_int("num_tokens[i]", c) for c in num_tokens]
         if len(counts) != len(seq_ids) or (starts is not None and len(starts) != len(seq_ids)):
             raise ValueError("seq_ids, num_tokens and starts must have the same length")
@@ -131,7 +137,7 @@ class KVIO:
         """K and V of positions ``starts[i] .. ends[i]-1`` of each sequence (defaults: all
         tokens) in one gather launch, and the ``cu_seqlens`` row offsets."""
         layer = self._backend.check_layer(layer)
-        records = [self._seqs.get(s) for s in seq_ids]
+        records = [self._seqs.get(s) for s in require_seq_ids(seq_ids)]
         n = len(records)
         starts = [0] * n if starts is None else [require_int("starts[i]", s) for s in starts]
         ends = ([r.table.num_tokens for r in records] if ends is None

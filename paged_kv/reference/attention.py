@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from paged_kv.cache.attention_args import as_3d, check_cache, check_query, query_start
+from paged_kv.core.validate import require_seq_id, require_seq_ids
 
 if TYPE_CHECKING:
     from paged_kv.cache.manager import PagedKVCache
@@ -151,6 +152,7 @@ def prefill(
     head_dim]``.
     """
     check_cache(cache)
+    seq_id = require_seq_id(seq_id)
     q = check_query(cache, q, "num_q_tokens")
     q_start = query_start(cache, seq_id, q.shape[0], q_start)
     end = q_start + q.shape[0] if causal else cache.num_tokens(seq_id)
@@ -174,7 +176,7 @@ def decode(
     ``[len(seq_ids), q_heads, head_dim]``.
     """
     check_cache(cache)
-    seq_ids = list(seq_ids)
+    seq_ids = require_seq_ids(seq_ids)
     q = check_query(cache, q, "num_seqs")
     if q.shape[0] != len(seq_ids):
         raise ValueError(f"q has {q.shape[0]} rows for {len(seq_ids)} sequences")
