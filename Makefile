@@ -29,7 +29,7 @@ $(STAMP): pyproject.toml
 
 demo: $(STAMP)
 	$(PY) -m paged_kv demo
-	$(PY) -m paged_kv fragmentation
+	$(PY) -m paged_kv fragmentation --figure $${TMPDIR:-/tmp}/paged_kv_fragmentation.png
 
 test: $(STAMP)
 	PAGED_KV_NOTEBOOK_SIZE=small $(PY) -m pytest -v -n auto tests notebooks --nbmake

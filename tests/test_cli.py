@@ -95,7 +95,7 @@ def test_the_papers_numbers_stand_only_beside_its_setting(tmp_path, capsys):
     and a line says what differs. Recorded arrivals print no rate."""
     out = tmp_path / "f.csv"
     assert main(["fragmentation", "--workload", "azure-conv", "--model", "llama-2-7b",
-                 "--num-requests", "40", "--seeds", "0", "--output", str(out), "--no-figure",
+                 "--num-requests", "40", "--seeds", "0", "--output", str(out),
                  "--no-progress"]) == 0
     text = capsys.readouterr().out
     assert "| paper %" not in text and "Fig. 2" not in text
@@ -105,7 +105,7 @@ def test_the_papers_numbers_stand_only_beside_its_setting(tmp_path, capsys):
     assert "# rate: null" in written and "paper_token_states_pct" not in written
     assert main(["sharing", "--workloads", "alpaca-like", "--samplings", "parallel",
                  "--widths", "2", "--seeds", "0", "--num-requests", "20", "--model",
-                 "llama-13b", "--no-figure", "--no-progress"]) == 0
+                 "llama-13b", "--no-progress"]) == 0
     text = capsys.readouterr().out
     assert "paper low" not in text and "it did not run model llama-13b" in text
 

@@ -47,6 +47,7 @@ from paged_kv.cache.attention_args import (
 )
 from paged_kv.cache.step_plan import StepPlan
 from paged_kv.core.errors import SequenceStateError
+from paged_kv.core.validate import require_seq_id, require_seq_ids
 from paged_kv.gpu.fences import stream_arg
 from paged_kv.gpu.kernels.paged_attention import (
     decode_attention,
@@ -123,7 +124,7 @@ def decode(
         q = check_query(cache, q, "num_seqs")
         plan = decode_plan(cache, seq_ids, q.shape[0])
         return _planned(cache, layer, plan, q, scale, stream)
-    seq_ids = list(seq_ids)
+    seq_ids = require_seq_ids(seq_ids)
     q = check_query(cache, q, "num_seqs")
     if q.shape[0] != len(seq_ids):
         raise ValueError(f"q has {q.shape[0]} rows for {len(seq_ids)} sequences")
@@ -174,6 +175,7 @@ def prefill(
     if isinstance(seq_id, StepPlan):
         prefill_plan(cache, seq_id, q.shape[0], q_start)
         return _planned(cache, layer, seq_id, q, scale, stream)
+    seq_id = require_seq_id(seq_id)
     table = _block_table(cache, seq_id)
     q_start = query_start(cache, seq_id, q.shape[0], q_start)
     storage = cache.storage

@@ -13,6 +13,7 @@ import numpy as np
 
 from paged_kv.cache.step_plan import StepPlan
 from paged_kv.core.errors import MetadataOnlyError
+from paged_kv.core.validate import require_array
 
 if TYPE_CHECKING:
     from paged_kv.cache.manager import PagedKVCache
@@ -20,7 +21,7 @@ if TYPE_CHECKING:
 
 def as_3d(name: str, arr: np.ndarray, dims: str) -> np.ndarray:
     """`arr` as a 3-D array of real numbers, or `ValueError` naming it and its `dims`."""
-    arr = np.asarray(arr)
+    arr = require_array(name, arr)
     if arr.ndim != 3:
         raise ValueError(f"{name} must be 3-D [{dims}], got shape {arr.shape}")
     if not (np.issubdtype(arr.dtype, np.floating) or np.issubdtype(arr.dtype, np.integer)):

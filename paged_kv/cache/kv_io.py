@@ -20,7 +20,13 @@ from paged_kv.cache.backend import KVBackend
 from paged_kv.cache.step_plan import StepPlan, StepPlanner
 from paged_kv.core.prefix_cache import PrefixCache
 from paged_kv.core.sequence import SequenceRegistry
-from paged_kv.core.validate import cdiv, require_int, require_range
+from paged_kv.core.validate import (
+    cdiv,
+    require_array,
+    require_int,
+    require_range,
+    require_seq_ids,
+)
 
 
 class KVIO:
@@ -59,7 +65,7 @@ class KVIO:
         """
         backend = self._backend
         layer = backend.check_layer(layer)  # metadata-only: MetadataOnlyError first
-        k, v = backend.check_kv(k, v)
+        k, v = backend.check_kv(require_array("k", k), require_array("v", v))
         plan = self._plans.plan(seq_ids, num_tokens, starts, rows=len(k), upload=False)
         self._write(layer, plan, k, v)
 
@@ -68,7 +74,7 @@ class KVIO:
         this cache; the checks of `write` that depend on the layer run again."""
         plan = self._plans.check(plan)
         layer = self._backend.check_layer(layer)
-        k, v = self._backend.check_kv(k, v)
+        k, v = self._backend.check_kv(require_array("k", k), require_array("v", v))
         if len(k) != plan.total_tokens:
             raise ValueError(f"k has {len(k)} rows but the plan writes {plan.total_tokens} "
                              f"tokens")
@@ -101,7 +107,7 @@ class KVIO:
         """K and V of positions ``starts[i] .. ends[i]-1`` of each sequence (defaults: all
         tokens) in one gather launch, and the ``cu_seqlens`` row offsets."""
         layer = self._backend.check_layer(layer)
-        records = [self._seqs.get(s) for s in seq_ids]
+        records = [self._seqs.get(s) for s in require_seq_ids(seq_ids)]
         n = len(records)
         starts = [0] * n if starts is None else [require_int("starts[i]", s) for s in starts]
         ends = ([r.table.num_tokens for r in records] if ends is None

@@ -53,7 +53,13 @@ from paged_kv.core.prefix_cache import PrefixCache
 from paged_kv.core.pressure import PressureCallback, PressureLevel, PressureMonitor
 from paged_kv.core.sequence import GPU, HOST, SequenceInfo, SequenceRegistry, require_growth
 from paged_kv.core.stats import CacheStats
-from paged_kv.core.validate import require_int, require_range
+from paged_kv.core.validate import (
+    require_array,
+    require_int,
+    require_range,
+    require_seq_id,
+    require_seq_ids,
+)
 
 
 class PagedKVCache:
@@ -282,7 +288,7 @@ class PagedKVCache:
         if type(num_tokens) is not int or num_tokens < 0:
             num_tokens = require_int("num_tokens", num_tokens)
         get = self._seqs.get
-        return self._growth.cost([get(s).table for s in seq_ids], num_tokens)
+        return self._growth.cost([get(s).table for s in require_seq_ids(seq_ids)], num_tokens)
 
     def append_many(self, seq_ids: Sequence[int], num_tokens: int = 1) -> None:
         """Append `num_tokens` to each sequence (a decode step), all or none.
@@ -290,7 +296,7 @@ class PagedKVCache:
         Raises `OutOfBlocksError`, changing nothing, when `append_cost` exceeds the
         free blocks. Sequences that track token ids must use `append`.
         """
-        seq_ids = list(seq_ids)
+        seq_ids = require_seq_ids(seq_ids)
         if len(set(seq_ids)) != len(seq_ids):
             raise ValueError("a sequence is named twice")
         if type(num_tokens) is not int or num_tokens < 0:
@@ -318,7 +324,7 @@ class PagedKVCache:
         Nothing is copied now: a later write into the shared partial last block copies it.
         """
         record = self._seqs.get(seq_id)
-        child_id = self._seqs.new_id(child_id)
+        child_id = self._seqs.new_id(child_id, "child_id")
         self.gpu.incref_many(record.table.blocks)
         self._seqs.add(record.fork(child_id))
         self._plans.invalidate()  # the parent's partial last block is shared now
@@ -336,6 +342,8 @@ class PagedKVCache:
         published to the prefix cache, is refused (`ImmutableBlockError`). Once every
         layer of a block is written, its tokens are computed and it is published.
         """
+        seq_id = require_seq_id(seq_id)
+        k, v = require_array("k", k), require_array("v", v)
         self.write_kv_batch(
             layer, [seq_id], k, v, num_tokens=[len(k)], starts=None if start is None else [start]
         )
@@ -413,7 +421,7 @@ class PagedKVCache:
     ) -> tuple[np.ndarray, np.ndarray]:
         """One layer's K and V of positions ``start .. end-1`` (default: all tokens)."""
         k, v, _ = self.read_kv_batch(
-            layer, [seq_id], starts=[start], ends=None if end is None else [end]
+            layer, [require_seq_id(seq_id)], starts=[start], ends=None if end is None else [end]
         )
         return k, v
 
@@ -511,9 +519,12 @@ class PagedKVCache:
     def on_pressure_change(self, callback: PressureCallback) -> PressureCallback:
         """Call ``callback(old, new, usage)`` whenever the pressure level changes.
 
-        Callbacks run after the operation that moved the level has completed; an
-        exception a callback raises propagates to that operation's caller, with the
-        operation's effects kept.
+        Callbacks run after the operation that moved the level has completed, and
+        cannot undo or hide it: the operation returns its result (a new sequence's id)
+        whatever they do. Every callback hears every change, in order; an exception a
+        callback raises is logged (logger ``paged_kv.core.pressure``) and the other
+        callbacks are still called. A callback may change the cache (free sequences):
+        the level change that causes is heard after the current one.
         """
         return self._pressure.subscribe(callback)
 

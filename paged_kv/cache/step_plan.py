@@ -50,7 +50,7 @@ from paged_kv.cache.growth import CopyOnWrite
 from paged_kv.core.block_allocator import BlockAllocator
 from paged_kv.core.errors import ImmutableBlockError, MetadataOnlyError, OutOfBlocksError
 from paged_kv.core.sequence import GPU, SequenceRecord, SequenceRegistry
-from paged_kv.core.validate import require_int, require_range
+from paged_kv.core.validate import require_int, require_range, require_seq_ids
 
 #: Block-table padding: an entry past a sequence's last block.
 PAD_BLOCK_ID = -1
@@ -193,7 +193,7 @@ class StepPlanner:
                 "this cache is metadata-only (no model or storage=False): it holds no KV to "
                 "plan a step for"
             )
-        seq_ids = list(seq_ids)
+        seq_ids = require_seq_ids(seq_ids)
         if isinstance(num_tokens, (Sequence, np.ndarray)) and not isinstance(num_tokens, str):
             counts = [require_int("num_tokens[i]", c) for c in num_tokens]
         else:

@@ -42,6 +42,7 @@ from paged_kv.cache.attention_args import (
     query_start,
 )
 from paged_kv.cache.step_plan import StepPlan
+from paged_kv.core.validate import require_seq_id, require_seq_ids
 
 if TYPE_CHECKING:
     from paged_kv.cache.manager import PagedKVCache
@@ -164,6 +165,7 @@ def prefill(
     q = check_query(cache, q, "num_q_tokens")
     if isinstance(seq_id, StepPlan):
         seq_id, q_start = prefill_plan(cache, seq_id, q.shape[0], q_start)
+    seq_id = require_seq_id(seq_id)
     q_start = query_start(cache, seq_id, q.shape[0], q_start)
     end = q_start + q.shape[0] if causal else cache.num_tokens(seq_id)
     k, v = cache.read_kv(seq_id, layer, end=end)
@@ -190,7 +192,7 @@ def decode(
     q = check_query(cache, q, "num_seqs")
     if isinstance(seq_ids, StepPlan):
         seq_ids = decode_plan(cache, seq_ids, q.shape[0]).seq_ids
-    seq_ids = list(seq_ids)
+    seq_ids = require_seq_ids(seq_ids)
     if q.shape[0] != len(seq_ids):
         raise ValueError(f"q has {q.shape[0]} rows for {len(seq_ids)} sequences")
     model = cache.model
