@@ -73,7 +73,7 @@ def test_positions_must_be_integers(start, end):
     cache = make()
     seq = cache.allocate(6)
     with pytest.raises(ValueError, match="positions must be integers"):
-        cache.slot_mapping(seq, start, end)  # 0.5 used to give the slots of 0..2
+        cache.slot_mapping(seq, start, end)  # 0.5 must not be read as the slots of 0..2
 
 
 def test_a_length_given_beside_token_ids_must_be_an_integer():
