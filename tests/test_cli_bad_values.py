@@ -7,7 +7,7 @@ option that takes a value: a name outside its choices, the values its type decla
 refuses (``bad_values``, see `paged_kv.cli._common`; a list type's include a repeated
 value), and ``""`` and ``"banana"`` for a type that declares none. Each command's ``run`` is
 replaced by one that fails the test, so a value refused only once work has started
-fails too. Below that, a table of the cases issue 14 named.
+fails too. Below that, a table of cases that once gave a traceback or an unclear message.
 """
 
 import argparse
@@ -128,8 +128,9 @@ def test_a_gpu_asked_for_without_one_is_refused_by_kernel_commands(monkeypatch, 
             capsys)
 
 
-# The cases issue 14 reported (tracebacks and riddles), with the flag each must name.
-ISSUE_CASES = [
+# Cases that are easy to get wrong (a traceback, or a message that names no flag), with the
+# flag each must name.
+NAMED_CASES = [
     (["fragmentation", "--block-size", "0"], "--block-size"),
     (["fragmentation", "--block-size", "100000"], "--block-size"),
     (["timeline", "--block-size", "4096", "--kv-gib", "4"], "--block-size"),  # 1 block < 2048
@@ -153,8 +154,8 @@ ISSUE_CASES = [
 ]
 
 
-@pytest.mark.parametrize("argv, flag", ISSUE_CASES, ids=[" ".join(a) for a, _ in ISSUE_CASES])
-def test_the_cases_of_issue_14(argv, flag, capsys, no_work, monkeypatch):
+@pytest.mark.parametrize("argv, flag", NAMED_CASES, ids=[" ".join(a) for a, _ in NAMED_CASES])
+def test_the_named_cases(argv, flag, capsys, no_work, monkeypatch):
     monkeypatch.setattr(device, "device_kind", lambda: "sim")  # the estimate is for the sim
     assert main(argv) == 2
     line = _one_error_line(capsys)

@@ -9,10 +9,10 @@ The parts, one concern each: the sequence registry (`paged_kv.core.sequence`), a
 (`paged_kv.cache.admission`: a prompt hashed and matched once), the allocators
 (`paged_kv.core.block_allocator`: ref counts, free queue, eviction, the key <-> block map),
 the prefix cache (`paged_kv.core.prefix_cache`: keys, computed tokens, publishing),
-copy-on-write (`paged_kv.cache.cow`), swapping (`paged_kv.cache.swap`), KV I/O over a storage
-interface (`paged_kv.cache.kv_io`), step plans (`paged_kv.cache.step_plan`), the pressure
-monitor (`paged_kv.core.pressure`), statistics
-(`paged_kv.core.stats`) and the invariant checker and snapshots (`paged_kv.cache.invariants`).
+growth and copy-on-write (`paged_kv.cache.growth`), swapping (`paged_kv.cache.swap`), KV
+I/O over a storage interface (`paged_kv.cache.kv_io`, `paged_kv.cache.backend`), step
+plans (`paged_kv.cache.step_plan`), the pressure monitor (`paged_kv.core.pressure`),
+statistics (`paged_kv.core.stats`) and the invariant checker (`paged_kv.cache.invariants`).
 
 **The data contract.** A sequence's computed tokens are its prefix hits, what `commit`
 names, and with storage the positions written in every layer; only full computed blocks
