@@ -6,6 +6,8 @@ import pkgutil
 import re
 from pathlib import Path
 
+import pytest
+
 import paged_kv
 from paged_kv.cli import main
 
@@ -56,6 +58,7 @@ def _table(text: str, first: set[str]) -> list[str]:
             if line.startswith("| ") and line.split("|")[1].strip() in first]
 
 
+@pytest.mark.slow
 def test_the_fragmentation_table_is_what_the_command_prints(capsys, tmp_path):
     assert main(["fragmentation", "--no-progress", "--figure", str(tmp_path / "f.png")]) == 0
     out = capsys.readouterr().out

@@ -21,6 +21,9 @@ HEAD = None if FULL else 700
 CAPACITIES = [2, 25, 300, 3000, None] if not FULL else [2, 100, 1000, 10000, 50000, None]
 
 
+pytestmark = pytest.mark.slow  # the first test compiles the replay engine (Numba JIT)
+
+
 @pytest.fixture(scope="module", params=["mooncake-conversation", "mooncake-synthetic"])
 def trace(request):
     workload = load_trace(request.param)

@@ -45,6 +45,7 @@ def test_local_worker_processes_give_the_same_frame(serial, head):
     pd.testing.assert_frame_equal(parallel, serial)
 
 
+@pytest.mark.slow
 def test_two_worker_dask_cluster_gives_the_same_frame(serial, head):
     distributed = pytest.importorskip("distributed")
     with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,

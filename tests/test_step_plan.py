@@ -19,6 +19,8 @@ from paged_kv.gpu.kernels.paged_attention import planned_attention
 from paged_kv.reference import attention as reference
 from paged_kv.reference.attention import dense_attention
 
+pytestmark = pytest.mark.device  # kernels: the simulator here, the GPU in gpu_check.sh
+
 MODEL = dataclasses.replace(get_model("tiny"), name="tiny-3l", num_layers=3, num_kv_heads=1,
                             num_q_heads=2, dtype="float32")
 L, H, QH, D = MODEL.num_layers, MODEL.num_kv_heads, MODEL.q_heads, MODEL.head_dim

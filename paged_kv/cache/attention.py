@@ -48,7 +48,7 @@ from paged_kv.cache.attention_args import (
 from paged_kv.cache.step_plan import StepPlan
 from paged_kv.core.errors import SequenceStateError
 from paged_kv.core.validate import require_seq_id, require_seq_ids
-from paged_kv.gpu.fences import stream_arg
+from paged_kv.gpu.fences import to_host
 from paged_kv.gpu.kernels.paged_attention import (
     decode_attention,
     planned_attention,
@@ -74,14 +74,6 @@ def _block_table(cache: PagedKVCache, seq_id: int) -> tuple[int, ...]:
     return info.block_table
 
 
-def _to_host(out: Any, stream: Any) -> np.ndarray:
-    """Copy a device result back on `stream` and wait for it."""
-    host = out.copy_to_host(stream=stream_arg(stream))
-    if stream is not None:
-        stream.synchronize()
-    return host
-
-
 def _planned(cache: PagedKVCache, layer: int, plan: StepPlan, q: np.ndarray,
              scale: float | None, stream: Any) -> np.ndarray:
     """Attention of a checked plan's query rows through its uploaded tables and tiles."""
@@ -92,7 +84,7 @@ def _planned(cache: PagedKVCache, layer: int, plan: StepPlan, q: np.ndarray,
         out = planned_attention(storage.gpu_pool, layer, q, step.block_tables, step.tiles,
                                 scale=scale, kv_scales=storage.gpu_scales, stream=stream,
                                 buffers=storage.buffers)
-    return _to_host(out, stream)
+    return to_host(out, stream)
 
 
 def decode(
@@ -140,7 +132,7 @@ def decode(
         out = decode_attention(storage.gpu_pool, layer, q, tables, lens, scale=scale,
                                kv_scales=storage.gpu_scales, stream=stream,
                                buffers=storage.buffers)
-    return _to_host(out, stream)
+    return to_host(out, stream)
 
 
 def prefill(
@@ -183,7 +175,7 @@ def prefill(
         out = prefill_attention(storage.gpu_pool, layer, q, list(table), q_start,
                                 scale=scale, kv_scales=storage.gpu_scales, stream=stream,
                                 buffers=storage.buffers)
-    return _to_host(out, stream)
+    return to_host(out, stream)
 
 
 def attend(

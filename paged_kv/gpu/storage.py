@@ -76,7 +76,7 @@ from paged_kv.core.kv_dtype import SCALE_DTYPE, SCALE_PER_HEAD
 from paged_kv.core.validate import require_int
 from paged_kv.gpu import device
 from paged_kv.gpu.device_block_table import DeviceBlockTable
-from paged_kv.gpu.fences import BlockFences
+from paged_kv.gpu.fences import BlockFences, to_host
 from paged_kv.gpu.kernels import (
     DEFAULT_SWAP_METHOD,
     SWAP_METHODS,
@@ -233,7 +233,7 @@ class KVStorage:
                                              block_tables, seq_lens, starts,
                                              dtype=self._model.dtype, stream=stream,
                                              buffers=self._buffers)
-        k_host, v_host = k.copy_to_host(), v.copy_to_host()  # waits for the gather
+        k_host, v_host = to_host(k, stream), to_host(v, stream)  # waits for the gather
         if self._device_ids:
             self.synchronize()
         return k_host, v_host
@@ -389,7 +389,7 @@ class KVStorage:
     def host_snapshot(self) -> np.ndarray:
         """A NumPy copy of the whole host pool, after all work on the device finished."""
         self.synchronize()  # swaps write the host pool asynchronously
-        return _host_copy(self._host_pool)
+        return device.host_copy(self._host_pool)
 
     def gpu_scales_snapshot(self) -> np.ndarray | None:
         """A NumPy copy of the GPU pool's scales (int8: paged, FP8: static), after all
@@ -401,7 +401,7 @@ class KVStorage:
         """A NumPy copy of the host pool's paged scales (int8 only; FP8's static scales
         are `gpu_scales_snapshot`'s), after all work on the device finished; else None."""
         self.synchronize()
-        return None if self._host_scales is None else _host_copy(self._host_scales)
+        return None if self._host_scales is None else device.host_copy(self._host_scales)
 
     @property
     def gpu_scales(self) -> Any:
@@ -463,13 +463,6 @@ class KVStorage:
             f"dtype={self._model.dtype}, kv_dtype={self._model.kv.name}, "
             f"swap_method={self._swap_method!r})"
         )
-
-
-def _host_copy(array: Any) -> np.ndarray:
-    """A NumPy copy of a host-side array (a mapped array is an ndarray on a GPU)."""
-    if isinstance(array, np.ndarray):
-        return np.array(array, copy=True)
-    return array.copy_to_host()
 
 
 def _host_ints(obj: Any) -> np.ndarray:

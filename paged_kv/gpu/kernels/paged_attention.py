@@ -365,7 +365,7 @@ def prepare_decode(pool: Any, layer: int, q: Any, block_tables: Any, seq_lens: A
     _, num_blocks, block_size, num_kv_heads, head_dim = dims
     table = _host_or_device_table(block_tables, 2, what, "block_tables")
     batch = int(table.shape[0])
-    lens = host_int_array(seq_lens, what, "seq_lens", ndim=1)
+    lens = host_int_array(seq_lens, what, "seq_lens", ndim=1, stream=stream)
     if lens.shape[0] != batch:
         raise ValueError(f"{what}: seq_lens has {lens.shape[0]} entries for {batch} block tables")
     q = _query(q, batch, num_kv_heads, head_dim, what)
