@@ -59,7 +59,8 @@ def _code_blocks(page: Path) -> list[str]:
     return [textwrap.dedent(block) for block in blocks]
 
 
-@pytest.mark.parametrize("page", sorted((DOCS / "howto").glob("*.rst")), ids=lambda p: p.stem)
+@pytest.mark.parametrize("page", [*sorted((DOCS / "howto").glob("*.rst")), DOCS / "tiers.rst"],
+                         ids=lambda p: p.stem)
 def test_the_how_to_code_runs(page, monkeypatch):
     import paged_kv.core.eviction
 
