@@ -8,6 +8,7 @@
 #   make bench      the kernel benchmarks (benchmarks/RESULTS.md has the numbers)
 #   make gpu-check  on a machine with a GPU: kernel tests, demo, compile check, benchmarks
 #   make docs       the documentation site, warnings as errors -> docs/_build/html
+#                   (the notebooks shown as committed, never executed)
 #   make notebooks  re-run every notebook at full size, in place, with its figures
 #                   (NOTEBOOKS="04_block_map" for some; long: run it with nice)
 #   make clean      removes the environment and every cache (Numba's compiled replay
@@ -29,7 +30,7 @@ $(STAMP): pyproject.toml
 
 demo: $(STAMP)
 	$(PY) -m paged_kv demo
-	$(PY) -m paged_kv fragmentation
+	$(PY) -m paged_kv fragmentation --figure $${TMPDIR:-/tmp}/paged_kv_fragmentation.png
 
 test: $(STAMP)
 	PAGED_KV_NOTEBOOK_SIZE=small $(PY) -m pytest -v -n auto tests notebooks --nbmake
@@ -52,5 +53,5 @@ notebooks: $(STAMP)
 	$(PY) scripts/run_notebooks.py $(NOTEBOOKS)
 
 clean:
-	rm -rf $(VENV) .pytest_cache .hypothesis .ruff_cache docs/_build paged_kv.egg-info
+	rm -rf $(VENV) .pytest_cache .hypothesis .ruff_cache docs/_build docs/notebooks paged_kv.egg-info
 	find paged_kv tests benchmarks scripts notebooks -name __pycache__ -type d -prune -exec rm -rf {} +

@@ -93,8 +93,8 @@ def test_trace_arrays_derived_arrays():
 
 
 def test_trace_arrays_built_from_raw_keys_are_interned():
-    # sparse keys used to be kept: depth had 5 entries for num_keys 10 (the kernel read
-    # past its end for LengthAware) and the checksum differed from the interned copy's
+    # raw (sparse) keys are interned: otherwise depth would have 5 entries for num_keys 10
+    # (the kernel would read past its end for LengthAware) and the checksum would differ
     _, interned = hand_trace([(9, (10, 20, 30)), (8, (10, 20)), (9, (10, 40, 50))])
     raw = TraceArrays("raw", interned.block_size, interned.offsets,
                       np.array([9, 7, 5, 9, 7, 9, 3, 1]), interned.prompt_lens,
