@@ -19,6 +19,9 @@ from paged_kv.core.errors import (
     PagedKVError,
     PrefixCacheInUseError,
     SequenceStateError,
+    TierIOError,
+    TierLoadError,
+    TierStoreError,
     UnknownSequenceError,
 )
 from paged_kv.core.pressure import PressureLevel
@@ -47,6 +50,9 @@ __all__ = [
     "PressureLevel",
     "SequenceInfo",
     "SequenceStateError",
+    "TierIOError",
+    "TierLoadError",
+    "TierStoreError",
     "UnknownSequenceError",
     "blocks_for_bytes",
     "device_name",

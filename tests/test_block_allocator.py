@@ -76,14 +76,19 @@ def test_the_key_map_has_one_owner_and_counts_each_block_once():
     alloc = BlockAllocator(4, "fifo")
     a, b, c = alloc.allocate_many(3)
     assert alloc.cache_blocks([a, b], ["x", "y"]) == 2
-    # the same blocks again, and another block under a cached key: nothing changes
+    # the same blocks again: nothing changes
     before = alloc.state()
     assert alloc.cache_blocks([a, b], ["x", "y"]) == 0
-    assert not alloc.cache_block(c, "x") and not alloc.cache_block(a, "z")
+    assert not alloc.cache_block(a, "z")
     assert alloc.state() == before and alloc.num_cached_total == 2
+    # another block under a cached key stays uncached, remembered as a live duplicate
+    assert not alloc.cache_block(c, "x") and not alloc.cache_block(c, "x")
+    assert alloc.block_keys == ["x", "y", None, None] and alloc.num_cached_total == 2
+    assert alloc.duplicates() == {c: "x"}
     assert alloc.policy.state() == ((), ((a, 1), (b, 2)))  # one FIFO stamp each
     assert alloc.match(["x", "y", "q"], 3) == [a, b] and alloc.match(["x", "y"], 1) == [a]
     alloc.free_many([c])
+    assert alloc.duplicates() == {}  # its last holder let go
     with pytest.raises(ValueError, match="in use"):
         alloc.cache_block(c, "w")  # a free block cannot be cached
     with pytest.raises(ValueError, match="2 blocks but 1 keys"):

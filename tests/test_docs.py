@@ -102,7 +102,8 @@ def _code_blocks(page: Path) -> list[str]:
     return [textwrap.dedent(block) for block in blocks]
 
 
-GUIDES = sorted([*(DOCS / "howto").glob("*.rst"), *(DOCS / "guide").glob("*.md")])
+GUIDES = sorted([*(DOCS / "howto").glob("*.rst"), *(DOCS / "guide").glob("*.md"),
+                 *(DOCS / "guide").glob("*.rst")])
 
 
 @pytest.mark.parametrize("page", [p for p in GUIDES if _code_blocks(p) or p.suffix == ".rst"],

@@ -1,8 +1,9 @@
 """Storage backends: what the manager needs from KV storage, with storage and without.
 
 `KVBackend` is the interface: write slots, gather, upload a step's indices once and write
-through them, copy blocks, swap both ways, and the pool bytes for snapshots.
-`StorageBackend` wraps a real `paged_kv.gpu.storage.KVStorage`
+through them, copy blocks, swap both ways, copy blocks to and from the prefix cache's
+lower tiers, and the pool bytes for snapshots. `StorageBackend` wraps a real
+`paged_kv.gpu.storage.KVStorage` and its tiers' `paged_kv.gpu.tier_pools.TierPools`
 (device arrays, kernels; numba loads only when one is built); `NullBackend` is
 metadata-only mode: copies and swaps are metadata changes with no bytes to move, and any
 KV read or write raises `MetadataOnlyError`. The manager picks one at construction
@@ -28,6 +29,9 @@ class KVBackend(Protocol):
     storage: Any
     #: what a cache's repr calls its mode ("metadata-only", or the model's name)
     label: str
+    #: the tiers' bytes (`paged_kv.gpu.tier_pools.TierPools`), or None (no tiers or
+    #: metadata-only)
+    tier_pools: Any
 
     def new_extents(self, written: int) -> WrittenExtents | None:
         """Bookkeeping of written positions for a new sequence (None: not tracked)."""
@@ -61,6 +65,21 @@ class KVBackend(Protocol):
     def swap_in(self, pairs: list[tuple[int, int]]) -> None:
         """Copy host block ``src`` to GPU block ``dst`` for each pair."""
 
+    def tier_store(self, tier: str, pairs: list[tuple[int, int]]) -> None:
+        """Copy GPU block ``src`` into slot ``dst`` of `tier` ("host" or "disk") for each
+        pair (`TierStoreError` when the disk fails)."""
+
+    def tier_load(self, tier: str, pairs: list[tuple[int, int]]) -> None:
+        """Copy slot ``src`` of `tier` into GPU block ``dst`` for each pair, fenced so
+        nothing reads a block before its bytes land (`TierLoadError` when the disk
+        fails)."""
+
+    def tier_copy(self, src_tier: str, dst_tier: str, pairs: list[tuple[int, int]]) -> None:
+        """Copy slot ``src`` of `src_tier` into slot ``dst`` of `dst_tier` (host -> disk)."""
+
+    def tier_problems(self, tier: str, slots: list[int]) -> list[str]:
+        """Of the held `slots` of `tier`, problems with their bytes (empty: all whole)."""
+
     def pool_bytes(self) -> dict[str, bytes]:
         """The pools' bytes by name, for snapshots (empty without storage)."""
 
@@ -70,6 +89,7 @@ class NullBackend:
 
     storage = None
     label = "metadata-only"
+    tier_pools = None
 
     def new_extents(self, written: int) -> None:
         """Nothing is written without storage: not tracked."""
@@ -91,21 +111,39 @@ class NullBackend:
     def swap_in(self, pairs: list[tuple[int, int]]) -> None:
         """No bytes to move."""
 
+    def tier_store(self, tier: str, pairs: list[tuple[int, int]]) -> None:
+        """No bytes to move."""
+
+    def tier_load(self, tier: str, pairs: list[tuple[int, int]]) -> None:
+        """No bytes to move."""
+
+    def tier_copy(self, src_tier: str, dst_tier: str, pairs: list[tuple[int, int]]) -> None:
+        """No bytes to move."""
+
+    def tier_problems(self, tier: str, slots: list[int]) -> list[str]:
+        """No bytes to check."""
+        return []
+
     def pool_bytes(self) -> dict[str, bytes]:
         """No pools."""
         return {}
 
 
 class StorageBackend:
-    """A `KVStorage` (imported here only: numba loads when a cache stores KV)."""
+    """A `KVStorage` and, with tiers, its `TierPools` (imported here only: numba loads
+    when a cache stores KV)."""
 
-    def __init__(
-        self, model: ModelSpec, block_size: int, num_gpu_blocks: int, num_host_blocks: int
-    ) -> None:
+    def __init__(self, model: ModelSpec, config: CacheConfig) -> None:
         from paged_kv.gpu.storage import KVStorage  # noqa: PLC0415 - numba only when storing
+        from paged_kv.gpu.tier_pools import TierPools  # noqa: PLC0415
 
         #: the wrapped storage (pools and kernels)
-        self.storage = KVStorage(model, block_size, num_gpu_blocks, num_host_blocks)
+        self.storage = KVStorage(model, config.block_size, config.num_gpu_blocks,
+                                 config.num_host_blocks)
+        #: the tiers' bytes (`paged_kv.gpu.tier_pools.TierPools`), or None without tiers
+        self.tier_pools = (TierPools(self.storage, config.host_cache_blocks,
+                                config.disk_cache_blocks, config.disk_cache_dir)
+                      if config.has_tiers else None)
         #: the model's name
         self.label = model.name
         self._model = model
@@ -169,8 +207,25 @@ class StorageBackend:
         """The swap kernel, host -> GPU."""
         self.storage.swap_in(pairs)
 
+    def tier_store(self, tier: str, pairs: list[tuple[int, int]]) -> None:
+        """`TierPools.store`."""
+        self.tier_pools.store(tier, pairs)
+
+    def tier_load(self, tier: str, pairs: list[tuple[int, int]]) -> None:
+        """`TierPools.load`."""
+        self.tier_pools.load(tier, pairs)
+
+    def tier_copy(self, src_tier: str, dst_tier: str, pairs: list[tuple[int, int]]) -> None:
+        """`TierPools.copy`."""
+        self.tier_pools.copy(src_tier, dst_tier, pairs)
+
+    def tier_problems(self, tier: str, slots: list[int]) -> list[str]:
+        """`TierPools.problems`."""
+        return self.tier_pools.problems(tier, slots)
+
     def pool_bytes(self) -> dict[str, bytes]:
-        """Both pools' bytes, and a quantized cache's scales (`KVStorage.gpu_scales`)."""
+        """Both pools' bytes, a quantized cache's scales (`KVStorage.gpu_scales`), and the
+        tiers' bytes."""
         storage = self.storage
         pools = {"gpu_bytes": storage.gpu_snapshot().tobytes(),
                  "host_bytes": storage.host_snapshot().tobytes()}
@@ -178,6 +233,8 @@ class StorageBackend:
                              ("host_scale_bytes", storage.host_scales_snapshot())):
             if scales is not None:
                 pools[name] = scales.tobytes()
+        if self.tier_pools is not None:
+            pools.update(self.tier_pools.pool_bytes())
         return pools
 
 
@@ -196,6 +253,4 @@ def make_backend(
         raise ValueError("storage=True needs a model to size the pools")
     if not storage:
         return model, NullBackend()
-    return model, StorageBackend(
-        model, config.block_size, config.num_gpu_blocks, config.num_host_blocks
-    )
+    return model, StorageBackend(model, config)

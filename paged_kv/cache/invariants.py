@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Iterable
 
+from paged_kv.cache.tiers import Tiers
 from paged_kv.core.block_allocator import BlockAllocator
 from paged_kv.core.errors import InvariantError
 from paged_kv.core.sequence import GPU, HOST, SequenceRecord
@@ -87,8 +88,9 @@ def check(
     gpu: BlockAllocator,
     host: BlockAllocator | None,
     block_size: int,
+    tiers: Tiers | None = None,
 ) -> None:
-    """Verify the invariants of a cache made of these sequences and pools; raise
+    """Verify the invariants of a cache made of these sequences, pools and tiers; raise
     `InvariantError` listing every violation:
 
     * every block is free or referenced; ``ref_count`` == number of block tables
@@ -98,7 +100,11 @@ def check(
       agree; no host block carries one;
     * a cached block is full in every table holding it;
     * each table has exactly ``ceil(num_tokens / block_size)`` blocks, and
-      ``num_cached_tokens <= num_computed_tokens <= num_tokens``.
+      ``num_cached_tokens <= num_computed_tokens <= num_tokens``;
+    * live duplicates (a computed block whose key another block holds) are in use and
+      unkeyed;
+    * each tier below the GPU: its slots' own invariants, no slot pinned between
+      operations, and every key it holds has its bytes written whole (storage).
     """
     pools = {GPU: gpu} if host is None else {GPU: gpu, HOST: host}
     problems = []
@@ -114,6 +120,8 @@ def check(
         problems += ref_count_problems(pool, held_counts(records, name))
     if host is not None and any(k is not None for k in host.block_keys):
         problems.append("a host block carries a prefix-cache key")
+    if tiers is not None:
+        problems += tiers.check()
     if problems:
         raise InvariantError("; ".join(problems))
 

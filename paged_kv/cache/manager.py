@@ -9,7 +9,8 @@ The parts, one concern each: the sequence registry (`paged_kv.core.sequence`), a
 (`paged_kv.cache.admission`: a prompt hashed and matched once), the allocators
 (`paged_kv.core.block_allocator`: ref counts, free queue, eviction, the key <-> block map),
 the prefix cache (`paged_kv.core.prefix_cache`: keys, computed tokens, publishing),
-growth and copy-on-write (`paged_kv.cache.growth`), swapping (`paged_kv.cache.swap`), KV
+growth and copy-on-write (`paged_kv.cache.growth`), swapping (`paged_kv.cache.swap`), the
+tiers below the GPU (`paged_kv.cache.tiers`: host and disk copies of cached blocks), KV
 I/O over a storage interface (`paged_kv.cache.kv_io`, `paged_kv.cache.backend`), step
 plans (`paged_kv.cache.step_plan`), the pressure monitor (`paged_kv.core.pressure`),
 statistics (`paged_kv.core.stats`) and the invariant checker (`paged_kv.cache.invariants`).
@@ -45,6 +46,7 @@ from paged_kv.cache.growth import CopyOnWrite, Growth
 from paged_kv.cache.kv_io import KVIO
 from paged_kv.cache.step_plan import StepPlan, StepPlanner
 from paged_kv.cache.swap import Swapper
+from paged_kv.cache.tiers import Tiers
 from paged_kv.core.block_allocator import BlockAllocator
 from paged_kv.core.config import CacheConfig, ModelSpec
 from paged_kv.core.errors import OutOfBlocksError
@@ -66,8 +68,9 @@ class PagedKVCache:
     """A paged KV cache: a GPU block pool, an optional host pool, and the sequences in them.
 
     `config`: block size, pool sizes, watermarks, prefix caching and its eviction
-    policy. `model`: the model whose KV is stored (a `ModelSpec` or a preset name);
-    without one the cache is metadata-only. `storage`: attach device arrays (default:
+    policy, and the prefix cache's host and disk tiers (`paged_kv.cache.tiers`).
+    `model`: the model whose KV is stored (a `ModelSpec` or a preset name); without one
+    the cache is metadata-only. `storage`: attach device arrays (default:
     whenever a model is given); ``False`` gives a metadata-only cache that still knows
     the model's sizes for its statistics. `hash_fn`: the function that chains block keys
     (tests inject a colliding one). `policy`: an eviction-policy instance (one that
@@ -101,6 +104,7 @@ class PagedKVCache:
         )
         self._prefix = PrefixCache(self.gpu, bs, hash_fn=hash_fn,
                                    enabled=config.enable_prefix_caching)
+        self._tiers = Tiers(self.gpu, config, self._kv) if config.has_tiers else None
         self._seqs = SequenceRegistry()
         self._cow = CopyOnWrite(self.gpu, self._kv)
         self._growth = Growth(self.gpu, self._cow, self._prefix)
@@ -109,13 +113,22 @@ class PagedKVCache:
         self._io = KVIO(self._kv, self._seqs, self._plans, self._prefix)
         self._pressure = PressureMonitor(self.gpu, config.watermark_low, config.watermark_high)
         reserve = config.watermark_reserve_blocks
-        self._admission = Admission(self.gpu, self._prefix, reserve, self._kv.new_extents)
+        self._admission = Admission(self.gpu, self._prefix, reserve, self._kv.new_extents,
+                                    self._tiers)
         self._failures = 0  # operations refused for lack of blocks
 
     @property
     def prefix(self) -> PrefixCache | None:
         """The prefix cache, or None when prefix caching is off."""
         return self._prefix if self._prefix.enabled else None
+
+    @property
+    def tiers(self) -> Tiers | None:
+        """The prefix cache's tiers below the GPU, or None without any: ``tiers.host``
+        and ``tiers.disk`` (`paged_kv.core.tier.CacheTier`: which key each slot holds,
+        the policy, the counts; the host tier is not the swap pool), the placement and
+        the blocks copied between tiers."""
+        return self._tiers
 
     @property
     def storage(self) -> Any:
@@ -309,13 +322,16 @@ class PagedKVCache:
         """Release a sequence; each block whose last holder it was joins the free queue.
 
         Blocks go back tail first, so that among them the end of the chain is evicted
-        before its beginning.
+        before its beginning; the tiers below the GPU refresh the blocks they hold of it
+        the same way.
         """
         record = self._seqs.get(seq_id, None)
         pool = self.gpu if record.location == GPU else self.host
         pool.free_many(reversed(record.table.blocks))
         self._seqs.remove(seq_id)
         self._plans.invalidate()
+        if self._tiers is not None:
+            self._tiers.release(record, self.block_size)
         self._pressure.update()
 
     def fork(self, seq_id: int, *, child_id: int | None = None) -> int:
@@ -487,24 +503,30 @@ class PagedKVCache:
         num_tokens: int | None = None,
         salt: Hashable | None = None,
     ) -> int:
-        """Tokens of this prompt the prefix cache would serve now; allocates nothing.
+        """Tokens of this prompt the prefix cache would serve now, from any tier;
+        allocates nothing.
 
         Applies the same last-token cap as `allocate`; counts nothing in the statistics.
+        (A block on the disk tier counts: if its load fails, `allocate` serves less.)
         """
         plan = self._admission.plan(num_tokens, token_ids, block_keys, salt, False)
-        return len(plan.hits) * self.block_size
+        return (len(plan.hits) + len(plan.more)) * self.block_size
 
     def evict_cached(self, n: int) -> list[int]:
         """Evict up to `n` evictable cached blocks in policy order; the evicted block ids."""
         return self._prefix.evict(n)
 
     def reset_prefix_cache(self) -> list[int]:
-        """Drop every cached block; the dropped block ids, in former eviction order.
+        """Drop every cached block, in every tier; the dropped GPU block ids, in former
+        eviction order.
 
         Raises `PrefixCacheInUseError` (changing nothing) while live sequences hold
         cached blocks.
         """
-        return self._prefix.reset()
+        dropped = self._prefix.reset()
+        if self._tiers is not None:
+            self._tiers.clear()
+        return dropped
 
     def reset_prefix_stats(self) -> None:
         """Zero the prefix-cache lookup, hit, stored and eviction counts."""
@@ -587,12 +609,16 @@ class PagedKVCache:
             prefix_stored_blocks=prefix.stored_blocks,
             prefix_evictions=prefix.evictions,
             prefix_cached_blocks=prefix.cached_blocks,
+            prefix_host_hit_tokens=prefix.host_hit_tokens,
+            prefix_disk_hit_tokens=prefix.disk_hit_tokens,
+            **({} if self._tiers is None else self._tiers.stats()),
         )
 
     def check_invariants(self) -> None:
         """Verify the cache's invariants (listed in `paged_kv.cache.invariants.check`);
         raise `InvariantError` listing every violation."""
-        invariants.check(list(self._seqs.records()), self.gpu, self.host, self.block_size)
+        invariants.check(list(self._seqs.records()), self.gpu, self.host, self.block_size,
+                         self._tiers)
 
     def snapshot(self) -> dict:
         """A comparable picture of the whole state, bytes of both pools included.
@@ -608,6 +634,7 @@ class PagedKVCache:
             "prefix": self._prefix.state(),
             "counters": (self._cow.copies, swap.swap_outs, swap.swap_ins, swap.blocks_out,
                          swap.blocks_in),
+            "tiers": None if self._tiers is None else self._tiers.state(),
         }
         state.update(self._kv.pool_bytes())
         return state

@@ -14,10 +14,23 @@ O(1) (plus the policy's cost when it must evict); freeing is O(1).
 
 The allocator is the one owner of the prefix cache's key <-> block map, as vLLM's block
 pool is: ``block_keys[b]`` is the key on the block, and a dict maps each key back to its
-block. Both change only here (`cache_block`, `cache_blocks`, eviction, `uncache_all`),
-so they cannot disagree and every counter is counted where the change happens. The
-`paged_kv.core.prefix_cache.PrefixCache` computes keys, matches prompts and decides what to
-publish; it stores nothing of its own.
+block. Both change only here (`cache_block`, `cache_blocks`, eviction, `uncache`,
+`uncache_all`), so they cannot disagree and every counter is counted where the change
+happens. The `paged_kv.core.prefix_cache.PrefixCache` computes keys, matches prompts and
+decides what to publish; it stores nothing of its own.
+
+*Live duplicates.* When two sequences compute the same full block, the first one
+published keeps the key; the other copy is a *live duplicate*: held by its sequence,
+computed, but not in the key map. The allocator remembers it (key -> duplicates,
+oldest first). When the published copy is evicted, the oldest live duplicate takes
+over its key (vLLM keeps every copy under one hash for the same reason), so the
+content stays cached while any copy of it is alive; a duplicate whose last holder lets
+go is forgotten.
+
+Two optional listeners let the cache's lower tiers follow the pool (`paged_kv.cache.tiers`):
+`on_evict(blocks, keys)` hears of cached blocks evicted whose key left the pool (in
+eviction order, before the caller reuses the blocks), `on_publish(blocks, keys)` of
+blocks that just got their key. Both are None unless a tier asks.
 
 This module never imports numba: the simulator runs it at full scale with no storage.
 """
@@ -25,7 +38,7 @@ This module never imports numba: the simulator runs it at full scale with no sto
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Hashable, Iterable, Sequence
+from collections.abc import Callable, Hashable, Iterable, Sequence
 
 from paged_kv.core.errors import OutOfBlocksError
 from paged_kv.core.eviction import EvictionPolicy, make_policy
@@ -38,7 +51,8 @@ class BlockAllocator:
     Invariants (see `check`): ``num_free + num_used == num_blocks``; a block is free or
     evictable exactly when its ref count is 0; evictable blocks, and only they among free
     blocks, carry a key; the key map and ``block_keys`` are each other's inverse; no
-    block appears twice in the free structures.
+    block appears twice in the free structures; a live duplicate is in use, carries no
+    key, and its key is cached by another block.
     """
 
     def __init__(
@@ -69,6 +83,12 @@ class BlockAllocator:
         self.num_cached_total = 0
         #: cached blocks evicted since construction (their keys dropped to make room)
         self.num_evicted_total = 0
+        self._dup_of: dict[int, Hashable] = {}  # live duplicate -> its key
+        self._dups: dict[Hashable, dict[int, None]] = {}  # key -> live duplicates, oldest first
+        #: listener for cached blocks evicted whose key left the pool: ``(blocks, keys)``
+        self.on_evict: Callable[[list[int], list[Hashable]], None] | None = None
+        #: listener for blocks that just got their key: ``(blocks, keys)``
+        self.on_publish: Callable[[list[int], list[Hashable]], None] | None = None
 
     def _check_ids(self, blocks: Sequence[int]) -> None:
         """Raise ValueError unless every id is in ``[0, num_blocks)`` (no wrap-around)."""
@@ -142,15 +162,58 @@ class BlockAllocator:
         return out
 
     def _evict(self, n: int) -> list[int]:
-        """Take `n` victims from the policy and drop their keys (both directions)."""
+        """Take `n` victims from the policy and drop their keys (both directions); a key
+        with a live duplicate passes to it (class docstring)."""
         victims = self.policy.pop_many(n)
         keys = self.block_keys
         cached = self._cached
-        for block in victims:
-            del cached[keys[block]]
-            keys[block] = None
         self.num_evicted_total += len(victims)
+        if not self._dups and self.on_evict is None:
+            for block in victims:
+                del cached[keys[block]]
+                keys[block] = None
+            return victims
+        lost_blocks, lost_keys = [], []
+        for block in victims:
+            key = keys[block]
+            keys[block] = None
+            if key in self._dups:
+                self._take_over(key)
+            else:
+                del cached[key]
+                lost_blocks.append(block)
+                lost_keys.append(key)
+        if lost_blocks and self.on_evict is not None:
+            self.on_evict(lost_blocks, lost_keys)
         return victims
+
+    def _take_over(self, key: Hashable) -> None:
+        """The oldest live duplicate of `key` becomes its cached block."""
+        holders = self._dups[key]
+        block = next(iter(holders))
+        del holders[block]
+        if not holders:
+            del self._dups[key]
+        del self._dup_of[block]
+        self._cached[key] = block
+        self.block_keys[block] = key
+        self.num_cached_total += 1
+        if self._on_cached is not None:
+            self._on_cached(block, key)
+        if self.on_publish is not None:
+            self.on_publish([block], [key])
+
+    def _forget_duplicates(self, blocks: Iterable[int]) -> None:
+        """`blocks` just became free and uncached: those that were live duplicates are not
+        any more."""
+        dup_of, dups = self._dup_of, self._dups
+        for block in blocks:
+            key = dup_of.pop(block, None)
+            if key is not None:
+                holders = dups[key]
+                del holders[block]
+                if not holders:
+                    del dups[key]
 
     def evict(self, n: int) -> list[int]:
         """Evict up to `n` evictable blocks in policy order; they become uncached free."""
@@ -179,6 +242,8 @@ class BlockAllocator:
         refs[block] = count - 1
         if count == 1:
             if self.block_keys[block] is None:
+                if self._dup_of:
+                    self._forget_duplicates((block,))
                 self._free.append(block)
             else:
                 self.policy.add(block)
@@ -213,6 +278,8 @@ class BlockAllocator:
             culprit = next(b for b in blocks if blocks.count(b) > refs[b])
             raise ValueError(f"block {culprit} of the {self.name} pool is already free")
         if uncached:
+            if self._dup_of:
+                self._forget_duplicates(uncached)
             self._free.extend(uncached)
         if evictable:
             self.policy.add_many(evictable)
@@ -251,9 +318,9 @@ class BlockAllocator:
         return out
 
     def cache_block(self, block: int, key: Hashable) -> bool:
-        """Give in-use `block` the key `key`; False, changing nothing, if `key` is cached
-        already (another block holds that content: the first stays the cached copy) or
-        `block` already holds a key."""
+        """Give in-use `block` the key `key`; False if `key` is cached already (another
+        block holds that content: the first stays the cached copy, and `block` is
+        remembered as a live duplicate) or `block` already holds a key."""
         return self.cache_blocks((block,), (key,)) == 1
 
     def cache_blocks(self, blocks: Sequence[int], keys: Sequence[Hashable]) -> int:
@@ -273,20 +340,94 @@ class BlockAllocator:
 
     def cache_held(self, blocks: Sequence[int], keys: Sequence[Hashable]) -> int:
         """`cache_blocks` for blocks the caller knows are in use (a live sequence's, as
-        the prefix cache publishes them): the publishing hot path, unchecked."""
+        the prefix cache publishes them): the publishing hot path, unchecked.
+
+        A block whose key another block holds is remembered as a live duplicate.
+        """
         block_keys = self.block_keys
         setdefault = self._cached.setdefault
         on_cached = self._on_cached
+        published = [] if self.on_publish is not None else None
         stored = 0
         for block, key in zip(blocks, keys):
             # a keyed block is skipped first, so setdefault never re-confirms a key
-            if block_keys[block] is None and setdefault(key, block) == block:
-                block_keys[block] = key
-                stored += 1
-                if on_cached is not None:
-                    on_cached(block, key)
+            if block_keys[block] is None:
+                if setdefault(key, block) == block:
+                    block_keys[block] = key
+                    stored += 1
+                    if on_cached is not None:
+                        on_cached(block, key)
+                    if published is not None:
+                        published.append(block)
+                elif block not in self._dup_of:
+                    self._dup_of[block] = key
+                    self._dups.setdefault(key, {})[block] = None
         self.num_cached_total += stored
+        if published:
+            self.on_publish(published, [block_keys[b] for b in published])
         return stored
+
+    @property
+    def key_map(self) -> dict[Hashable, int]:
+        """Key -> block for every cached key (the inverse of `block_keys`): read-only
+        outside, for loops that test many keys."""
+        return self._cached
+
+    def store_evictable(self, key: Hashable) -> tuple[int, Hashable | None] | None:
+        """Give an uncached free block, or else the policy's victim, the key `key` and
+        make it the newest eviction candidate at once: how a lower tier of the prefix
+        cache stores a copy (the block is never held by a table).
+
+        The policy hears what allocating, caching and freeing the block would tell it
+        (``pop``, ``on_cached``, ``add``). Returns ``(block, the key evicted for it or
+        None)``; None, changing nothing, when `key` is cached already or no block is
+        free or evictable.
+        """
+        cached = self._cached
+        if key in cached:
+            return None
+        evicted = None
+        if self._free:
+            block = self._free.popleft()
+        elif len(self.policy):
+            block = self.policy.pop()
+            evicted = self.block_keys[block]
+            del cached[evicted]
+            self.num_evicted_total += 1
+        else:
+            return None
+        self.block_keys[block] = key
+        cached[key] = block
+        self.num_cached_total += 1
+        if self._on_cached is not None:
+            self._on_cached(block, key)
+        self.policy.add(block)
+        return block, evicted
+
+    def uncache(self, block: int) -> Hashable:
+        """Drop the key of evictable `block` (its content is known to be lost); it joins
+        the uncached free queue. Returns the key. `ValueError` unless it is evictable."""
+        self._check_ids([block])
+        key = self.block_keys[block]
+        if key is None or self.ref_counts[block]:
+            raise ValueError(f"block {block} of the {self.name} pool is not evictable")
+        self.policy.remove(block)
+        del self._cached[key]
+        self.block_keys[block] = None
+        self._free.append(block)
+        return key
+
+    def refresh(self, block: int) -> None:
+        """Make evictable `block` the most recently released candidate (as if revived and
+        freed again, without a hit); a block in use is left as it is."""
+        if self.ref_counts[block] == 0 and self.block_keys[block] is not None:
+            policy = self.policy
+            policy.remove(block)
+            policy.add(block)
+
+    def duplicates(self) -> dict[int, Hashable]:
+        """Live duplicates now: block -> the key another block holds (a copy)."""
+        return dict(self._dup_of)
 
     def cached_in_use(self) -> list[int]:
         """Blocks that hold a key and are held by a block table, ascending."""
@@ -308,6 +449,8 @@ class BlockAllocator:
         for block in dropped:
             keys[block] = None
         self._cached.clear()
+        self._dups.clear()
+        self._dup_of.clear()
         self._free.extend(dropped)
         return dropped
 
@@ -340,6 +483,16 @@ class BlockAllocator:
             problems.append(f"{self.name}: the key map and the blocks' keys disagree")
         if self.num_free + self.num_used != self.num_blocks:
             problems.append(f"{self.name}: free + used != total")
+        listed = {b: k for k, holders in self._dups.items() for b in holders}
+        if listed != self._dup_of or any(not h for h in self._dups.values()):
+            problems.append(f"{self.name}: the live-duplicate maps disagree")
+        for block, key in self._dup_of.items():
+            if self.ref_counts[block] <= 0 or self.block_keys[block] is not None:
+                problems.append(f"{self.name}: live duplicate {block} is free or keyed")
+            owner = self._cached.get(key)
+            if owner is None or owner == block:
+                problems.append(f"{self.name}: live duplicate {block}'s key is not cached "
+                                f"by another block")
         return problems
 
     def state(self) -> tuple:
@@ -351,4 +504,5 @@ class BlockAllocator:
             self.policy.state(),
             self.num_cached_total,
             self.num_evicted_total,
+            tuple((k, tuple(h)) for k, h in self._dups.items()),
         )

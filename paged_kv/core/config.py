@@ -12,6 +12,7 @@ caching). Both are frozen dataclasses validated on construction: a bad value rai
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -19,6 +20,7 @@ import numpy as np
 from paged_kv.core.errors import ConfigurationError
 from paged_kv.core.eviction import EvictionPolicy, policy_names
 from paged_kv.core.kv_dtype import AUTO, KV_DTYPES, KVDtype, canonical_kv_dtype
+from paged_kv.core.tier import WRITE_THROUGH, require_placement, require_tier_policy
 from paged_kv.core.validate import require_int
 
 #: KV element types the pools and kernels support. Numba has no bfloat16 arithmetic;
@@ -221,6 +223,14 @@ class CacheConfig:
     ``eviction_policy`` is a name from `paged_kv.core.eviction.policy_names` (any case,
     stored lower-case); "belady" also needs the `BeladyPolicy` instance itself, passed
     to `PagedKVCache(config, policy=...)`.
+
+    Tiers below the GPU (prefix caching only; see `paged_kv.cache.tiers`):
+    ``host_cache_blocks`` blocks of host memory and ``disk_cache_blocks`` blocks of a
+    file in ``disk_cache_dir`` hold copies of cached prefix blocks, each with its own
+    eviction policy (a name from `paged_kv.core.eviction.ONLINE_POLICIES`), placed by
+    ``tier_placement`` ("write_through", "write_back" or "selective"). 0 blocks means
+    no such tier. The host tier is not the swap pool: ``num_host_blocks`` stays the
+    room for preempted sequences, and the two never share a block.
     """
 
     block_size: int = 16
@@ -230,6 +240,18 @@ class CacheConfig:
     watermark_high: float = 0.99
     enable_prefix_caching: bool = False
     eviction_policy: str = "lru"
+    #: blocks of the host tier of the prefix cache (0: none); not the swap pool
+    host_cache_blocks: int = 0
+    #: the host tier's eviction policy
+    host_cache_policy: str = "lru"
+    #: blocks of the disk tier of the prefix cache (0: none)
+    disk_cache_blocks: int = 0
+    #: the disk tier's eviction policy
+    disk_cache_policy: str = "lru"
+    #: the directory the disk tier's file goes in (needed when KV is stored)
+    disk_cache_dir: str | os.PathLike | None = None
+    #: when cached GPU blocks are copied to the tiers below
+    tier_placement: str = WRITE_THROUGH
 
     def __post_init__(self) -> None:
         require_int("CacheConfig.block_size", self.block_size, 1)
@@ -258,6 +280,30 @@ class CacheConfig:
                 f"{self.eviction_policy!r}; valid names: {', '.join(names)}"
             )
         object.__setattr__(self, "eviction_policy", self.eviction_policy.lower())
+        self._check_tiers()
+
+    def _check_tiers(self) -> None:
+        for tier in ("host", "disk"):
+            require_int(f"CacheConfig.{tier}_cache_blocks", getattr(self, f"{tier}_cache_blocks"))
+            field = f"{tier}_cache_policy"
+            policy = require_tier_policy(f"CacheConfig.{field}", getattr(self, field))
+            object.__setattr__(self, field, policy)
+        require_placement("CacheConfig.tier_placement", self.tier_placement)
+        if self.disk_cache_dir is not None and not isinstance(self.disk_cache_dir,
+                                                              (str, os.PathLike)):
+            raise ValueError(f"CacheConfig.disk_cache_dir must be a path or None, got "
+                             f"{self.disk_cache_dir!r}")
+        if self.has_tiers and not self.enable_prefix_caching:
+            field = "host_cache_blocks" if self.host_cache_blocks else "disk_cache_blocks"
+            raise ValueError(
+                f"CacheConfig.{field}={getattr(self, field)} needs enable_prefix_caching=True: "
+                f"the tiers hold cached prefix blocks"
+            )
+
+    @property
+    def has_tiers(self) -> bool:
+        """Whether a host or disk tier is configured."""
+        return bool(self.host_cache_blocks or self.disk_cache_blocks)
 
     def eviction_policy_for(self, policy: EvictionPolicy | None) -> str | EvictionPolicy:
         """What builds the GPU allocator's policy: `policy` itself when given (it must be

@@ -85,6 +85,41 @@ class PrefixCacheInUseError(PagedKVError):
         )
 
 
+class TierIOError(PagedKVError):
+    """Copying blocks to or from a lower tier of the prefix cache (the disk tier's file)
+    failed: the file is missing, truncated, unreadable, or a block's bytes no longer
+    match the checksum taken when it was written.
+
+    Attributes: ``tier`` ("host" or "disk"), ``slot`` (the tier slot that failed, or
+    None when the whole file failed), ``done`` (how many of the operation's leading
+    ``(src, dst)`` pairs were copied before it stopped) and ``reason``. The cache manager
+    catches it: a failed load is a miss from that block on (the prompt is recomputed
+    there), a failed store drops the entry; the tier forgets the slot either way.
+    """
+
+    def __init__(self, tier: str, slot: int | None, done: int, reason: str) -> None:
+        self.tier = tier
+        self.slot = slot
+        self.done = done
+        self.reason = reason
+        where = "" if slot is None else f" slot {slot}"
+        super().__init__(f"{self.operation} failed on the {tier} tier{where}: {reason}")
+
+    operation = "tier copy"
+
+
+class TierLoadError(TierIOError):
+    """A load from a lower tier into GPU blocks failed (see `TierIOError`)."""
+
+    operation = "load"
+
+
+class TierStoreError(TierIOError):
+    """A store into a lower tier failed (see `TierIOError`)."""
+
+    operation = "store"
+
+
 class InvariantError(PagedKVError, AssertionError):
     """`PagedKVCache.check_invariants` found the cache's state inconsistent."""
 

@@ -59,6 +59,7 @@ class PrefixCache:
         # the policy's on_hit hook, or None when it keeps the base class's no-op
         self._on_hit = None if type(policy).on_hit is EvictionPolicy.on_hit else policy.on_hit
         self._requests = self._query_tokens = self._hit_requests = self._hit_tokens = 0
+        self._host_hit_tokens = self._disk_hit_tokens = 0
         self._stored_base = allocator.num_cached_total
         self._evicted_base = allocator.num_evicted_total
 
@@ -147,6 +148,27 @@ class PrefixCache:
                 for block in hit_blocks:
                     on_hit(block)
 
+    def notify_hits(self, hit_blocks: Sequence[int]) -> None:
+        """Tell the GPU policy of hits on these blocks, in order (before they are revived)."""
+        on_hit = self._on_hit
+        if on_hit is not None:
+            for block in hit_blocks:
+                on_hit(block)
+
+    def count_lookup(self, num_tokens: int, gpu_blocks: int, host_blocks: int,
+                     disk_blocks: int) -> None:
+        """Count one prompt's lookup whose hits came from the GPU and the tiers below
+        (the policies were told through `notify_hits` and the tiers)."""
+        self._requests += 1
+        self._query_tokens += num_tokens
+        hit = gpu_blocks + host_blocks + disk_blocks
+        if hit:
+            bs = self.block_size
+            self._hit_requests += 1
+            self._hit_tokens += hit * bs
+            self._host_hit_tokens += host_blocks * bs
+            self._disk_hit_tokens += disk_blocks * bs
+
     # -- computed tokens and publishing ----------------------------------------------
     def commit(self, record: SequenceRecord, num_tokens: int) -> None:
         """Mark the first `num_tokens` tokens of `record` computed and publish every
@@ -208,11 +230,14 @@ class PrefixCache:
             stored_blocks=allocator.num_cached_total - self._stored_base,
             evictions=allocator.num_evicted_total - self._evicted_base,
             cached_blocks=allocator.num_cached,
+            host_hit_tokens=self._host_hit_tokens,
+            disk_hit_tokens=self._disk_hit_tokens,
         )
 
     def reset_stats(self) -> None:
         """Zero the lookup, hit, stored and eviction counts."""
         self._requests = self._query_tokens = self._hit_requests = self._hit_tokens = 0
+        self._host_hit_tokens = self._disk_hit_tokens = 0
         self._stored_base = self.allocator.num_cached_total
         self._evicted_base = self.allocator.num_evicted_total
 
@@ -220,5 +245,6 @@ class PrefixCache:
         """The statistics as a comparable tuple (the key map is the allocator's state)."""
         return (
             self._requests, self._query_tokens, self._hit_requests, self._hit_tokens,
-            self._stored_base, self._evicted_base,
+            self._host_hit_tokens, self._disk_hit_tokens, self._stored_base,
+            self._evicted_base,
         )

@@ -20,7 +20,7 @@ class PrefixCacheStats:
 
     #: prompt tokens looked up (one lookup per allocated prompt that gave ids or keys)
     query_tokens: int = 0
-    #: prompt tokens served from cached blocks
+    #: prompt tokens served from cached blocks, in any tier
     hit_tokens: int = 0
     #: lookups made
     requests: int = 0
@@ -32,11 +32,20 @@ class PrefixCacheStats:
     evictions: int = 0
     #: blocks holding a cached key now, in use or evictable
     cached_blocks: int = 0
+    #: of `hit_tokens`, those loaded from the host tier
+    host_hit_tokens: int = 0
+    #: of `hit_tokens`, those loaded from the disk tier
+    disk_hit_tokens: int = 0
 
     @property
     def hit_rate(self) -> float:
         """hit_tokens / query_tokens (0 when nothing was queried)."""
         return self.hit_tokens / self.query_tokens if self.query_tokens else 0.0
+
+    @property
+    def gpu_hit_tokens(self) -> int:
+        """Of `hit_tokens`, those served by cached GPU blocks."""
+        return self.hit_tokens - self.host_hit_tokens - self.disk_hit_tokens
 
 
 @dataclass(frozen=True)
@@ -47,7 +56,8 @@ class CacheStats:
     as free. Byte figures are what the blocks hold, or would hold, for the cache's model
     (``bytes_per_block`` times blocks), with or without storage attached; a cache built
     without a model reports them as 0. Event counts run from the cache's construction,
-    the prefix-cache ones from construction or `reset_prefix_stats`.
+    the prefix-cache ones from construction or `reset_prefix_stats`. The tier fields
+    are 0 for a tier that is not configured.
     """
 
     #: blocks in the GPU pool
@@ -92,7 +102,7 @@ class CacheStats:
     blocks_swapped_in: int
     #: prompt tokens looked up in the prefix cache (0 when prefix caching is off)
     prefix_query_tokens: int
-    #: prompt tokens served from cached blocks
+    #: prompt tokens served from cached blocks (any tier)
     prefix_hit_tokens: int
     #: prompts looked up
     prefix_requests: int
@@ -104,6 +114,41 @@ class CacheStats:
     prefix_evictions: int
     #: blocks holding a cached key now, in use or evictable
     prefix_cached_blocks: int
+    #: of `prefix_hit_tokens`, those loaded from the host tier
+    prefix_host_hit_tokens: int = 0
+    #: of `prefix_hit_tokens`, those loaded from the disk tier
+    prefix_disk_hit_tokens: int = 0
+    #: slots of the host tier of the prefix cache
+    host_tier_blocks: int = 0
+    #: host-tier slots holding a block now
+    host_tier_held_blocks: int = 0
+    #: blocks loaded host tier -> GPU
+    host_tier_loads: int = 0
+    #: blocks evicted from the host tier to make room
+    host_tier_evictions: int = 0
+    #: slots of the disk tier
+    disk_tier_blocks: int = 0
+    #: disk-tier slots holding a block now
+    disk_tier_held_blocks: int = 0
+    #: blocks loaded disk tier -> GPU
+    disk_tier_loads: int = 0
+    #: blocks evicted from the disk tier to make room
+    disk_tier_evictions: int = 0
+    #: disk loads that failed (the blocks were recomputed)
+    disk_tier_load_failures: int = 0
+    #: disk stores that failed (the entries were dropped)
+    disk_tier_store_failures: int = 0
+    #: blocks copied GPU -> host tier
+    blocks_gpu_to_host_tier: int = 0
+    #: blocks copied GPU -> disk tier
+    blocks_gpu_to_disk_tier: int = 0
+    #: blocks copied host tier -> disk tier (write-back of a host eviction)
+    blocks_host_to_disk_tier: int = 0
+
+    @property
+    def prefix_gpu_hit_tokens(self) -> int:
+        """Of `prefix_hit_tokens`, those served by cached GPU blocks."""
+        return self.prefix_hit_tokens - self.prefix_host_hit_tokens - self.prefix_disk_hit_tokens
 
     @property
     def gpu_usage(self) -> float:
@@ -121,4 +166,5 @@ class CacheStats:
         row = asdict(self)
         row["gpu_usage"] = self.gpu_usage
         row["prefix_hit_rate"] = self.prefix_hit_rate
+        row["prefix_gpu_hit_tokens"] = self.prefix_gpu_hit_tokens
         return row

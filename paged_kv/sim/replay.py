@@ -22,6 +22,16 @@ without being cached and counts as missed tokens. The compiled engine
 (`paged_kv.sim.replay_compiled`) applies the same rule. This lets the FAST'25 paper's
 small capacities (Fig. 9 starts at 10^4 tokens, about 20 blocks) be run.
 
+**Tiers below the GPU.** With ``host_capacity`` and/or ``disk_capacity`` blocks, the
+cache gets a host and/or a disk tier (`paged_kv.cache.tiers`), each with its own eviction
+policy, filled by the ``placement`` policy. A request's hit is then the longest prefix
+across tiers, each block from the fastest tier holding it; the per-request frame
+splits the hit tokens by tier and counts the blocks moved each way (``loaded_host``,
+``loaded_disk``: loaded into the GPU; ``stored_gpu_host``, ``stored_gpu_disk``,
+``stored_host_disk``: copied down). The GPU capacity and its rule for long prompts are
+unchanged. Metadata-only, tier loads never fail. Without tiers the extra columns are
+zero (``gpu_hit_tokens == hit_tokens``) and every number is what it was.
+
 This manager replay is the reference path; `paged_kv.sim.replay_compiled` reproduces
 its per-request hits exactly and is what `paged_kv.sim.replay_sweep.sweep` runs by
 default.
@@ -29,7 +39,7 @@ default.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -41,9 +51,51 @@ from paged_kv.core.config import CacheConfig
 from paged_kv.core.eviction import EvictionPolicy, policy_names
 from paged_kv.core.eviction.belady import BeladyPolicy
 from paged_kv.core.eviction.length_aware import LengthAwarePolicy
+from paged_kv.core.tier import WRITE_THROUGH, require_placement, require_tier_policy
 from paged_kv.core.validate import cdiv, is_int
 from paged_kv.sim.request import Request, Workload
 from paged_kv.sim.traces import load_trace
+
+#: per-request block counts of a replay with tiers, beside ``hit_blocks`` (the frame
+#: column of the same name; zero without tiers): blocks served by the host and the disk
+#: tier, blocks loaded host -> GPU and disk -> GPU, and blocks copied GPU -> host,
+#: GPU -> disk and host -> disk
+TIER_COLUMNS = ("host_hit_blocks", "disk_hit_blocks", "loaded_host", "loaded_disk",
+                "stored_gpu_host", "stored_gpu_disk", "stored_host_disk")
+
+
+@dataclass(frozen=True)
+class TierSetting:
+    """The tiers below the GPU of one replay: capacities in blocks (0: no such tier),
+    eviction policies, and the placement policy."""
+
+    host_capacity: int = 0
+    host_policy: str = "lru"
+    disk_capacity: int = 0
+    disk_policy: str = "lru"
+    placement: str = WRITE_THROUGH
+
+    def __post_init__(self) -> None:
+        for tier in ("host", "disk"):
+            capacity = getattr(self, f"{tier}_capacity")
+            if not is_int(capacity) or capacity < 0:
+                raise ValueError(f"{tier}_capacity must be an integer >= 0 (0: no {tier} "
+                                 f"tier), got {capacity!r}")
+            object.__setattr__(self, f"{tier}_capacity", int(capacity))
+            policy = require_tier_policy(f"{tier}_policy", getattr(self, f"{tier}_policy"))
+            object.__setattr__(self, f"{tier}_policy", policy)
+        require_placement("placement", self.placement)
+
+    @property
+    def enabled(self) -> bool:
+        """Whether any tier is configured."""
+        return bool(self.host_capacity or self.disk_capacity)
+
+    def cache_fields(self) -> dict[str, object]:
+        """The `CacheConfig` fields for these tiers."""
+        return dict(host_cache_blocks=self.host_capacity, host_cache_policy=self.host_policy,
+                    disk_cache_blocks=self.disk_capacity, disk_cache_policy=self.disk_policy,
+                    tier_placement=self.placement)
 
 
 @dataclass
@@ -60,12 +112,16 @@ class ReplayResult:
     block_size: int
     #: token-weighted hit rate over the measured requests
     hit_rate: float
-    #: per-request rows: request_id, prompt_len, num_blocks, hit_blocks, hit_tokens, measured
+    #: per-request rows: request_id, prompt_len, num_blocks, hit_blocks, hit_tokens,
+    #: gpu_hit_tokens, host_hit_tokens, disk_hit_tokens, miss_tokens, loaded_host,
+    #: loaded_disk, stored_gpu_host, stored_gpu_disk, stored_host_disk, measured
     requests: pd.DataFrame = field(repr=False)
-    #: cached blocks evicted during the whole replay
+    #: cached GPU blocks evicted during the whole replay
     evictions: int = 0
     #: leading requests left out of the measurement
     warmup_requests: int = 0
+    #: the tiers below the GPU (all 0 capacities: none)
+    tiers: TierSetting = field(default_factory=TierSetting)
 
     @classmethod
     def from_hits(
@@ -81,15 +137,34 @@ class ReplayResult:
         hit_blocks: Sequence[int],
         evictions: int,
         warmup: float,
+        tiers: TierSetting | None = None,
+        tier_blocks: Mapping[str, Sequence[int]] | None = None,
     ) -> ReplayResult:
-        """The result of a replay that found `hit_blocks` per request (either engine)."""
+        """The result of a replay that found `hit_blocks` per request (either engine).
+
+        `hit_blocks` counts blocks served from any tier; `tier_blocks` gives the columns
+        of `TIER_COLUMNS` per request (omitted: a replay without tiers, all zero).
+        """
         hit_blocks = np.asarray(hit_blocks, dtype=np.int64)
+        prompt_lens = np.asarray(prompt_lens, dtype=np.int64)
+        counts = {name: np.zeros(len(hit_blocks), dtype=np.int64) for name in TIER_COLUMNS}
+        for name, values in (tier_blocks or {}).items():
+            if name not in counts:
+                raise ValueError(f"tier_blocks: unknown column {name!r}; valid: {TIER_COLUMNS}")
+            counts[name] = np.asarray(values, dtype=np.int64)
+        host, disk = counts["host_hit_blocks"] * block_size, counts["disk_hit_blocks"] * block_size
+        hit_tokens = hit_blocks * block_size
         frame = pd.DataFrame({
             "request_id": np.asarray(request_ids, dtype=np.int64),
-            "prompt_len": np.asarray(prompt_lens, dtype=np.int64),
+            "prompt_len": prompt_lens,
             "num_blocks": np.asarray(num_blocks, dtype=np.int64),
             "hit_blocks": hit_blocks,
-            "hit_tokens": hit_blocks * block_size,
+            "hit_tokens": hit_tokens,
+            "gpu_hit_tokens": hit_tokens - host - disk,
+            "host_hit_tokens": host,
+            "disk_hit_tokens": disk,
+            "miss_tokens": prompt_lens - hit_tokens,
+            **{name: counts[name] for name in TIER_COLUMNS[2:]},
         })
         first = int(warmup * len(frame))
         frame["measured"] = np.arange(len(frame)) >= first
@@ -103,7 +178,16 @@ class ReplayResult:
             requests=frame,
             evictions=int(evictions),
             warmup_requests=first,
+            tiers=tiers or TierSetting(),
         )
+
+    def tier_hit_rates(self) -> dict[str, float]:
+        """Token-weighted hit rate of each tier over the measured requests: ``{"gpu",
+        "host", "disk"}`` (they add up to `hit_rate`)."""
+        measured = self.requests[self.requests["measured"]]
+        total = measured["prompt_len"].sum()
+        return {tier: float(measured[f"{tier}_hit_tokens"].sum() / total)
+                for tier in ("gpu", "host", "disk")}
 
     @property
     def block_hit_rate(self) -> float:
@@ -123,6 +207,16 @@ class ReplayResult:
             "evictions": self.evictions,
             "requests": int(self.requests["measured"].sum()),
         }
+
+    def tier_summary(self) -> dict[str, object]:
+        """`summary` plus the tiers: their setting, hit rate per tier, and the blocks
+        moved each way over the measured requests."""
+        measured = self.requests[self.requests["measured"]]
+        row = self.summary()
+        row.update(vars(self.tiers))
+        row.update({f"{tier}_hit_rate": rate for tier, rate in self.tier_hit_rates().items()})
+        row.update({name: int(measured[name].sum()) for name in TIER_COLUMNS[2:]})
+        return row
 
 
 # --- argument checks shared with the compiled engine -------------------------------
@@ -211,8 +305,14 @@ def replay(
     *,
     warmup: float = 0.0,
     progress: bool = False,
+    host_capacity: int = 0,
+    host_policy: str = "lru",
+    disk_capacity: int = 0,
+    disk_policy: str = "lru",
+    placement: str = WRITE_THROUGH,
 ) -> ReplayResult:
-    """Replay `trace` through a metadata-only cache of `capacity` blocks.
+    """Replay `trace` through a metadata-only cache of `capacity` GPU blocks (and the
+    tiers below it, if any).
 
     Parameters
     ----------
@@ -232,11 +332,19 @@ def replay(
         Fraction of leading requests replayed but left out of the hit rate.
     progress:
         Show a progress bar.
+    host_capacity, disk_capacity:
+        Blocks of the host and the disk tier of the prefix cache (0: no such tier).
+    host_policy, disk_policy:
+        Their eviction policies (`paged_kv.core.eviction.ONLINE_POLICIES`).
+    placement:
+        When blocks are copied down: ``"write_through"``, ``"write_back"`` or
+        ``"selective"`` (`paged_kv.cache.tiers`).
     """
     workload = _workload(trace)
     check_warmup(warmup)
     policy = check_policy(policy)
     label = check_capacity(capacity)
+    tiers = TierSetting(host_capacity, host_policy, disk_capacity, disk_policy, placement)
     requests = list(workload)
     if not requests:
         raise ValueError("the trace has no requests")
@@ -258,15 +366,25 @@ def replay(
         num_gpu_blocks=capacity,
         enable_prefix_caching=True,
         eviction_policy=policy,
+        **tiers.cache_fields(),
     )
     cache = PagedKVCache(config, policy=instance)
+    iterator = tqdm(requests, desc=f"{policy} @ {label or 'unbounded'}", disable=not progress,
+                    leave=False)
+    common = dict(trace=workload.name, policy=policy, capacity=label, block_size=block_size,
+                  request_ids=[r.request_id for r in requests],
+                  prompt_lens=[r.prompt_len for r in requests],
+                  num_blocks=[len(r.block_keys) for r in requests], warmup=warmup)
+    if tiers.enabled:
+        hit_blocks, tier_blocks = _replay_tiered(cache, iterator, capacity, belady)
+        return ReplayResult.from_hits(hit_blocks=hit_blocks,
+                                      evictions=cache.stats().prefix_evictions, tiers=tiers,
+                                      tier_blocks=tier_blocks, **common)
 
     hit_blocks = []
     allocate, commit, free = cache.allocate, cache.commit, cache.free
     cached = cache.num_cached_tokens
     position = 0
-    iterator = tqdm(requests, desc=f"{policy} @ {label or 'unbounded'}", disable=not progress,
-                    leave=False)
     for request in iterator:
         if belady is not None:
             belady.advance(position)
@@ -277,15 +395,34 @@ def replay(
         hit_blocks.append(cached(seq) // block_size)
         free(seq)
 
-    return ReplayResult.from_hits(
-        trace=workload.name,
-        policy=policy,
-        capacity=label,
-        block_size=block_size,
-        request_ids=[r.request_id for r in requests],
-        prompt_lens=[r.prompt_len for r in requests],
-        num_blocks=[len(r.block_keys) for r in requests],
-        hit_blocks=hit_blocks,
-        evictions=cache.stats().prefix_evictions,
-        warmup=warmup,
-    )
+    return ReplayResult.from_hits(hit_blocks=hit_blocks,
+                                  evictions=cache.stats().prefix_evictions, **common)
+
+
+def _replay_tiered(
+    cache: PagedKVCache, requests, capacity: int, belady: BeladyPolicy | None
+) -> tuple[list[int], dict[str, list[int]]]:
+    """The replay loop with tiers: hit blocks per request, and the `TIER_COLUMNS`."""
+    block_size = cache.block_size
+    tiers = cache.tiers
+    hit_blocks: list[int] = []
+    columns: dict[str, list[int]] = {name: [] for name in TIER_COLUMNS}
+    appends = [columns[name].append for name in TIER_COLUMNS[2:]]
+    host_hits, disk_hits = columns["host_hit_blocks"].append, columns["disk_hit_blocks"].append
+    position = 0
+    for request in requests:
+        if belady is not None:
+            belady.advance(position)
+            position += len(request.block_keys)
+        n, keys = served_prompt(request, capacity)
+        before = tiers.moves()
+        seq = cache.allocate(n, block_keys=keys)
+        cache.commit(seq)
+        after = tiers.moves()
+        hit_blocks.append(cache.num_cached_tokens(seq) // block_size)
+        cache.free(seq)
+        host_hits(after[0] - before[0])
+        disk_hits(after[1] - before[1])
+        for append, a, b in zip(appends, after, before):
+            append(a - b)
+    return hit_blocks, columns
