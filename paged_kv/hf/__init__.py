@@ -1,4 +1,4 @@
-"""Hugging Face transformers models generating through paged_kv's cache.
+"""Hugging Face transformers models generating through paged_kv's cache::
 
     from paged_kv.hf import PagedHFCache
     cache = PagedHFCache.for_model(model, num_blocks=256)

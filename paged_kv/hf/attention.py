@@ -1,4 +1,4 @@
-"""paged_kv's paged attention as a transformers attention implementation, ``"paged_kv"``.
+"""paged_kv's paged attention as a transformers attention implementation, ``"paged_kv"``::
 
     from paged_kv.hf import use_paged_attention
     use_paged_attention(model)            # registers "paged_kv", sets the model to it

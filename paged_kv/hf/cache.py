@@ -1,4 +1,4 @@
-"""`PagedHFCache`: a transformers cache whose K/V live in a `PagedKVCache`.
+"""`PagedHFCache`: a transformers cache whose K/V live in a `PagedKVCache`::
 
     cache = PagedHFCache.for_model(model, num_blocks=256)
     out = model.generate(**inputs, cache=cache, max_new_tokens=20)   # or past_key_values=
@@ -208,6 +208,8 @@ class PagedHFCache(Cache):
             self._note_identical(index, start, k, v)
             if index == len(self.layers) - 1:
                 self._end_forward(end)
+        elif not len(rows):
+            return k, v  # nothing stored, nothing written: nothing to read
         if model_kwargs is not None:
             model_kwargs[CACHE_KWARG] = self
         if self.config._attn_implementation == ATTENTION_NAME:

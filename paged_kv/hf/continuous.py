@@ -63,8 +63,8 @@ def _greedy(new_tokens: int, pad: int) -> dict:
 
 def run_paged_kv(model: Any, prompts: Sequence[Sequence[int]], *, new_tokens: int,
                  block_size: int, num_blocks: int) -> tuple[dict, list[list[int]]]:
-    """The prompts one after another through `PagedHFCache`s over one prefix-caching
-    pool; the summary row and each request's generated tokens."""
+    """The prompts one after another, each through a new `PagedHFCache` over one
+    prefix-caching pool; the summary row and each request's generated tokens."""
     root = PagedHFCache.for_model(model, num_blocks=num_blocks, block_size=block_size,
                                   prefix_caching=True)
     outputs, peak = [], 0
