@@ -173,3 +173,34 @@ def test_refusals_change_nothing(models):
     model.to(torch.float32)
     with pytest.raises(ValueError, match="this model has"):
         PagedHFCache(cache.kv, models["gpt2"].config)
+
+
+def test_a_batch_starts_at_its_shortest_hit_and_beams_admit_their_prompt(models):
+    model = models["llama"]
+    system = [1, 60, 61, 62, 63, 64, 65, 66, 67]
+    greedy = dict(max_new_tokens=3, min_new_tokens=3, do_sample=False, pad_token_id=0)
+    root = PagedHFCache.for_model(model, num_blocks=48, block_size=4, prefix_caching=True)
+    root.admit(torch.tensor([system]))
+    model.generate(input_ids=torch.tensor([system]), cache=root, **greedy)
+    root.release()
+
+    # row 0 holds the system prompt's 8 cached positions, row 1 (left-padded) none: the
+    # batch computes from position 0, and row 0 skips writing the 8 it holds
+    ids = torch.tensor([system + [70, 71], [0, 0, 0, 0, 0, 0, 1, 80, 81, 82, 83]])
+    mask = (ids != 0).long()
+    cache = root.new()
+    assert cache.admit(ids, mask) == 0
+    hits = [cache.kv.num_cached_tokens(s) for s in cache.seq_ids]
+    assert hits == [8, 0]
+    out = model.generate(input_ids=ids, attention_mask=mask, cache=cache, **greedy)
+    assert torch.equal(out, model.generate(input_ids=ids, attention_mask=mask, **greedy))
+    cache.kv.check_invariants()
+    cache.release()
+
+    # beam search over an admitted prompt: one row per beam, each served the 8 positions
+    beams = root.new()
+    second = torch.tensor([system + [90, 91]])
+    assert beams.admit(second, num_beams=2) == 8 and len(beams.seq_ids) == 2
+    out = model.generate(input_ids=second, cache=beams, num_beams=2, **greedy)
+    assert torch.equal(out, model.generate(input_ids=second, num_beams=2, **greedy))
+    assert beams.tokens_cached == 2 * 8
