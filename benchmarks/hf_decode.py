@@ -153,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
               "measured.")
         return 0
     if args.tiny:
-        args.batch, args.context, args.warmup, args.repeats = 2, 6, 1, 2
+        args.batch, args.context, args.warmup, args.repeats = 2, 4, 0, 1
         args.block_size, args.dtype = 4, "float32"
     where = torch.device("cuda" if gpu else "cpu")
     if not gpu:

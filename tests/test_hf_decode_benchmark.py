@@ -37,7 +37,7 @@ def test_tiny_run_prints_a_row_per_cache_and_writes_json(capsys, tmp_path):
     record = json.loads((tmp_path / "hf_decode.json").read_text())
     assert [r["mode"] for r in record["rows"]] == rows[1:]
     assert record["rows"][0]["vs_dynamic"] == 1.0 and record["measured"] is False
-    assert record["settings"]["batch"] == 2 and record["settings"]["context"] == 6
+    assert record["settings"]["batch"] == 2 and record["settings"]["context"] == 4
 
 
 def test_simulator_run_says_it_needs_a_gpu(capsys):
