@@ -48,7 +48,10 @@ def test_greedy_and_beam_search_give_dynamic_cache_tokens(models, arch):
     assert torch.equal(out, _generate(model, do_sample=False, num_beams=2))
     beams.kv.check_invariants()
     assert len(beams.seq_ids) == 4  # 2 prompts x 2 beams
-    assert beams.forks >= 4 * NEW  # every step forks each beam from its parent
+    # the prompt's second beam became a fork of the first after the prefill (2), and the
+    # first reorder fans every beam out of beam 0 (4); a reorder that keeps every beam
+    # where it is forks nothing
+    assert beams.forks >= 2 + 4
     trace = beams.trace_frame()
     assert (trace["blocks_held"] < trace["blocks_unshared"]).all()  # beams share blocks
 
