@@ -1,7 +1,8 @@
 """paged_kv: a research toolkit for paged KV-cache memory management in LLM inference.
 
 The public surface: the cache manager and its configuration here; workloads, the serving
-simulator, trace replay and the studies in `paged_kv.sim`; figures in `paged_kv.plots`.
+simulator and trace replay in `paged_kv.sim`; the studies in `paged_kv.studies`; figures
+in `paged_kv.plots`.
 Importing the package never imports numba: storage (and with it the kernels) loads when
 a cache with storage is built.
 """

@@ -1,6 +1,9 @@
 """Test set-up: kernels run in Numba's CUDA simulator unless PAGED_KV_DEVICE says otherwise.
 
-`scripts/gpu_check.sh` sets ``PAGED_KV_DEVICE=gpu`` to run the same kernel tests on a GPU.
+`scripts/gpu_check.sh` sets ``PAGED_KV_DEVICE=gpu`` to run the same kernel tests on a GPU
+(``-m "device and not slow"``: pyproject.toml registers the markers). A test marked
+``gpu`` is skipped here under the simulator, with the reason its marker gives; executed
+notebooks are marked ``notebook``.
 paged_kv takes its ``cuda`` module from `paged_kv.gpu.device.cuda_api` whatever numba was
 imported as; for tests that write ``from numba import cuda`` to build arrays, the
 simulator run also turns numba's own simulator on (this harness's choice, made before
@@ -27,6 +30,20 @@ def fast_simulator_barriers():
     sys.setswitchinterval(2e-4)
     yield
     sys.setswitchinterval(before)
+
+
+def pytest_collection_modifyitems(config, items):
+    """Skip ``gpu`` tests under the simulator; mark nbmake's notebooks ``notebook``."""
+    from paged_kv.gpu.device import is_simulator
+
+    simulator = is_simulator()
+    for item in items:
+        if item.path.suffix == ".ipynb":
+            item.add_marker(pytest.mark.notebook)
+        gpu = item.get_closest_marker("gpu")
+        if gpu is not None and simulator:
+            reason = gpu.kwargs.get("reason", "needs a GPU")
+            item.add_marker(pytest.mark.skip(reason=f"needs a GPU: {reason}"))
 
 
 @pytest.fixture

@@ -83,3 +83,22 @@ def test_license_is_an_spdx_expression_with_its_file():
     assert any(r.replace(" ", "").startswith("setuptools>=77")
                for r in document["build-system"]["requires"])
     assert "license: Apache-2.0" in (ROOT / "CITATION.cff").read_text()
+
+
+def test_the_oldest_pins_are_pyprojects_lower_bounds():
+    """`.ci/check_oldest.sh` (a CI step) compiles the kernels with exactly the oldest numba
+    and numba-cuda that pyproject.toml admits, so the stated minimum is a checked one."""
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    lower = {}
+    for req in project["dependencies"]:
+        match = re.fullmatch(r"([a-z-]+)>=([0-9.]+)", req.replace(" ", ""))
+        if match:
+            lower[match.group(1)] = match.group(2)
+    pins = {}
+    for line in (ROOT / ".ci" / "oldest-requirements.txt").read_text().splitlines():
+        match = re.fullmatch(r"([a-z-]+)(\[[a-z0-9,]+\])?==([0-9.]+)", line.strip())
+        if match:
+            pins[match.group(1)] = match.group(3)
+    assert set(pins) == {"numba", "numba-cuda"}
+    for name, version in pins.items():
+        assert version.split(".")[:2] == lower[name].split(".")[:2], (name, version, lower[name])

@@ -1,7 +1,8 @@
 """Storage backends: what the manager needs from KV storage, with storage and without.
 
-`KVBackend` is the interface: write slots, gather, copy blocks, swap both ways, and the
-pool bytes for snapshots. `StorageBackend` wraps a real `paged_kv.gpu.storage.KVStorage`
+`KVBackend` is the interface: write slots, gather, upload a step's indices once and write
+through them, copy blocks, swap both ways, and the pool bytes for snapshots.
+`StorageBackend` wraps a real `paged_kv.gpu.storage.KVStorage`
 (device arrays, kernels; numba loads only when one is built); `NullBackend` is
 metadata-only mode: copies and swaps are metadata changes with no bytes to move, and any
 KV read or write raises `MetadataOnlyError`. The manager picks one at construction
@@ -44,6 +45,14 @@ class KVBackend(Protocol):
     def gather(self, layer: int, tables: list, ends: list, starts: list) -> tuple:
         """Read positions ``starts[s] .. ends[s]-1`` of each table of `layer`."""
 
+    def upload_step(self, slots: np.ndarray, tables: np.ndarray, lens: np.ndarray,
+                    row_seq: np.ndarray, row_len: np.ndarray) -> Any:
+        """A step's indices checked and on the device, for every layer (`write_step`,
+        paged attention); see `paged_kv.gpu.storage.KVStorage.upload_step`."""
+
+    def write_step(self, layer: int, k: np.ndarray, v: np.ndarray, step: Any) -> None:
+        """Scatter rows of `k`, `v` of `layer` at the slots of an uploaded step."""
+
     def copy_blocks(self, pairs: list[tuple[int, int]]) -> None:
         """Copy GPU blocks ``src -> dst`` (copy-on-write)."""
 
@@ -72,7 +81,7 @@ class NullBackend:
             "this cache is metadata-only (no model or storage=False): it holds no KV"
         )
 
-    check_layer = check_kv = write = gather = _refuse
+    check_layer = check_kv = write = gather = upload_step = write_step = _refuse
 
     def copy_blocks(self, pairs: list[tuple[int, int]]) -> None:
         """No bytes to copy."""
@@ -143,6 +152,15 @@ class StorageBackend:
     def gather(self, layer: int, tables: list, ends: list, starts: list) -> tuple:
         """The gather kernel; NumPy ``k, v``."""
         return self.storage.gather(layer, tables, ends, starts)
+
+    def upload_step(self, slots: np.ndarray, tables: np.ndarray, lens: np.ndarray,
+                    row_seq: np.ndarray, row_len: np.ndarray) -> Any:
+        """`KVStorage.upload_step`: one upload of the indices for every layer."""
+        return self.storage.upload_step(slots, tables, lens, row_seq, row_len)
+
+    def write_step(self, layer: int, k: np.ndarray, v: np.ndarray, step: Any) -> None:
+        """The slot-write kernel at an uploaded step's slots."""
+        self.storage.write_step(layer, k, v, step)
 
     def copy_blocks(self, pairs: list[tuple[int, int]]) -> None:
         """The block-copy kernel."""

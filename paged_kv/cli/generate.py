@@ -15,6 +15,7 @@ from paged_kv.cli._common import (
     positive_int,
     progress_enabled,
     seed,
+    write_figure,
 )
 
 NAME = "generate"
@@ -90,13 +91,16 @@ def register(subparsers) -> None:
                         "over gathered K/V (reference, the default there)")
     parser.add_argument("--seed", type=seed, default=0,
                         help="seed of weights and prompts (with --hf: of sampling)")
-    add_output_options(parser, figure="")
+    add_output_options(parser, figure=True, tables=("prompt_logits", "kv_drift"))
     _hf_generate.add_options(parser)
 
 
 def check(args: argparse.Namespace) -> None:
-    """Settle the defaults of the mode (the NumPy model, or --hf); refuse a script whose
-    longest sequence the model cannot hold."""
+    """Settle the defaults of the mode (the NumPy model, or --hf: `_hf_generate.check`).
+    For the NumPy model: refuse a script whose longest sequence the model cannot hold
+    (naming the flag that leaves no room: --block-size, --new-tokens, else
+    --prompt-blocks), and more samples than the vocabulary has tokens (each starts with
+    a different one)."""
     from paged_kv.model import get_model_config  # noqa: PLC0415
     from paged_kv.model.generation import longest_sequence  # noqa: PLC0415
 
@@ -118,14 +122,27 @@ def check(args: argparse.Namespace) -> None:
         raise UsageError(f"argument --new-tokens: the scripted run needs at least 3, got "
                          f"{args.new_tokens}")
 
+    config = get_model_config(args.model, kv_dtype=args.kv_dtype)
     longest = longest_sequence(args.block_size, args.prompt_blocks, args.new_tokens)
-    limit = get_model_config(args.model, kv_dtype=args.kv_dtype).spec.max_seq_len
+    limit = config.spec.max_seq_len
     if longest > limit:
+        # the flag whose value leaves no room: the shortest script (one prompt block, three
+        # new tokens) is too long for this block size; or the new tokens alone are
+        if longest_sequence(args.block_size, 1, 3) > limit:
+            flag = "--block-size"
+        elif longest_sequence(args.block_size, 1, args.new_tokens) > limit:
+            flag = "--new-tokens"
+        else:
+            flag = "--prompt-blocks"
         raise UsageError(
-            f"argument --prompt-blocks: {args.prompt_blocks} blocks of {args.block_size} "
+            f"argument {flag}: {args.prompt_blocks} prompt blocks of {args.block_size} "
             f"tokens, a tail of {max(1, args.block_size // 2)} and {args.new_tokens} new "
             f"tokens make a {longest}-token sequence, longer than {args.model}'s "
             f"max_seq_len of {limit}")
+    if args.samples > config.vocab_size:
+        raise UsageError(f"argument --samples: at most {config.vocab_size}, the tokens of "
+                         f"{args.model}'s vocabulary (each sample starts with a different "
+                         f"one), got {args.samples}")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -165,9 +182,9 @@ def run(args: argparse.Namespace) -> int:
               f"{recompute - keep} fewer tokens computed than vLLM's rule "
               f"({keep} vs {recompute}).")
     if args.figure is not None:
-        from paged_kv.plots import plot_generation, save  # noqa: PLC0415
+        from paged_kv.plots import plot_generation  # noqa: PLC0415
 
-        print(f"wrote {save(plot_generation(steps, summary), args.figure)}")
+        write_figure(plot_generation(steps, summary), args)
     within = bool((summary["max_abs_diff"] <= summary["tolerance"]).all())
     if not within:
         print("paged logits differ from the dense model's by more than the tolerance")

@@ -394,7 +394,10 @@ def _priority_layout(trace: TraceArrays) -> tuple[int, int, int]:
 
 
 def replay_hit_blocks(trace: TraceArrays, capacity: int, policy: str) -> tuple[np.ndarray, int]:
-    """Hit blocks per request and the number of evictions (checked arguments)."""
+    """Hit blocks per request and the number of evictions (checked arguments). A
+    capacity past `TraceArrays.unbounded_capacity` evicts nothing, as that one does,
+    and runs as that one (so any Python int does, however large)."""
+    capacity = min(capacity, trace.unbounded_capacity())
     nxt, depth = _kernel_arguments(trace, policy)
     shift_freq, shift_depth, max_depth = _priority_layout(trace)
     hit_blocks = np.zeros(len(trace), dtype=np.int64)
