@@ -107,7 +107,8 @@ class PagedHFCache(Cache):
     `kv` must store K/V of the model `config` describes (layers, heads, head_dim).
     `share_identical_rows`: after a prefill, rows whose K/V are bit-for-bit equal in
     every layer become forks of one (parallel samples and beams of one prompt store it
-    once). Counters: `tokens_computed` (new tokens the model gave, all rows),
+    once; sharing never changes a value read back. On a CPU, BLAS threads may round
+    equal rows of one batch differently: those are not shared). Counters: `tokens_computed` (new tokens the model gave, all rows),
     `tokens_cached` (prompt positions the prefix cache served instead); `trace` has one
     record per forward (`trace_frame`).
     """
