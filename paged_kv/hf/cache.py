@@ -108,9 +108,10 @@ class PagedHFCache(Cache):
     `share_identical_rows`: after a prefill, rows whose K/V are bit-for-bit equal in
     every layer become forks of one (parallel samples and beams of one prompt store it
     once; sharing never changes a value read back. On a CPU, BLAS threads may round
-    equal rows of one batch differently: those are not shared). Counters: `tokens_computed` (new tokens the model gave, all rows),
-    `tokens_cached` (prompt positions the prefix cache served instead); `trace` has one
-    record per forward (`trace_frame`).
+    equal rows of one batch differently: those are not shared). Counters:
+    `tokens_computed` (new tokens the model gave, all rows), `tokens_cached` (prompt
+    positions the prefix cache served instead); `trace` has one record per forward
+    (`trace_frame`).
     """
 
     def __init__(self, kv: PagedKVCache, config: Any, *,
