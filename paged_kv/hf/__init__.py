@@ -1,4 +1,6 @@
-"""Hugging Face transformers models generating through paged_kv's cache::
+"""Hugging Face transformers models generating through paged_kv's cache.
+
+Three lines put a model on it::
 
     from paged_kv.hf import PagedHFCache
     cache = PagedHFCache.for_model(model, num_blocks=256)
