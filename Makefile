@@ -26,7 +26,7 @@ $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 10) else "paged_kv needs Python 3.10+")'
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[dev,cuda,distributed,docs]'
+	$(PY) -m pip install --quiet -e '.[dev,cuda,distributed,docs,hf]'
 	@touch $(STAMP)
 
 demo: $(STAMP)

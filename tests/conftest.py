@@ -44,3 +44,20 @@ def pytest_collection_modifyitems(config, items):
         if gpu is not None and simulator:
             reason = gpu.kwargs.get("reason", "needs a GPU")
             item.add_marker(pytest.mark.skip(reason=f"needs a GPU: {reason}"))
+
+
+@pytest.fixture
+def hf_env(monkeypatch):
+    """Hugging Face tests: nothing is downloaded (``HF_HUB_OFFLINE=1``), and torch runs
+    on one thread (the tiny models' matmuls only queue behind other work otherwise; on a
+    loaded two-core machine that is 5x slower). Test modules use it with
+    ``pytestmark = pytest.mark.usefixtures("hf_env")``."""
+    torch = pytest.importorskip("torch", reason="the hf extra (torch, transformers) is "
+                                "not installed: pip install -e '.[hf]'")
+    pytest.importorskip("transformers", reason="the hf extra is not installed")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_DISABLE_TELEMETRY", "1")
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -235,3 +235,33 @@ def test_fractional_positions_are_refused():
     s = cache.allocate(6)
     with pytest.raises(ValueError, match="starts"):
         cache.read_kv(s, 0, start=1.5)
+
+
+def test_device_arrays_are_written_where_they_are_and_land_like_host_ones():
+    """A GPU tensor reaches write_kv_batch as a zero-copy device array (paged_kv.hf): the
+    check takes it as it is, and the pool gets the bytes NumPy rows would give."""
+    from paged_kv.gpu.device import cuda_api
+
+    rng = np.random.default_rng(7)
+    host, device = make(), make()
+    k, v = kv(rng, 6)
+    seqs = {}
+    for cache in (host, device):
+        seqs[id(cache)] = [cache.allocate(2), cache.allocate(4)]
+    host.write_kv_batch(1, seqs[id(host)], k, v, num_tokens=[2, 4])
+    api = cuda_api()
+    k_dev, v_dev = api.to_device(k), api.to_device(v)
+    given = []
+    write = device.storage.write
+
+    def spy(layer, k_arg, v_arg, slots, **kwargs):
+        given.append((k_arg, v_arg))
+        return write(layer, k_arg, v_arg, slots, **kwargs)
+
+    device.storage.write = spy
+    device.write_kv_batch(1, seqs[id(device)], k_dev, v_dev, num_tokens=[2, 4])
+    assert len(given) == 1 and given[0][0] is k_dev and given[0][1] is v_dev  # no host copy
+    assert host.snapshot() == device.snapshot()
+    with pytest.raises(ValueError, match="must be float16"):
+        device.write_kv_batch(0, seqs[id(device)], api.to_device(k.astype(np.float32)),
+                              api.to_device(v.astype(np.float32)), num_tokens=[2, 4])

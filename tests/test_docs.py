@@ -108,8 +108,12 @@ GUIDES = sorted([*(DOCS / "howto").glob("*.rst"), *(DOCS / "guide").glob("*.md")
 
 @pytest.mark.parametrize("page", [p for p in GUIDES if _code_blocks(p) or p.suffix == ".rst"],
                          ids=lambda p: p.stem)
-def test_the_how_to_code_runs(page, monkeypatch):
+def test_the_how_to_code_runs(page, monkeypatch, request):
     import paged_kv.core.eviction
+
+    if page.stem == "huggingface":  # torch on one thread, offline; kernels' barriers fast
+        request.getfixturevalue("hf_env")
+        request.getfixturevalue("fast_simulator_barriers")
 
     # a guide may register a policy: on a copy, so no other test sees it
     monkeypatch.setattr(paged_kv.core.eviction, "POLICIES", dict(paged_kv.core.eviction.POLICIES))

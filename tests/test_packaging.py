@@ -11,6 +11,9 @@ else:  # Python 3.10: the dev extra installs tomli there
 
 ROOT = Path(__file__).resolve().parents[1]
 
+#: conda-forge names that differ from the distribution's name on PyPI
+CONDA_TO_PYPI = {"pytorch": "torch"}
+
 
 def _name(requirement: str) -> str:
     """Normalised distribution name of a requirement string, extras kept."""
@@ -38,7 +41,8 @@ def _environment_requirements() -> set[str]:
         entry = item.group(1).strip()
         if entry in ("pip", "pip:", "-e .") or entry.startswith(("python", "-e")):
             continue
-        names.add(_name(entry))
+        name = _name(entry)
+        names.add(CONDA_TO_PYPI.get(name, name))
     return names
 
 
@@ -56,6 +60,17 @@ def test_version_pins_agree():
     for req in reqs:
         spec = req.split(";")[0].replace(" ", "")  # environment markers are pip's business
         assert spec in env_text.replace(" ", ""), f"{req} not pinned alike in environment.yml"
+
+
+def test_the_hf_extra_pins_torch_exactly_in_both_files():
+    """One torch build (a CPU wheel on the test machines): any other spec downloads
+    gigabytes, so the pin is exact, and conda-forge's ``pytorch`` carries the same one."""
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    hf = project["optional-dependencies"]["hf"]
+    assert "torch==2.13.0" in hf and "transformers>=5,<6" in hf
+    env_text = (ROOT / "environment.yml").read_text()
+    assert re.search(r"^\s*-\s+pytorch==2\.13\.0\s", env_text, re.M)
+    assert "hf]" in (ROOT / "Makefile").read_text()  # make test installs and tests it
 
 
 def test_license_is_an_spdx_expression_with_its_file():

@@ -39,8 +39,9 @@ class KVBackend(Protocol):
     def check_layer(self, layer: object) -> int:
         """`layer` checked (`MetadataOnlyError` first when no KV is stored)."""
 
-    def check_kv(self, k: object, v: object) -> tuple[np.ndarray, np.ndarray]:
-        """K and V rows checked against the model's shape and dtype."""
+    def check_kv(self, k: object, v: object) -> tuple[Any, Any]:
+        """K and V rows checked against the model's shape and dtype (NumPy, or device
+        arrays left where they are)."""
 
     def write(self, layer: int, k: np.ndarray, v: np.ndarray, slots: np.ndarray) -> None:
         """Scatter rows of `k`, `v` of `layer` into the GPU pool at `slots`."""
@@ -159,21 +160,26 @@ class StorageBackend:
             raise ValueError(f"layer {layer} out of range [0, {self._model.num_layers})")
         return layer
 
-    def check_kv(self, k: object, v: object) -> tuple[np.ndarray, np.ndarray]:
-        """`k`, `v` as arrays ``[num_tokens, num_kv_heads, head_dim]`` of the model's dtype."""
+    def check_kv(self, k: object, v: object) -> tuple[Any, Any]:
+        """`k`, `v` as arrays ``[num_tokens, num_kv_heads, head_dim]`` of the model's dtype.
+
+        Host data becomes NumPy arrays; device arrays (numba's, including zero-copy views
+        of another library's GPU tensors) are checked where they are, never copied: the
+        slot-write kernel reads them in place.
+        """
         model = self._model
-        k = np.asarray(k)
-        v = np.asarray(v)
+        k = k if _on_device(k) else np.asarray(k)
+        v = v if _on_device(v) else np.asarray(v)
         shape = (model.num_kv_heads, model.head_dim)
         for name, arr in (("k", k), ("v", v)):
-            if arr.ndim != 3 or arr.shape[1:] != shape:
+            if arr.ndim != 3 or tuple(arr.shape[1:]) != shape:
                 raise ValueError(
                     f"{name} must have shape [num_tokens, {shape[0]}, {shape[1]}], got "
                     f"{arr.shape}"
                 )
             if arr.dtype != np.dtype(model.dtype):
                 raise ValueError(f"{name} must be {model.dtype}, got {arr.dtype}")
-        if k.shape != v.shape:
+        if tuple(k.shape) != tuple(v.shape):
             raise ValueError(f"k and v shapes differ: {k.shape} vs {v.shape}")
         return k, v
 
@@ -236,6 +242,11 @@ class StorageBackend:
         if self.tier_pools is not None:
             pools.update(self.tier_pools.pool_bytes())
         return pools
+
+
+def _on_device(array: object) -> bool:
+    """True for a numba device (or simulator) array, which kernels address in place."""
+    return bool(getattr(array, "__cuda_ndarray__", False))
 
 
 def make_backend(

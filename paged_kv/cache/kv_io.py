@@ -65,7 +65,8 @@ class KVIO:
         """
         backend = self._backend
         layer = backend.check_layer(layer)  # metadata-only: MetadataOnlyError first
-        k, v = backend.check_kv(require_array("k", k), require_array("v", v))
+        k, v = backend.check_kv(require_array("k", k, device_ok=True),
+                                require_array("v", v, device_ok=True))
         plan = self._plans.plan(seq_ids, num_tokens, starts, rows=len(k), upload=False)
         self._write(layer, plan, k, v)
 
@@ -74,7 +75,8 @@ class KVIO:
         this cache; the checks of `write` that depend on the layer run again."""
         plan = self._plans.check(plan)
         layer = self._backend.check_layer(layer)
-        k, v = self._backend.check_kv(require_array("k", k), require_array("v", v))
+        k, v = self._backend.check_kv(require_array("k", k, device_ok=True),
+                                      require_array("v", v, device_ok=True))
         if len(k) != plan.total_tokens:
             raise ValueError(f"k has {len(k)} rows but the plan writes {plan.total_tokens} "
                              f"tokens")

@@ -359,7 +359,7 @@ class PagedKVCache:
         layer of a block is written, its tokens are computed and it is published.
         """
         seq_id = require_seq_id(seq_id)
-        k, v = require_array("k", k), require_array("v", v)
+        k, v = require_array("k", k, device_ok=True), require_array("v", v, device_ok=True)
         self.write_kv_batch(
             layer, [seq_id], k, v, num_tokens=[len(k)], starts=None if start is None else [start]
         )

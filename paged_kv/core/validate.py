@@ -61,14 +61,18 @@ def require_seq_ids(values: object, name: str = "seq_ids") -> list[int]:
     return ids
 
 
-def require_array(name: str, value: object) -> np.ndarray:
+def require_array(name: str, value: object, *, device_ok: bool = False) -> np.ndarray:
     """`value` as a NumPy array, or `ValueError` naming `name` if it is not an array.
 
     Accepted: a NumPy array, or an object that converts itself to one (``__array__``:
     a device array, a CPU tensor). None, lists and scalars are refused: K/V rows are
-    arrays, and a list of numbers is a sign of a mix-up, not of K/V.
+    arrays, and a list of numbers is a sign of a mix-up, not of K/V. With `device_ok`, a
+    numba device array (``__cuda_ndarray__``, such as a zero-copy view of a GPU tensor)
+    is returned as it is, not copied to the host: the kernels read it in place.
     """
     if isinstance(value, np.ndarray):
+        return value
+    if device_ok and getattr(value, "__cuda_ndarray__", False):
         return value
     if value is None or not hasattr(value, "__array__"):
         raise ValueError(f"{name} must be an array, got {type(value).__name__}")
