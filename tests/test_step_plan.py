@@ -351,3 +351,34 @@ def test_attend_runs_a_mixed_batch_of_prompts_and_decodes_in_one_launch():
     np.testing.assert_allclose(reference.attend(cache, 0, plan, q), out, rtol=1e-5, atol=1e-5)
     with pytest.raises(ValueError, match="q has 3 rows for the plan's 4 new tokens"):
         attention.attend(cache, 0, plan, q[:3])
+
+
+def test_attention_on_another_stream_waits_for_the_plans_uploads(monkeypatch):
+    """The plan's indices go up on the default stream; attention launched on another stream
+    (PyTorch's are non-blocking: they do not wait for the default stream on their own)
+    first waits for an event recorded on the default stream. The spy proves the calls we
+    make (record on 0, wait on the attention's stream), not the hardware's ordering."""
+    import paged_kv.gpu.device as device_module
+
+    calls = []
+
+    class SpyEvent:
+        def record(self, stream=0):
+            calls.append(("record", stream))
+
+        def wait(self, stream=0):
+            calls.append(("wait", stream))
+
+    cache = make()
+    rng = np.random.default_rng(3)
+    seq = cache.allocate(3)
+    fill(cache, seq, rng, 3)
+    plan = cache.plan_step([seq], num_tokens=1, starts=[2])
+    q = rows(rng, 1, QH)
+    expected = attention.decode(cache, 0, plan, q)
+    assert calls == []  # the default stream: nothing to wait for
+    stream = cuda_api().stream()
+    monkeypatch.setattr(device_module, "new_event", SpyEvent)
+    got = attention.decode(cache, 0, plan, q, stream=stream)
+    assert calls[:2] == [("record", 0), ("wait", stream)]
+    np.testing.assert_array_equal(got, expected)

@@ -80,6 +80,7 @@ def _planned(cache: PagedKVCache, layer: int, plan: StepPlan, q: np.ndarray,
     if plan.device is None:
         raise ValueError("this plan was not uploaded (PagedKVCache.plan_step uploads)")
     storage, step = cache.storage, plan.device
+    storage.after_default_stream(stream)  # the plan's indices were uploaded there
     with storage.access(stream, gpu_reads=step.read_blocks):
         out = planned_attention(storage.gpu_pool, layer, q, step.block_tables, step.tiles,
                                 scale=scale, kv_scales=storage.gpu_scales, stream=stream,

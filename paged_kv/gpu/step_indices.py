@@ -18,7 +18,11 @@ The result, `StepIndices`, holds device views of both. They stay valid until the
 enforces this by refusing a plan older than its newest one. The copies are enqueued
 on `stream`; `paged_kv.cache.step_plan` uses the default stream, which orders them
 after earlier work on every blocking stream (numba's ``cuda.stream()``), so a kernel
-of the previous step still reading the old indices finishes first.
+of the previous step still reading the old indices finishes first. A kernel that reads
+them on a non-blocking stream (PyTorch's) waits for the default stream first
+(`paged_kv.gpu.storage.KVStorage.after_default_stream`, which planned attention calls);
+a previous step's kernel on such a stream must have finished before the next plan is
+made (the caller synchronizes, or keeps to one stream).
 """
 
 from __future__ import annotations

@@ -76,7 +76,7 @@ from paged_kv.core.kv_dtype import SCALE_DTYPE, SCALE_PER_HEAD
 from paged_kv.core.validate import require_int
 from paged_kv.gpu import device
 from paged_kv.gpu.device_block_table import DeviceBlockTable
-from paged_kv.gpu.fences import BlockFences, to_host
+from paged_kv.gpu.fences import BlockFences, stream_arg, to_host
 from paged_kv.gpu.kernels import (
     DEFAULT_SWAP_METHOD,
     SWAP_METHODS,
@@ -283,6 +283,17 @@ class KVStorage:
         return upload_step(self._gpu_pool, self._buffers, self._step_tables,
                            self._model.q_heads, slot_mapping, block_tables, seq_lens,
                            row_seq, row_len)
+
+    def after_default_stream(self, stream: Any) -> None:
+        """Make `stream` wait for the work enqueued so far on the default stream, where
+        `upload_step` puts a step's indices: one event recorded there, waited for on
+        `stream`. A no-op for the default stream itself. Needed for a stream that does not
+        wait for the default stream on its own (a non-blocking one, such as PyTorch's)."""
+        if stream is None:
+            return
+        event = device.new_event()
+        event.record(stream_arg(None))
+        event.wait(stream_arg(stream))
 
     def write_step(self, layer: int, k: Any, v: Any, step: StepIndices, *,
                    stream: Any = None) -> None:
