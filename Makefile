@@ -6,8 +6,10 @@
 #   make lint       ruff over the package, the tests, the benchmarks and the scripts,
 #                   and the import contracts (the layers) with import-linter
 #   make bench      the kernel benchmarks (benchmarks/RESULTS.md has the numbers)
-#   make gpu-check  on a machine with a GPU: kernel tests, demo, compile check, benchmarks
+#   make gpu-check  on a machine with a GPU: a probe, the kernel tests, the benchmarks
+#                   (docs/gpu.rst); no virtualenv, the machine's own python3
 #   make docs       the documentation site, warnings as errors -> docs/_build/html
+#                   (the notebooks shown as committed, never executed)
 #   make notebooks  re-run every notebook at full size, in place, with its figures
 #                   (NOTEBOOKS="04_block_map" for some; long: run it with nice)
 #   make clean      removes the environment and every cache (Numba's compiled replay
@@ -24,12 +26,12 @@ $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 10) else "paged_kv needs Python 3.10+")'
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[dev,cuda,distributed,docs]'
+	$(PY) -m pip install --quiet -e '.[dev,cuda,distributed,docs,hf]'
 	@touch $(STAMP)
 
 demo: $(STAMP)
 	$(PY) -m paged_kv demo
-	$(PY) -m paged_kv fragmentation
+	$(PY) -m paged_kv fragmentation --figure $${TMPDIR:-/tmp}/paged_kv_fragmentation.png
 
 test: $(STAMP)
 	PAGED_KV_NOTEBOOK_SIZE=small $(PY) -m pytest -v -n auto tests notebooks --nbmake
@@ -41,7 +43,7 @@ lint: $(STAMP)
 bench: $(STAMP)
 	$(PY) benchmarks/kernels.py
 
-gpu-check: $(STAMP)
+gpu-check:
 	bash scripts/gpu_check.sh
 
 docs: $(STAMP)
@@ -52,5 +54,5 @@ notebooks: $(STAMP)
 	$(PY) scripts/run_notebooks.py $(NOTEBOOKS)
 
 clean:
-	rm -rf $(VENV) .pytest_cache .hypothesis .ruff_cache docs/_build paged_kv.egg-info
+	rm -rf $(VENV) .venv-oldest .pytest_cache .hypothesis .ruff_cache docs/_build docs/notebooks paged_kv.egg-info
 	find paged_kv tests benchmarks scripts notebooks -name __pycache__ -type d -prune -exec rm -rf {} +

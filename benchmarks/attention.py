@@ -51,7 +51,7 @@ GOAL = 0.5  # KV GB/s over copy GB/s at batch 64, context 2048, OPT-13B heads
 
 @dataclass(frozen=True)
 class Setup:
-    """One decode step's shape (default: OPT-13B heads, the issue's goal setting)."""
+    """One decode step's shape (default: OPT-13B heads, the setting of the 0.5x goal)."""
 
     batch: int = 64
     context: int = 2048

@@ -1,7 +1,8 @@
 """paged_kv: a research toolkit for paged KV-cache memory management in LLM inference.
 
 The public surface: the cache manager and its configuration here; workloads, the serving
-simulator, trace replay and the studies in `paged_kv.sim`; figures in `paged_kv.plots`.
+simulator and trace replay in `paged_kv.sim`; the studies in `paged_kv.studies`; figures
+in `paged_kv.plots`.
 Importing the package never imports numba: storage (and with it the kernels) loads when
 a cache with storage is built.
 """
@@ -18,6 +19,9 @@ from paged_kv.core.errors import (
     PagedKVError,
     PrefixCacheInUseError,
     SequenceStateError,
+    TierIOError,
+    TierLoadError,
+    TierStoreError,
     UnknownSequenceError,
 )
 from paged_kv.core.pressure import PressureLevel
@@ -46,6 +50,9 @@ __all__ = [
     "PressureLevel",
     "SequenceInfo",
     "SequenceStateError",
+    "TierIOError",
+    "TierLoadError",
+    "TierStoreError",
     "UnknownSequenceError",
     "blocks_for_bytes",
     "device_name",

@@ -1,201 +1,190 @@
 #!/usr/bin/env bash
-# GPU check: every kernel test, the data-plane demo, the compile check and the
-# benchmarks on a real NVIDIA GPU (no simulator), in one run of about 10 minutes at most.
+# GPU check: one command, at most 540 s, on a machine with an NVIDIA GPU (docs/gpu.rst).
 #
-# Nothing is installed and no virtualenv is made: it runs the working tree with
-# $PYTHON, else .venv/bin/python when present, else python3 (numba, numba-cuda, numpy
-# and, for the tests, pytest must be there). Run from anywhere:
-#
-#     OUT=/some/dir bash scripts/gpu_check.sh            # on a GPU machine
+#     OUT=/some/dir bash scripts/gpu_check.sh            # on the GPU machine
 #     OUT=/some/dir bash scripts/gpu_check.sh --dry-run  # anywhere: simulator, tiny sizes
 #
-# Steps (each under a time limit, so one hang cannot eat the budget)
-#   1. device: nvidia-smi's name, driver, memory; versions; numba must see a GPU.
-#   2. tests: pytest on the kernel, storage, fence and data-path tests with
-#      PAGED_KV_DEVICE=gpu (the "realistic"-size cases skipped in the simulator run here).
-#   3. demo: paged_kv.studies.demo.run_demo() writes, gathers, copies and swaps, byte-checked.
-#   4. compile check: registers/spills/16-byte loads for sm_80 and sm_90.
-#   5. copy benchmark: benchmarks/kernels.py at BENCH_SIZES MiB (default 256 1024):
-#      copy kernels vs a device-to-device copy (goal >= 0.8x), swap by memcpy and by
-#      the mapped kernel vs a page-locked cudaMemcpy (goal >= 0.8x).
-#   6. big pool: a pool of more than 2^31 elements written and read back at its last
-#      block, through every wrapper.
-#   7. further benchmarks: each script of EXTRA_BENCHMARKS that exists (marked below).
+# It runs the machine's own python3 ($PYTHON to choose another) with this working tree
+# on PYTHONPATH, and installs nothing. A package the machine lacks can travel as a wheel
+# in gpu_wheels/ ($GPU_WHEELS): each *.whl there is unpacked into a scratch directory put
+# first on PYTHONPATH (docs/gpu.rst says how to make one).
 #
-# Output, all under $OUT (default: a new temporary directory, printed): gpu_check.txt
-# (everything), benchmark.md, big_pool.txt, compile_check.txt, one .md per further
-# benchmark; Python's bytecode cache, when Python writes one, goes there too.
-# --dry-run: the same steps under the CUDA simulator at tiny sizes (a test in `make test`
-# runs it): it checks that the script works, and measures nothing.
-# Exit status: 0 every step passed; 1 a step failed; 3 pytest missing, the rest passed.
+# Steps, in order of value, each under its own time limit (seconds; they add up to at
+# most $TOTAL_S = 540, and no step may run past it), each independent of the others:
+#   probe       20  scripts/gpu_probe.py: versions, cuda.detect(), NVVM, one kernel with
+#                   launch_bounds / shared_memory_carveout, one mapped-memory round trip.
+#                   A failure stops the check (the one-line reason is in the summary).
+#   tests      200  pytest -m "device or gpu": every kernel, storage and data-path test
+#                   with PAGED_KV_DEVICE=gpu, the realistic sizes and the compiled launch
+#                   signatures included (markers: pyproject.toml)
+#   copy bench  70  benchmarks/kernels.py --sizes $BENCH_SIZES: copy kernels vs d2d, swap
+#                   (both paths) vs pinned memcpy
+#   attention  100  benchmarks/attention.py: decode attention, block sizes 1..256 (the
+#                   vLLM paper's Fig. 18a sweep), kernel vs copy bandwidth
+#   big pool    60  benchmarks/kernels.py --big-pool: a pool of more than 2^31 elements
+#   quantized   50  benchmarks/quantized.py: int8 / FP8 write, gather, attention
+#
+# Under $OUT (default: a new temporary directory, printed) it leaves at most 5 files:
+# gpu_check.log (everything printed), summary.txt (each step's status and seconds),
+# results.md (the benchmark tables), attention.json and quantized.json (the benchmarks'
+# settings and rows). Byte-code and Numba caches go to a scratch directory outside $OUT,
+# removed at exit. The summary is printed at the end whatever happened (a failed or
+# timed-out step, or an interrupt).
+# --dry-run: the same steps under the CUDA simulator at tiny sizes, the tests step
+# collecting the GPU-only tests (skipped there): it checks this script, measures nothing
+# (tests/test_gpu_check.py runs it in `make test`).
+# Exit status: 0 every step passed; 1 a step failed or timed out; 2 the probe failed.
 set -uo pipefail
 cd "$(dirname "$0")/.."
+ROOT=$PWD
 
 DRY_RUN=0
 if [ "${1:-}" = "--dry-run" ]; then
     DRY_RUN=1
 fi
-
-if [ -n "${PYTHON:-}" ]; then
-    PY=$PYTHON
-elif [ -x .venv/bin/python ]; then
-    PY=.venv/bin/python
-else
-    PY=python3
-fi
+PY=${PYTHON:-python3}
 OUT=${OUT:-$(mktemp -d -t paged_kv_gpu_check.XXXXXX)}
 mkdir -p "$OUT"
-export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
-export PYTHONPYCACHEPREFIX="$OUT/pycache"
+OUT=$(cd "$OUT" && pwd)
+TOTAL_S=${TOTAL_S:-540}
 BENCH_SIZES=${BENCH_SIZES:-256 1024}
+SCRATCH=$(mktemp -d -t paged_kv_gpu_check_scratch.XXXXXX)
+trap 'rm -rf "$SCRATCH"' EXIT
+
+export PYTHONDONTWRITEBYTECODE=1
+export PYTHONPYCACHEPREFIX="$SCRATCH/pycache"
+export NUMBA_CACHE_DIR="$SCRATCH/numba"
+export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
 if [ "$DRY_RUN" -eq 1 ]; then
-    export PAGED_KV_DEVICE=sim
-    export NUMBA_ENABLE_CUDASIM=1
+    export PAGED_KV_DEVICE=sim NUMBA_ENABLE_CUDASIM=1
     TINY=(--tiny)
-    TESTS=(tests/test_kernels_paths.py tests/test_fences.py)
-    # the full compile check is tests/test_compile.py's job in `make test`: one kernel
-    # is enough to prove this step's plumbing
-    COMPILE_ONLY=(--only block_copy)
+    PROBE_ARGS=(--dry-run)
+    MARKS="gpu"  # collected and skipped under the simulator: the step's plumbing
 else
     export PAGED_KV_DEVICE=gpu
     unset NUMBA_ENABLE_CUDASIM
     TINY=()
-    COMPILE_ONLY=()
-    TESTS=(tests/test_kernel*.py tests/test_storage.py tests/test_fences.py
-           tests/test_cache_data.py tests/test_attention.py tests/test_paged_attention.py)
+    PROBE_ARGS=()
+    MARKS="device or gpu"
 fi
 
-# >>> further benchmarks: scripts run in step 7 when they exist, each with --tiny in the
-# >>> dry run. Add a line per script; its output goes to $OUT/<name>.md.
-EXTRA_BENCHMARKS=(
-    benchmarks/attention.py  # decode attention: KV bandwidth, latency vs block size
-    benchmarks/quantized.py  # int8/FP8 write, gather, decode attention vs float16
-)
-# <<< further benchmarks
-
-main() {
-    local status=0 tests="failed" demo="failed" compile="failed" bench="failed"
-    local big="failed" extra=""
-
-    echo "== 1. device (output in $OUT)"
-    date -u +"%Y-%m-%dT%H:%M:%SZ"
-    git rev-parse --short HEAD 2>/dev/null || true
-    if command -v nvidia-smi >/dev/null 2>&1; then
-        nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
-    else
-        echo "nvidia-smi not found"
+WHEELS=${GPU_WHEELS:-$ROOT/gpu_wheels}
+unpack_wheels() {
+    local wheel found=0
+    for wheel in "$WHEELS"/*.whl; do
+        [ -f "$wheel" ] || continue
+        found=1
+        "$PY" -m zipfile -e "$wheel" "$SCRATCH/wheels" || echo "could not unpack $wheel"
+        echo "carried wheel: $(basename "$wheel")"
+    done
+    if [ "$found" -eq 1 ]; then
+        export PYTHONPATH="$SCRATCH/wheels:$PYTHONPATH"
     fi
-    if ! DRY_RUN=$DRY_RUN "$PY" - <<'EOF'
-import os
-import sys
+}
 
-import numba
-import numpy
+STARTED=$SECONDS
+NAMES=()
+STATES=()
+TIMES=()
 
-from paged_kv.gpu import device
-
-print(f"python {sys.version.split()[0]}, numpy {numpy.__version__}, numba {numba.__version__}")
-try:
-    import importlib.metadata as md
-    print(f"numba-cuda {md.version('numba-cuda')}")
-except Exception as exc:  # the image may ship numba-cuda under another name
-    print(f"numba-cuda version unknown ({exc})")
-if os.environ["DRY_RUN"] == "1":
-    print(f"DRY RUN: kernels run on the {device.device_name()}; nothing below is a measurement")
-    sys.exit(0)
-cuda = device.cuda_api()
-if device.is_simulator() or not cuda.is_available():
-    sys.exit("numba sees no CUDA GPU: nothing to check")
-print(f"kernels run on: {device.device_name()}, "
-      f"compute capability {cuda.get_current_device().compute_capability}")
-EOF
-    then
-        echo "GPU CHECK ABORTED: no usable GPU"
+# run_step NAME BUDGET_S COPY COMMAND...: run COMMAND under min(budget, time left) and
+# record its status and seconds; its stdout is also appended to COPY unless COPY is "-".
+run_step() {
+    local name=$1 budget=$2 copy=$3 left limit began rc state
+    shift 3
+    left=$((TOTAL_S - (SECONDS - STARTED) - 5))  # 5 s kept for the summary
+    limit=$((budget < left ? budget : left))
+    echo
+    echo "== $name (limit ${limit} s)"
+    if [ "$limit" -lt 5 ]; then
+        NAMES+=("$name"); STATES+=("not run: no time left"); TIMES+=(0)
+        echo "not run: no time left"
         return 1
     fi
-
-    echo
-    echo "== 2. kernel, storage and data-path tests (PAGED_KV_DEVICE=$PAGED_KV_DEVICE)"
-    if "$PY" -c "import pytest" >/dev/null 2>&1; then
-        if timeout 300 "$PY" -m pytest -q -p no:cacheprovider "${TESTS[@]}"; then
-            tests="passed"
-        else
-            status=1
-        fi
+    began=$SECONDS
+    if [ "$copy" = "-" ]; then
+        timeout --kill-after=5 "$limit" "$@"
+        rc=$?
     else
-        tests="NOT RUN (pytest not installed; the demo below still checks every kernel)"
-        echo "$tests"
-        [ "$status" -eq 0 ] && status=3
+        timeout --kill-after=5 "$limit" "$@" | tee -a "$copy"
+        rc=${PIPESTATUS[0]}
     fi
-
-    echo
-    echo "== 3. data-plane demo"
-    if timeout 120 "$PY" -c \
-        "import sys; from paged_kv.studies.demo import run_demo; sys.exit(0 if run_demo() else 1)"
-    then
-        demo="passed"
-    else
-        status=1
-    fi
-
-    echo
-    echo "== 4. compile check (sm_80, sm_90; needs NVVM and ptxas, no GPU)"
-    PAGED_KV_DEVICE=gpu NUMBA_ENABLE_CUDASIM=0 timeout 180 \
-        "$PY" -m paged_kv.gpu.kernels.compile_check "${COMPILE_ONLY[@]}" | tee "$OUT/compile_check.txt"
-    case ${PIPESTATUS[0]} in
-        0) compile="passed" ;;
-        2) compile="NOT RUN (NVVM or ptxas missing in this image)" ;;
-        *) status=1 ;;
+    case $rc in
+        0) state="passed" ;;
+        124|137) state="TIMED OUT after ${limit} s" ;;
+        *) state="FAILED (exit $rc)" ;;
     esac
+    NAMES+=("$name"); STATES+=("$state"); TIMES+=($((SECONDS - began)))
+    return "$rc"
+}
 
-    echo
-    echo "== 5. copy kernels and swap paths vs the driver's copies"
-    # shellcheck disable=SC2086  # BENCH_SIZES is a list of numbers
-    if timeout 300 "$PY" benchmarks/kernels.py "${TINY[@]}" --sizes $BENCH_SIZES \
-            | tee "$OUT/benchmark.md"; then
-        bench="passed"
-    else
-        status=1
-    fi
-
-    echo
-    echo "== 6. a pool of more than 2^31 elements"
-    if timeout 180 "$PY" benchmarks/kernels.py "${TINY[@]}" --big-pool \
-            | tee "$OUT/big_pool.txt"; then
-        big="passed"
-    else
-        status=1
-    fi
-
-    echo
-    echo "== 7. further benchmarks"
-    for script in "${EXTRA_BENCHMARKS[@]}"; do
-        if [ ! -f "$script" ]; then
-            echo "$script: not present, skipped"
-            extra="$extra $(basename "$script" .py)=absent"
-            continue
-        fi
-        if timeout 240 "$PY" "$script" "${TINY[@]}" | tee "$OUT/$(basename "$script" .py).md"
-        then
-            extra="$extra $(basename "$script" .py)=passed"
-        else
-            extra="$extra $(basename "$script" .py)=failed"
-            status=1
-        fi
+summary() {
+    local i status=0
+    for i in "${!STATES[@]}"; do
+        [ "${STATES[$i]}" = "passed" ] || status=1
     done
-
-    echo
-    echo "== summary"
-    [ "$DRY_RUN" -eq 1 ] && echo "DRY RUN under the CUDA simulator: no GPU measured"
-    echo "tests:              $tests"
-    echo "demo:               $demo"
-    echo "compile check:      $compile"
-    echo "copy benchmark:     $bench"
-    echo "big pool:           $big"
-    echo "further benchmarks:${extra:- none}"
-    echo "exit status:        $status"
+    {
+        echo "== summary ($(date -u +%Y-%m-%dT%H:%M:%SZ), $((SECONDS - STARTED)) s of ${TOTAL_S} s)"
+        [ "$DRY_RUN" -eq 1 ] && echo "DRY RUN under the CUDA simulator: nothing measured"
+        for i in "${!NAMES[@]}"; do
+            printf '%-11s %5s s  %s\n' "${NAMES[$i]}" "${TIMES[$i]}" "${STATES[$i]}"
+        done
+        [ -n "${PROBE_LINE:-}" ] && echo "probe: $PROBE_LINE"
+        [ -n "${TESTS_LINE:-}" ] && echo "tests: $TESTS_LINE"
+        echo "files: $OUT"
+    } | tee "$OUT/summary.txt"
     return "$status"
 }
 
-main 2>&1 | tee "$OUT/gpu_check.txt"
-exit "${PIPESTATUS[0]}"
+section() {  # a heading in results.md for the next benchmark's table
+    printf '\n## %s\n\n' "$1" >> "$OUT/results.md"
+}
+
+main() {
+    trap 'echo; echo "interrupted"; summary; exit 1' INT TERM
+    echo "GPU check of $(git rev-parse --short HEAD 2>/dev/null || echo 'this tree'), output in $OUT"
+    date -u +"%Y-%m-%dT%H:%M:%SZ"
+    if command -v nvidia-smi >/dev/null 2>&1; then
+        timeout 10 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
+    else
+        echo "nvidia-smi not found"
+    fi
+    unpack_wheels
+    : > "$OUT/results.md"
+
+    run_step probe 20 "$SCRATCH/probe.txt" "$PY" "$ROOT/scripts/gpu_probe.py" "${PROBE_ARGS[@]}"
+    PROBE_LINE=$(grep -E '^(PROBE FAILED|probe passed)' "$SCRATCH/probe.txt" 2>/dev/null | tail -1)
+    if [ "${STATES[0]}" != "passed" ]; then
+        [ -z "$PROBE_LINE" ] && PROBE_LINE="no result (${STATES[0]})"
+        summary
+        return 2
+    fi
+
+    # A test module whose imports this machine lacks (the probe warned) is reported and
+    # the others still run: --continue-on-collection-errors.
+    run_step tests 200 "$SCRATCH/tests.txt" "$PY" -m pytest -q -p no:cacheprovider \
+        --continue-on-collection-errors -m "$MARKS" "$ROOT/tests"
+    TESTS_LINE=$(grep -E '[0-9]+ (passed|failed|skipped|errors?|deselected)' \
+                 "$SCRATCH/tests.txt" 2>/dev/null | tail -1 | tr -d '=' | sed 's/^ *//')
+    section "Copy kernels and swap paths"
+    # shellcheck disable=SC2086  # BENCH_SIZES is a list of numbers
+    run_step "copy bench" 70 "$OUT/results.md" \
+        "$PY" "$ROOT/benchmarks/kernels.py" "${TINY[@]}" --sizes $BENCH_SIZES
+    section "Decode attention: block-size sweep (vLLM paper, Fig. 18a)"
+    run_step attention 100 "$OUT/results.md" \
+        "$PY" "$ROOT/benchmarks/attention.py" "${TINY[@]}" --out "$OUT"
+    section "A pool of more than 2^31 elements"
+    run_step "big pool" 60 "$OUT/results.md" \
+        "$PY" "$ROOT/benchmarks/kernels.py" "${TINY[@]}" --big-pool
+    section "Quantized pools"
+    run_step quantized 50 "$OUT/results.md" \
+        "$PY" "$ROOT/benchmarks/quantized.py" "${TINY[@]}" --out "$OUT"
+    summary
+}
+
+# main runs in this shell (its output reaches the log through a process substitution, not
+# a pipeline's subshell), so the summary sees every step run_step recorded.
+main > >(tee "$OUT/gpu_check.log") 2>&1
+status=$?
+wait $! 2>/dev/null  # the log's tee, until it has written everything
+exit "$status"

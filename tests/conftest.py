@@ -1,6 +1,9 @@
 """Test set-up: kernels run in Numba's CUDA simulator unless PAGED_KV_DEVICE says otherwise.
 
-`scripts/gpu_check.sh` sets ``PAGED_KV_DEVICE=gpu`` to run the same kernel tests on a GPU.
+`scripts/gpu_check.sh` sets ``PAGED_KV_DEVICE=gpu`` to run the same kernel tests on a GPU
+(``-m "device and not slow"``: pyproject.toml registers the markers). A test marked
+``gpu`` is skipped here under the simulator, with the reason its marker gives; executed
+notebooks are marked ``notebook``.
 paged_kv takes its ``cuda`` module from `paged_kv.gpu.device.cuda_api` whatever numba was
 imported as; for tests that write ``from numba import cuda`` to build arrays, the
 simulator run also turns numba's own simulator on (this harness's choice, made before
@@ -27,3 +30,34 @@ def fast_simulator_barriers():
     sys.setswitchinterval(2e-4)
     yield
     sys.setswitchinterval(before)
+
+
+def pytest_collection_modifyitems(config, items):
+    """Skip ``gpu`` tests under the simulator; mark nbmake's notebooks ``notebook``."""
+    from paged_kv.gpu.device import is_simulator
+
+    simulator = is_simulator()
+    for item in items:
+        if item.path.suffix == ".ipynb":
+            item.add_marker(pytest.mark.notebook)
+        gpu = item.get_closest_marker("gpu")
+        if gpu is not None and simulator:
+            reason = gpu.kwargs.get("reason", "needs a GPU")
+            item.add_marker(pytest.mark.skip(reason=f"needs a GPU: {reason}"))
+
+
+@pytest.fixture
+def hf_env(monkeypatch):
+    """Hugging Face tests: nothing is downloaded (``HF_HUB_OFFLINE=1``), and torch runs
+    on one thread (the tiny models' matmuls only queue behind other work otherwise; on a
+    loaded two-core machine that is 5x slower). Test modules use it with
+    ``pytestmark = pytest.mark.usefixtures("hf_env")``."""
+    torch = pytest.importorskip("torch", reason="the hf extra (torch, transformers) is "
+                                "not installed: pip install -e '.[hf]'")
+    pytest.importorskip("transformers", reason="the hf extra is not installed")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_DISABLE_TELEMETRY", "1")
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

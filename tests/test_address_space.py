@@ -53,7 +53,7 @@ def test_bad_arguments():
                          ids=lambda s: type(s).__name__)
 @pytest.mark.parametrize("length", [3.5, True, "4"])
 def test_a_length_must_be_an_integer(space, length):
-    # first-fit placed 3.5 slots at 0 (used became 3.5); buddy died with AttributeError
+    # not placed as 3.5 slots (first-fit) nor an AttributeError (buddy): a ValueError
     with pytest.raises(ValueError, match="length must be an integer"):
         space.allocate(length)
     assert space.used == 0

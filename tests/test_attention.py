@@ -16,6 +16,8 @@ from paged_kv.reference.attention import decode as reference_decode
 from paged_kv.reference.attention import dense_attention
 from paged_kv.reference.attention import prefill as reference_prefill
 
+pytestmark = pytest.mark.device  # kernels: the simulator here, the GPU in gpu_check.sh
+
 TINY = get_model("tiny")  # 2 layers, 4 q heads over 2 KV heads, head_dim 8, float16
 F32 = ModelSpec("f32-gqa", num_layers=1, num_kv_heads=2, head_dim=8, dtype="float32",
                 num_q_heads=6)  # groups of 3

@@ -73,7 +73,7 @@ def test_positions_must_be_integers(start, end):
     cache = make()
     seq = cache.allocate(6)
     with pytest.raises(ValueError, match="positions must be integers"):
-        cache.slot_mapping(seq, start, end)  # 0.5 used to give the slots of 0..2
+        cache.slot_mapping(seq, start, end)  # 0.5 must not be read as the slots of 0..2
 
 
 def test_a_length_given_beside_token_ids_must_be_an_integer():
@@ -176,13 +176,13 @@ def test_block_keys_must_be_a_sequence():
     assert cache.allocate(8, block_keys=np.array([5, 6])) == 0
 
 
-def test_the_readme_lists_exactly_the_public_surface_of_the_manager():
+def test_the_manager_guide_lists_exactly_the_public_surface_of_the_manager():
     import re
     from pathlib import Path
 
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
-    start = readme.index("What the manager offers")
-    paragraph = readme[start:readme.index("\n\n", start)]
+    guide = (Path(__file__).resolve().parents[1] / "docs" / "guide" / "manager.md").read_text()
+    start = guide.index("What the manager offers")
+    paragraph = guide[start:guide.index("\n\n", start)]
     named = set(re.findall(r"`(\w+)(?:\(\))?`", paragraph))
     cache = PagedKVCache(CacheConfig())
     public = {n for n in dir(cache) if not n.startswith("_")}

@@ -6,6 +6,9 @@ import pytest
 
 from paged_kv import CacheConfig, get_model
 from paged_kv.cache import PagedKVCache
+from paged_kv.gpu.kernels import gather, slot_write
+
+pytestmark = pytest.mark.device  # kernels: the simulator here, the GPU in gpu_check.sh
 
 MODEL = get_model("tiny")  # 2 layers, 2 KV heads, head_dim 8, float16
 H, D = MODEL.num_kv_heads, MODEL.head_dim
@@ -154,7 +157,19 @@ def test_swap_out_and_in_round_trips_the_bytes():
     cache.check_invariants()
 
 
-def test_batched_write_and_read_are_one_launch_each_and_agree():
+def test_batched_write_and_read_are_one_launch_each_and_agree(monkeypatch):
+    launches = []
+
+    def counting(module):
+        real = module.launch
+
+        def launch(kernel, *args):
+            launches.append(kernel)
+            return real(kernel, *args)
+        monkeypatch.setattr(module, "launch", launch)
+
+    counting(slot_write)
+    counting(gather)
     rng = np.random.default_rng(8)
     cache = make(num_blocks=12)
     seqs = [cache.allocate(n) for n in (3, 5, 9)]
@@ -163,13 +178,17 @@ def test_batched_write_and_read_are_one_launch_each_and_agree():
         cache.append(s)
     for layer in range(MODEL.num_layers):
         k, v = kv(rng, 3)
+        del launches[:]
         cache.write_kv_batch(layer, seqs, k, v, num_tokens=[1, 1, 1])
+        assert launches == [slot_write.slot_write_kernel]  # three sequences, one launch
         for i, s in enumerate(seqs):
             old_k, old_v = expected[s][layer]
             expected[s][layer] = (np.concatenate([old_k, k[i:i + 1]]),
                                   np.concatenate([old_v, v[i:i + 1]]))
     for layer in range(MODEL.num_layers):
+        del launches[:]
         k, v, cu = cache.read_kv_batch(layer, seqs, starts=[1, 0, 4])
+        assert launches == [gather.gather_kernel]
         np.testing.assert_array_equal(cu, [0, 3, 9, 15])
         for i, (s, start) in enumerate(zip(seqs, [1, 0, 4])):
             np.testing.assert_array_equal(k[cu[i]:cu[i + 1]], expected[s][layer][0][start:])
@@ -216,3 +235,33 @@ def test_fractional_positions_are_refused():
     s = cache.allocate(6)
     with pytest.raises(ValueError, match="starts"):
         cache.read_kv(s, 0, start=1.5)
+
+
+def test_device_arrays_are_written_where_they_are_and_land_like_host_ones():
+    """A GPU tensor reaches write_kv_batch as a zero-copy device array (paged_kv.hf): the
+    check takes it as it is, and the pool gets the bytes NumPy rows would give."""
+    from paged_kv.gpu.device import cuda_api
+
+    rng = np.random.default_rng(7)
+    host, device = make(), make()
+    k, v = kv(rng, 6)
+    seqs = {}
+    for cache in (host, device):
+        seqs[id(cache)] = [cache.allocate(2), cache.allocate(4)]
+    host.write_kv_batch(1, seqs[id(host)], k, v, num_tokens=[2, 4])
+    api = cuda_api()
+    k_dev, v_dev = api.to_device(k), api.to_device(v)
+    given = []
+    write = device.storage.write
+
+    def spy(layer, k_arg, v_arg, slots, **kwargs):
+        given.append((k_arg, v_arg))
+        return write(layer, k_arg, v_arg, slots, **kwargs)
+
+    device.storage.write = spy
+    device.write_kv_batch(1, seqs[id(device)], k_dev, v_dev, num_tokens=[2, 4])
+    assert len(given) == 1 and given[0][0] is k_dev and given[0][1] is v_dev  # no host copy
+    assert host.snapshot() == device.snapshot()
+    with pytest.raises(ValueError, match="must be float16"):
+        device.write_kv_batch(0, seqs[id(device)], api.to_device(k.astype(np.float32)),
+                              api.to_device(v.astype(np.float32)), num_tokens=[2, 4])

@@ -21,7 +21,8 @@ BLOCK = 4
 KV_DTYPES = pytest.mark.parametrize("kv_dtype", ["int8", "fp8_e4m3"])
 # read_kv rounds the dequantized K/V to the model's float16; the kernel keeps float32
 # (tests/test_kernels_quantized.py holds it to the float32 reference at 2e-5)
-pytestmark = pytest.mark.usefixtures("fast_simulator_barriers")  # conftest: speed only
+pytestmark = [pytest.mark.device,  # kernels: the simulator here, the GPU in gpu_check.sh
+              pytest.mark.usefixtures("fast_simulator_barriers")]  # conftest: speed only
 TOL = {"rtol": 4e-3, "atol": 1e-3}
 
 

@@ -20,12 +20,26 @@ operation leaves the whole state, pool bytes included, unchanged.
 longer and faster: a hit covers only blocks some sequence with the same prefix
 committed, and computed counts are exact.
 
+`TieredMachine` runs the cache with storage and a host and a disk tier below the GPU
+(placement and tier policies drawn per example), driven through `ShadowKV` in token
+mode: a token's K/V is a function of its token prefix, so a block served from any tier
+(a GPU hit, or a load from the host or the disk) must read back exactly what computing
+it writes. Rules add GPU eviction (demotion under write-back), interrupted prefills
+(one layer written: such a block is never published nor copied down), swap, and
+damage to a block of the disk tier's file just before its prompt comes back (the load
+must fail and the block be recomputed).
+After every step, besides the invariants and every GPU sequence's bytes, every block
+each tier holds is compared with the values of its key's tokens.
+`TieredMetadataMachine` does the same bookkeeping without storage, longer: every key a
+tier holds was committed by some sequence, and the statistics add up.
+
 ``PAGED_KV_FUZZ_EXAMPLES`` (default 20) and ``PAGED_KV_FUZZ_STEPS`` (default 20) scale
-both machines (the metadata one runs 4x the examples): e.g.
+every machine (the metadata ones run 4x the examples, the tiered one half): e.g.
 ``PAGED_KV_FUZZ_EXAMPLES=500 pytest tests/test_cache_stateful.py`` for a long run.
 """
 
 import os
+import tempfile
 
 import numpy as np
 from hypothesis import HealthCheck, settings
@@ -40,6 +54,9 @@ from hypothesis.stateful import (
 
 from paged_kv import CacheConfig, ImmutableBlockError, ModelSpec, OutOfBlocksError
 from paged_kv.cache import PagedKVCache
+from paged_kv.core.eviction import ONLINE_POLICIES
+from paged_kv.core.tier import PLACEMENTS
+from paged_kv.reference.shadow import ShadowKV
 
 MODEL = ModelSpec("micro", num_layers=2, num_kv_heads=1, head_dim=2, dtype="float32")
 LAYERS = MODEL.num_layers
@@ -368,6 +385,201 @@ class MetadataMachine(RuleBasedStateMachine):
         assert stats.prefix_cached_blocks == stats.prefix_stored_blocks - stats.prefix_evictions
 
 
+TIER_SETTINGS = st.tuples(st.sampled_from(PLACEMENTS), st.sampled_from(ONLINE_POLICIES),
+                          st.sampled_from(ONLINE_POLICIES))
+#: shorter prompts for the tiered machines' smaller GPU (at most 4 blocks)
+SHORT_TOKENS = st.builds(
+    lambda n, tail: (BASE[:n] + tail) or [0],
+    st.integers(0, 6), st.lists(st.integers(0, 2), max_size=2),
+)
+
+
+class TieredMachine(RuleBasedStateMachine):
+    """Storage, a host tier of 1 block and a disk tier of 5 below a GPU of 5 (so that a
+    prompt of two full blocks or more has blocks only the disk holds)."""
+
+    @initialize(setting=TIER_SETTINGS, tokens=SHORT_TOKENS)
+    def a_tiered_cache_and_a_first_prompt(self, setting, tokens):
+        placement, host_policy, disk_policy = setting
+        self.dir = tempfile.TemporaryDirectory()
+        config = CacheConfig(
+            block_size=BS, num_gpu_blocks=5, num_host_blocks=4, enable_prefix_caching=True,
+            host_cache_blocks=1, host_cache_policy=host_policy, disk_cache_blocks=5,
+            disk_cache_policy=disk_policy, disk_cache_dir=self.dir.name,
+            tier_placement=placement)
+        self.cache = PagedKVCache(config, MODEL)
+        self.shadow = ShadowKV(self.cache)
+        self.damaged: dict[int, object] = {}  # disk slot -> the key it held when damaged
+        self.allocate(tokens)
+
+    def teardown(self):
+        if hasattr(self, "dir"):
+            self.cache.tiers.pools.close()
+            self.dir.cleanup()
+
+    def seqs(self, location: str) -> list[int]:
+        return sorted(s for s in self.shadow.expected if self.cache.get(s).location == location)
+
+    @rule(tokens=SHORT_TOKENS, whole=st.booleans())
+    def allocate(self, tokens, whole=True):
+        """A prompt and its prefill: every layer, or (interrupted) only layer 0."""
+        try:
+            self.shadow.allocate(token_ids=tokens, layers=None if whole else [0])
+        except OutOfBlocksError:
+            pass
+
+    @rule(tokens=SHORT_TOKENS, how=st.sampled_from(["once", "again", "again, damaged"]))
+    def serve_a_request(self, tokens, how="once"):
+        """A whole request: its prompt served (hits from any tier), prefilled, freed; with
+        "again", the GPU then evicts every cached block it can and the same prompt comes
+        back (so it is served from the tiers, as far as they kept it). "again, damaged":
+        first a byte of the last of its servable blocks that only the disk tier holds is
+        flipped in the file: that load must fail, and the block be recomputed."""
+        for round in range(1 + (how != "once")):
+            if round and how == "again, damaged":
+                self.damage_the_last_block_only_on_disk(tokens)
+            try:
+                seq = self.shadow.allocate(token_ids=tokens)
+            except OutOfBlocksError:
+                return
+            checks = self.shadow.verify()
+            assert all(checks.values()), [c for c, ok in checks.items() if not ok]
+            self.shadow.free(seq)
+            self.cache.evict_cached(self.cache.gpu.num_evictable)
+
+    def damage_the_last_block_only_on_disk(self, tokens: list[int]) -> None:
+        tiers = self.cache.tiers
+        keys = self.cache.prefix.token_keys(tokens)[: (len(tokens) - 1) // BS]  # servable
+        only_on_disk = [k for k in keys if k in tiers.disk and k not in tiers.host
+                        and self.cache.gpu.cached_block(k) is None]
+        if not only_on_disk:
+            return
+        slot = tiers.disk.slot_of(only_on_disk[-1])
+        offset = slot * BS * MODEL.num_kv_heads * MODEL.head_dim * 4  # layer 0, K
+        with open(tiers.pools.disk.path, "r+b") as f:
+            f.seek(offset)
+            byte = f.read(1)
+            f.seek(offset)
+            f.write(bytes([byte[0] ^ 0x40]))
+        self.damaged[slot] = only_on_disk[-1]
+
+    @precondition(lambda m: m.seqs("gpu"))
+    @rule(data=st.data())
+    def finish_the_prefill(self, data):
+        """(Refused, changing nothing, when it would write a full block a fork shares, or
+        must copy a shared partial block with no free block.)"""
+        try:
+            self.shadow.write(data.draw(st.sampled_from(self.seqs("gpu"))))
+        except (ImmutableBlockError, OutOfBlocksError):
+            pass
+
+    @precondition(lambda m: m.seqs("gpu"))
+    @rule(data=st.data(), token=st.integers(0, 2))
+    def decode(self, data, token):
+        seq = data.draw(st.sampled_from(self.seqs("gpu")))
+        written = [len(k) for k, _ in self.shadow.expected[seq]]
+        if min(written) < self.cache.num_tokens(seq):
+            return  # finish the prefill first
+        try:
+            self.shadow.append(seq, token_ids=[token])
+        except OutOfBlocksError:
+            return
+
+    @precondition(lambda m: m.seqs("gpu"))
+    @rule(data=st.data())
+    def fork(self, data):
+        self.shadow.fork(data.draw(st.sampled_from(self.seqs("gpu"))))
+
+    @precondition(lambda m: m.shadow.expected)
+    @rule(data=st.data())
+    def free(self, data):
+        self.shadow.free(data.draw(st.sampled_from(sorted(self.shadow.expected))))
+
+    @precondition(lambda m: m.shadow.expected)
+    @rule(data=st.data())
+    def swap(self, data):
+        seq = data.draw(st.sampled_from(sorted(self.shadow.expected)))
+        gpu = self.cache.get(seq).location == "gpu"
+        try:
+            (self.cache.swap_out if gpu else self.cache.swap_in)(seq)
+        except OutOfBlocksError:
+            pass
+
+    @rule(n=st.integers(1, 3))
+    def evict_from_the_gpu(self, n):
+        self.cache.evict_cached(n)
+
+    @invariant()
+    def invariants_hold(self):
+        self.cache.check_invariants()
+
+    @invariant()
+    def every_gpu_sequence_reads_back_its_tokens_values(self):
+        checks = self.shadow.verify()
+        assert all(checks.values()), [c for c, ok in checks.items() if not ok]
+
+    @invariant()
+    def every_block_a_tier_holds_is_its_tokens_values(self):
+        disk = self.cache.tiers.disk
+        self.damaged = {s: k for s, k in self.damaged.items() if disk.allocator.block_keys[s] == k}
+        checks = self.shadow.verify_tiers(skip=[("disk", s) for s in self.damaged])
+        assert all(checks.values()), [c for c, ok in checks.items() if not ok]
+
+    @invariant()
+    def the_tier_figures_add_up(self):
+        stats = self.cache.stats()
+        assert stats.prefix_hit_tokens == (stats.prefix_gpu_hit_tokens
+                                           + stats.prefix_host_hit_tokens
+                                           + stats.prefix_disk_hit_tokens)
+        assert stats.prefix_host_hit_tokens == BS * stats.host_tier_loads
+        assert stats.prefix_disk_hit_tokens == BS * stats.disk_tier_loads
+        assert stats.host_tier_held_blocks <= 1 and stats.disk_tier_held_blocks <= 5
+
+
+class TieredMetadataMachine(MetadataMachine):
+    """`MetadataMachine` with a host and a disk tier (placement and policies drawn)."""
+
+    @rule(tokens=SHORT_TOKENS, again=st.booleans())
+    def serve_a_request(self, tokens, again):
+        """A whole request: allocated (hits from any tier), committed, freed; with
+        `again`, the GPU evicts what it can and the same prompt comes back."""
+        for _ in range(1 + again):
+            seq = self.cache.try_allocate(token_ids=tokens)
+            if seq is None:
+                return
+            hits = self.cache.num_cached_tokens(seq)
+            for i in range(hits // BS):
+                assert tuple(tokens[: (i + 1) * BS]) in self.committed, "a hit nobody computed"
+            self.cache.commit(seq)
+            self.committed.update(tuple(tokens[: (i + 1) * BS])
+                                  for i in range(len(tokens) // BS))
+            self.cache.free(seq)
+            self.cache.evict_cached(self.cache.gpu.num_evictable)
+
+    @initialize(setting=TIER_SETTINGS)
+    def a_tiered_cache(self, setting):
+        placement, host_policy, disk_policy = setting
+        config = CacheConfig(
+            block_size=BS, num_gpu_blocks=5, num_host_blocks=6, enable_prefix_caching=True,
+            eviction_policy="fifo", host_cache_blocks=2, host_cache_policy=host_policy,
+            disk_cache_blocks=5, disk_cache_policy=disk_policy, tier_placement=placement)
+        self.cache = PagedKVCache(config)
+
+    @invariant()
+    def every_key_a_tier_holds_was_committed(self):
+        tiers = self.cache.tiers
+        if tiers is None:
+            return  # before the initialize rule
+        chain = self.cache.prefix.token_keys
+        committed = {chain(list(c))[-1] for c in self.committed}
+        for tier in tiers.lower:
+            assert set(tier.keys().values()) <= committed
+        stats = self.cache.stats()
+        assert stats.prefix_hit_tokens >= (stats.prefix_host_hit_tokens
+                                           + stats.prefix_disk_hit_tokens)
+        assert stats.host_tier_held_blocks <= 2 and stats.disk_tier_held_blocks <= 5
+
+
 def _settings(examples: int) -> settings:
     return settings(
         max_examples=examples,
@@ -380,5 +592,9 @@ def _settings(examples: int) -> settings:
 
 CacheMachine.TestCase.settings = _settings(EXAMPLES)
 MetadataMachine.TestCase.settings = _settings(4 * EXAMPLES)
+TieredMachine.TestCase.settings = _settings(max(1, EXAMPLES // 2))
+TieredMetadataMachine.TestCase.settings = _settings(4 * EXAMPLES)
 TestCacheStateMachine = CacheMachine.TestCase
 TestMetadataStateMachine = MetadataMachine.TestCase
+TestTieredStateMachine = TieredMachine.TestCase
+TestTieredMetadataStateMachine = TieredMetadataMachine.TestCase

@@ -95,7 +95,7 @@ def test_the_papers_numbers_stand_only_beside_its_setting(tmp_path, capsys):
     and a line says what differs. Recorded arrivals print no rate."""
     out = tmp_path / "f.csv"
     assert main(["fragmentation", "--workload", "azure-conv", "--model", "llama-2-7b",
-                 "--num-requests", "40", "--seeds", "0", "--output", str(out), "--no-figure",
+                 "--num-requests", "40", "--seeds", "0", "--output", str(out),
                  "--no-progress"]) == 0
     text = capsys.readouterr().out
     assert "| paper %" not in text and "Fig. 2" not in text
@@ -105,7 +105,7 @@ def test_the_papers_numbers_stand_only_beside_its_setting(tmp_path, capsys):
     assert "# rate: null" in written and "paper_token_states_pct" not in written
     assert main(["sharing", "--workloads", "alpaca-like", "--samplings", "parallel",
                  "--widths", "2", "--seeds", "0", "--num-requests", "20", "--model",
-                 "llama-13b", "--no-figure", "--no-progress"]) == 0
+                 "llama-13b", "--no-progress"]) == 0
     text = capsys.readouterr().out
     assert "paper low" not in text and "it did not run model llama-13b" in text
 
@@ -114,15 +114,15 @@ def test_unlike_paper_names_each_difference_from_the_papers_setting():
     from argparse import Namespace
 
     from paged_kv.cli._common import unlike_paper, without_paper
-    from paged_kv.sim.hardware import model_spec
+    from paged_kv.core.config import get_model
 
-    opt = model_spec("opt-13b")
+    opt = get_model("opt-13b")
     paper = Namespace(gpu="A100-40GB", kv_gib=12.0, workload="sharegpt-like")
     assert unlike_paper(paper, opt) == []
     assert unlike_paper(Namespace(workload="sharegpt"), opt) == []  # ShareGPT's own lengths
     assert unlike_paper(paper, opt.with_kv_dtype("int8")) == ["int8 KV"]
     other = Namespace(gpu="H100", kv_gib=20.0, workload="alpaca-like")
-    assert unlike_paper(other, model_spec("llama-13b")) == [
+    assert unlike_paper(other, get_model("llama-13b")) == [
         "model llama-13b", "GPU H100", "20 GiB of KV", "workload alpaca-like"]
     frame = pd.DataFrame({"a": [1.0], "paper_a": [2.0]})
     assert without_paper(frame, {"a": "a", "paper_a": "paper"}, [])[1] == {

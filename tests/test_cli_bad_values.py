@@ -7,7 +7,7 @@ option that takes a value: a name outside its choices, the values its type decla
 refuses (``bad_values``, see `paged_kv.cli._common`; a list type's include a repeated
 value), and ``""`` and ``"banana"`` for a type that declares none. Each command's ``run`` is
 replaced by one that fails the test, so a value refused only once work has started
-fails too. Below that, a table of the cases issue 14 named.
+fails too. Below that, a table of cases that once gave a traceback or an unclear message.
 """
 
 import argparse
@@ -128,8 +128,9 @@ def test_a_gpu_asked_for_without_one_is_refused_by_kernel_commands(monkeypatch, 
             capsys)
 
 
-# The cases issue 14 reported (tracebacks and riddles), with the flag each must name.
-ISSUE_CASES = [
+# Cases that are easy to get wrong (a traceback, or a message that names no flag), with the
+# flag each must name.
+NAMED_CASES = [
     (["fragmentation", "--block-size", "0"], "--block-size"),
     (["fragmentation", "--block-size", "100000"], "--block-size"),
     (["timeline", "--block-size", "4096", "--kv-gib", "4"], "--block-size"),  # 1 block < 2048
@@ -153,8 +154,8 @@ ISSUE_CASES = [
 ]
 
 
-@pytest.mark.parametrize("argv, flag", ISSUE_CASES, ids=[" ".join(a) for a, _ in ISSUE_CASES])
-def test_the_cases_of_issue_14(argv, flag, capsys, no_work, monkeypatch):
+@pytest.mark.parametrize("argv, flag", NAMED_CASES, ids=[" ".join(a) for a, _ in NAMED_CASES])
+def test_the_named_cases(argv, flag, capsys, no_work, monkeypatch):
     monkeypatch.setattr(device, "device_kind", lambda: "sim")  # the estimate is for the sim
     assert main(argv) == 2
     line = _one_error_line(capsys)
@@ -170,8 +171,9 @@ COMBINATION_CASES = [
     (["kv-quant", "--queries", "1024", "--tokens", "8192", "--kv-heads", "16", "--head-dim",
       "64"], "--queries"),
     (["kv-quant", "--outlier-channels", "200"], "--outlier-channels"),
-    (["generate", "--block-size", "256", "--prompt-blocks", "4"], "--prompt-blocks"),
-    (["timeline", "--no-figure", "--figure", "t.png"], "--no-figure"),
+    (["generate", "--block-size", "64", "--prompt-blocks", "4"], "--prompt-blocks"),
+    (["generate", "--block-size", "256"], "--block-size"),  # one prompt block is too long
+
 ]
 
 
@@ -183,11 +185,176 @@ def test_combinations_that_cannot_work_are_refused_naming_a_flag(argv, flag, cap
     assert line.startswith(f"paged-kv {argv[0]}: error: argument {flag}:"), line
 
 
-def test_an_unwritable_output_is_refused_before_the_run(tmp_path, monkeypatch, capsys, no_work):
-    monkeypatch.setattr("os.access", lambda path, mode: False)  # as root, nothing is read-only
+@pytest.mark.parametrize("path", ["/proc/paged-kv.csv", "/sys/paged-kv.csv"])
+def test_a_file_on_a_pseudo_file_system_is_refused_before_the_run(path, capsys, no_work):
+    """Tried by creating it, not by os.access, which says yes to root everywhere."""
+    assert main(["replay", "--output", path]) == 2
+    line = _one_error_line(capsys)
+    assert line.startswith("paged-kv replay: error: argument --output: cannot write"), line
+    figure = path.replace(".csv", ".png")
+    assert main(["timeline", "--figure", figure]) == 2
+    assert _one_error_line(capsys).startswith("paged-kv timeline: error: argument --figure:")
+
+
+def test_a_read_only_file_system_is_refused_before_the_run(tmp_path, monkeypatch, capsys,
+                                                            no_work):
+    """What a read-only mount answers (EROFS, for root too), as the kernel would."""
+    import errno
+    import os
+
+    real_open = os.open
+
+    def read_only(path, flags, *args):
+        if str(path).startswith(str(tmp_path)) and flags & (os.O_WRONLY | os.O_CREAT):
+            raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(path))
+        return real_open(path, flags, *args)
+
+    monkeypatch.setattr(os, "open", read_only)
     assert main(["replay", "--output", str(tmp_path / "r.csv")]) == 2
-    assert "permission denied" in _one_error_line(capsys)
-    assert not (tmp_path / "r.csv").exists()
+    assert "(read-only file system)" in _one_error_line(capsys)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_the_probe_leaves_an_existing_file_as_it_was_and_a_new_one_absent(tmp_path):
+    from paged_kv.cli._types import cannot_write
+
+    old = tmp_path / "old.csv"
+    old.write_text("keep me\n")
+    before = old.stat()
+    assert cannot_write(old) is None and cannot_write(tmp_path / "new.csv") is None
+    assert old.read_text() == "keep me\n" and old.stat().st_mtime_ns == before.st_mtime_ns
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["old.csv"]
+
+
+def test_every_file_beside_the_output_is_tried_before_the_run(tmp_path, capsys, no_work):
+    """block-map writes its summary table to FILE.summary.csv beside FILE.csv."""
+    (tmp_path / "r.summary.csv").mkdir()
+    assert main(["block-map", "--output", str(tmp_path / "r.csv")]) == 2
+    line = _one_error_line(capsys)
+    assert line.startswith("paged-kv block-map: error: argument --output: cannot write"), line
+    assert "r.summary.csv" in line and "summary table" in line
+    assert main(["block-map", "--output", str(tmp_path / "r.csv"), "--figure",
+                 str(tmp_path / "r.csv")]) == 2
+    assert "argument --figure:" in _one_error_line(capsys)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["r.summary.csv"]
+
+
+def _trace_file(tmp_path, name, content: bytes):
+    path = tmp_path / name
+    path.write_bytes(content)
+    return str(path)
+
+
+def _nothing_listening() -> str:
+    import socket
+
+    with socket.socket() as probe:  # a port that was free a moment ago: nobody listens
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    return f"tcp://127.0.0.1:{port}"
+
+
+# Sizes the run would only find out about after its work (gigabytes, an array that does
+# not fit, an int64 that overflows), traces it could not read, and messages that named
+# the wrong flag: each refused in one line naming its flag, before any work.
+def size_cases(tmp_path):
+    return [
+        (["block-size", "--num-requests", str(10**12)], "--num-requests"),
+        (["block-size", "--num-requests", str(2**70)], "--num-requests"),
+        (["sharing", "--num-requests", str(10**11)], "--num-requests"),
+        (["sharing", "--num-requests", str(2**70)], "--num-requests"),
+        (["timeline", "--num-requests", str(10**12)], "--num-requests"),
+        (["fragmentation", "--duration", "1e12"], "--duration"),
+        (["fragmentation", "--rate", "1e12"], "--rate"),
+        (["fragmentation", "--num-requests", str(10**12)], "--num-requests"),
+        (["throughput", "--duration", "1e12"], "--duration"),
+        (["fragmentation", "--kv-gib", "1e9"], "--kv-gib"),
+        (["timeline", "--kv-gib", "1e12"], "--kv-gib"),
+        (["replay", "--capacity", "99999999999999999999999"], "--capacity"),
+        (["replay", "--capacity", str(2**70)], "--capacity"),
+        (["sweep", "--capacities", f"10,{2**70}"], "--capacities"),
+        (["kv-quant", "--outlier-scale", "1e308"], "--outlier-scale"),
+        (["kv-quant", "--tokens", str(10**12)], "--tokens"),
+        (["block-map", "--num-blocks", str(10**12)], "--num-blocks"),
+        (["generate", "--samples", "65"], "--samples"),
+        (["generate", "--new-tokens", "1000000000"], "--new-tokens"),
+        (["generate", "--prompt-blocks", str(10**12)], "--prompt-blocks"),
+        (["replay", "--trace", _trace_file(
+            tmp_path, "big.jsonl", b'{"input_length": 100000000000000000000, "hash_ids": [1]}\n'
+        )], "--trace"),
+        (["replay", "--trace", _trace_file(
+            tmp_path, "bigkey.jsonl", b'{"input_length": 10, "hash_ids": [%d]}\n' % 2**70
+        )], "--trace"),
+        (["sweep", "--trace", _trace_file(
+            tmp_path, "float.jsonl", b'{"input_length": 1e20, "hash_ids": [1]}\n')], "--trace"),
+        (["replay", "--trace", _trace_file(
+            tmp_path, "latin1.jsonl", b'{"input_length": 10, "hash_ids": [1]}\n\xff\xfe\n'
+        )], "--trace"),
+        (["sweep", "--trace", _trace_file(
+            tmp_path, "latin1.csv", b"input_length,hash_ids\n10,1 \xe9\n")], "--trace"),
+        (["replay", "--trace", _trace_file(tmp_path, "broken.jsonl.gz", b"\x1f\x8bnot gzip")],
+         "--trace"),
+        (["sweep", "--scheduler", _nothing_listening()], "--scheduler"),
+    ]
+
+
+def test_sizes_traces_and_servers_the_run_cannot_use_are_refused_naming_the_flag(
+        tmp_path, capsys, no_work, monkeypatch):
+    import time
+
+    from paged_kv.cli import _preflight
+
+    monkeypatch.setattr(_preflight, "available_memory", lambda: 64 * 2**30)  # a large machine
+    for argv, flag in size_cases(tmp_path):
+        started = time.monotonic()
+        assert main(argv) == 2, argv
+        line = _one_error_line(capsys)
+        assert line.startswith(f"paged-kv {argv[0]}: error: argument {flag}:"), line
+        assert time.monotonic() - started < _preflight.CONNECT_TIMEOUT_S, argv
+        if flag == "--trace":
+            assert str(tmp_path) in line and "line " in line, line
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        ["big.jsonl", "bigkey.jsonl", "float.jsonl", "latin1.jsonl", "latin1.csv",
+         "broken.jsonl.gz"])
+
+
+def test_a_run_larger_than_memory_names_the_estimate_and_allow_large_lets_it_run(
+        monkeypatch, capsys):
+    import paged_kv.cli.timeline as timeline
+    from paged_kv.cli import _preflight
+
+    ran = []
+    monkeypatch.setattr(timeline, "run", lambda args: ran.append(args.num_requests) or 0)
+    monkeypatch.setattr(_preflight, "available_memory", lambda: 2**30)
+    assert main(["timeline", "--num-requests", "100000"]) == 2
+    line = _one_error_line(capsys)
+    assert line.startswith("paged-kv timeline: error: argument --num-requests: serving "
+                           "100,000 requests would take about 3.8 GiB of memory, more than "
+                           "the 1.0 GiB available here; pass --allow-large"), line
+    assert main(["timeline", "--num-requests", "100000", "--allow-large"]) == 0
+    assert main(["timeline", "--num-requests", "2000"]) == 0  # the default: 78 MiB
+    assert ran == [100000, 2000]
+
+
+def test_the_scheduler_check_waits_at_most_its_timeout(monkeypatch):
+    import socket
+
+    from paged_kv.cli._parser import UsageError
+    from paged_kv.cli._preflight import CONNECT_TIMEOUT_S, check_reachable
+
+    waited = []
+
+    def no_answer(address, timeout):
+        waited.append(timeout)
+        raise TimeoutError("timed out")
+
+    monkeypatch.setattr(socket, "create_connection", no_answer)
+    with pytest.raises(UsageError, match=r"argument --scheduler: nothing answers at "
+                                         r"tcp://10\.0\.0\.1:8786 \(timed out; waited up to 5 s"):
+        check_reachable("--scheduler", "tcp://10.0.0.1:8786")
+    assert waited == [CONNECT_TIMEOUT_S] == [5.0]
+    check_reachable("--scheduler", "inproc://somewhere:1")  # not TCP: not tried
+    assert waited == [5.0]
 
 
 def test_the_simulator_estimate_is_announced_and_allow_slow_lets_it_run(monkeypatch, capsys):

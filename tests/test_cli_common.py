@@ -158,7 +158,7 @@ def test_emit_table_writes_every_table_the_run_prints(tmp_path, capsys, suffix):
     from paged_kv.cli._common import emit, emit_table
 
     out = tmp_path / f"r{suffix}"
-    args = Namespace(command="x", output=out, seed=3)
+    args = Namespace(command="x", output=out, seed=3, _output_tables=("before", "after"))
     before, results, after = (pd.DataFrame({"v": [i, i + 1]}) for i in (10, 20, 30))
     emit_table(before, args, "before")
     emit(results, args)
@@ -176,3 +176,43 @@ def test_emit_table_writes_every_table_the_run_prints(tmp_path, capsys, suffix):
                             (tmp_path / "r.after.csv", 30)):
             assert "# seed: 3" in path.read_text()
             assert pd.read_csv(path, comment="#")["v"].tolist() == [first, first + 1]
+
+
+def test_a_table_a_command_did_not_declare_is_a_mistake_of_the_command(tmp_path):
+    """Its FILE.NAME.csv was not tried before the run: refused even without --output."""
+    from argparse import Namespace
+
+    from paged_kv.cli._common import emit_table
+
+    for output in (None, tmp_path / "r.csv"):
+        with pytest.raises(RuntimeError, match="'extra' is not declared"):
+            emit_table(pd.DataFrame({"v": [1]}), Namespace(command="x", output=output,
+                                                           _output_tables=("summary",)),
+                       "extra")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_file_is_written_whole_or_not_at_all(tmp_path):
+    """Ctrl-C in the middle of a write leaves the old file (or none), and no temporary
+    file beside it."""
+    from paged_kv.cli._output import write_atomically
+
+    path = tmp_path / "r.csv"
+
+    def interrupted(temporary):
+        temporary.write_text("half")
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        write_atomically(path, interrupted)
+    assert list(tmp_path.iterdir()) == []
+    path.write_text("old\n")
+    with pytest.raises(KeyboardInterrupt):
+        write_atomically(path, interrupted)
+    assert path.read_text() == "old\n" and list(tmp_path.iterdir()) == [path]
+    assert write_atomically(path, lambda temporary: temporary.write_text("new\n")) == path
+    assert path.read_text() == "new\n" and list(tmp_path.iterdir()) == [path]
+    link = tmp_path / "link.csv"
+    link.symlink_to(path)
+    write_atomically(link, lambda temporary: temporary.write_text("through\n"))
+    assert link.is_symlink() and path.read_text() == "through\n"

@@ -27,14 +27,14 @@ def test_prints_each_step_and_the_tokens_each_mode_computed(capsys):
     assert "4 fewer tokens computed than vLLM's rule (18 vs 22)" in out
 
 
-def test_the_readme_counts_are_what_the_command_prints(capsys):
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+def test_the_documented_counts_are_what_the_command_prints(capsys):
+    page = (Path(__file__).resolve().parents[1] / "docs" / "studies" / "model.md").read_text()
     assert main(QUICK) == 0
     out = capsys.readouterr().out
     for mode, shown in (("recompute", "recompute (vLLM)"), ("keep", "keep")):
         printed = next(line for line in out.splitlines() if line.startswith(f"| {mode} | 26 |"))
         counts = printed.split("|")[2:8]  # prompt tokens .. tokens computed
-        assert f"| {shown} |" + "|".join(counts) + "|" in readme
+        assert f"| {shown} |" + "|".join(counts) + "|" in page
 
 
 def test_output_holds_every_step_with_the_settings(tmp_path, capsys):

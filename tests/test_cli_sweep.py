@@ -22,6 +22,7 @@ def small_trace(tmp_path_factory):
     return path
 
 
+@pytest.mark.slow
 def test_sweep_prints_the_table_writes_results_and_figure(small_trace, tmp_path, capsys):
     out, fig = tmp_path / "r.csv", tmp_path / "hit.png"
     assert main(["sweep", "--trace", str(small_trace), "--policies", "lru,belady",

@@ -33,17 +33,17 @@ def test_timeline_runs_on_recorded_arrivals_without_a_rate(tmp_path, capsys):
     assert steps["time_s"].is_monotonic_increasing and len(steps) > 12
 
 
-def test_the_default_figure_is_checked_before_the_run(tmp_path, monkeypatch, capsys):
-    """Outside the checkout (no figures/ folder) the default figure is skipped with a
-    note before any work, and no folder is created; --no-figure skips it quietly."""
+def test_a_figure_is_drawn_only_where_figure_says(tmp_path, monkeypatch, capsys):
+    """No default figure: a run writes nothing unless told, even with a figures/ folder
+    beside it; --figure writes there and nowhere else."""
     monkeypatch.chdir(tmp_path)
+    (tmp_path / "figures").mkdir()
     argv = ["block-map", "--num-requests", "4", "--no-progress"]
     assert main(argv) == 0
     captured = capsys.readouterr()
-    assert captured.err.startswith("paged-kv block-map: no figure written: folder 'figures'")
+    assert captured.err == ""
     assert "| COW copies |" in captured.out and "wrote" not in captured.out
-    assert list(tmp_path.iterdir()) == []
-    assert main([*argv, "--no-figure"]) == 0
-    assert capsys.readouterr().err == ""
-    assert main([*argv, "--no-figure", "--figure", str(tmp_path / "m.png")]) == 2
-    assert "argument --no-figure: not allowed with --figure" in capsys.readouterr().err
+    assert list(tmp_path.rglob("*")) == [tmp_path / "figures"]
+    assert main([*argv, "--figure", "m.png"]) == 0
+    assert capsys.readouterr().out.endswith("wrote m.png\n")
+    assert sorted(tmp_path.rglob("*")) == [tmp_path / "figures", tmp_path / "m.png"]

@@ -30,6 +30,7 @@ from paged_kv.gpu.kernels.compile_check import (
 ROOT = Path(__file__).resolve().parents[1]
 
 
+@pytest.mark.slow
 def test_every_kernel_compiles_for_sm80_and_sm90_without_spills(capsys) -> None:
     env = dict(os.environ)
     env.pop("NUMBA_ENABLE_CUDASIM", None)

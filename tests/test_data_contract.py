@@ -91,8 +91,8 @@ def test_fork_copies_and_swap_keeps_the_computed_state():
 
 
 def test_the_swap_and_evict_sequence_counts_each_block_once():
-    """The issue's report: fork -> swap_out -> evict_cached -> swap_in with FIFO used to
-    count 4 stored blocks for 2 new keys and stamp each block twice."""
+    """fork -> swap_out -> evict_cached -> swap_in with FIFO: each block stored and stamped
+    once (two sharers swapped together do not count or stamp a block twice)."""
     cache = make(num_blocks=8, host=8, policy="fifo")
     a = cache.allocate(block_keys=["k0", "k1"], num_tokens=9)
     cache.commit(a)

@@ -14,15 +14,16 @@ from dataclasses import dataclass
 import numpy as np
 import pytest
 
-from paged_kv.gpu.device import cuda_api, is_simulator
+from paged_kv.gpu.device import cuda_api
 from paged_kv.gpu.kernels import (
-    KERNELS,
     SWAP_METHODS,
     copy_blocks,
     gather_kv,
     swap_blocks,
     write_slots,
 )
+
+pytestmark = pytest.mark.device  # kernels: the simulator here, the GPU in gpu_check.sh
 
 cuda = cuda_api()  # numba.cuda on a GPU, numba.cuda.simulator otherwise
 
@@ -49,10 +50,8 @@ TINY = Dims(num_layers=2, num_blocks=12, block_size=4, num_kv_heads=2, head_dim=
             num_host_blocks=8)
 REALISTIC = Dims(num_layers=3, num_blocks=96, block_size=16, num_kv_heads=8, head_dim=128,
                  num_host_blocks=64)
-NEEDS_GPU = pytest.mark.skipif(
-    is_simulator(),
-    reason="realistic sizes launch ~10^6 threads; the simulator runs ~5,000 threads/s",
-)
+NEEDS_GPU = pytest.mark.gpu(
+    reason="realistic sizes launch ~10^6 threads; the simulator runs ~5,000 threads/s")
 ALL_DIMS = [pytest.param(TINY, id="tiny"),
             pytest.param(REALISTIC, id="realistic", marks=NEEDS_GPU)]
 
@@ -474,23 +473,3 @@ def test_wrapper_rejects_bad_argument_and_changes_nothing(case: str, dtype: str)
         call(c)
     assert_same_bytes(snapshot(c.gpu), gpu_before)
     assert_same_bytes(snapshot(c.host), host_before)
-
-
-# -- what runs is what the compile check compiles -------------------------------------
-
-
-@pytest.mark.skipif(is_simulator(), reason="the simulator interprets kernels, compiles none")
-@pytest.mark.parametrize("dtype", DTYPES)
-def test_launched_signatures_are_the_compile_checked_ones(dtype: str) -> None:
-    rng = np.random.default_rng(12)
-    gpu = cuda.to_device(random_values(rng, TINY.shape(), dtype))
-    host = mapped_pool(random_values(rng, TINY.shape(TINY.num_host_blocks), dtype))
-    k = random_values(rng, (2, TINY.num_kv_heads, TINY.head_dim), dtype)
-    write_slots(gpu, 0, k, k, [0, 1])
-    gather_kv(gpu, 0, [[0]], [2])
-    copy_blocks(gpu, [(0, 1)])
-    swap_blocks(gpu, host, [(0, 1)])
-    swap_blocks(host, gpu, [(1, 2)])
-    for name, (kernel, signature, variants) in KERNELS.items():
-        launched = [tuple(sig) for sig in kernel.signatures]
-        assert any(tuple(signature(v).args) in launched for v in variants), (name, launched)

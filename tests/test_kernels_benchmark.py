@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from paged_kv.gpu import device
 from paged_kv.gpu.device import is_simulator
 
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "kernels.py"
@@ -46,3 +47,32 @@ def test_tiny_big_pool_check_verifies_every_wrapper(capsys: pytest.CaptureFixtur
 def test_simulator_run_says_it_needs_a_gpu(capsys: pytest.CaptureFixture[str]) -> None:
     assert _load().main([]) == 0
     assert "needs an NVIDIA GPU" in capsys.readouterr().out
+
+
+def test_big_pool_check_reads_its_mapped_pool_through_host_copy(
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """On a GPU a mapped array is numba-cuda's MappedNDArray, whose ``copy_to_host``
+    fails (`paged_kv.gpu.device.host_copy` says why; tests/test_gpu_driver_path.py reads
+    a real one): the benchmark must read its mapped pool with `host_copy`."""
+    module = _load()
+    made, read = [], []
+
+    class Api:
+        def __getattr__(self, name: str):
+            return getattr(device.cuda_api(), name)
+
+        def mapped_array(self, *args, **kwargs):
+            made.append(device.cuda_api().mapped_array(*args, **kwargs))
+            return made[-1]
+
+    real_host_copy = device.host_copy
+
+    def host_copy(array):
+        read.append(array)
+        return real_host_copy(array)
+
+    monkeypatch.setattr(module, "cuda", Api())
+    monkeypatch.setattr(device, "host_copy", host_copy)
+    assert module.main(["--tiny", "--big-pool"]) == 0
+    assert len(made) == 1 and len(read) == 2 and all(a is made[0] for a in read)  # 2 methods
+    assert capsys.readouterr().out.count(": ok") == 4

@@ -11,6 +11,8 @@ from paged_kv.gpu.device import device_name
 from paged_kv.gpu.storage import KVStorage
 from paged_kv.studies.demo import run_demo
 
+pytestmark = pytest.mark.device  # kernels: the simulator here, the GPU in gpu_check.sh
+
 
 def test_demo_verifies_every_step() -> None:
     out = io.StringIO()

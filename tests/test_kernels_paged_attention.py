@@ -33,13 +33,13 @@ from paged_kv.gpu.kernels.paged_attention import (
 )
 from paged_kv.reference.attention import dense_attention
 
-pytestmark = pytest.mark.usefixtures("fast_simulator_barriers")  # conftest: speed only
+pytestmark = [pytest.mark.device,  # kernels: the simulator here, the GPU in gpu_check.sh
+              pytest.mark.usefixtures("fast_simulator_barriers")]  # conftest: speed only
 cuda = cuda_api()  # numba.cuda on a GPU, numba.cuda.simulator otherwise
 
-NEEDS_GPU = pytest.mark.skipif(
-    is_simulator(), reason="realistic sizes launch thousands of 128-thread CUDA blocks; "
-    "the simulator runs a few hundred threads per second when they synchronize"
-)
+NEEDS_GPU = pytest.mark.gpu(
+    reason="realistic sizes launch thousands of 128-thread CUDA blocks; the simulator "
+    "runs a few hundred threads per second when they synchronize")
 TOL = {"rtol": 2e-5, "atol": 2e-6}  # float32 accumulation against a float64 reference
 
 
@@ -146,10 +146,25 @@ def test_decode_on_a_stream_with_device_inputs() -> None:
         np.testing.assert_allclose(got[s], dense_attention(q[s:s + 1], k, v)[0], **TOL)
 
 
-def test_empty_batch_launches_nothing() -> None:
+def test_empty_batch_launches_nothing(monkeypatch) -> None:
+    launched = []
+
+    class Counting:
+        def __init__(self, kernel) -> None:
+            self.kernel = kernel
+
+        def __getitem__(self, config):
+            launched.append(self.kernel)
+            return self.kernel[config]
+
+    for variants in (paged_attention.KERNEL_VARIANTS, paged_attention.QUANTIZED_VARIANTS):
+        for key, kernel in variants.items():
+            monkeypatch.setitem(variants, key, Counting(kernel))
     pool = Pool(np.random.default_rng(0), "float32", 4, 1, 8, [4])
     out = decode_attention(pool.device, 0, np.zeros((0, 2, 8)), [], [])
-    assert out.shape == (0, 2, 8)
+    assert out.shape == (0, 2, 8) and launched == []
+    decode_attention(pool.device, 0, np.zeros((1, 2, 8)), [[0]], [1])  # the count counts
+    assert len(launched) == 1
 
 
 # ------------------------------------------------------------------------------------
@@ -192,7 +207,7 @@ def test_prefill_over_a_prefix_equals_the_tail_of_a_full_prefill() -> None:
     np.testing.assert_allclose(tail, full[6:], rtol=1e-6, atol=1e-7)
 
 
-def test_prefill_launches_tiles_for_the_new_tokens_only() -> None:
+def test_prefill_tiles_cover_the_new_tokens_only() -> None:
     """q_start cached tokens cost no query tile: the grid covers the n new rows."""
     row_len = np.arange(101, 104)  # 3 new tokens after a 100-token prefix
     tiles = _tiles(np.zeros(3, np.int64), row_len, q_heads=8, num_kv_heads=8, row_words=4,

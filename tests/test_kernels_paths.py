@@ -31,6 +31,8 @@ from paged_kv.gpu.kernels import slot_write as slot_write_module
 from paged_kv.gpu.kernels._units import plan_units
 from paged_kv.gpu.kernels.copy_engine import block_runs
 
+pytestmark = pytest.mark.device  # kernels: the simulator here, the GPU in gpu_check.sh
+
 cuda = cuda_api()
 
 

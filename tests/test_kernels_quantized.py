@@ -35,7 +35,8 @@ from paged_kv.reference.quantization import (
     round_trip,
 )
 
-pytestmark = pytest.mark.usefixtures("fast_simulator_barriers")  # conftest: speed only
+pytestmark = [pytest.mark.device,  # kernels: the simulator here, the GPU in gpu_check.sh
+              pytest.mark.usefixtures("fast_simulator_barriers")]  # conftest: speed only
 cuda = device.cuda_api()
 
 NUM_LAYERS, BLOCK_SIZE, HEADS, HEAD_DIM = 2, 4, 2, 8

@@ -9,6 +9,8 @@ scripted run goes through the device paged-attention kernels end to end.
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -85,9 +87,13 @@ def test_rope_scores_depend_only_on_distance():
 
 def test_config_refuses_bad_values():
     with pytest.raises(ValueError, match="vocab_size"):
-        ModelConfig(TINY.spec, vocab_size=0, hidden_size=32, intermediate_size=64)
+        ModelConfig(dataclasses.replace(TINY.spec, vocab_size=None))
+    with pytest.raises(ValueError, match="vocab_size"):
+        dataclasses.replace(TINY.spec, vocab_size=0)
+    with pytest.raises(ValueError, match="Llama-style"):
+        ModelConfig(dataclasses.replace(TINY.spec, gated_mlp=False))
     with pytest.raises(ValueError, match="rope_theta"):
-        ModelConfig(TINY.spec, 64, 32, 64, rope_theta=-1.0)
+        ModelConfig(TINY.spec, rope_theta=-1.0)
     with pytest.raises(ValueError, match="valid names: tiny"):
         get_model_config("huge")
     with pytest.raises(ValueError, match="float16"):

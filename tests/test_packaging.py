@@ -11,6 +11,9 @@ else:  # Python 3.10: the dev extra installs tomli there
 
 ROOT = Path(__file__).resolve().parents[1]
 
+#: conda-forge names that differ from the distribution's name on PyPI
+CONDA_TO_PYPI = {"pytorch": "torch"}
+
 
 def _name(requirement: str) -> str:
     """Normalised distribution name of a requirement string, extras kept."""
@@ -38,7 +41,8 @@ def _environment_requirements() -> set[str]:
         entry = item.group(1).strip()
         if entry in ("pip", "pip:", "-e .") or entry.startswith(("python", "-e")):
             continue
-        names.add(_name(entry))
+        name = _name(entry)
+        names.add(CONDA_TO_PYPI.get(name, name))
     return names
 
 
@@ -58,6 +62,17 @@ def test_version_pins_agree():
         assert spec in env_text.replace(" ", ""), f"{req} not pinned alike in environment.yml"
 
 
+def test_the_hf_extra_pins_torch_exactly_in_both_files():
+    """One torch build (a CPU wheel on the test machines): any other spec downloads
+    gigabytes, so the pin is exact, and conda-forge's ``pytorch`` carries the same one."""
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    hf = project["optional-dependencies"]["hf"]
+    assert "torch==2.13.0" in hf and "transformers>=5,<6" in hf
+    env_text = (ROOT / "environment.yml").read_text()
+    assert re.search(r"^\s*-\s+pytorch==2\.13\.0\s", env_text, re.M)
+    assert "hf]" in (ROOT / "Makefile").read_text()  # make test installs and tests it
+
+
 def test_license_is_an_spdx_expression_with_its_file():
     """The SPDX form (setuptools >= 77): no deprecation warning at install."""
     document = tomllib.loads((ROOT / "pyproject.toml").read_text())
@@ -68,3 +83,22 @@ def test_license_is_an_spdx_expression_with_its_file():
     assert any(r.replace(" ", "").startswith("setuptools>=77")
                for r in document["build-system"]["requires"])
     assert "license: Apache-2.0" in (ROOT / "CITATION.cff").read_text()
+
+
+def test_the_oldest_pins_are_pyprojects_lower_bounds():
+    """`.ci/check_oldest.sh` (a CI step) compiles the kernels with exactly the oldest numba
+    and numba-cuda that pyproject.toml admits, so the stated minimum is a checked one."""
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    lower = {}
+    for req in project["dependencies"]:
+        match = re.fullmatch(r"([a-z-]+)>=([0-9.]+)", req.replace(" ", ""))
+        if match:
+            lower[match.group(1)] = match.group(2)
+    pins = {}
+    for line in (ROOT / ".ci" / "oldest-requirements.txt").read_text().splitlines():
+        match = re.fullmatch(r"([a-z-]+)(\[[a-z0-9,]+\])?==([0-9.]+)", line.strip())
+        if match:
+            pins[match.group(1)] = match.group(3)
+    assert set(pins) == {"numba", "numba-cuda"}
+    for name, version in pins.items():
+        assert version.split(".")[:2] == lower[name].split(".")[:2], (name, version, lower[name])

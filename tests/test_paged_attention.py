@@ -20,7 +20,8 @@ from paged_kv.reference.attention import decode as reference_decode
 from paged_kv.reference.attention import dense_attention
 from paged_kv.reference.attention import prefill as reference_prefill
 
-pytestmark = pytest.mark.usefixtures("fast_simulator_barriers")  # conftest: speed only
+pytestmark = [pytest.mark.device,  # kernels: the simulator here, the GPU in gpu_check.sh
+              pytest.mark.usefixtures("fast_simulator_barriers")]  # conftest: speed only
 cuda = cuda_api()  # numba.cuda on a GPU, numba.cuda.simulator otherwise
 
 TOL = {"rtol": 2e-5, "atol": 2e-6}  # float32 accumulation against a float64 reference

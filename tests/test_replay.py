@@ -87,7 +87,7 @@ def test_bad_arguments(conversation):
     head = conversation.head(10)
     with pytest.raises(ValueError, match="valid names"):
         replay(head, 100, "random")
-    with pytest.raises(ValueError, match="capacity must be a positive integer"):
+    with pytest.raises(ValueError, match="capacity must be an integer in"):
         replay(head, 0, "lru")
     with pytest.raises(ValueError, match="warmup"):
         replay(head, 100, "lru", warmup=1.0)

@@ -21,6 +21,9 @@ HEAD = None if FULL else 700
 CAPACITIES = [2, 25, 300, 3000, None] if not FULL else [2, 100, 1000, 10000, 50000, None]
 
 
+pytestmark = pytest.mark.slow  # the first test compiles the replay engine (Numba JIT)
+
+
 @pytest.fixture(scope="module", params=["mooncake-conversation", "mooncake-synthetic"])
 def trace(request):
     workload = load_trace(request.param)
@@ -93,8 +96,8 @@ def test_trace_arrays_derived_arrays():
 
 
 def test_trace_arrays_built_from_raw_keys_are_interned():
-    # sparse keys used to be kept: depth had 5 entries for num_keys 10 (the kernel read
-    # past its end for LengthAware) and the checksum differed from the interned copy's
+    # raw (sparse) keys are interned: otherwise depth would have 5 entries for num_keys 10
+    # (the kernel would read past its end for LengthAware) and the checksum would differ
     _, interned = hand_trace([(9, (10, 20, 30)), (8, (10, 20)), (9, (10, 40, 50))])
     raw = TraceArrays("raw", interned.block_size, interned.offsets,
                       np.array([9, 7, 5, 9, 7, 9, 3, 1]), interned.prompt_lens,

@@ -45,6 +45,7 @@ def test_local_worker_processes_give_the_same_frame(serial, head):
     pd.testing.assert_frame_equal(parallel, serial)
 
 
+@pytest.mark.slow
 def test_two_worker_dask_cluster_gives_the_same_frame(serial, head):
     distributed = pytest.importorskip("distributed")
     with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
@@ -123,3 +124,57 @@ def test_bad_tier_arguments(head):
               progress=False)
     with pytest.raises(ValueError, match="compiled engine runs the host tier with lru or arc"):
         sweep(head, [10], ["lru"], host_capacities=[5], host_policy="lfu", progress=False)
+
+
+def test_a_capacity_past_unbounded_runs_as_unbounded(serial, head):
+    """Nothing is evicted past the unbounded capacity: the pool is not built larger (a
+    capacity of 2**63 - 1 blocks runs in no time), and the numbers are the unbounded ones."""
+    huge = 2**63 - 1
+    for engine in ("compiled", "manager"):
+        frame = sweep(head, [huge], ["lru"], engine=engine, workers=1, progress=False)
+        unbounded = serial[(serial["policy"] == "lru") & serial["capacity"].isna()]
+        assert frame["capacity"].tolist() == [huge]
+        pd.testing.assert_frame_equal(frame.drop(columns="capacity"),
+                                      unbounded.drop(columns="capacity").reset_index(drop=True))
+    with pytest.raises(ValueError, match=r"capacity must be an integer in \[1, 2\*\*63 - 1\]"):
+        sweep(head, [2**63], ["lru"], workers=1, progress=False)
+
+
+def test_stopping_the_pool_kills_running_points_at_once():
+    import time
+    from concurrent.futures import ProcessPoolExecutor
+
+    from paged_kv.sim.replay_sweep import _stop
+
+    pool = ProcessPoolExecutor(2)
+    futures = [pool.submit(time.sleep, 60) for _ in range(4)]
+    while not any(f.running() for f in futures):
+        time.sleep(0.01)
+    processes = list(pool._processes.values())
+    started = time.monotonic()
+    _stop(pool)
+    assert time.monotonic() - started < 5
+    assert not any(p.is_alive() for p in processes)
+
+
+def test_an_interrupted_sweep_stops_its_workers(head, monkeypatch):
+    """Ctrl-C while points run: the workers are ended, not waited for."""
+    import paged_kv.sim.replay_sweep as replay_sweep
+
+    stopped = []
+    real_stop = replay_sweep._stop
+
+    def interrupted(futures):
+        raise KeyboardInterrupt
+        yield  # a generator, as as_completed is
+
+    def stop(pool):
+        stopped.append(list(pool._processes.values()))
+        real_stop(pool)
+
+    monkeypatch.setattr(replay_sweep, "as_completed", interrupted)
+    monkeypatch.setattr(replay_sweep, "_stop", stop)
+    with pytest.raises(KeyboardInterrupt):
+        sweep(head, CAPACITIES, POLICIES[:1], workers=2, progress=False)
+    assert len(stopped) == 1
+    assert not any(p.is_alive() for p in stopped[0])

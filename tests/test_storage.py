@@ -15,6 +15,8 @@ from paged_kv.gpu import device
 from paged_kv.gpu.kernels import SWAP_METHODS
 from paged_kv.gpu.storage import KVStorage
 
+pytestmark = pytest.mark.device  # kernels: the simulator here, the GPU in gpu_check.sh
+
 cuda = device.cuda_api()
 
 MODELS = {

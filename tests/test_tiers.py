@@ -12,7 +12,13 @@ import pytest
 from paged_kv import CacheConfig, InvariantError, OutOfBlocksError, PagedKVCache
 from paged_kv.core.errors import TierLoadError
 from paged_kv.core.tier import CacheTier
-from paged_kv.sim.replay import TIER_COLUMNS, ReplayResult, TierSetting, replay
+from paged_kv.sim.replay import (
+    TIER_COLUMNS,
+    ReplayResult,
+    TierSetting,
+    replay,
+    unbounded_capacity,
+)
 from paged_kv.sim.request import Request, Workload
 
 BS = 2
@@ -370,6 +376,19 @@ def test_tiers_leave_the_gpu_hits_of_an_lru_replay_unchanged():
                         disk_capacity=12, placement=placement).requests
         assert tiered["gpu_hit_tokens"].equals(plain["hit_tokens"]), placement
         assert tiered["hit_tokens"].sum() > plain["hit_tokens"].sum()
+
+
+@pytest.mark.parametrize("placement", ["write_through", "write_back"])
+@pytest.mark.parametrize("tier", ["host", "disk"])
+def test_a_tier_that_never_evicts_reaches_the_unbounded_hit_rate(placement, tier):
+    """Every block ever computed stays below the GPU: the hits are an unbounded cache's
+    (when every prompt fits the GPU: here 8 blocks at most)."""
+    trace = workload(*[[1000 * s + j for j in range(t + 2)] for t in range(6) for s in range(4)])
+    unbounded = replay(trace, None, "lru").requests
+    tiered = replay(trace, 8, "lru", placement=placement,
+                    **{f"{tier}_capacity": unbounded_capacity(trace)}).requests
+    assert tiered["hit_tokens"].equals(unbounded["hit_tokens"])
+    assert tiered[f"{tier}_hit_tokens"].sum() > 0
 
 
 def test_replay_refuses_bad_tier_arguments():

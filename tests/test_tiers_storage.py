@@ -4,6 +4,7 @@ way the disk tier's file can fail is a typed error, and the cache then recompute
 instead of serving anything wrong; loads are fenced like swaps."""
 
 import os
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -280,10 +281,16 @@ def test_the_host_tier_and_the_swap_pool_share_no_block(tmp_path):
     cache.check_invariants()
 
 
-def test_a_disk_tier_that_stores_kv_needs_a_directory():
+def test_a_disk_tier_that_stores_kv_needs_a_directory(tmp_path):
+    config = CacheConfig(block_size=BS, num_gpu_blocks=2, enable_prefix_caching=True,
+                         disk_cache_blocks=2)
     with pytest.raises(ValueError, match="disk_cache_dir must name a directory"):
-        PagedKVCache(CacheConfig(block_size=BS, num_gpu_blocks=2, enable_prefix_caching=True,
-                                 disk_cache_blocks=2), FLOAT)
+        PagedKVCache(config, FLOAT)
+    a_file = tmp_path / "not-a-directory"
+    a_file.write_text("")
+    with pytest.raises(ValueError, match="disk_cache_dir .*not-a-directory.*: cannot create "
+                                         "the disk tier's file there"):
+        PagedKVCache(replace(config, disk_cache_dir=a_file), FLOAT)
 
 
 # -- fences -------------------------------------------------------------------------------

@@ -5,7 +5,7 @@ import dataclasses
 import pytest
 
 from paged_kv.core.config import get_model
-from paged_kv.sim.hardware import GPU_PRESETS, MODEL_COMPUTE, get_gpu, model_compute, model_spec
+from paged_kv.sim.hardware import GPU_PRESETS, MODEL_COMPUTE, get_gpu, model_compute
 from paged_kv.sim.timing import (
     CALIBRATION,
     RooflineStepTime,
@@ -58,7 +58,7 @@ def test_another_kv_dtype_changes_the_kv_bytes_only():
     half, full = calibrated_step_time("opt-13b"), calibrated_step_time(fp32)
     assert full.model.bytes_per_token == 2 * half.model.bytes_per_token
     assert full.step_seconds(1, 10_000, 10_000, 16) > half.step_seconds(1, 10_000, 10_000, 16)
-    assert model_spec(fp32) is fp32 and model_spec("llama-13b").bytes_per_token == 819_200
+    assert get_model(fp32) is fp32 and get_model("llama-13b").bytes_per_token == 819_200
 
 
 def test_presets_and_bad_values():

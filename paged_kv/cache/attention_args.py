@@ -11,7 +11,9 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from paged_kv.cache.step_plan import StepPlan
 from paged_kv.core.errors import MetadataOnlyError
+from paged_kv.core.validate import require_array
 
 if TYPE_CHECKING:
     from paged_kv.cache.manager import PagedKVCache
@@ -19,7 +21,7 @@ if TYPE_CHECKING:
 
 def as_3d(name: str, arr: np.ndarray, dims: str) -> np.ndarray:
     """`arr` as a 3-D array of real numbers, or `ValueError` naming it and its `dims`."""
-    arr = np.asarray(arr)
+    arr = require_array(name, arr)
     if arr.ndim != 3:
         raise ValueError(f"{name} must be 3-D [{dims}], got shape {arr.shape}")
     if not (np.issubdtype(arr.dtype, np.floating) or np.issubdtype(arr.dtype, np.integer)):
@@ -64,3 +66,43 @@ def query_start(cache: PagedKVCache, seq_id: int, num_q: int, q_start: int | Non
             f"{num_tokens} stored tokens (write their KV first)"
         )
     return q_start
+
+
+def decode_plan(cache: PagedKVCache, plan: StepPlan, num_q: int) -> StepPlan:
+    """`plan` checked for a decode step of `num_q` query rows: current (else
+    `ValueError`, `PagedKVCache.check_plan`), one row per sequence, and each sequence's
+    one new token at its last position."""
+    cache.check_plan(plan)
+    if num_q != plan.batch_size:
+        raise ValueError(f"q has {num_q} rows for {plan.batch_size} sequences")
+    if not plan.is_decode:
+        raise ValueError(
+            "decode takes a plan of one new token per sequence at its last position "
+            f"(plan_step(seq_ids) after appending); this one has num_tokens "
+            f"{list(plan.num_tokens)} from positions {list(plan.starts)}"
+        )
+    return plan
+
+
+def prefill_plan(cache: PagedKVCache, plan: StepPlan, num_q: int,
+                 q_start: int | None) -> tuple[int, int]:
+    """``(seq_id, q_start)`` of a prefill over a plan of one sequence whose new tokens
+    are the `num_q` queries; `ValueError` for a stale plan, another shape, or a
+    `q_start` (the plan fixes it)."""
+    cache.check_plan(plan)
+    if q_start is not None:
+        raise ValueError("a plan fixes the query positions: pass no q_start")
+    if plan.batch_size != 1:
+        raise ValueError(f"prefill takes a plan of one sequence, got {plan.batch_size}")
+    if num_q != plan.num_tokens[0]:
+        raise ValueError(f"q has {num_q} rows for the plan's {plan.num_tokens[0]} new tokens")
+    return plan.seq_ids[0], plan.starts[0]
+
+
+def plan_rows(cache: PagedKVCache, plan: StepPlan, num_q: int) -> StepPlan:
+    """`plan` checked for attention of each of its new tokens: current (else
+    `ValueError`), and `num_q` equal to its token count."""
+    cache.check_plan(plan)
+    if num_q != plan.total_tokens:
+        raise ValueError(f"q has {num_q} rows for the plan's {plan.total_tokens} new tokens")
+    return plan

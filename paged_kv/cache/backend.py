@@ -1,10 +1,10 @@
 """Storage backends: what the manager needs from KV storage, with storage and without.
 
-`KVBackend` is the interface: write slots, gather, copy blocks, swap both ways, copy
-blocks to and from the prefix cache's lower tiers, and the pool bytes for snapshots.
-`StorageBackend` wraps a real `paged_kv.gpu.storage.KVStorage` and its tiers'
-`paged_kv.gpu.tier_pools.TierPools` (device arrays, kernels; numba loads only when one is
-built); `NullBackend` is
+`KVBackend` is the interface: write slots, gather, upload a step's indices once and write
+through them, copy blocks, swap both ways, copy blocks to and from the prefix cache's
+lower tiers, and the pool bytes for snapshots. `StorageBackend` wraps a real
+`paged_kv.gpu.storage.KVStorage` and its tiers' `paged_kv.gpu.tier_pools.TierPools`
+(device arrays, kernels; numba loads only when one is built); `NullBackend` is
 metadata-only mode: copies and swaps are metadata changes with no bytes to move, and any
 KV read or write raises `MetadataOnlyError`. The manager picks one at construction
 (`make_backend`) and never asks which it has.
@@ -39,14 +39,23 @@ class KVBackend(Protocol):
     def check_layer(self, layer: object) -> int:
         """`layer` checked (`MetadataOnlyError` first when no KV is stored)."""
 
-    def check_kv(self, k: object, v: object) -> tuple[np.ndarray, np.ndarray]:
-        """K and V rows checked against the model's shape and dtype."""
+    def check_kv(self, k: object, v: object) -> tuple[Any, Any]:
+        """K and V rows checked against the model's shape and dtype (NumPy, or device
+        arrays left where they are)."""
 
     def write(self, layer: int, k: np.ndarray, v: np.ndarray, slots: np.ndarray) -> None:
         """Scatter rows of `k`, `v` of `layer` into the GPU pool at `slots`."""
 
     def gather(self, layer: int, tables: list, ends: list, starts: list) -> tuple:
         """Read positions ``starts[s] .. ends[s]-1`` of each table of `layer`."""
+
+    def upload_step(self, slots: np.ndarray, tables: np.ndarray, lens: np.ndarray,
+                    row_seq: np.ndarray, row_len: np.ndarray) -> Any:
+        """A step's indices checked and on the device, for every layer (`write_step`,
+        paged attention); see `paged_kv.gpu.storage.KVStorage.upload_step`."""
+
+    def write_step(self, layer: int, k: np.ndarray, v: np.ndarray, step: Any) -> None:
+        """Scatter rows of `k`, `v` of `layer` at the slots of an uploaded step."""
 
     def copy_blocks(self, pairs: list[tuple[int, int]]) -> None:
         """Copy GPU blocks ``src -> dst`` (copy-on-write)."""
@@ -92,7 +101,7 @@ class NullBackend:
             "this cache is metadata-only (no model or storage=False): it holds no KV"
         )
 
-    check_layer = check_kv = write = gather = _refuse
+    check_layer = check_kv = write = gather = upload_step = write_step = _refuse
 
     def copy_blocks(self, pairs: list[tuple[int, int]]) -> None:
         """No bytes to copy."""
@@ -151,21 +160,26 @@ class StorageBackend:
             raise ValueError(f"layer {layer} out of range [0, {self._model.num_layers})")
         return layer
 
-    def check_kv(self, k: object, v: object) -> tuple[np.ndarray, np.ndarray]:
-        """`k`, `v` as arrays ``[num_tokens, num_kv_heads, head_dim]`` of the model's dtype."""
+    def check_kv(self, k: object, v: object) -> tuple[Any, Any]:
+        """`k`, `v` as arrays ``[num_tokens, num_kv_heads, head_dim]`` of the model's dtype.
+
+        Host data becomes NumPy arrays; device arrays (numba's, including zero-copy views
+        of another library's GPU tensors) are checked where they are, never copied: the
+        slot-write kernel reads them in place.
+        """
         model = self._model
-        k = np.asarray(k)
-        v = np.asarray(v)
+        k = k if _on_device(k) else np.asarray(k)
+        v = v if _on_device(v) else np.asarray(v)
         shape = (model.num_kv_heads, model.head_dim)
         for name, arr in (("k", k), ("v", v)):
-            if arr.ndim != 3 or arr.shape[1:] != shape:
+            if arr.ndim != 3 or tuple(arr.shape[1:]) != shape:
                 raise ValueError(
                     f"{name} must have shape [num_tokens, {shape[0]}, {shape[1]}], got "
                     f"{arr.shape}"
                 )
             if arr.dtype != np.dtype(model.dtype):
                 raise ValueError(f"{name} must be {model.dtype}, got {arr.dtype}")
-        if k.shape != v.shape:
+        if tuple(k.shape) != tuple(v.shape):
             raise ValueError(f"k and v shapes differ: {k.shape} vs {v.shape}")
         return k, v
 
@@ -176,6 +190,15 @@ class StorageBackend:
     def gather(self, layer: int, tables: list, ends: list, starts: list) -> tuple:
         """The gather kernel; NumPy ``k, v``."""
         return self.storage.gather(layer, tables, ends, starts)
+
+    def upload_step(self, slots: np.ndarray, tables: np.ndarray, lens: np.ndarray,
+                    row_seq: np.ndarray, row_len: np.ndarray) -> Any:
+        """`KVStorage.upload_step`: one upload of the indices for every layer."""
+        return self.storage.upload_step(slots, tables, lens, row_seq, row_len)
+
+    def write_step(self, layer: int, k: np.ndarray, v: np.ndarray, step: Any) -> None:
+        """The slot-write kernel at an uploaded step's slots."""
+        self.storage.write_step(layer, k, v, step)
 
     def copy_blocks(self, pairs: list[tuple[int, int]]) -> None:
         """The block-copy kernel."""
@@ -219,6 +242,11 @@ class StorageBackend:
         if self.tier_pools is not None:
             pools.update(self.tier_pools.pool_bytes())
         return pools
+
+
+def _on_device(array: object) -> bool:
+    """True for a numba device (or simulator) array, which kernels address in place."""
+    return bool(getattr(array, "__cuda_ndarray__", False))
 
 
 def make_backend(

@@ -9,8 +9,8 @@ into it is refused), so only the *partial* last block is ever copied: when a hol
 about to write into it (append a token, or write KV there), it gets a private copy first.
 Of ``n`` holders writing, ``n - 1`` copy and the last one left keeps the original, as
 appending one sequence at a time would. `CopyOnWrite.plan` is that rule, and the only
-place it is written: appending (`Growth`) and the KV write path (`paged_kv.cache.kv_io`)
-both call it.
+place it is written: appending (`Growth`) and the KV write path's step plans
+(`paged_kv.cache.step_plan`) both call it.
 """
 
 from __future__ import annotations

@@ -1,12 +1,13 @@
 """KV I/O: the manager's writes and reads of KV bytes, over a storage backend.
 
-`KVIO` is the write and read path on top of a `paged_kv.cache.backend.KVBackend`:
-position checks, the immutability rule (a block published to the prefix cache, or a
-full block shared by several sequences, is never written), copy-on-write of a shared
-partial block before it is written, and the bookkeeping of which positions hold written
-KV in each layer (`paged_kv.core.sequence.WrittenExtents`): once every layer of a prefix
-has been written, those tokens are computed and their full blocks are published
-(`PrefixCache.commit`).
+`KVIO` is the write and read path on top of a `paged_kv.cache.backend.KVBackend`.
+Every write goes through a step plan (`paged_kv.cache.step_plan`), made for the one
+write or once for a step of all layers: position checks, the immutability rule (a block
+published to the prefix cache, or a full block shared by several sequences, is never
+written), copy-on-write of a shared partial block before it is written, and, per layer,
+the bookkeeping of which positions hold written KV (`paged_kv.core.sequence.WrittenExtents`):
+once every layer of a prefix has been written, those tokens are computed and their full
+blocks are published (`PrefixCache.commit`).
 """
 
 from __future__ import annotations
@@ -16,12 +17,16 @@ from collections.abc import Sequence
 import numpy as np
 
 from paged_kv.cache.backend import KVBackend
-from paged_kv.cache.growth import CopyOnWrite
-from paged_kv.core.block_allocator import BlockAllocator
-from paged_kv.core.errors import ImmutableBlockError, OutOfBlocksError
+from paged_kv.cache.step_plan import StepPlan, StepPlanner
 from paged_kv.core.prefix_cache import PrefixCache
-from paged_kv.core.sequence import GPU, SequenceRecord, SequenceRegistry
-from paged_kv.core.validate import cdiv, require_int, require_range
+from paged_kv.core.sequence import SequenceRegistry
+from paged_kv.core.validate import (
+    cdiv,
+    require_array,
+    require_int,
+    require_range,
+    require_seq_ids,
+)
 
 
 class KVIO:
@@ -31,41 +36,14 @@ class KVIO:
         self,
         backend: KVBackend,
         seqs: SequenceRegistry,
-        gpu: BlockAllocator,
-        cow: CopyOnWrite,
+        plans: StepPlanner,
         prefix: PrefixCache,
     ) -> None:
         self._backend = backend
         self._seqs = seqs
-        self._gpu = gpu
-        self._cow = cow
+        self._plans = plans
         self._prefix = prefix
         self._block_size = prefix.block_size
-
-    def _needs_copy(self, record: SequenceRecord, start: int, count: int) -> bool:
-        """Check that positions ``start ..`` may be written; True if the write goes into
-        a shared partial block (which must be copied first)."""
-        if count == 0:
-            return False
-        table = record.table
-        bs = self._block_size
-        refs = self._gpu.ref_counts
-        keys = self._gpu.block_keys
-        for i in range(start // bs, (start + count - 1) // bs + 1):
-            block = table.blocks[i]
-            if keys[block] is not None:
-                raise ImmutableBlockError(
-                    f"sequence {record.seq_id}: block {block} (logical {i}) is published in "
-                    f"the prefix cache, so it is immutable; its KV was computed already"
-                )
-            if refs[block] > 1:
-                if i < table.num_full_blocks:
-                    raise ImmutableBlockError(
-                        f"sequence {record.seq_id}: block {block} (logical {i}) is full and "
-                        f"shared by {refs[block]} sequences; shared full blocks are immutable"
-                    )
-                return True
-        return False
 
     def write(
         self,
@@ -77,7 +55,9 @@ class KVIO:
         starts: Sequence[int] | None,
     ) -> None:
         """Write rows of `k`, `v` (``num_tokens[i]`` for sequence i, concatenated) of
-        `layer` at positions ``starts[i] ..`` (default: each one's last ``num_tokens[i]``).
+        `layer` at positions ``starts[i] ..`` (default: each one's last ``num_tokens[i]``),
+        through a one-use plan (`paged_kv.cache.step_plan`) that is not uploaded: the
+        slot mapping travels with this write.
 
         All or nothing: `MetadataOnlyError` without storage, `ValueError`
         (`ImmutableBlockError` for an immutable block) or `OutOfBlocksError` (no block to
@@ -85,36 +65,34 @@ class KVIO:
         """
         backend = self._backend
         layer = backend.check_layer(layer)  # metadata-only: MetadataOnlyError first
-        k, v = backend.check_kv(k, v)
-        seq_ids = list(seq_ids)
-        counts = [require_int("num_tokens[i]", c) for c in num_tokens]
-        if len(counts) != len(seq_ids) or (starts is not None and len(starts) != len(seq_ids)):
-            raise ValueError("seq_ids, num_tokens and starts must have the same length")
-        if len(set(seq_ids)) != len(seq_ids):
-            raise ValueError("a sequence appears twice in one batch write")
-        records = [self._seqs.get(s) for s in seq_ids]
-        if sum(counts) != len(k):
-            raise ValueError(f"k has {len(k)} rows but num_tokens sums to {sum(counts)}")
-        if starts is None:
-            starts = [r.table.num_tokens - c for r, c in zip(records, counts)]
+        k, v = backend.check_kv(require_array("k", k, device_ok=True),
+                                require_array("v", v, device_ok=True))
+        plan = self._plans.plan(seq_ids, num_tokens, starts, rows=len(k), upload=False)
+        self._write(layer, plan, k, v)
+
+    def write_planned(self, layer: object, plan: StepPlan, k: object, v: object) -> None:
+        """Write rows of `k`, `v` of `layer` at the slots of `plan`, a current plan of
+        this cache; the checks of `write` that depend on the layer run again."""
+        plan = self._plans.check(plan)
+        layer = self._backend.check_layer(layer)
+        k, v = self._backend.check_kv(require_array("k", k, device_ok=True),
+                                      require_array("v", v, device_ok=True))
+        if len(k) != plan.total_tokens:
+            raise ValueError(f"k has {len(k)} rows but the plan writes {plan.total_tokens} "
+                             f"tokens")
+        self._write(layer, plan, k, v)
+
+    def _write(self, layer: int, plan: StepPlan, k: np.ndarray, v: np.ndarray) -> None:
+        """The write of a checked plan, its immutability check, and the bookkeeping."""
+        self._plans.check_writable(plan)
+        if plan.device is None:
+            self._backend.write(layer, k, v, plan.slot_mapping)
         else:
-            starts = [require_int("starts[i]", s) for s in starts]
-        for r, s, c in zip(records, starts, counts):
-            require_range(f"sequence {r.seq_id}", s, s + c, r.table.num_tokens, "append first")
-        copies = self._cow.plan(
-            [r.table for r, s, c in zip(records, starts, counts) if self._needs_copy(r, s, c)]
-        )
-        if len(copies) > self._gpu.num_free:
-            raise OutOfBlocksError(GPU, len(copies), self._gpu.num_free, "copy shared blocks")
-        if copies:
-            self._cow.apply(copies)
-        slots = np.concatenate(
-            [r.table.slot_mapping(s, s + c) for r, s, c in zip(records, starts, counts)]
-            or [np.empty(0, np.int64)]
-        )
-        backend.write(layer, k, v, slots)
+            self._backend.write_step(layer, k, v, plan.device)
         commit = self._prefix.commit
-        for r, s, c in zip(records, starts, counts):
+        get = self._seqs.get
+        for seq_id, s, c in zip(plan.seq_ids, plan.starts, plan.num_tokens):
+            r = get(seq_id)
             written = r.written
             written.add(layer, s, s + c)
             complete = min(written.frontier)
@@ -131,7 +109,7 @@ class KVIO:
         """K and V of positions ``starts[i] .. ends[i]-1`` of each sequence (defaults: all
         tokens) in one gather launch, and the ``cu_seqlens`` row offsets."""
         layer = self._backend.check_layer(layer)
-        records = [self._seqs.get(s) for s in seq_ids]
+        records = [self._seqs.get(s) for s in require_seq_ids(seq_ids)]
         n = len(records)
         starts = [0] * n if starts is None else [require_int("starts[i]", s) for s in starts]
         ends = ([r.table.num_tokens for r in records] if ends is None

@@ -9,11 +9,11 @@ The parts, one concern each: the sequence registry (`paged_kv.core.sequence`), a
 (`paged_kv.cache.admission`: a prompt hashed and matched once), the allocators
 (`paged_kv.core.block_allocator`: ref counts, free queue, eviction, the key <-> block map),
 the prefix cache (`paged_kv.core.prefix_cache`: keys, computed tokens, publishing),
-copy-on-write (`paged_kv.cache.growth`), swapping (`paged_kv.cache.swap`), the tiers below
-the GPU (`paged_kv.cache.tiers`: host and disk copies of cached blocks), KV I/O over a
-storage interface (`paged_kv.cache.kv_io`), the pressure monitor (`paged_kv.core.pressure`),
-statistics (`paged_kv.core.stats`) and the invariant checker and snapshots
-(`paged_kv.cache.invariants`).
+growth and copy-on-write (`paged_kv.cache.growth`), swapping (`paged_kv.cache.swap`), the
+tiers below the GPU (`paged_kv.cache.tiers`: host and disk copies of cached blocks), KV
+I/O over a storage interface (`paged_kv.cache.kv_io`, `paged_kv.cache.backend`), step
+plans (`paged_kv.cache.step_plan`), the pressure monitor (`paged_kv.core.pressure`),
+statistics (`paged_kv.core.stats`) and the invariant checker (`paged_kv.cache.invariants`).
 
 **The data contract.** A sequence's computed tokens are its prefix hits, what `commit`
 names, and with storage the positions written in every layer; only full computed blocks
@@ -44,6 +44,7 @@ from paged_kv.cache.admission import Admission, PromptPlan
 from paged_kv.cache.backend import make_backend
 from paged_kv.cache.growth import CopyOnWrite, Growth
 from paged_kv.cache.kv_io import KVIO
+from paged_kv.cache.step_plan import StepPlan, StepPlanner
 from paged_kv.cache.swap import Swapper
 from paged_kv.cache.tiers import Tiers
 from paged_kv.core.block_allocator import BlockAllocator
@@ -54,7 +55,13 @@ from paged_kv.core.prefix_cache import PrefixCache
 from paged_kv.core.pressure import PressureCallback, PressureLevel, PressureMonitor
 from paged_kv.core.sequence import GPU, HOST, SequenceInfo, SequenceRegistry, require_growth
 from paged_kv.core.stats import CacheStats
-from paged_kv.core.validate import require_int, require_range
+from paged_kv.core.validate import (
+    require_array,
+    require_int,
+    require_range,
+    require_seq_id,
+    require_seq_ids,
+)
 
 
 class PagedKVCache:
@@ -102,7 +109,8 @@ class PagedKVCache:
         self._cow = CopyOnWrite(self.gpu, self._kv)
         self._growth = Growth(self.gpu, self._cow, self._prefix)
         self._swap = Swapper(self.gpu, self.host, self._kv)
-        self._io = KVIO(self._kv, self._seqs, self.gpu, self._cow, self._prefix)
+        self._plans = StepPlanner(self._kv, self._seqs, self.gpu, self._cow, bs)
+        self._io = KVIO(self._kv, self._seqs, self._plans, self._prefix)
         self._pressure = PressureMonitor(self.gpu, config.watermark_low, config.watermark_high)
         reserve = config.watermark_reserve_blocks
         self._admission = Admission(self.gpu, self._prefix, reserve, self._kv.new_extents,
@@ -127,14 +135,15 @@ class PagedKVCache:
         """The `KVStorage` holding the pools, or None in metadata-only mode."""
         return self._kv.storage
 
-    def _apply(self, operation: Callable[..., None], *args: Any) -> None:
+    def _apply(self, operation: Callable[..., Any], *args: Any) -> Any:
         """Run a part's operation; count a refusal for lack of blocks; update pressure."""
         try:
-            operation(*args)
+            result = operation(*args)
         except OutOfBlocksError:
             self._failures += 1
             raise
         self._pressure.update()
+        return result
 
     # -- sequences -----------------------------------------------------------------------
     def get(self, seq_id: int) -> SequenceInfo:
@@ -280,6 +289,7 @@ class PagedKVCache:
         except OutOfBlocksError:
             self._failures += 1
             raise
+        self._plans.invalidate()
         self._pressure.update()
 
     def append_cost(self, seq_ids: Sequence[int], num_tokens: int = 1) -> int:
@@ -291,7 +301,7 @@ class PagedKVCache:
         if type(num_tokens) is not int or num_tokens < 0:
             num_tokens = require_int("num_tokens", num_tokens)
         get = self._seqs.get
-        return self._growth.cost([get(s).table for s in seq_ids], num_tokens)
+        return self._growth.cost([get(s).table for s in require_seq_ids(seq_ids)], num_tokens)
 
     def append_many(self, seq_ids: Sequence[int], num_tokens: int = 1) -> None:
         """Append `num_tokens` to each sequence (a decode step), all or none.
@@ -299,13 +309,14 @@ class PagedKVCache:
         Raises `OutOfBlocksError`, changing nothing, when `append_cost` exceeds the
         free blocks. Sequences that track token ids must use `append`.
         """
-        seq_ids = list(seq_ids)
+        seq_ids = require_seq_ids(seq_ids)
         if len(set(seq_ids)) != len(seq_ids):
             raise ValueError("a sequence is named twice")
         if type(num_tokens) is not int or num_tokens < 0:
             num_tokens = require_int("num_tokens", num_tokens)
         get = self._seqs.get
         self._apply(self._growth.append_many, [get(s) for s in seq_ids], num_tokens)
+        self._plans.invalidate()
 
     def free(self, seq_id: int) -> None:
         """Release a sequence; each block whose last holder it was joins the free queue.
@@ -318,6 +329,7 @@ class PagedKVCache:
         pool = self.gpu if record.location == GPU else self.host
         pool.free_many(reversed(record.table.blocks))
         self._seqs.remove(seq_id)
+        self._plans.invalidate()
         if self._tiers is not None:
             self._tiers.release(record, self.block_size)
         self._pressure.update()
@@ -328,9 +340,10 @@ class PagedKVCache:
         Nothing is copied now: a later write into the shared partial last block copies it.
         """
         record = self._seqs.get(seq_id)
-        child_id = self._seqs.new_id(child_id)
+        child_id = self._seqs.new_id(child_id, "child_id")
         self.gpu.incref_many(record.table.blocks)
         self._seqs.add(record.fork(child_id))
+        self._plans.invalidate()  # the parent's partial last block is shared now
         return child_id
 
     # -- KV data -------------------------------------------------------------------------
@@ -345,6 +358,8 @@ class PagedKVCache:
         published to the prefix cache, is refused (`ImmutableBlockError`). Once every
         layer of a block is written, its tokens are computed and it is published.
         """
+        seq_id = require_seq_id(seq_id)
+        k, v = require_array("k", k, device_ok=True), require_array("v", v, device_ok=True)
         self.write_kv_batch(
             layer, [seq_id], k, v, num_tokens=[len(k)], starts=None if start is None else [start]
         )
@@ -352,11 +367,11 @@ class PagedKVCache:
     def write_kv_batch(
         self,
         layer: int,
-        seq_ids: Sequence[int],
+        seq_ids: Sequence[int] | StepPlan,
         k: np.ndarray,
         v: np.ndarray,
         *,
-        num_tokens: Sequence[int],
+        num_tokens: Sequence[int] | None = None,
         starts: Sequence[int] | None = None,
     ) -> None:
         """Write one layer's K and V for many sequences in one slot-write launch.
@@ -365,8 +380,51 @@ class PagedKVCache:
         ``num_tokens[i]`` rows for sequence i, written at positions ``starts[i] ..``
         (default: its last ``num_tokens[i]`` positions). A decode step is
         ``num_tokens=[1] * len(seq_ids)``. The rules of `write_kv` apply to each.
+
+        In place of `seq_ids`, a `StepPlan` from `plan_step` (and no `num_tokens` or
+        `starts`): the write goes to the plan's slots, uploaded once for every layer,
+        and a stale plan is refused (`ValueError`, nothing written). The checks that
+        depend on the layer (immutability, written positions, publishing) run per call
+        either way.
         """
+        if isinstance(seq_ids, StepPlan):
+            if num_tokens is not None or starts is not None:
+                raise ValueError("a plan fixes the tokens: pass no num_tokens or starts")
+            self._io.write_planned(layer, seq_ids, k, v)
+            return
+        if num_tokens is None:
+            raise ValueError("write_kv_batch needs num_tokens with seq_ids (or a StepPlan)")
         self._apply(self._io.write, layer, seq_ids, k, v, num_tokens, starts)
+
+    def plan_step(
+        self,
+        seq_ids: Sequence[int],
+        *,
+        num_tokens: int | Sequence[int] = 1,
+        starts: Sequence[int] | None = None,
+    ) -> StepPlan:
+        """The indices of one step over GPU sequences, built, checked and uploaded once
+        for every layer: a `StepPlan` (`paged_kv.cache.step_plan`).
+
+        Sequence ``seq_ids[i]`` gets ``num_tokens[i]`` new tokens (an int: the same for
+        each; default 1, a decode step) at positions ``starts[i] ..`` (default: its last
+        ``num_tokens[i]``, the tokens just appended). Pass the plan to `write_kv_batch`,
+        `paged_kv.cache.attention.decode` and `prefill` in every layer. A shared partial
+        block the tokens fall into is copied now (copy-on-write), before any layer
+        writes. The plan turns stale at the next append, free, fork, swap, copy-on-write
+        or plan (`check_plan`).
+
+        All or nothing: `MetadataOnlyError` without storage, `UnknownSequenceError`,
+        `SequenceStateError` for a swapped-out sequence, `ValueError` for bad
+        arguments (`ImmutableBlockError` for a write into a published or shared full
+        block) and `OutOfBlocksError` (no block for a copy) change nothing.
+        """
+        return self._apply(self._plans.plan, seq_ids, num_tokens, starts)
+
+    def check_plan(self, plan: StepPlan) -> None:
+        """`ValueError` unless `plan` is a current plan of this cache: made by its
+        `plan_step`, with no table change or newer plan since."""
+        self._plans.check(plan)
 
     def slot_mapping(self, seq_id: int, start: int, end: int) -> np.ndarray:
         """Slots ``block_id * block_size + offset`` of positions ``start .. end-1``."""
@@ -379,7 +437,7 @@ class PagedKVCache:
     ) -> tuple[np.ndarray, np.ndarray]:
         """One layer's K and V of positions ``start .. end-1`` (default: all tokens)."""
         k, v, _ = self.read_kv_batch(
-            layer, [seq_id], starts=[start], ends=None if end is None else [end]
+            layer, [require_seq_id(seq_id)], starts=[start], ends=None if end is None else [end]
         )
         return k, v
 
@@ -422,6 +480,7 @@ class PagedKVCache:
         `NoHostPoolError` on a cache built without one.
         """
         self._apply(self._swap.swap_out, self._seqs.get_many(seq_ids, GPU))
+        self._plans.invalidate()
 
     def swap_in(self, seq_ids: int | Iterable[int]) -> None:
         """Move swapped-out sequences' KV back from the host pool into the GPU pool.
@@ -431,6 +490,7 @@ class PagedKVCache:
         """
         records = self._seqs.get_many(seq_ids, HOST)
         self._apply(self._swap.swap_in, records)
+        self._plans.invalidate()
         for record in records:
             self._prefix.publish(record, 0)
 
@@ -481,9 +541,12 @@ class PagedKVCache:
     def on_pressure_change(self, callback: PressureCallback) -> PressureCallback:
         """Call ``callback(old, new, usage)`` whenever the pressure level changes.
 
-        Callbacks run after the operation that moved the level has completed; an
-        exception a callback raises propagates to that operation's caller, with the
-        operation's effects kept.
+        Callbacks run after the operation that moved the level has completed, and
+        cannot undo or hide it: the operation returns its result (a new sequence's id)
+        whatever they do. Every callback hears every change, in order; an exception a
+        callback raises is logged (logger ``paged_kv.core.pressure``) and the other
+        callbacks are still called. A callback may change the cache (free sequences):
+        the level change that causes is heard after the current one.
         """
         return self._pressure.subscribe(callback)
 

@@ -93,8 +93,8 @@ class Tiers:
         """Where blocks ``start, start+1, ...`` of `keys` are served from, up to the first
         block no tier holds or index `limit`; changes nothing."""
         out: list[Source] = []
-        gpu_get = self._gpu.cached_block
-        lower = [(tier, tier.allocator.cached_block) for tier in self.lower]
+        gpu_get = self._gpu.key_map.get
+        lower = [(tier, tier.key_map.get) for tier in self.lower]
         for i in range(start, min(limit, len(keys))):
             key = keys[i]
             block = gpu_get(key)
@@ -188,11 +188,11 @@ class Tiers:
     def copy_down(self, blocks: Sequence[int], keys: Sequence[Hashable]) -> None:
         """Copy cached GPU `blocks` (holding `keys`) to every tier that lacks them, from
         the last block to the first (the ``write_through`` and ``selective`` rule)."""
-        lower = self.lower
+        lower = [(tier, tier.key_map) for tier in self.lower]
         for i in range(len(blocks) - 1, -1, -1):
             key = keys[i]
-            for tier in lower:
-                if key not in tier:
+            for tier, held in lower:
+                if key not in held:
                     self._store(tier, key, blocks[i])
 
     def _gpu_evicted(self, blocks: list[int], keys: list[Hashable]) -> None:

@@ -25,9 +25,9 @@ from paged_kv.cli._common import (
     HelpFormatter,
     Parser,
     check_device_setting,
+    check_output_paths,
     check_serving_options,
     one_line,
-    resolve_figure,
 )
 
 __all__ = ["build_parser", "main"]
@@ -173,10 +173,10 @@ def _run(argv: Sequence[str] | None) -> int:
     args._argv = argv  # what was typed: `paged_kv.cli._preflight.given` reads it
     try:
         # every check before any work: the device setting, a serving run's
-        # pool and workload options, the default figure's path, then the command's own
+        # pool and workload options, the files beside --output, then the command's own
         check_device_setting(runs_kernels=args.runs_kernels)
         check_serving_options(args)
-        resolve_figure(args)
+        check_output_paths(args)
         if args.check is not None:
             args.check(args)
         result = args.run(args)

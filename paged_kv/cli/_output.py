@@ -1,64 +1,111 @@
 """Output of the ``paged-kv`` commands: one table on stdout, ``--output FILE.csv|FILE.json``
-with the settings and the package version, ``--figure``, progress bars."""
+with the settings and the package version, ``--figure``, progress bars.
+
+The rules, the same for every command:
+
+* **A command writes only where it is told.** Nothing is written by default: the
+  results go to ``--output`` and a figure to ``--figure`` only when given, so that no
+  run overwrites a committed figure or litters the working directory.
+* **Every file a run will write is tried before the run** (`check_output_paths`): the
+  ``--output`` file, each ``FILE.NAME.csv`` written beside a CSV file for the tables a
+  command declares (``add_output_options(tables=...)``), and the ``--figure`` file.
+* **No partial file**: each file is written to a temporary name in its folder and moved
+  into place when complete (`write_atomically`), so Ctrl-C or a crash leaves the old
+  file, or none, never half of one.
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
 import math
+import os
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
 from paged_kv.cli._parser import UsageError
-from paged_kv.cli._preflight import given
-from paged_kv.cli._types import RESULT_FORMATS, figure_file, results_file
+from paged_kv.cli._types import RESULT_FORMATS, cannot_write, figure_file, results_file
 
 
-def add_output_options(parser: argparse.ArgumentParser, *, figure: str | None = None) -> None:
+def add_output_options(parser: argparse.ArgumentParser, *, figure: bool | str = False,
+                       tables: Sequence[str] = ()) -> None:
     """Add ``--output`` (results with settings), ``--figure`` if the command draws one
-    (`figure` is its default path, or "" for none by default; a default path comes with
-    ``--no-figure``), and ``--no-progress``. `resolve_figure` settles the default before
-    any work."""
+    (`figure` true; a string is read as true: there is no default path), and
+    ``--no-progress``. `tables` names the further tables the command may write with
+    `emit_table` (beside a CSV file as ``FILE.NAME.csv``), so that those files are tried
+    before any work too."""
     parser.add_argument(
         "--output", type=results_file, default=None, metavar="FILE.csv|FILE.json",
-        help="also write the results, with the settings and package version, to this file",
+        help="also write the results, with the settings and package version, to this file"
+             + (f" (and the tables {', '.join(tables)} to FILE.NAME.csv beside a CSV file)"
+                if tables else ""),
     )
-    if figure is not None:
+    if figure is not None and figure is not False:
         parser.add_argument(
-            "--figure", type=figure_file, default=Path(figure) if figure else None,
-            metavar="FILE.png",
-            help="write the figure here (.png, .pdf or .svg; the folder must exist"
-                 + (f"; the default is skipped where there is no {Path(figure).parent}/ "
-                    f"folder)" if figure else ")"),
+            "--figure", type=figure_file, default=None, metavar="FILE.png",
+            help="write the figure here (.png, .pdf or .svg; the folder must exist); "
+                 "without it no figure is drawn",
         )
-        if figure:
-            parser.add_argument("--no-figure", action="store_true",
-                                help="do not write the default figure")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    parser.set_defaults(_output_tables=tuple(tables))
 
 
-def resolve_figure(args: argparse.Namespace) -> None:
-    """Before any work, settle ``args.figure``: None with ``--no-figure``; a default path
-    (not typed) checked like a typed one, and dropped with a note on stderr when it cannot
-    be written (run outside the checkout, no ``figures/`` folder here), since nobody
-    asked for that path; a typed path was checked by its type already."""
-    if getattr(args, "figure", None) is None:
+def side_file(output: Path, name: str) -> Path:
+    """Where table `name` of a run goes beside the CSV file `output`: ``STEM.NAME.csv``."""
+    return output.with_name(f"{output.stem}.{name}{output.suffix}")
+
+
+def check_output_paths(args: argparse.Namespace) -> None:
+    """Before any work, try every file beside ``--output`` that the run may write (the
+    ``--output`` and ``--figure`` files themselves were tried by their types), and
+    refuse two options naming one file."""
+    output = getattr(args, "output", None)
+    figure = getattr(args, "figure", None)
+    if output is None:
         return
-    if getattr(args, "no_figure", False):
-        if given(args, "--figure"):
-            raise UsageError("argument --no-figure: not allowed with --figure")
-        args.figure = None
-    elif not given(args, "--figure"):
-        try:
-            figure_file(str(args.figure))
-        except argparse.ArgumentTypeError as why:
-            sys.stderr.write(f"paged-kv {args.command}: no figure written: {why}; "
-                             f"--figure PATH writes it elsewhere\n")
-            args.figure = None
+    if figure is not None and Path(os.path.abspath(figure)) == Path(os.path.abspath(output)):
+        raise UsageError(f"argument --figure: {str(figure)!r} is the --output file too")
+    if _is_json(output):
+        return
+    for name in getattr(args, "_output_tables", ()):
+        path = side_file(output, name)
+        why = "it is a folder" if path.is_dir() else cannot_write(path)
+        if why is not None:
+            raise UsageError(f"argument --output: cannot write {str(path)!r}, the {name} "
+                             f"table beside {str(output)!r} ({why})")
+
+
+def write_atomically(path: Path, write: Callable[[Path], object]) -> Path:
+    """Call ``write(temporary)`` with a fresh path in `path`'s folder (same suffix), then
+    move it onto `path` in one step; on any exception, Ctrl-C included, the temporary
+    file is removed and `path` is left as it was. Returns `path`."""
+    path = Path(path)
+    target = Path(os.path.realpath(path))  # write through a symbolic link, not over it
+    temporary = target.with_name(f".{target.stem}.partial-{os.getpid()}{target.suffix}")
+    try:
+        write(temporary)
+        os.replace(temporary, target)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
+    return path
+
+
+def write_figure(fig: Any, args: argparse.Namespace) -> Path:
+    """Write the matplotlib figure `fig` to ``--figure`` (`write_atomically`), say so on
+    stdout and close it; returns the path."""
+    import matplotlib.pyplot as plt  # noqa: PLC0415
+
+    from paged_kv.plots import save  # noqa: PLC0415 - plots load matplotlib
+
+    path = write_atomically(args.figure, lambda temporary: save(fig, temporary))
+    plt.close(fig)
+    print(f"wrote {path}")
+    return path
 
 
 def format_table(frame: pd.DataFrame, columns: Mapping[str, str] | None = None,
@@ -91,8 +138,8 @@ def format_table(frame: pd.DataFrame, columns: Mapping[str, str] | None = None,
 def settings_of(args: argparse.Namespace, **extra: Any) -> dict[str, Any]:
     """The run's settings: every option given on the command line (paths as text), plus
     `extra` (derived values such as a trace checksum), JSON-ready."""
-    skip = {"run", "check", "output", "no_progress", "no_figure", "command", "runs_kernels",
-            "allow_slow"}
+    skip = {"run", "check", "output", "no_progress", "command", "runs_kernels", "allow_slow",
+            "allow_large"}
     settings = {k: _plain(v) for k, v in vars(args).items()
                 if k not in skip and not k.startswith("_")}
     settings.update({k: _plain(v) for k, v in extra.items()})
@@ -134,13 +181,15 @@ def write_results(frame: pd.DataFrame, path: Path, *, command: str,
         if tables:
             document["tables"] = {name: json.loads(table.to_json(orient="records"))
                                   for name, table in tables.items()}
-        path.write_text(json.dumps(document, indent=2) + "\n")
+        write_atomically(path, lambda temporary: temporary.write_text(
+            json.dumps(document, indent=2) + "\n"))
     else:
         if tables:
             raise ValueError("a CSV file holds one table; write the others beside it")
         header = [f"# paged_kv_version: {__version__}", f"# command: {command}"]
         header += [f"# {key}: {json.dumps(value)}" for key, value in settings.items()]
-        path.write_text("\n".join(header) + "\n" + frame.to_csv(index=False))
+        write_atomically(path, lambda temporary: temporary.write_text(
+            "\n".join(header) + "\n" + frame.to_csv(index=False)))
     return path
 
 
@@ -173,13 +222,18 @@ def emit_table(frame: pd.DataFrame, args: argparse.Namespace, name: str, *,
     """Print a further table of the run (one beside `emit`'s results: a capacity table, a
     summary) and, with ``--output``, write it too, under `name`: in the JSON file's
     ``"tables"``, or for ``FILE.csv`` in ``FILE.NAME.csv`` beside it, with the same
-    settings header. Before or after `emit`, in the order the command prints them."""
+    settings header. Before or after `emit`, in the order the command prints them.
+    `name` must be one of the `tables` the command gave `add_output_options`."""
+    declared = getattr(args, "_output_tables", ())
+    if name not in declared:  # a command's mistake: its side files were not tried up front
+        raise RuntimeError(f"table {name!r} is not declared in add_output_options(tables="
+                           f"{declared!r}) of paged-kv {args.command}")
     print(format_table(frame, columns, floatfmt))
     output = getattr(args, "output", None)
     if output is None:
         return
     if not _is_json(output):
-        path = output.with_name(f"{output.stem}.{name}{output.suffix}")
+        path = side_file(output, name)
         write_results(frame, path, command=args.command, settings=settings_of(args))
         print(f"wrote {path}")
         return

@@ -9,7 +9,7 @@ from typing import Any
 import pandas as pd
 
 from paged_kv.cli._parser import UsageError
-from paged_kv.cli._preflight import refuse_if_given
+from paged_kv.cli._preflight import check_memory, refuse_if_given
 from paged_kv.cli._types import int_at_least, int_list, positive_number, seed
 
 #: workloads whose arrival times are recorded in the trace (``--rate`` does not apply)
@@ -22,10 +22,7 @@ def check_serving_options(args: argparse.Namespace) -> None:
     the model and the GPU are presets, the KV pool holds one longest sequence (in whole
     blocks, with a block size), and ``--rate`` is refused for a trace with recorded
     arrivals (a command then prints no rate: `applies_rate`)."""
-    try:  # the simulator's presets: paged_kv.core.config's and the extra models it knows
-        from paged_kv.sim.hardware import model_spec as get_model  # noqa: PLC0415
-    except ImportError:
-        from paged_kv.core.config import get_model  # noqa: PLC0415
+    from paged_kv.core.config import get_model  # noqa: PLC0415
 
     spec = None
     if isinstance(getattr(args, "model", None), str):
@@ -65,6 +62,42 @@ def check_serving_options(args: argparse.Namespace) -> None:
                 raise UsageError(f"argument --gpu: {err}") from None
     if getattr(args, "workload", None) in RECORDED_ARRIVALS and hasattr(args, "rate"):
         refuse_if_given(args, "--rate", f"{args.workload} keeps its recorded arrival times")
+
+
+def kv_pool_slots(model: str, *, kv_dtype: str | None = None, kv_gib: float | None = None,
+                  gpu: str = "A100-40GB") -> int:
+    """Token slots of `model`'s KV (stored as `kv_dtype`) in `kv_gib` GiB, or by default in
+    the model's KV budget on `gpu` (what the studies use)."""
+    from paged_kv.core.config import get_model  # noqa: PLC0415
+    from paged_kv.sim.hardware import get_gpu  # noqa: PLC0415
+    from paged_kv.studies._common import default_kv_bytes  # noqa: PLC0415
+
+    spec = get_model(model)
+    if kv_dtype is not None:
+        spec = spec.with_kv_dtype(kv_dtype)
+    if kv_gib is not None:
+        return int(kv_gib * 2**30) // spec.bytes_per_token
+    try:
+        return default_kv_bytes(spec, get_gpu(gpu)) // spec.bytes_per_token
+    except ValueError as err:
+        raise UsageError(f"argument --model: {err}") from None
+
+
+def check_serving_memory(args: argparse.Namespace, *, requests: int, num_blocks: int,
+                         flag: str, what: str, runs: int = 1) -> None:
+    """Refuse (unless ``--allow-large``) a serving study whose `runs` simulations of
+    `requests` requests over paged pools of `num_blocks` blocks, held at once, would not
+    fit in memory (`paged_kv.sim.footprint.serving_bytes`). The message names `flag` (the
+    option that sizes the requests) or ``--kv-gib`` when the pool is the larger part."""
+    from paged_kv.sim.footprint import (  # noqa: PLC0415
+        BYTES_PER_BLOCK,
+        BYTES_PER_REQUEST,
+        serving_bytes,
+    )
+
+    if num_blocks * BYTES_PER_BLOCK > requests * BYTES_PER_REQUEST and hasattr(args, "kv_gib"):
+        flag, what = "--kv-gib", f"{what} over {num_blocks:,} blocks"
+    check_memory(args, serving_bytes(requests, num_blocks=num_blocks, runs=runs), flag, what)
 
 
 def applies_rate(args: argparse.Namespace) -> bool:

@@ -16,6 +16,9 @@ import os
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 
+#: the largest whole number any option takes: what a NumPy int64 holds (counts, sizes and
+#: ids end up indexing or filling int64 arrays); ``2**70`` is refused up front
+MAX_INT = 2**63 - 1
 #: suffixes ``--output`` accepts, and the format each selects
 RESULT_FORMATS = {".csv": "csv", ".json": "json"}
 #: suffixes ``--figure`` accepts (anything matplotlib writes without extra packages)
@@ -44,6 +47,9 @@ text.bad_values = ()  # type: ignore[attr-defined]
 
 
 def _int(text: str) -> int:
+    if len(text) > 40:  # int() refuses over 4,300 digits, in words that name no flag
+        raise argparse.ArgumentTypeError(f"expected a whole number up to {MAX_INT}, got "
+                                         f"{text[:20]!r}... ({len(text)} characters)")
     try:
         return int(text, 10)
     except ValueError:
@@ -51,19 +57,20 @@ def _int(text: str) -> int:
 
 
 def int_at_least(minimum: int, maximum: int | None = None) -> Callable[[str], int]:
-    """A type accepting whole numbers in ``[minimum, maximum]`` (``1e4`` is refused)."""
+    """A type accepting whole numbers in ``[minimum, maximum]`` (``1e4`` is refused);
+    without a `maximum`, up to `MAX_INT`."""
+    limit = MAX_INT if maximum is None else maximum
 
     def parse(text: str) -> int:
         value = _int(text)
-        if value < minimum or (maximum is not None and value > maximum):
-            bound = f">= {minimum}" if maximum is None else f"in [{minimum}, {maximum}]"
+        if value < minimum or value > limit:
+            bound = (f">= {minimum}" if maximum is None and value < minimum
+                     else f"in [{minimum}, {limit}]")
             raise argparse.ArgumentTypeError(f"must be a whole number {bound}, got {text!r}")
         return value
 
     parse.__name__ = "integer"
-    bad = [str(minimum - 1), "1e4", "1.5", "banana", ""]
-    if maximum is not None:
-        bad.append(str(maximum + 1))
+    bad = [str(minimum - 1), "1e4", "1.5", "banana", "", str(limit + 1), str(2**70)]
     return _refuses(*bad)(parse)
 
 
@@ -172,6 +179,24 @@ def _no_repeats(values: Sequence[object]) -> None:
 
 
 
+def cannot_write(path: Path) -> str | None:
+    """Why `path` cannot be written, or None: found out by doing what the run will do.
+
+    A new file is created and removed again (its folder entry is what the run makes);
+    an existing one is opened for appending and closed, unchanged. `os.access` is not
+    enough: it says yes to root everywhere, ``/proc`` and read-only mounts included.
+    """
+    try:
+        if path.exists():
+            os.close(os.open(path, os.O_WRONLY | os.O_APPEND))
+        else:
+            os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+            os.unlink(path)
+    except OSError as err:
+        return (err.strerror or type(err).__name__).lower()
+    return None
+
+
 def _writable_file(text: str, suffixes: Mapping[str, str] | Sequence[str], what: str) -> Path:
     if not text.strip():
         raise argparse.ArgumentTypeError(f"expected a {what} file name, got an empty string")
@@ -188,21 +213,26 @@ def _writable_file(text: str, suffixes: Mapping[str, str] | Sequence[str], what:
         raise argparse.ArgumentTypeError(f"{str(folder)!r} is a file, not a folder")
     if not folder.is_dir():
         raise argparse.ArgumentTypeError(f"folder {str(folder)!r} does not exist (create it first)")
-    if not os.access(folder, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
-        raise argparse.ArgumentTypeError(f"cannot write {text!r} (permission denied)")
+    why = cannot_write(path)
+    if why is not None:
+        raise argparse.ArgumentTypeError(f"cannot write {text!r} ({why})")
     return path
 
 
 _BAD_PATHS = ("", " ", "/missing-folder/x", ".", "/etc/passwd/x")
+#: a path on a pseudo file system, where nothing can be created (root included)
+_PSEUDO = "/proc/paged-kv-cannot-write"
 
 
-@_refuses(*_BAD_PATHS, "results.txt", "/missing-folder/r.csv", "/etc/passwd/r.json")
+@_refuses(*_BAD_PATHS, "results.txt", "/missing-folder/r.csv", "/etc/passwd/r.json",
+          f"{_PSEUDO}.csv")
 def results_file(text: str) -> Path:
     """A type for ``--output``: a writable ``.csv`` or ``.json`` path in an existing folder."""
     return _writable_file(text, RESULT_FORMATS, "results")
 
 
-@_refuses(*_BAD_PATHS, "figure.txt", "/missing-folder/f.png", "/etc/passwd/f.png")
+@_refuses(*_BAD_PATHS, "figure.txt", "/missing-folder/f.png", "/etc/passwd/f.png",
+          f"{_PSEUDO}.png")
 def figure_file(text: str) -> Path:
     """A type for ``--figure``: a writable ``.png``/``.pdf``/``.svg`` path in an existing folder."""
     return _writable_file(text, FIGURE_SUFFIXES, "figure")

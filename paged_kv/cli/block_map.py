@@ -17,6 +17,7 @@ from paged_kv.cli._common import (
     nonnegative_int,
     progress_enabled,
     seed,
+    write_figure,
 )
 
 NAME = "block-map"
@@ -64,7 +65,7 @@ def register(subparsers) -> None:
     parser.add_argument("--policy", default="lru", choices=_policies(),
                         help="eviction policy of the prefix cache")
     parser.add_argument("--seed", type=seed, default=0, help="seed of prompts and arrivals")
-    add_output_options(parser, figure="figures/block_map.png")
+    add_output_options(parser, figure=True, tables=("summary",))
 
 
 def check(args: argparse.Namespace) -> None:
@@ -82,7 +83,7 @@ def check(args: argparse.Namespace) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Serve, print what happened and the pool per state, draw the map."""
-    from paged_kv.plots import plot_block_map, save  # noqa: PLC0415
+    from paged_kv.plots import plot_block_map  # noqa: PLC0415
     from paged_kv.studies.block_map import block_map_summary, scripted_serving  # noqa: PLC0415
 
     recorder, log = scripted_serving(
@@ -108,5 +109,5 @@ def run(args: argparse.Namespace) -> int:
         "unfilled_slots": "unfilled slots", "evictions": "evictions",
         "cow_copies": "COW copies"})
     if args.figure is not None:
-        print(f"wrote {save(plot_block_map(recorder, title=f'Block map: {setup}'), args.figure)}")
+        write_figure(plot_block_map(recorder, title=f"Block map: {setup}"), args)
     return 0

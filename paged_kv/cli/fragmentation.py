@@ -6,15 +6,20 @@ import argparse
 
 from paged_kv.cli import add_command
 from paged_kv.cli._common import (
+    add_allow_large,
     add_output_options,
     add_serving_options,
     applies_rate,
+    check_serving_memory,
     emit,
+    given,
+    kv_pool_slots,
     paper_note,
     positive_number,
     progress_enabled,
     unlike_paper,
     without_paper,
+    write_figure,
 )
 
 NAME = "fragmentation"
@@ -57,16 +62,34 @@ def register(subparsers) -> None:
                         help="placement of the contiguous baselines")
     parser.add_argument("--duration", type=positive_number, default=3600.0,
                         help="seconds of arrivals (requests = rate x duration)")
-    add_output_options(parser, figure="figures/fragmentation.png")
+    add_allow_large(parser)
+    add_output_options(parser, figure=True)
+
+
+def check(args: argparse.Namespace) -> None:
+    """Refuse a study whose runs would not fit in memory, unless --allow-large: the
+    first seed's four runs are kept (the figure's), and a fifth runs beside them."""
+    from paged_kv.studies._common import requests_for  # noqa: PLC0415
+
+    if args.num_requests is not None:
+        requests, flag = args.num_requests, "--num-requests"
+    else:
+        requests = requests_for(args.rate, args.duration)
+        flag = "--rate" if given(args, "--rate") and not given(args, "--duration") else \
+            "--duration"
+    slots = kv_pool_slots(args.model, kv_dtype=args.kv_dtype, kv_gib=args.kv_gib)
+    check_serving_memory(args, requests=requests, num_blocks=slots // args.block_size,
+                         runs=5, flag=flag,
+                         what=f"serving {requests:,} requests on each of 4 schemes")
 
 
 def run(args: argparse.Namespace) -> int:
     """Run the study, print the table beside the paper's, write the figure."""
-    from paged_kv.plots import plot_fragmentation, save  # noqa: PLC0415
-    from paged_kv.sim.hardware import model_spec  # noqa: PLC0415
+    from paged_kv.core.config import get_model  # noqa: PLC0415
+    from paged_kv.plots import plot_fragmentation  # noqa: PLC0415
     from paged_kv.studies import fragmentation_study  # noqa: PLC0415
 
-    model = model_spec(args.model).with_kv_dtype(args.kv_dtype)
+    model = get_model(args.model).with_kv_dtype(args.kv_dtype)
     study = fragmentation_study(
         model=model, gpu=args.gpu, kv_bytes=int(args.kv_gib * 2**30),
         workload=args.workload, rate=args.rate, duration_s=args.duration,
@@ -97,5 +120,5 @@ def run(args: argparse.Namespace) -> int:
             f"{s['workload']} at {arrivals}"
             + (f", {s['kv_dtype']} KV" if model.kv.quantized else "")
             + ("" if differs else "\n(ours | vLLM paper Fig. 2, hatched)")))
-        print(f"wrote {save(fig, args.figure)}")
+        write_figure(fig, args)
     return 0

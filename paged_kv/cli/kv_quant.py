@@ -12,12 +12,15 @@ from paged_kv.cli._common import (
     emit,
     emit_table,
     int_at_least,
+    number_in,
     positive_int,
     positive_number,
     progress_enabled,
     seed,
+    write_figure,
 )
 from paged_kv.core.humanize import format_bytes
+from paged_kv.studies.quant_accuracy import MAX_OUTLIER_SCALE
 
 NAME = "kv-quant"
 HELP = "capacity and attention error of int8 and FP8 KV caches"
@@ -54,8 +57,11 @@ def register(subparsers) -> None:
                         help="decode queries (one token each)")
     parser.add_argument("--outlier-channels", type=int_at_least(0), default=4,
                         help="outlier channels per KV head of the keys")
-    parser.add_argument("--outlier-scale", type=positive_number, default=20.0,
-                        help="how much larger the outlier channels are")
+    parser.add_argument("--outlier-scale", type=number_in(0.0, MAX_OUTLIER_SCALE, low_open=True),
+                        default=20.0,
+                        help="how much larger the outlier channels are (float16, the "
+                             "reference, holds the keys up to "
+                             f"{MAX_OUTLIER_SCALE:g})")
     parser.add_argument("--kv-gib", type=positive_number, default=12.0,
                         help="KV memory budget of the capacity table, GiB (the vLLM "
                              "paper's OPT-13B setting: 12)")
@@ -65,7 +71,7 @@ def register(subparsers) -> None:
                              "through int8 and FP8 caches and report how far its logits "
                              f"move (NumPy attention over the dequantized K/V; about "
                              f"{MODEL_LOGITS_SIM_S:.0f} s in the CUDA simulator)")
-    add_output_options(parser, figure="")  # the sweep behind the figure takes a while
+    add_output_options(parser, figure=True, tables=("capacity", "model_logits"))
 
 
 def check(args: argparse.Namespace) -> None:
@@ -100,7 +106,7 @@ def check(args: argparse.Namespace) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Print the capacity and error tables, write the outlier sweep figure."""
-    from paged_kv.plots import plot_quantization_error, save  # noqa: PLC0415
+    from paged_kv.plots import plot_quantization_error  # noqa: PLC0415
     from paged_kv.studies.quant_accuracy import (  # noqa: PLC0415
         capacity_table,
         error_table,
@@ -148,5 +154,5 @@ def run(args: argparse.Namespace) -> int:
         title = (f"Decode attention over {args.tokens} random K/V tokens, {args.kv_heads} KV "
                  f"heads x {args.head_dim},\n{args.group} query heads per KV head, "
                  f"{args.outlier_channels} outlier key channels per head; relative L2 error")
-        print(f"wrote {save(plot_quantization_error(sweep, title=title), args.figure)}")
+        write_figure(plot_quantization_error(sweep, title=title), args)
     return 0

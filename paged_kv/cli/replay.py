@@ -7,7 +7,14 @@ import argparse
 import pandas as pd
 
 from paged_kv.cli import add_command
-from paged_kv.cli._common import add_output_options, emit, fraction, progress_enabled
+from paged_kv.cli._common import (
+    MAX_INT,
+    UsageError,
+    add_output_options,
+    emit,
+    fraction,
+    progress_enabled,
+)
 
 NAME = "replay"
 HELP = "prefix-cache hit rate of a trace with block keys (shipped name or file)"
@@ -55,21 +62,34 @@ def capacity_shown(frame: pd.DataFrame) -> pd.DataFrame:
 
 
 def capacity(text: str) -> int | None:
-    """``unbounded`` or a whole number of blocks >= 1."""
+    """``unbounded`` or a whole number of blocks in ``[1, MAX_INT]``."""
     if text == "unbounded":
         return None
     try:
-        value = int(text, 10)
+        value = int(text, 10) if len(text) <= 40 else 0
     except ValueError:
         value = 0
-    if value < 1:
+    if not 1 <= value <= MAX_INT:
         raise argparse.ArgumentTypeError(
-            f"must be a whole number of blocks >= 1 or 'unbounded', got {text!r}"
+            f"must be a whole number of blocks in [1, {MAX_INT}] or 'unbounded', got "
+            f"{text if len(text) <= 40 else text[:20] + '...'!r}"
         )
     return value
 
 
-capacity.bad_values = ("", "banana", "0", "-1", "1e4", "1.5")
+capacity.bad_values = ("", "banana", "0", "-1", "1e4", "1.5", str(MAX_INT + 1), str(2**70),
+                       "99999999999999999999999")
+
+
+def load_trace_option(args: argparse.Namespace) -> None:
+    """Before any work, load ``--trace`` into ``args._workload``: a file that cannot be
+    replayed is refused naming the flag, the file and the line."""
+    from paged_kv.sim.traces import load_trace  # noqa: PLC0415
+
+    try:
+        args._workload = load_trace(args.trace)
+    except ValueError as err:
+        raise UsageError(f"argument --trace: {err}") from None
 
 def add_trace_options(parser: argparse.ArgumentParser) -> None:
     """``--trace`` and ``--warmup``, shared with ``paged-kv sweep``."""
@@ -93,13 +113,17 @@ def register(subparsers) -> None:
     add_output_options(parser)
 
 
+def check(args: argparse.Namespace) -> None:
+    """Load the trace (`load_trace_option`)."""
+    load_trace_option(args)
+
+
 def run(args: argparse.Namespace) -> int:
     """Replay, print the hit rate."""
     from paged_kv.sim.replay import replay  # noqa: PLC0415
     from paged_kv.sim.replay_arrays import TraceArrays  # noqa: PLC0415
-    from paged_kv.sim.traces import load_trace  # noqa: PLC0415
 
-    workload = load_trace(args.trace)
+    workload = args._workload
     result = replay(workload, args.capacity, args.policy, warmup=args.warmup,
                     progress=progress_enabled(args))
     measured = int(result.requests["measured"].sum())

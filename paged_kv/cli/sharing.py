@@ -6,16 +6,20 @@ import argparse
 
 from paged_kv.cli import add_command
 from paged_kv.cli._common import (
+    add_allow_large,
     add_model_options,
     add_output_options,
+    check_serving_memory,
     choice_list,
     emit,
     int_list,
+    kv_pool_slots,
     paper_note,
     positive_int,
     progress_enabled,
     unlike_paper,
     without_paper,
+    write_figure,
 )
 
 NAME = "sharing"
@@ -45,13 +49,26 @@ def register(subparsers) -> None:
     parser.add_argument("--num-requests", type=positive_int, default=500,
                         help="requests per run")
     add_model_options(parser)
-    add_output_options(parser, figure="figures/sharing.png")
+    add_allow_large(parser)
+    add_output_options(parser, figure=True)
+
+
+def check(args: argparse.Namespace) -> None:
+    """Refuse runs that would not fit in memory, unless --allow-large: each request
+    holds up to its width of sequences, in a GPU pool and a host pool as large."""
+    width = max(args.widths)
+    check_serving_memory(args, requests=args.num_requests * width,
+                         num_blocks=2 * (kv_pool_slots(args.model) // 16),
+                         flag="--num-requests",
+                         what=f"serving {args.num_requests:,} requests of up to {width} "
+                              f"sequences each")
 
 
 def run(args: argparse.Namespace) -> int:
     """Run the study, print the table beside the paper's ranges, write the figure."""
-    from paged_kv.plots import plot_sharing, save  # noqa: PLC0415
-    from paged_kv.sim.hardware import get_gpu, model_spec  # noqa: PLC0415
+    from paged_kv.core.config import get_model  # noqa: PLC0415
+    from paged_kv.plots import plot_sharing  # noqa: PLC0415
+    from paged_kv.sim.hardware import get_gpu  # noqa: PLC0415
     from paged_kv.studies import sharing_study  # noqa: PLC0415
     from paged_kv.studies._common import default_kv_bytes  # noqa: PLC0415
 
@@ -59,7 +76,7 @@ def run(args: argparse.Namespace) -> int:
                           samplings=tuple(args.samplings), seeds=tuple(args.seeds),
                           num_requests=args.num_requests, model=args.model,
                           progress=progress_enabled(args))
-    model = model_spec(args.model)
+    model = get_model(args.model)
     kv_gib = default_kv_bytes(model, get_gpu("A100-40GB")) / 2**30
     differs = unlike_paper(args, model)
     print(f"{args.model}, {kv_gib:.1f} GiB of KV, block 16: {args.num_requests} requests "
@@ -80,5 +97,5 @@ def run(args: argparse.Namespace) -> int:
             f"and sd over {len(args.seeds)} seed{'s' * (len(args.seeds) > 1)}; beam search: "
             f"fitted lineage model)"))
         fig.axes[0].title.set_fontsize(10)
-        print(f"wrote {save(fig, args.figure)}")
+        write_figure(fig, args)
     return 0

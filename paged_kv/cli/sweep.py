@@ -7,17 +7,26 @@ import os
 
 from paged_kv.cli import add_command
 from paged_kv.cli._common import (
+    CONNECT_TIMEOUT_S,
     UsageError,
     add_output_options,
     address,
+    check_reachable,
     choice_list,
     emit,
     int_list,
     positive_int,
     progress_enabled,
     refuse_if_given,
+    write_figure,
 )
-from paged_kv.cli.replay import HIT_RATE_COLUMNS, add_trace_options, capacity, capacity_shown
+from paged_kv.cli.replay import (
+    HIT_RATE_COLUMNS,
+    add_trace_options,
+    capacity,
+    capacity_shown,
+    load_trace_option,
+)
 
 NAME = "sweep"
 HELP = "hit rates at every eviction policy x cache capacity (compiled, parallel)"
@@ -56,7 +65,8 @@ TIER_COLUMNS = {
 }
 
 capacity_list.__name__ = "capacities"
-capacity_list.bad_values = ("", ",", "banana", "0", "1e4", "10,10", "unbounded,unbounded")
+capacity_list.bad_values = ("", ",", "banana", "0", "1e4", "10,10", "unbounded,unbounded",
+                            f"10,{2**70}")
 
 
 def register(subparsers) -> None:
@@ -92,8 +102,9 @@ def register(subparsers) -> None:
     parser.add_argument("--workers", type=positive_int, default=None,
                         help="local worker processes (default: one per CPU)")
     parser.add_argument("--scheduler", type=address, default=None, metavar="ADDRESS",
-                        help="run the points on this Dask scheduler, e.g. tcp://host:8786")
-    add_output_options(parser, figure="figures/sweep_hit_rates.png")
+                        help="run the points on this Dask scheduler, e.g. tcp://host:8786 "
+                             f"(refused if it does not answer within {CONNECT_TIMEOUT_S:g} s)")
+    add_output_options(parser, figure=True)
 
 
 #: the tier policies the compiled engine runs (`paged_kv.sim.replay_compiled_tiers`; kept
@@ -103,7 +114,8 @@ COMPILED_TIER_POLICIES = ("lru", "arc")
 
 def check(args: argparse.Namespace) -> None:
     """Refuse tier options without a tier, a tier policy the compiled engine does not run,
-    --scheduler without the distributed extra, and --workers with it."""
+    --scheduler without the distributed extra, with --workers, or where no scheduler
+    answers (within `CONNECT_TIMEOUT_S`); then load the trace."""
     host = any(args.host_capacities)
     disk = any(args.disk_capacities)
     if not (host or disk):
@@ -127,6 +139,8 @@ def check(args: argparse.Namespace) -> None:
         except ImportError:
             raise UsageError("argument --scheduler: needs the optional extra: "
                              "pip install 'paged_kv[distributed]'") from None
+        check_reachable("--scheduler", args.scheduler)
+    load_trace_option(args)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -134,7 +148,7 @@ def run(args: argparse.Namespace) -> int:
     from paged_kv.sim.replay_arrays import as_trace_arrays  # noqa: PLC0415
     from paged_kv.sim.replay_sweep import sweep  # noqa: PLC0415
 
-    trace = as_trace_arrays(args.trace)
+    trace = as_trace_arrays(args._workload)
     workers = None if args.scheduler is not None else args.workers or os.cpu_count() or 1
     frame = sweep(trace, args.capacities, args.policies, host_capacities=args.host_capacities,
                   disk_capacities=args.disk_capacities, placements=args.placements,
@@ -151,12 +165,12 @@ def run(args: argparse.Namespace) -> int:
          trace_checksum=trace.checksum, trace_requests=len(trace),
          block_size=trace.block_size, workers=workers)
     if args.figure is not None:
-        from paged_kv.plots import plot_hit_rates, plot_tier_sweep, save  # noqa: PLC0415
+        from paged_kv.plots import plot_hit_rates, plot_tier_sweep  # noqa: PLC0415
 
         title = (f"{trace.name}: prefix-cache hit rate, {trace.block_size}-token blocks, "
                  f"requests replayed one at a time"
                  + (f", first {args.warmup:.0%} as warm-up" if args.warmup else ""))
         fig = plot_tier_sweep(frame, title=title) if tiered else plot_hit_rates(
             frame, title=title)
-        print(f"wrote {save(fig, args.figure)}")
+        write_figure(fig, args)
     return 0

@@ -3,23 +3,28 @@
 from __future__ import annotations
 
 import argparse
+import math
 
 import pandas as pd
 
 from paged_kv.cli import add_command
 from paged_kv.cli._common import (
     UsageError,
+    add_allow_large,
     add_model_options,
     add_output_options,
+    check_serving_memory,
     choice_list,
     emit,
     emit_table,
+    kv_pool_slots,
     paper_note,
     positive_number,
     progress_enabled,
     seed,
     unlike_paper,
     without_paper,
+    write_figure,
 )
 
 NAME = "throughput"
@@ -58,18 +63,34 @@ def register(subparsers) -> None:
                         help="also report Fig. 13's batch sizes (ShareGPT 2, Alpaca 30 req/s)")
     parser.add_argument("--shared-prefix", action="store_true",
                         help="also run Fig. 16's shared-prefix workloads (80, 341 tokens)")
-    add_output_options(parser, figure="")
+    add_allow_large(parser)
+    add_output_options(parser, figure=True, tables=("batch_sizes", "shared_prefix"))
 
 
 def check(args: argparse.Namespace) -> None:
-    """A figure needs the curves."""
+    """A figure needs the curves; a run at the top of the rate grid must fit in memory
+    (unless --allow-large)."""
+    from paged_kv.studies.throughput import RATES  # noqa: PLC0415
+
     if args.figure is not None and not args.curves:
         raise UsageError("argument --figure: draws the latency curves; add --curves")
+    tops = [RATES[w][-1] for w in args.workloads]
+    if args.shared_prefix:
+        tops += [RATES[w][-1] for w in RATES if w.startswith("shared-prefix")]
+    quantized = args.kv_dtype not in ("auto", None)
+    top = max(tops) * (2 if quantized else 1)  # a quantized cache's grid runs to twice
+    requests = max(1, math.ceil(top * args.duration))
+    check_serving_memory(args, requests=requests,
+                         num_blocks=kv_pool_slots(args.model, kv_dtype=args.kv_dtype,
+                                                  gpu=args.gpu) // 16,
+                         flag="--duration",
+                         what=f"a run of {requests:,} requests ({top:g} req/s for "
+                              f"{args.duration:g} s)")
 
 
 def run(args: argparse.Namespace) -> int:
     """Run the study, print the sustained rates and the ratios beside the paper's."""
-    from paged_kv.sim.hardware import model_spec  # noqa: PLC0415
+    from paged_kv.core.config import get_model  # noqa: PLC0415
     from paged_kv.studies.throughput import (  # noqa: PLC0415
         RATES,
         batch_size_study,
@@ -78,7 +99,7 @@ def run(args: argparse.Namespace) -> int:
     )
 
     progress = progress_enabled(args)
-    model = model_spec(args.model).with_kv_dtype(args.kv_dtype)
+    model = get_model(args.model).with_kv_dtype(args.kv_dtype)
     setting = dict(model=model, gpu=args.gpu, duration_s=args.duration, seed=args.seed)
     # a quantized cache holds about twice the tokens: carry the rate grids on to twice
     # their top in finer steps than the search's doubling past the top would take
@@ -145,7 +166,7 @@ def _with_ratios(study) -> pd.DataFrame:
 def _figure(study, args: argparse.Namespace) -> None:
     import matplotlib.pyplot as plt  # noqa: PLC0415
 
-    from paged_kv.plots import plot_latency, save  # noqa: PLC0415
+    from paged_kv.plots import plot_latency  # noqa: PLC0415
 
     workloads = list(study.curves["workload"].drop_duplicates())
     fig, axes = plt.subplots(1, len(workloads), figsize=(5.2 * len(workloads), 3.8),
@@ -156,4 +177,4 @@ def _figure(study, args: argparse.Namespace) -> None:
                      threshold_s=s["threshold_s"],
                      title=f"{s['model']}, {s['gpu']}: {workload}")
     fig.tight_layout()
-    print(f"wrote {save(fig, args.figure)}")
+    write_figure(fig, args)

@@ -16,6 +16,7 @@ from paged_kv.cli._common import (
     positive_number,
     progress_enabled,
     seed,
+    write_figure,
 )
 
 NAME = "tiers"
@@ -88,7 +89,8 @@ def register(subparsers) -> None:
                         help="disk read bandwidth (default: a Gen4 NVMe SSD's datasheet "
                              "6.5 GB/s)")
     parser.add_argument("--seed", type=seed, default=0, help="seed of the conversations")
-    add_output_options(parser, figure="")
+    add_output_options(parser, figure=True,
+                       tables=("cachedattention", "mooncake", "break_even"))
 
 
 def run(args: argparse.Namespace) -> int:
@@ -130,7 +132,7 @@ def run(args: argparse.Namespace) -> int:
     table = study.break_even
     emit_table(table.astype(object).where(table.notna(), None), args, "break_even")
     if args.figure is not None:
-        from paged_kv.plots import plot_tier_study, save  # noqa: PLC0415
+        from paged_kv.plots import plot_tier_study  # noqa: PLC0415
 
         sessions = study.sweeps.get("sharegpt-sessions")
         mooncake = study.sweeps.get("mooncake-conversation")
@@ -140,5 +142,5 @@ def run(args: argparse.Namespace) -> int:
             sessions_reference={128 * 10**9: published.CACHEDATTENTION_RESULTS[
                 "llama-13b"]["hit_rate"]},
             mooncake_reference=dict(published.MOONCAKE_FIG9_CURVES["mooncake-conversation"]))
-        print(f"wrote {save(fig, args.figure)}")
+        write_figure(fig, args)
     return 0

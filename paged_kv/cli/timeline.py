@@ -6,12 +6,16 @@ import argparse
 
 from paged_kv.cli import add_command
 from paged_kv.cli._common import (
+    add_allow_large,
     add_output_options,
     add_serving_options,
     applies_rate,
+    check_serving_memory,
     emit,
+    kv_pool_slots,
     progress_enabled,
     refuse_if_given,
+    write_figure,
 )
 
 NAME = "timeline"
@@ -33,24 +37,31 @@ def register(subparsers) -> None:
                         help="memory scheme: the paged cache or Orca's contiguous reservations")
     add_serving_options(parser, workloads=WORKLOADS,
                         block_size_help="tokens per block (paged scheme only)")
-    add_output_options(parser, figure="figures/timeline.png")
+    add_allow_large(parser)
+    add_output_options(parser, figure=True)
 
 
 def check(args: argparse.Namespace) -> None:
-    """Refuse --block-size for a contiguous scheme."""
+    """Refuse --block-size for a contiguous scheme, and a run that would not fit in
+    memory unless --allow-large."""
     if args.scheme != "paged":
         refuse_if_given(args, "--block-size", f"the {args.scheme} scheme has no blocks")
+    slots = kv_pool_slots(args.model, kv_gib=args.kv_gib)
+    check_serving_memory(args, requests=args.num_requests,
+                         num_blocks=slots // args.block_size if args.scheme == "paged" else 0,
+                         flag="--num-requests",
+                         what=f"serving {args.num_requests:,} requests")
 
 
 def run(args: argparse.Namespace) -> int:
     """Serve, print the categories at evenly spaced steps, draw the timeline."""
-    from paged_kv.plots import plot_timeline, save  # noqa: PLC0415
-    from paged_kv.sim.hardware import model_spec  # noqa: PLC0415
+    from paged_kv.core.config import get_model  # noqa: PLC0415
+    from paged_kv.plots import plot_timeline  # noqa: PLC0415
     from paged_kv.sim.scheduler import simulate  # noqa: PLC0415
     from paged_kv.sim.schemes import ContiguousScheme, PagedScheme  # noqa: PLC0415
     from paged_kv.studies import kv_slots, make_workload  # noqa: PLC0415
 
-    spec = model_spec(args.model)
+    spec = get_model(args.model)
     slots = kv_slots(spec, int(args.kv_gib * 2**30))
     rate = args.rate if applies_rate(args) else None
     work = make_workload(args.workload, args.num_requests, rate=rate, seed=args.seed,
@@ -71,5 +82,5 @@ def run(args: argparse.Namespace) -> int:
         "internal_frag": "internal frag.", "external_frag": "external frag.", "free": "free"})
     if args.figure is not None:
         fig = plot_timeline(result.steps, title=f"Memory over one run: {setup}")
-        print(f"wrote {save(fig, args.figure)}")
+        write_figure(fig, args)
     return 0

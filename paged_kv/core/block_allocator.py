@@ -367,6 +367,43 @@ class BlockAllocator:
             self.on_publish(published, [block_keys[b] for b in published])
         return stored
 
+    @property
+    def key_map(self) -> dict[Hashable, int]:
+        """Key -> block for every cached key (the inverse of `block_keys`): read-only
+        outside, for loops that test many keys."""
+        return self._cached
+
+    def store_evictable(self, key: Hashable) -> tuple[int, Hashable | None] | None:
+        """Give an uncached free block, or else the policy's victim, the key `key` and
+        make it the newest eviction candidate at once: how a lower tier of the prefix
+        cache stores a copy (the block is never held by a table).
+
+        The policy hears what allocating, caching and freeing the block would tell it
+        (``pop``, ``on_cached``, ``add``). Returns ``(block, the key evicted for it or
+        None)``; None, changing nothing, when `key` is cached already or no block is
+        free or evictable.
+        """
+        cached = self._cached
+        if key in cached:
+            return None
+        evicted = None
+        if self._free:
+            block = self._free.popleft()
+        elif len(self.policy):
+            block = self.policy.pop()
+            evicted = self.block_keys[block]
+            del cached[evicted]
+            self.num_evicted_total += 1
+        else:
+            return None
+        self.block_keys[block] = key
+        cached[key] = block
+        self.num_cached_total += 1
+        if self._on_cached is not None:
+            self._on_cached(block, key)
+        self.policy.add(block)
+        return block, evicted
+
     def uncache(self, block: int) -> Hashable:
         """Drop the key of evictable `block` (its content is known to be lost); it joins
         the uncached free queue. Returns the key. `ValueError` unless it is evictable."""

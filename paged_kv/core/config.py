@@ -1,8 +1,11 @@
-"""Model and cache configuration.
+"""Model and cache configuration, and the one registry of model presets.
 
-`ModelSpec` describes the KV shape of a transformer (how many bytes one token's keys and
-values take); `CacheConfig` describes the paged cache (block size, pool sizes, watermarks,
-prefix caching). Both are frozen dataclasses validated on construction: a bad value raises
+`ModelSpec` describes a transformer: its KV shape (how many bytes one token's keys and
+values take: all the cache needs) and, where known, the rest of its architecture (what
+the step-time model and the NumPy model need). `MODEL_PRESETS` is the one registry of
+named models; every layer that needs a model's shape reads it there (`get_model`).
+`CacheConfig` describes the paged cache (block size, pool sizes, watermarks, prefix
+caching). Both are frozen dataclasses validated on construction: a bad value raises
 `ValueError` naming the field and the value.
 """
 
@@ -53,10 +56,33 @@ class ModelSpec:
     num_q_heads: int | None = None
     #: what the KV cache stores ("auto": the compute dtype); see `paged_kv.core.kv_dtype`
     kv_dtype: str = AUTO
+    # The rest of the architecture, where known (None: unknown). The cache needs only the
+    # KV shape above; the step-time model needs the parameter count (`num_params`), and
+    # the NumPy model builds its weights from these widths.
+    #: width of the residual stream
+    hidden_size: int | None = None
+    #: inner width of the MLP
+    intermediate_size: int | None = None
+    #: tokens in the vocabulary
+    vocab_size: int | None = None
+    #: a gated (SwiGLU) MLP of three matrices; False: a plain MLP of two
+    gated_mlp: bool = True
+    #: the output projection shares the token embedding's matrix
+    tied_embeddings: bool = False
+    #: where the architecture's figures come from (paper or model card); empty for a toy
+    source: str = ""
 
     def __post_init__(self) -> None:
         for field in ("num_layers", "num_kv_heads", "head_dim", "max_seq_len"):
             require_int(f"ModelSpec.{field}", getattr(self, field), 1)
+        for field in ("hidden_size", "intermediate_size", "vocab_size"):
+            if getattr(self, field) is not None:
+                require_int(f"ModelSpec.{field}", getattr(self, field), 1)
+        for field in ("gated_mlp", "tied_embeddings"):
+            if not isinstance(getattr(self, field), bool):
+                raise ValueError(f"ModelSpec.{field} must be a bool, got {getattr(self, field)!r}")
+        if not isinstance(self.source, str):
+            raise ValueError(f"ModelSpec.source must be a string, got {self.source!r}")
         if self.dtype not in SUPPORTED_DTYPES:
             raise ValueError(
                 f"ModelSpec.dtype must be one of {SUPPORTED_DTYPES}, got {self.dtype!r}"
@@ -99,6 +125,27 @@ class ModelSpec:
         return self.num_q_heads if self.num_q_heads is not None else self.num_kv_heads
 
     @property
+    def num_params(self) -> int | None:
+        """Parameters of the weight matrices (biases and norms, under 0.1%, left out), or
+        None when the widths are unknown::
+
+            per layer:  attention  hidden * q_width + q_width * hidden      (W_q, W_o)
+                                   + 2 * hidden * kv_width                   (W_k, W_v)
+                        MLP        (3 if gated_mlp else 2) * hidden * intermediate_size
+            embeddings (1 if tied_embeddings else 2) * vocab_size * hidden
+
+        with ``q_width = q_heads * head_dim`` and ``kv_width = num_kv_heads * head_dim``.
+        """
+        d, ffn, vocab = self.hidden_size, self.intermediate_size, self.vocab_size
+        if d is None or ffn is None or vocab is None:
+            return None
+        q_width = self.q_heads * self.head_dim
+        kv_width = self.num_kv_heads * self.head_dim
+        attention = 2 * d * q_width + 2 * d * kv_width
+        mlp = (3 if self.gated_mlp else 2) * d * ffn
+        return self.num_layers * (attention + mlp) + (1 if self.tied_embeddings else 2) * vocab * d
+
+    @property
     def bytes_per_token(self) -> int:
         """Bytes of K and V one token occupies across all layers, in the KV dtype and
         with its per-token scales."""
@@ -111,25 +158,45 @@ class ModelSpec:
         return self.bytes_per_token * block_size
 
 
-#: Named model presets. OPT-13B is the vLLM paper's study model.
+#: The model registry. OPT-13B is the vLLM paper's study model, LLaMA-13B the model of its
+#: shared-prefix study (Sec. 6.4); "tiny" is small enough that a whole pool fits in a few
+#: simulator launches and is the NumPy model's preset (`paged_kv.model`).
 MODEL_PRESETS: dict[str, ModelSpec] = {
-    "opt-13b": ModelSpec("opt-13b", num_layers=40, num_kv_heads=40, head_dim=128,
-                         max_seq_len=2048),
-    "llama-2-7b": ModelSpec("llama-2-7b", num_layers=32, num_kv_heads=32, head_dim=128,
-                            max_seq_len=4096),
-    "llama-3-8b": ModelSpec("llama-3-8b", num_layers=32, num_kv_heads=8, head_dim=128,
-                            max_seq_len=8192, num_q_heads=32),
-    # Small enough that a whole pool fits in a few simulator launches.
-    "tiny": ModelSpec("tiny", num_layers=2, num_kv_heads=2, head_dim=8, max_seq_len=256,
-                      num_q_heads=4),
+    "opt-13b": ModelSpec(
+        "opt-13b", num_layers=40, num_kv_heads=40, head_dim=128, max_seq_len=2048,
+        hidden_size=5120, intermediate_size=20480, vocab_size=50272, gated_mlp=False,
+        tied_embeddings=True,
+        source="OPT paper (Zhang et al., 2022) Table 1: 40 layers, 40 heads, d_model "
+               "5120, FFN 4 x 5120, vocabulary 50,272 (tied): 12.8B parameters"),
+    "llama-13b": ModelSpec(
+        "llama-13b", num_layers=40, num_kv_heads=40, head_dim=128, max_seq_len=2048,
+        hidden_size=5120, intermediate_size=13824, vocab_size=32000,
+        source="LLaMA paper (Touvron et al., 2023) Table 2: 40 layers, 40 heads, "
+               "dimension 5120, SwiGLU FFN 13,824, vocabulary 32,000: 13.0B"),
+    "llama-2-7b": ModelSpec(
+        "llama-2-7b", num_layers=32, num_kv_heads=32, head_dim=128, max_seq_len=4096,
+        hidden_size=4096, intermediate_size=11008, vocab_size=32000,
+        source="Llama 2 paper (Touvron et al., 2023): 32 layers, 32 heads, 4096, "
+               "SwiGLU FFN 11,008, vocabulary 32,000: 6.7B"),
+    "llama-3-8b": ModelSpec(
+        "llama-3-8b", num_layers=32, num_kv_heads=8, head_dim=128, max_seq_len=8192,
+        num_q_heads=32, hidden_size=4096, intermediate_size=14336, vocab_size=128256,
+        source="Llama 3 model card (Meta, 2024): 32 layers, 32 query / 8 KV heads, 4096, "
+               "FFN 14,336, vocabulary 128,256: 8.0B"),
+    "tiny": ModelSpec(
+        "tiny", num_layers=2, num_kv_heads=2, head_dim=8, max_seq_len=256, num_q_heads=4,
+        hidden_size=32, intermediate_size=64, vocab_size=64),
 }
 
 
-def get_model(name: str) -> ModelSpec:
-    """Return the preset `ModelSpec` called `name` (see `MODEL_PRESETS`)."""
+def get_model(name: str | ModelSpec) -> ModelSpec:
+    """The preset `ModelSpec` called `name` (see `MODEL_PRESETS`; any case); a `ModelSpec`
+    is returned as is, so callers can pass a changed one (another KV dtype, say)."""
+    if isinstance(name, ModelSpec):
+        return name
     try:
         return MODEL_PRESETS[name.lower()]
-    except KeyError:
+    except (KeyError, AttributeError):
         raise ValueError(
             f"unknown model {name!r}; valid names: {', '.join(sorted(MODEL_PRESETS))}"
         ) from None

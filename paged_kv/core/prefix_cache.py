@@ -191,7 +191,7 @@ class PrefixCache:
             return self.allocator.cache_held(blocks, record.keys)
         return self.allocator.cache_held(blocks[first:last], record.keys[first:last])
 
-    # -- the reference design's prefix operations ------------------------------------
+    # -- key lookup, eviction and reset: the operations of a prefix cache ------------
     def __contains__(self, key: object) -> bool:
         return self.allocator.cached_block(key) is not None
 

@@ -7,11 +7,15 @@ from __future__ import annotations
 from collections.abc import Hashable, Iterable, ValuesView
 from dataclasses import dataclass
 
-import numpy as np
-
 from paged_kv.core.block_table import BlockTable
 from paged_kv.core.errors import SequenceStateError, UnknownSequenceError
-from paged_kv.core.validate import require_int, require_token_ids
+from paged_kv.core.validate import (
+    is_int,
+    require_int,
+    require_seq_id,
+    require_seq_ids,
+    require_token_ids,
+)
 
 GPU = "gpu"
 HOST = "host"
@@ -193,8 +197,12 @@ class SequenceRegistry:
     def get(self, seq_id: int, location: str | None = GPU) -> SequenceRecord:
         """The record of `seq_id`, which must be on `location` (None: either pool).
 
-        Raises `UnknownSequenceError` or `SequenceStateError`.
+        Raises `ValueError` for an id that is not an integer (`require_seq_id`: ``0.0``
+        and ``False`` would otherwise find sequence 0), `UnknownSequenceError` or
+        `SequenceStateError`.
         """
+        if type(seq_id) is not int:
+            seq_id = require_seq_id(seq_id)
         record = self._seqs.get(seq_id)
         if record is None:
             raise UnknownSequenceError(seq_id)
@@ -208,20 +216,21 @@ class SequenceRegistry:
     def get_many(self, seq_ids: int | Iterable[int], location: str) -> list[SequenceRecord]:
         """Records of one id or of distinct ids, all on `location` (`ValueError` if an
         id is named twice)."""
-        if isinstance(seq_ids, (int, np.integer)):
+        if is_int(seq_ids):
             seq_ids = [seq_ids]
-        ids = list(seq_ids)
+        ids = require_seq_ids(seq_ids)
         if len(set(ids)) != len(ids):
             raise ValueError("a sequence is named twice")
         return [self.get(s, location) for s in ids]
 
-    def new_id(self, seq_id: int | None = None) -> int:
-        """A free id: the next automatic one, or `seq_id` checked (not live, integer)."""
+    def new_id(self, seq_id: int | None = None, name: str = "seq_id") -> int:
+        """A free id: the next automatic one, or `seq_id` checked (not live, an integer
+        >= 0; a `ValueError` names it as `name`)."""
         if seq_id is None:
             while self._next_id in self._seqs:
                 self._next_id += 1
             return self._next_id
-        seq_id = require_int("seq_id", seq_id)
+        seq_id = require_int(name, require_seq_id(seq_id, name))
         if seq_id in self._seqs:
             raise ValueError(f"seq_id {seq_id} is already a live sequence")
         return seq_id
@@ -234,7 +243,7 @@ class SequenceRegistry:
 
     def remove(self, seq_id: int) -> SequenceRecord:
         """Forget `seq_id` (`UnknownSequenceError` if it is not live); its record."""
-        record = self._seqs.pop(seq_id, None)
+        record = self._seqs.pop(require_seq_id(seq_id), None)
         if record is None:
             raise UnknownSequenceError(seq_id)
         return record
@@ -248,7 +257,8 @@ class SequenceRegistry:
         return list(self._seqs)
 
     def __contains__(self, seq_id: object) -> bool:
-        return seq_id in self._seqs
+        """Whether `seq_id` is a live sequence's id (False for anything not an id)."""
+        return is_int(seq_id) and int(seq_id) in self._seqs
 
     def __len__(self) -> int:
         return len(self._seqs)

@@ -71,8 +71,8 @@ class CacheTier:
         self.name = name
         #: the tier's slots: ref counts (pins), keys, free queue and policy
         self.allocator = BlockAllocator(capacity, make_policy(policy), name=f"{name} tier")
-        self.allocator.on_evict = self._note_evicted
-        self._evicted: list[Hashable] = []
+        #: key -> slot of every key held (read-only outside)
+        self.key_map = self.allocator.key_map
         #: blocks loaded from this tier into GPU blocks that a prompt was served from
         self.loads = 0
         #: stores refused because every slot was pinned
@@ -81,9 +81,6 @@ class CacheTier:
         self.load_failures = 0
         #: stores that failed (the entry was dropped)
         self.store_failures = 0
-
-    def _note_evicted(self, slots: list[int], keys: list[Hashable]) -> None:
-        self._evicted.extend(keys)
 
     # -- what it holds -------------------------------------------------------------------
     @property
@@ -101,11 +98,11 @@ class CacheTier:
         return self.allocator.num_cached
 
     def __contains__(self, key: object) -> bool:
-        return self.allocator.cached_block(key) is not None
+        return key in self.key_map
 
     def slot_of(self, key: Hashable) -> int | None:
         """The slot holding `key`, or None."""
-        return self.allocator.cached_block(key)
+        return self.key_map.get(key)
 
     def keys(self) -> dict[int, Hashable]:
         """Slot -> key for every slot holding one."""
@@ -128,17 +125,12 @@ class CacheTier:
         None, changing nothing, when the tier holds `key` already, or (counted in
         `rejected_stores`) when every slot is pinned.
         """
-        allocator = self.allocator
-        if allocator.cached_block(key) is not None:
+        if key in self.key_map:
             return None
-        if not allocator.num_free:
+        placed = self.allocator.store_evictable(key)
+        if placed is None:
             self.rejected_stores += 1
-            return None
-        self._evicted.clear()
-        slot = allocator.allocate()
-        allocator.cache_held((slot,), (key,))
-        allocator.free(slot)
-        return slot, (self._evicted[0] if self._evicted else None)
+        return placed
 
     def pin(self, slots: Sequence[int]) -> None:
         """A prompt hit these slots: the policy hears of each hit, in order, and each is
@@ -154,7 +146,7 @@ class CacheTier:
 
     def refresh(self, keys: Iterable[Hashable]) -> None:
         """Make each held key of `keys`, in order, the most recent candidate."""
-        get, refresh = self.allocator.cached_block, self.allocator.refresh
+        get, refresh = self.key_map.get, self.allocator.refresh
         for key in keys:
             slot = get(key)
             if slot is not None:

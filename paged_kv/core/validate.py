@@ -1,9 +1,9 @@
-"""Argument checks shared by the package: one wording for every integer, token id and
-position range it validates, and the one ceiling division."""
+"""Argument checks shared by the package: one wording for every integer, sequence id,
+K/V array, token id and position range it validates, and the one ceiling division."""
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Sequence
+from collections.abc import Hashable, Iterable, Sequence
 
 import numpy as np
 
@@ -19,6 +19,64 @@ def require_int(name: str, value: object, minimum: int = 0) -> int:
     if not is_int(value) or value < minimum:
         raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
     return int(value)
+
+
+def require_seq_id(value: object, name: str = "seq_id") -> int:
+    """`value` as a sequence id (a Python int), or `ValueError` naming `name`.
+
+    A sequence id is a Python or NumPy integer and not a bool: ``0.0``, ``False`` and
+    ``np.float64(0)`` compare equal to ``0`` and hash like it, so a dictionary of
+    sequences would hand them sequence 0. Whether the id names a live sequence is the
+    registry's question (`UnknownSequenceError`).
+    """
+    if type(value) is int:
+        return value
+    if not is_int(value):
+        raise ValueError(
+            f"{name} must be a sequence id (a Python or NumPy integer, not a bool), "
+            f"got {value!r} ({type(value).__name__})"
+        )
+    return int(value)
+
+
+def require_seq_ids(values: object, name: str = "seq_ids") -> list[int]:
+    """`values` as a list of sequence ids (`require_seq_id` each, named ``name[i]``).
+
+    Accepted: an iterable of ids (list, tuple, range, 1-D integer array). A single id,
+    a string or anything not iterable is a `ValueError` naming `name`.
+    """
+    if isinstance(values, np.ndarray):
+        if values.ndim != 1 or values.dtype.kind not in "iu":
+            raise ValueError(
+                f"{name} must be a 1-D integer array of sequence ids, got a {values.dtype} "
+                f"array of shape {values.shape}"
+            )
+        return values.tolist()
+    if isinstance(values, (str, bytes)) or not isinstance(values, Iterable):
+        raise ValueError(f"{name} must be a sequence of sequence ids, got {values!r}")
+    ids = list(values)
+    for i, value in enumerate(ids):
+        if type(value) is not int:
+            ids[i] = require_seq_id(value, f"{name}[{i}]")
+    return ids
+
+
+def require_array(name: str, value: object, *, device_ok: bool = False) -> np.ndarray:
+    """`value` as a NumPy array, or `ValueError` naming `name` if it is not an array.
+
+    Accepted: a NumPy array, or an object that converts itself to one (``__array__``:
+    a device array, a CPU tensor). None, lists and scalars are refused: K/V rows are
+    arrays, and a list of numbers is a sign of a mix-up, not of K/V. With `device_ok`, a
+    numba device array (``__cuda_ndarray__``, such as a zero-copy view of a GPU tensor)
+    is returned as it is, not copied to the host: the kernels read it in place.
+    """
+    if isinstance(value, np.ndarray):
+        return value
+    if device_ok and getattr(value, "__cuda_ndarray__", False):
+        return value
+    if value is None or not hasattr(value, "__array__"):
+        raise ValueError(f"{name} must be an array, got {type(value).__name__}")
+    return np.asarray(value)
 
 
 def cdiv(a: int, b: int) -> int:

@@ -41,6 +41,8 @@ import threading
 from types import ModuleType
 from typing import Any
 
+import numpy as np
+
 ENV_OVERRIDE = "PAGED_KV_DEVICE"
 _SIM_ENV = "NUMBA_ENABLE_CUDASIM"
 _CHOICES = ("gpu", "sim")
@@ -153,7 +155,6 @@ def _serialise_simulator_shared_arrays() -> bool:
         return True
     if not isinstance(getattr(cls(0), "_allocations", None), dict):
         return False
-    import numpy as np  # noqa: PLC0415 - simulator only
     from numba.core import types  # noqa: PLC0415
     from numba.np import numpy_support  # noqa: PLC0415
 
@@ -185,6 +186,22 @@ def jit(*args: Any, **kwargs: Any) -> Any:
     return cuda_api().jit(*args, **kwargs)
 
 
+def jit_accepts(option: str) -> bool:
+    """True when this numba-cuda's ``cuda.jit`` takes kernel option `option` (False in the
+    simulator, whose jit takes none of the GPU options).
+
+    ``cuda.jit`` passes keywords it does not name on to the kernel, whose constructor
+    then refuses them at the first launch: numba-cuda 0.20 to 0.24 name
+    ``launch_bounds`` but not ``shared_memory_carveout`` (0.26 on). So a kernel asks for
+    an option only where this is True.
+    """
+    if is_simulator():
+        return False
+    import inspect  # noqa: PLC0415 - GPU only
+
+    return option in inspect.signature(cuda_api().jit).parameters
+
+
 def jitable(fn: Any) -> Any:
     """A helper that kernels call: a plain function the simulator runs as it is, and that
     ``register_jitable`` compiles into each kernel calling it on a GPU. (A ``device=True``
@@ -193,7 +210,10 @@ def jitable(fn: Any) -> Any:
     itself in the simulator: pass it ``threadIdx.x`` and friends.)"""
     if is_simulator():
         return fn
-    from numba.cuda.extending import register_jitable  # noqa: PLC0415 - GPU only
+    try:
+        from numba.cuda.extending import register_jitable  # noqa: PLC0415 - GPU only
+    except ImportError:  # numba-cuda before it had its own: numba's serves every target
+        from numba.core.extending import register_jitable  # noqa: PLC0415
 
     return register_jitable(fn)
 
@@ -202,6 +222,21 @@ def new_event() -> Any:
     """A CUDA event without timing (cheaper to record); the simulator's no-op event."""
     api = cuda_api()
     return api.event() if is_simulator() else api.event(timing=False)
+
+
+def host_copy(array: Any) -> np.ndarray:
+    """A NumPy copy of a device, mapped or host array (finish the work that writes it
+    first: `KVStorage.synchronize`, or ``cuda_api().synchronize()``).
+
+    A mapped array (``cuda.mapped_array``) is a NumPy array on a GPU: it is copied as
+    one, from the page-locked host memory it lives in. Its ``copy_to_host`` must not be
+    used: numba-cuda builds a mapped array without running ``DeviceNDArrayBase.__init__``,
+    so the ``alloc_size`` that ``copy_to_host`` reads does not exist (AttributeError).
+    A device array (or any array of the simulator) is copied with ``copy_to_host``.
+    """
+    if isinstance(array, np.ndarray):
+        return np.array(array, copy=True)
+    return array.copy_to_host()
 
 
 def device_name() -> str:

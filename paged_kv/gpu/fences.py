@@ -62,6 +62,21 @@ def stream_arg(stream: Any) -> Any:
     return 0 if stream is None else stream
 
 
+def to_host(array: Any, stream: Any = None) -> np.ndarray:
+    """A NumPy copy of device `array`, written by work enqueued on `stream`.
+
+    The copy is enqueued on that same stream, after the work, and the host then waits
+    for the stream. Copying on the default stream instead would be ordered after the
+    work only while `stream` is a blocking stream (numba's own are); a non-blocking
+    stream (PyTorch's, through ``cuda.external_stream``) would let the host read the
+    bytes before the work wrote them.
+    """
+    host = array.copy_to_host(stream=stream_arg(stream))
+    if stream is not None:
+        stream.synchronize()
+    return host
+
+
 class BlockFences:
     """In-flight events per block of one pool of `num_blocks` blocks (module docstring)."""
 

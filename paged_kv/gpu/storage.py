@@ -75,7 +75,8 @@ from paged_kv.core.config import ModelSpec
 from paged_kv.core.kv_dtype import SCALE_DTYPE, SCALE_PER_HEAD
 from paged_kv.core.validate import require_int
 from paged_kv.gpu import device
-from paged_kv.gpu.fences import BlockFences
+from paged_kv.gpu.device_block_table import DeviceBlockTable
+from paged_kv.gpu.fences import BlockFences, stream_arg, to_host
 from paged_kv.gpu.kernels import (
     DEFAULT_SWAP_METHOD,
     SWAP_METHODS,
@@ -87,8 +88,10 @@ from paged_kv.gpu.kernels import (
     write_slots,
     write_slots_quantized,
 )
+from paged_kv.gpu.kernels._launch import UploadCounts
 from paged_kv.gpu.kernels._validate import is_cuda_array
 from paged_kv.gpu.kernels.quantized import scales_shape
+from paged_kv.gpu.step_indices import StepIndices, upload_step
 
 
 def _zeroed(array: Any) -> Any:
@@ -153,6 +156,7 @@ class KVStorage:
         elif static_scales is not None:
             self._gpu_scales = device.cuda_api().to_device(static_scales)
         self._buffers = DeviceBuffers()
+        self._step_tables = DeviceBlockTable(self._buffers)  # resident between steps
         self._gpu_fences = BlockFences(self._num_gpu_blocks, device.new_event)
         self._host_fences = BlockFences(self._num_host_blocks, device.new_event)
         self._device_ids = False  # ids given on the device since the last error check
@@ -229,7 +233,7 @@ class KVStorage:
                                              block_tables, seq_lens, starts,
                                              dtype=self._model.dtype, stream=stream,
                                              buffers=self._buffers)
-        k_host, v_host = k.copy_to_host(), v.copy_to_host()  # waits for the gather
+        k_host, v_host = to_host(k, stream), to_host(v, stream)  # waits for the gather
         if self._device_ids:
             self.synchronize()
         return k_host, v_host
@@ -267,6 +271,51 @@ class KVStorage:
         if self._host_scales is not None:
             swap_blocks(src_scales, dst_scales, pairs, stream=stream, method=method,
                         buffers=self._buffers)
+
+    # -- a step's indices, uploaded once for every layer (paged_kv.gpu.step_indices) --
+
+    def upload_step(self, slot_mapping: Any, block_tables: Any, seq_lens: Any,
+                    row_seq: Any, row_len: Any) -> StepIndices:
+        """Check and upload a step's slot mapping, block tables and query tiles once
+        (at most two copies; the tables stay resident and only changed rows travel);
+        see `paged_kv.gpu.step_indices.upload_step` for the arguments. The result is
+        valid until the next call."""
+        return upload_step(self._gpu_pool, self._buffers, self._step_tables,
+                           self._model.q_heads, slot_mapping, block_tables, seq_lens,
+                           row_seq, row_len)
+
+    def after_default_stream(self, stream: Any) -> None:
+        """Make `stream` wait for the work enqueued so far on the default stream, where
+        `upload_step` puts a step's indices: one event recorded there, waited for on
+        `stream`. A no-op for the default stream itself. Needed for a stream that does not
+        wait for the default stream on its own (a non-blocking one, such as PyTorch's)."""
+        if stream is None:
+            return
+        event = device.new_event()
+        event.record(stream_arg(None))
+        event.wait(stream_arg(stream))
+
+    def write_step(self, layer: int, k: Any, v: Any, step: StepIndices, *,
+                   stream: Any = None) -> None:
+        """`write` at the slots of an uploaded step (`upload_step`): no index upload."""
+        with self.access(stream, gpu_writes=step.write_blocks):
+            if self._gpu_scales is None:
+                write_slots(self._gpu_pool, layer, k, v, step.slot_mapping, stream=stream,
+                            buffers=self._buffers)
+            else:
+                write_slots_quantized(self._gpu_pool, self._gpu_scales, layer, k, v,
+                                      step.slot_mapping, stream=stream, buffers=self._buffers)
+
+    @property
+    def buffers(self) -> DeviceBuffers:
+        """The device buffers every input of this storage's operations is uploaded into
+        (paged attention over its pools uses them too), with their upload counts."""
+        return self._buffers
+
+    def upload_counts(self) -> UploadCounts:
+        """Host-to-device input copies so far, by input name (an immutable snapshot;
+        `paged_kv.gpu.kernels._launch.UploadCounts`)."""
+        return self._buffers.upload_counts()
 
     @contextmanager
     def access(
@@ -351,7 +400,7 @@ class KVStorage:
     def host_snapshot(self) -> np.ndarray:
         """A NumPy copy of the whole host pool, after all work on the device finished."""
         self.synchronize()  # swaps write the host pool asynchronously
-        return _host_copy(self._host_pool)
+        return device.host_copy(self._host_pool)
 
     def gpu_scales_snapshot(self) -> np.ndarray | None:
         """A NumPy copy of the GPU pool's scales (int8: paged, FP8: static), after all
@@ -363,7 +412,7 @@ class KVStorage:
         """A NumPy copy of the host pool's paged scales (int8 only; FP8's static scales
         are `gpu_scales_snapshot`'s), after all work on the device finished; else None."""
         self.synchronize()
-        return None if self._host_scales is None else _host_copy(self._host_scales)
+        return None if self._host_scales is None else device.host_copy(self._host_scales)
 
     @property
     def gpu_scales(self) -> Any:
@@ -425,13 +474,6 @@ class KVStorage:
             f"dtype={self._model.dtype}, kv_dtype={self._model.kv.name}, "
             f"swap_method={self._swap_method!r})"
         )
-
-
-def _host_copy(array: Any) -> np.ndarray:
-    """A NumPy copy of a host-side array (a mapped array is an ndarray on a GPU)."""
-    if isinstance(array, np.ndarray):
-        return np.array(array, copy=True)
-    return array.copy_to_host()
 
 
 def _host_ints(obj: Any) -> np.ndarray:

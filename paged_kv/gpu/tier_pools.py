@@ -45,9 +45,10 @@ from paged_kv.core.kv_dtype import SCALE_DTYPE
 from paged_kv.core.tier import DISK_TIER, HOST_TIER
 from paged_kv.core.validate import require_int
 from paged_kv.gpu import device
+from paged_kv.gpu.device import host_copy
 from paged_kv.gpu.kernels import swap_blocks
 from paged_kv.gpu.kernels.quantized import scales_shape
-from paged_kv.gpu.storage import KVStorage, _host_copy, _zeroed
+from paged_kv.gpu.storage import KVStorage, _zeroed
 
 #: blocks the disk tier moves per staging round (its pinned staging pool's size)
 STAGING_BLOCKS = 16
@@ -368,9 +369,9 @@ class TierPools:
         self.stream.synchronize()
         out = {}
         if self.host is not None:
-            out["host_tier_bytes"] = _host_copy(self.host.pool).tobytes()
+            out["host_tier_bytes"] = host_copy(self.host.pool).tobytes()
             if self.host.scales is not None:
-                out["host_tier_scale_bytes"] = _host_copy(self.host.scales).tobytes()
+                out["host_tier_scale_bytes"] = host_copy(self.host.scales).tobytes()
         if self.disk is not None:
             out["disk_tier_bytes"] = self.disk.file_bytes()
         return out
@@ -378,8 +379,8 @@ class TierPools:
     def host_snapshot(self) -> tuple[np.ndarray, np.ndarray | None]:
         """NumPy copies of the host tier's pool and scales (None without scales)."""
         self.stream.synchronize()
-        return (_host_copy(self.host.pool),
-                None if self.host.scales is None else _host_copy(self.host.scales))
+        return (host_copy(self.host.pool),
+                None if self.host.scales is None else host_copy(self.host.scales))
 
     def disk_snapshot(self) -> tuple[np.ndarray, np.ndarray | None]:
         """The disk tier's codes and scales as NumPy copies (reads the file)."""

@@ -1,10 +1,11 @@
 """The shape of a small decoder-only transformer: its KV part and the rest.
 
-The KV part is a `paged_kv.core.config.ModelSpec` (layers, KV heads, query heads, head_dim,
-the KV dtype the pools store), so a `PagedKVCache` built from ``config.spec`` holds
-exactly this model's KV. The rest (vocabulary, hidden and MLP widths, RoPE base) only
-the NumPy model needs. Presets are small enough that a whole generation runs through
-the CUDA simulator in seconds.
+The shape is a `paged_kv.core.config.ModelSpec` from the one model registry
+(`paged_kv.core.config.MODEL_PRESETS`): layers, KV heads, query heads, head_dim and the KV
+dtype the pools store, so a `PagedKVCache` built from ``config.spec`` holds exactly this
+model's KV, and the vocabulary, hidden and MLP widths the weights take. What only the
+NumPy model needs besides (RoPE base, norm epsilon) is here. Its presets are registry
+models small enough that a whole generation runs through the CUDA simulator in seconds.
 """
 
 from __future__ import annotations
@@ -13,7 +14,6 @@ import dataclasses
 from dataclasses import dataclass
 
 from paged_kv.core.config import SUPPORTED_DTYPES, ModelSpec, get_model
-from paged_kv.core.validate import require_int
 
 
 @dataclass(frozen=True)
@@ -28,14 +28,9 @@ class ModelConfig:
         logits = lm_head . norm(x)                               [vocab_size]
     """
 
-    #: the KV shape: num_layers, num_kv_heads, num_q_heads, head_dim, KV dtype
+    #: the shape: num_layers, num_kv_heads, num_q_heads, head_dim, KV dtype, and the
+    #: widths ``vocab_size``, ``hidden_size``, ``intermediate_size`` (all required here)
     spec: ModelSpec
-    #: token ids are 0 .. vocab_size - 1
-    vocab_size: int
-    #: width of the residual stream
-    hidden_size: int
-    #: width of the SwiGLU MLP's inner layer
-    intermediate_size: int
     #: RoPE base: pair i of a head rotates by position * rope_theta ** (-2i / head_dim)
     rope_theta: float = 10000.0
     #: RMSNorm's epsilon
@@ -45,7 +40,16 @@ class ModelConfig:
         if not isinstance(self.spec, ModelSpec):
             raise ValueError(f"ModelConfig.spec must be a ModelSpec, got {self.spec!r}")
         for field in ("vocab_size", "hidden_size", "intermediate_size"):
-            require_int(f"ModelConfig.{field}", getattr(self, field), 1)
+            if getattr(self.spec, field) is None:
+                raise ValueError(
+                    f"ModelConfig.spec.{field} is unknown for model {self.spec.name!r}; the "
+                    f"NumPy model needs the vocabulary, hidden and MLP widths"
+                )
+        if not self.spec.gated_mlp or self.spec.tied_embeddings:
+            raise ValueError(
+                f"model {self.spec.name!r} is not a Llama-style decoder (gated MLP, untied "
+                f"output projection), which is the only one the NumPy model builds"
+            )
         if self.spec.head_dim % 2:
             raise ValueError(
                 f"ModelConfig.spec.head_dim must be even (RoPE rotates pairs), got "
@@ -55,6 +59,21 @@ class ModelConfig:
             value = getattr(self, field)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
                 raise ValueError(f"ModelConfig.{field} must be a number > 0, got {value!r}")
+
+    @property
+    def vocab_size(self) -> int:
+        """Token ids are ``0 .. vocab_size - 1``."""
+        return self.spec.vocab_size
+
+    @property
+    def hidden_size(self) -> int:
+        """Width of the residual stream."""
+        return self.spec.hidden_size
+
+    @property
+    def intermediate_size(self) -> int:
+        """Width of the SwiGLU MLP's inner layer."""
+        return self.spec.intermediate_size
 
     @property
     def name(self) -> str:
@@ -78,16 +97,12 @@ class ModelConfig:
         return dataclasses.replace(self, spec=dataclasses.replace(self.spec, dtype=dtype))
 
 
-#: Model presets. "tiny" has the KV shape of `paged_kv.core.config`'s "tiny" preset (2 layers,
-#: 2 KV heads, 4 query heads, head_dim 8) with float32 KV, so paged and dense logits
-#: agree to float32 rounding; `with_kv_dtype("float16")` gives the preset's own dtype.
+#: The NumPy model's presets: registry models (`paged_kv.core.config.MODEL_PRESETS`) small
+#: enough to run. "tiny" (2 layers, 2 KV heads, 4 query heads, head_dim 8, hidden 32,
+#: MLP 64, vocabulary 64) computes and stores KV in float32 here, so paged and dense
+#: logits agree to float32 rounding; `with_kv_dtype("float16")` gives the preset's dtype.
 MODEL_CONFIGS: dict[str, ModelConfig] = {
-    "tiny": ModelConfig(
-        spec=dataclasses.replace(get_model("tiny"), dtype="float32"),
-        vocab_size=64,
-        hidden_size=32,
-        intermediate_size=64,
-    ),
+    "tiny": ModelConfig(spec=dataclasses.replace(get_model("tiny"), dtype="float32")),
 }
 
 

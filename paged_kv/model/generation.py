@@ -203,13 +203,16 @@ def run_generation(
                              ("new_tokens", new_tokens, 3), ("samples", samples, 1)):
         require_int(name, value, low)
     config = get_model_config(model, kv_dtype=kv_dtype)
-    rng = np.random.default_rng(seed)
-    prompt = rng.integers(0, config.vocab_size, prompt_blocks * block_size).tolist()
-    tail = rng.integers(0, config.vocab_size, max(1, block_size // 2)).tolist()
     longest = longest_sequence(block_size, prompt_blocks, new_tokens)
     if longest > config.spec.max_seq_len:
         raise ValueError(f"the longest sequence would hold {longest} tokens, more than "
                          f"{model}'s max_seq_len of {config.spec.max_seq_len}")
+    if samples > config.vocab_size:  # sample i starts with the token ranked i + 1
+        raise ValueError(f"samples must be at most the vocabulary's {config.vocab_size} "
+                         f"tokens (each sample starts with a different one), got {samples}")
+    rng = np.random.default_rng(seed)
+    prompt = rng.integers(0, config.vocab_size, prompt_blocks * block_size).tolist()
+    tail = rng.integers(0, config.vocab_size, max(1, block_size // 2)).tolist()
     per_seq = -(-longest // block_size)
     cache = PagedKVCache(
         CacheConfig(block_size=block_size, num_gpu_blocks=per_seq * (samples + 3),

@@ -1,10 +1,12 @@
 """The model running through a `PagedKVCache`: prefill, decode, fork, prefix reuse.
 
 Each layer's attention goes through the cache, as in a serving engine: the new tokens'
-K and V are written into the pool with the slot-write kernel (`write_kv`,
-`write_kv_batch`), then the queries attend to K/V read through the block tables by the
-paged-attention kernels (`paged_kv.cache.attention`: ``prefill`` over a cached prefix,
-``decode`` for a batch). What the prefix cache serves is not computed at all::
+K and V are written into the pool with the slot-write kernel (`write_kv_batch`), then
+the queries attend to K/V read through the block tables by the paged-attention kernels
+(`paged_kv.cache.attention`: ``prefill`` over a cached prefix, ``decode`` for a batch).
+A step's slot mapping, block tables and query layout are planned and uploaded once
+(`PagedKVCache.plan_step`) and every layer reuses the plan. What the prefix cache
+serves is not computed at all::
 
     prompt   t0 t1 t2 t3 | t4 t5 t6 t7 | t8 t9          block_size 4
              cached (hit)  cached (hit)  computed: K/V written at positions 8, 9,
@@ -134,11 +136,12 @@ class PagedModelRunner:
         prefill = self._prefill_attention
 
         def attend(layer: int, q: np.ndarray, k: np.ndarray, v: np.ndarray) -> np.ndarray:
-            cache.write_kv(seq_id, layer, k, v, start=start)
+            cache.write_kv_batch(layer, plan, k, v)
             # the kernels take float32 queries; the reference gets the same rounding
-            return prefill(cache, layer, seq_id, q.astype(np.float32), q_start=start)
+            return prefill(cache, layer, plan, q.astype(np.float32))
 
         try:
+            plan = cache.plan_step([seq_id], num_tokens=len(prompt) - start)
             hidden = self.model.forward(prompt[start:], range(start, len(prompt)), attend)
         except BaseException:
             cache.free(seq_id)  # a prefill that failed leaves no half-written sequence
@@ -181,12 +184,12 @@ class PagedModelRunner:
         for seq_id, token in zip(seq_ids, tokens):
             cache.append(seq_id, token_ids=[token])
         positions = [cache.num_tokens(s) - 1 for s in seq_ids]
-        ones = [1] * len(seq_ids)
+        plan = cache.plan_step(seq_ids)  # one upload of the step's indices, for every layer
         decode = self._decode_attention
 
         def attend(layer: int, q: np.ndarray, k: np.ndarray, v: np.ndarray) -> np.ndarray:
-            cache.write_kv_batch(layer, seq_ids, k, v, num_tokens=ones)
-            return decode(cache, layer, seq_ids, q.astype(np.float32))
+            cache.write_kv_batch(layer, plan, k, v)
+            return decode(cache, layer, plan, q.astype(np.float32))
 
         return self.model.logits(self.model.forward(tokens, positions, attend))
 

@@ -2,9 +2,9 @@
 
 vLLM's prefix cache serves at most ``num_tokens - 1`` tokens of a prompt, rounded down
 to whole blocks, because the logits after the last prompt token come out of computing
-it: a prompt that is entirely cached still recomputes its whole last block. The
-reference design instead keeps those logits with the block, so a prompt whose every
-block is cached skips its prefill altogether and goes straight to its first decode step.
+it: a prompt that is entirely cached still recomputes its whole last block. This store
+instead keeps those logits with the block, so a prompt whose every block is cached
+skips its prefill altogether and goes straight to its first decode step.
 
 Where the logits live, and why. The prefix cache is the one owner of the key -> block
 map, and eviction happens inside it. This store does not mirror that map: it keeps

@@ -32,12 +32,22 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from paged_kv.cache.attention_args import as_3d, check_cache, check_query, query_start
+from paged_kv.cache.attention_args import (
+    as_3d,
+    check_cache,
+    check_query,
+    decode_plan,
+    plan_rows,
+    prefill_plan,
+    query_start,
+)
+from paged_kv.cache.step_plan import StepPlan
+from paged_kv.core.validate import require_seq_id, require_seq_ids
 
 if TYPE_CHECKING:
     from paged_kv.cache.manager import PagedKVCache
 
-__all__ = ["decode", "dense_attention", "prefill"]
+__all__ = ["attend", "decode", "dense_attention", "prefill"]
 
 
 def _default_scale(head_dim: int, scale: float | None) -> float:
@@ -134,7 +144,7 @@ def dense_attention(
 def prefill(
     cache: PagedKVCache,
     layer: int,
-    seq_id: int,
+    seq_id: int | StepPlan,
     q: np.ndarray,
     *,
     q_start: int | None = None,
@@ -148,10 +158,14 @@ def prefill(
     ``causal=True`` (prefill) only positions ``0 .. q_start + num_q_tokens - 1`` are
     read; with ``causal=False`` every query sees every stored token. The KV comes from
     ``cache.read_kv`` (the gather kernel). Returns float32 ``[num_q_tokens, q_heads,
-    head_dim]``.
+    head_dim]``. `seq_id` may be a plan of one sequence (`PagedKVCache.plan_step`), whose
+    new tokens are the queries, as in `paged_kv.cache.attention.prefill`.
     """
     check_cache(cache)
     q = check_query(cache, q, "num_q_tokens")
+    if isinstance(seq_id, StepPlan):
+        seq_id, q_start = prefill_plan(cache, seq_id, q.shape[0], q_start)
+    seq_id = require_seq_id(seq_id)
     q_start = query_start(cache, seq_id, q.shape[0], q_start)
     end = q_start + q.shape[0] if causal else cache.num_tokens(seq_id)
     k, v = cache.read_kv(seq_id, layer, end=end)
@@ -161,7 +175,7 @@ def prefill(
 def decode(
     cache: PagedKVCache,
     layer: int,
-    seq_ids: Sequence[int],
+    seq_ids: Sequence[int] | StepPlan,
     q: np.ndarray,
     *,
     scale: float | None = None,
@@ -171,11 +185,14 @@ def decode(
 
     `q` is ``[len(seq_ids), q_heads, head_dim]``. The KV of every sequence is read with
     one ``cache.read_kv_batch`` (one gather launch). Returns float32
-    ``[len(seq_ids), q_heads, head_dim]``.
+    ``[len(seq_ids), q_heads, head_dim]``. `seq_ids` may be a decode plan
+    (`PagedKVCache.plan_step`), as in `paged_kv.cache.attention.decode`: its sequences.
     """
     check_cache(cache)
-    seq_ids = list(seq_ids)
     q = check_query(cache, q, "num_seqs")
+    if isinstance(seq_ids, StepPlan):
+        seq_ids = decode_plan(cache, seq_ids, q.shape[0]).seq_ids
+    seq_ids = require_seq_ids(seq_ids)
     if q.shape[0] != len(seq_ids):
         raise ValueError(f"q has {q.shape[0]} rows for {len(seq_ids)} sequences")
     model = cache.model
@@ -189,4 +206,35 @@ def decode(
     for i in range(len(seq_ids)):
         lo, hi = int(cu[i]), int(cu[i + 1])
         out[i] = dense_attention(q[i : i + 1], k[lo:hi], v[lo:hi], causal=False, scale=scale)[0]
+    return out
+
+
+def attend(
+    cache: PagedKVCache,
+    layer: int,
+    plan: StepPlan,
+    q: np.ndarray,
+    *,
+    scale: float | None = None,
+) -> np.ndarray:
+    """Causal attention of every new token of a step plan: row ``r`` of `q`, the plan's
+    token ``j`` of sequence ``i`` at position ``starts[i] + j``, attends to that
+    sequence's positions ``0 .. starts[i] + j`` (as `paged_kv.cache.attention.attend`).
+    The KV of every sequence is read with one ``cache.read_kv_batch``. Returns float32
+    ``[total_tokens, q_heads, head_dim]``.
+    """
+    check_cache(cache)
+    q = check_query(cache, q, "num_tokens")
+    plan = plan_rows(cache, plan, q.shape[0])
+    model = cache.model
+    out = np.zeros((q.shape[0], model.q_heads, model.head_dim), dtype=np.float32)
+    ends = [s + c for s, c in zip(plan.starts, plan.num_tokens)]
+    k, v, cu = cache.read_kv_batch(layer, plan.seq_ids, ends=ends)
+    row = 0
+    for i, (start, count) in enumerate(zip(plan.starts, plan.num_tokens)):
+        if count:
+            lo, hi = int(cu[i]), int(cu[i + 1])
+            out[row:row + count] = dense_attention(q[row:row + count], k[lo:hi], v[lo:hi],
+                                                   q_offset=start, scale=scale)
+        row += count
     return out

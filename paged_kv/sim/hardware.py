@@ -2,10 +2,11 @@
 
 `GPUSpec` holds a GPU's memory, memory bandwidth, dense FP16 tensor-core FLOP/s and the
 bandwidth of its host link (what a swap crosses), each from the vendor's datasheet.
-`ModelCompute` holds what a forward pass costs beyond the KV shape that
-`paged_kv.core.config.ModelSpec` already describes: parameters (bytes to read per step,
-FLOPs per token), hidden size and layers (attention FLOPs), from the models' papers.
-Both are separate from `ModelSpec` on purpose: the cache needs only the KV shape.
+`ModelCompute` is what a forward pass costs, read off a model's `ModelSpec` in the one
+model registry (`paged_kv.core.config.MODEL_PRESETS`): parameters (bytes to read per step,
+FLOPs per token), query width and layers (attention FLOPs). Only models whose
+architecture is published (``ModelSpec.source``) have one: the step-time model is fitted
+to them.
 
 Datasheet figures are peaks; the step-time model (`paged_kv.sim.timing`) scales them
 by efficiencies fitted to the vLLM paper.
@@ -17,7 +18,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
 
-from paged_kv.core.config import ModelSpec, get_model
+from paged_kv.core.config import MODEL_PRESETS, ModelSpec
 
 _GB = 1e9
 _TFLOPS = 1e12
@@ -114,53 +115,22 @@ class ModelCompute:
         return self.num_params * self.weight_itemsize
 
 
-def _decoder_params(layers: int, d: int, ffn: int, vocab: int, *, gated: bool,
-                    kv_width: int | None = None, tied: bool = True) -> float:
-    kv = d if kv_width is None else kv_width
-    attention = 2 * d * d + 2 * d * kv
-    mlp = (3 if gated else 2) * d * ffn
-    return layers * (attention + mlp) + (1 if tied else 2) * vocab * d
+def compute_of(spec: ModelSpec) -> ModelCompute:
+    """The `ModelCompute` of `spec`, or `ValueError` when its architecture is not a
+    published one (no ``source``, or widths unknown)."""
+    if not spec.source or spec.num_params is None:
+        raise ValueError(
+            f"no published compute shape for model {spec.name!r}; known: "
+            f"{', '.join(MODEL_COMPUTE)}"
+        )
+    return ModelCompute(spec.name, float(spec.num_params), spec.num_layers,
+                        spec.q_heads * spec.head_dim, source=spec.source)
 
 
-#: Compute shapes by model preset name (`paged_kv.core.config.MODEL_PRESETS` plus
-#: ``llama-13b``, the model of the paper's §6.4 shared-prefix study). Parameter counts
-#: are from the architectures (matrices only; biases and norms are under 0.1%).
+#: Compute shapes of the registry's models whose architecture is published, by name.
 MODEL_COMPUTE: Mapping[str, ModelCompute] = MappingProxyType({
-    "opt-13b": ModelCompute(
-        "opt-13b", _decoder_params(40, 5120, 20480, 50272, gated=False), 40, 5120,
-        source="OPT paper (Zhang et al., 2022) Table 1: 40 layers, 40 heads, d_model "
-               "5120, FFN 4 x 5120, vocabulary 50,272 (tied): 12.8B parameters"),
-    "llama-13b": ModelCompute(
-        "llama-13b", _decoder_params(40, 5120, 13824, 32000, gated=True, tied=False), 40,
-        5120, source="LLaMA paper (Touvron et al., 2023) Table 2: 40 layers, 40 heads, "
-                     "dimension 5120, SwiGLU FFN 13,824, vocabulary 32,000: 13.0B"),
-    "llama-2-7b": ModelCompute(
-        "llama-2-7b", _decoder_params(32, 4096, 11008, 32000, gated=True, tied=False), 32,
-        4096, source="Llama 2 paper (Touvron et al., 2023): 32 layers, 32 heads, 4096, "
-                     "SwiGLU FFN 11,008, vocabulary 32,000: 6.7B"),
-    "llama-3-8b": ModelCompute(
-        "llama-3-8b", _decoder_params(32, 4096, 14336, 128256, gated=True, kv_width=1024,
-                                      tied=False), 32, 4096,
-        source="Llama 3 model card (Meta, 2024): 32 layers, 32 query / 8 KV heads, 4096, "
-               "FFN 14,336, vocabulary 128,256: 8.0B"),
+    name: compute_of(spec) for name, spec in MODEL_PRESETS.items() if spec.source
 })
-
-#: KV shapes of models that are not `paged_kv.core.config` presets (same KV as OPT-13B:
-#: 40 layers x 40 heads x 128, FP16, context 2,048).
-EXTRA_MODELS: Mapping[str, ModelSpec] = MappingProxyType({
-    "llama-13b": ModelSpec("llama-13b", num_layers=40, num_kv_heads=40, head_dim=128,
-                           max_seq_len=2048),
-})
-
-
-def model_spec(model: str | ModelSpec) -> ModelSpec:
-    """`model` as a `ModelSpec`: a preset name (`paged_kv.core.config` or `EXTRA_MODELS`), or a
-    `ModelSpec` returned as is (so a caller can pass, say, another KV dtype)."""
-    if isinstance(model, ModelSpec):
-        return model
-    if isinstance(model, str) and model.lower() in EXTRA_MODELS:
-        return EXTRA_MODELS[model.lower()]
-    return get_model(model)
 
 
 def model_compute(model: str | ModelSpec) -> ModelCompute:

@@ -189,11 +189,9 @@ MOONCAKE_FIG9_HIT_RATE: Mapping[str, Mapping[int | None, float]] = MappingProxyT
 #: 23,608-request trace (arxiv-trace/mooncake_trace.jsonl, not shipped here). The report
 #: describes LengthAwareCache only as "similar to LFU but prioritizing cache blocks
 #: occurring later in requests" (see paged_kv.core.eviction.length_aware for our reading).
-#: Sources: the LRU row as quoted in this project's issue 11; the LFU and LengthAware
-#: rows (and the LRU row again) from three independent public reading notes of the
-#: report, found by a full-text search of public repositories, which agree cell for
-#: cell. The report's PDF itself could not be opened from here, so these two rows are
-#: second-hand.
+#: Sources: three independent public reading notes of the report, found by a full-text
+#: search of public repositories, which agree cell for cell on all three rows. The
+#: report's PDF itself could not be opened from here, so the rows are second-hand.
 MOONCAKE_TABLE1_HIT_RATE: Mapping[str, Mapping[int | None, float]] = MappingProxyType({
     "lru": MappingProxyType({1_000: 0.30, 10_000: 0.40, 30_000: 0.48, 50_000: 0.50,
                              100_000: 0.51, None: 0.51}),
@@ -205,7 +203,7 @@ MOONCAKE_TABLE1_HIT_RATE: Mapping[str, Mapping[int | None, float]] = MappingProx
 
 #: Mooncake arXiv report Table 1: prefix-cache block hit rate of LRU by cache capacity
 #: in 512-token blocks ("1k" etc. read as 1,000; None = unbounded), the LRU row of
-#: `MOONCAKE_TABLE1_HIT_RATE` as issue 11 quoted it (without the 100k column). LRU is
+#: `MOONCAKE_TABLE1_HIT_RATE` without its 100k column. LRU is
 #: never behind LFU or LengthAware in that table (all three are level at 1k and
 #: unbounded).
 MOONCAKE_TABLE1_LRU_HIT_RATE: Mapping[int | None, float] = MappingProxyType({

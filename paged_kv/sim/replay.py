@@ -239,11 +239,13 @@ def check_warmup(warmup: object) -> float:
 
 
 def check_capacity(capacity: object) -> int | None:
-    """`capacity` as an int >= 1, or None (unbounded); ValueError otherwise."""
+    """`capacity` as an int in ``[1, 2**63 - 1]`` (what the results' int64 column holds),
+    or None (unbounded); ValueError otherwise."""
     if capacity is None:
         return None
-    if not is_int(capacity) or capacity < 1:
-        raise ValueError(f"capacity must be a positive integer or None, got {capacity!r}")
+    if not is_int(capacity) or not 1 <= capacity <= 2**63 - 1:
+        raise ValueError(f"capacity must be an integer in [1, 2**63 - 1] or None, got "
+                         f"{capacity!r}")
     return int(capacity)
 
 
@@ -352,7 +354,10 @@ def replay(
         raise ValueError(
             f"every request needs block keys over one common key_block_size, got {sizes}"
         )
-    capacity = unbounded_capacity(workload) if label is None else label
+    # past the unbounded capacity nothing is evicted: run there (a pool of 10**20 blocks
+    # gives the same hits, and would not fit in memory)
+    unbounded = unbounded_capacity(workload)
+    capacity = unbounded if label is None else min(label, unbounded)
 
     instance = _policy_instance(policy, requests)
     belady = instance if isinstance(instance, BeladyPolicy) else None

@@ -573,7 +573,8 @@ def _priority_layout(trace: TraceArrays) -> tuple[int, int, int]:
 
 
 def replay_hit_blocks(trace: TraceArrays, capacity: int, policy: str) -> tuple[np.ndarray, int]:
-    """Hit blocks per request and the number of evictions (checked arguments)."""
+    """Hit blocks per request and the number of evictions (checked arguments; any
+    capacity, however large: see `replay_tiered_blocks`)."""
     hit_blocks, _, evictions = replay_tiered_blocks(trace, capacity, policy)
     return hit_blocks, evictions
 
@@ -597,8 +598,10 @@ def replay_tiered_blocks(
 ) -> tuple[np.ndarray, np.ndarray, int]:
     """Hit blocks per request (all tiers), the per-request `MOVED_COLUMNS` counts (an
     ``R x 5`` int64 array; ``1 x 5`` of zeros without tiers) and the GPU evictions
-    (checked arguments)."""
+    (checked arguments). A GPU capacity past `TraceArrays.unbounded_capacity` evicts
+    nothing, as that one does, and runs as that one (so any Python int does)."""
     tiers = TierSetting() if tiers is None else tiers
+    capacity = min(capacity, trace.unbounded_capacity())
     nxt, depth = _kernel_arguments(trace, policy)
     shift_freq, shift_depth, max_depth = _priority_layout(trace)
     hit_blocks = np.zeros(len(trace), dtype=np.int64)

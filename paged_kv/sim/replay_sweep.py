@@ -12,9 +12,13 @@ changes a number:
 * ``workers=1`` runs them one after another in this process;
 * ``workers=N`` (default: one per CPU) on N local worker processes, each of which
   receives the trace once;
-* ``scheduler=`` a `distributed.Client` or a scheduler address (``"tcp://host:8786"``)
-  on a Dask cluster, the trace scattered to every worker once (the optional extra
-  ``pip install 'paged_kv[distributed]'``).
+* ``scheduler=`` a `distributed.Client` or a scheduler address (``"tcp://host:8786"``,
+  which must answer within `SCHEDULER_TIMEOUT_S`) on a Dask cluster, the trace
+  scattered to every worker once (the optional extra ``pip install
+  'paged_kv[distributed]'``).
+
+Ctrl-C (or a point that fails) ends local worker processes at once, a point being
+compiled or replayed included, rather than waiting for them.
 
 ``engine="compiled"`` (default) runs `paged_kv.sim.replay_compiled`; ``"manager"`` the
 reference path through `PagedKVCache` (`paged_kv.sim.replay.replay`). Both give the same
@@ -28,6 +32,7 @@ size, block size, warmup, engine) so that whoever saves it can save them alongsi
 from __future__ import annotations
 
 import os
+import signal
 import threading
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -44,6 +49,8 @@ from paged_kv.sim.replay_arrays import TraceArrays, as_trace_arrays
 from paged_kv.sim.request import Workload
 
 ENGINES = ("compiled", "manager")
+#: seconds to wait for a Dask scheduler named by its address to answer
+SCHEDULER_TIMEOUT_S = 5.0
 
 #: blocks moved each way, summed over the measured requests (`paged_kv.sim.replay`)
 MOVE_COLUMNS = ("loaded_host", "loaded_disk", "stored_gpu_host", "stored_gpu_disk",
@@ -120,6 +127,9 @@ _WORKER_TRACE: Any = None
 
 def _init_worker(trace: TraceArrays | Workload) -> None:
     global _WORKER_TRACE
+    # Ctrl-C reaches every process of the terminal's group: the parent answers it by
+    # ending the workers (`_stop`), which must not die of it first with a traceback each
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     _WORKER_TRACE = trace
 
 
@@ -140,6 +150,17 @@ def _start_method():
     return get_context("spawn")
 
 
+def _stop(pool: ProcessPoolExecutor) -> None:
+    """End `pool` now: queued points are cancelled and running ones (compiling, or deep
+    in a replay) killed, rather than waited for as ``shutdown(wait=True)`` would."""
+    processes = list((getattr(pool, "_processes", None) or {}).values())
+    for process in processes:
+        process.terminate()
+    pool.shutdown(wait=False, cancel_futures=True)
+    for process in processes:
+        process.join(timeout=1.0)
+
+
 def _check_workers(workers: object) -> int:
     if workers is None:
         return os.cpu_count() or 1
@@ -149,7 +170,8 @@ def _check_workers(workers: object) -> int:
 
 
 def _dask_client(scheduler: Any):
-    """A `distributed.Client` for `scheduler` (a client, or an address to connect to)."""
+    """A `distributed.Client` for `scheduler` (a client, or an address to connect to
+    within `SCHEDULER_TIMEOUT_S`: `ConnectionError` if nothing answers)."""
     try:
         from distributed import Client
     except ImportError as err:  # pragma: no cover - depends on the environment
@@ -160,7 +182,11 @@ def _dask_client(scheduler: Any):
     if isinstance(scheduler, Client):
         return scheduler, False
     if isinstance(scheduler, str):
-        return Client(scheduler), True
+        try:
+            return Client(scheduler, timeout=SCHEDULER_TIMEOUT_S), True
+        except OSError as err:  # distributed's own timeout is an OSError
+            raise ConnectionError(f"no Dask scheduler answered at {scheduler} within "
+                                  f"{SCHEDULER_TIMEOUT_S:g} s ({err})") from None
     raise ValueError(
         f"scheduler must be a distributed.Client or a scheduler address, got {scheduler!r}"
     )
@@ -278,14 +304,19 @@ def sweep(
                 bar.update()
     else:
         workers = min(_check_workers(workers), len(points))
-        with ProcessPoolExecutor(workers, mp_context=_start_method(),
-                                 initializer=_init_worker, initargs=(payload,)) as pool:
+        pool = ProcessPoolExecutor(workers, mp_context=_start_method(),
+                                   initializer=_init_worker, initargs=(payload,))
+        try:
             futures = {pool.submit(_run_in_worker, p, c, warmup, engine, t): i
                        for i, (p, c, t) in enumerate(points)}
             with progress_bar() as bar:
                 for future in as_completed(futures):
                     rows[futures[future]] = future.result()
                     bar.update()
+        except BaseException:  # Ctrl-C, or a point that failed: do not wait for the rest
+            _stop(pool)
+            raise
+        pool.shutdown()
     frame = pd.DataFrame(rows, columns=list(COLUMNS))
     frame["capacity"] = frame["capacity"].astype("Int64")
     frame.attrs.update({
@@ -301,4 +332,4 @@ def sweep(
     return frame
 
 
-__all__ = ["COLUMNS", "ENGINES", "MOVE_COLUMNS", "run_point", "sweep"]
+__all__ = ["COLUMNS", "ENGINES", "MOVE_COLUMNS", "SCHEDULER_TIMEOUT_S", "run_point", "sweep"]

@@ -46,8 +46,8 @@ from types import MappingProxyType
 
 import numpy as np
 
-from paged_kv.core.config import ModelSpec
-from paged_kv.sim.hardware import GPUSpec, ModelCompute, get_gpu, model_compute, model_spec
+from paged_kv.core.config import ModelSpec, get_model
+from paged_kv.sim.hardware import GPUSpec, ModelCompute, get_gpu, model_compute
 
 
 class StepTime(ABC):
@@ -213,7 +213,7 @@ def calibrated_step_time(model: str | ModelSpec = "opt-13b",
                          gpu: str | GPUSpec = "A100-40GB", **overrides: float) -> RooflineStepTime:
     """`RooflineStepTime` of `model` (a preset name or a `ModelSpec`, whose KV dtype sets
     the KV bytes) on `gpu` with the `CALIBRATION` constants; `overrides` replace any."""
-    spec = model_spec(model)
+    spec = get_model(model)
     return RooflineStepTime(get_gpu(gpu), spec, model_compute(spec), **overrides)
 
 

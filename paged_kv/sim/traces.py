@@ -29,8 +29,9 @@ objects or read-only arrays, so a second load costs only the `Workload` around t
   ``0,1100,20,7 8 9``. A file is CSV when its name ends in ``.csv`` or ``.csv.gz``.
 
 Each request needs 1 to ``ceil(input_length / block_size)`` keys, timestamps must not
-decrease, and a bad line fails with one ``ValueError`` line naming the file and the
-line. `replayable_traces` lists the shipped traces that carry block keys.
+decrease, token counts are at most `MAX_FILE_TOKENS` and keys fit an int64; a bad line
+(text that is not UTF-8 included) fails with one ``ValueError`` line naming the file and
+the line. `replayable_traces` lists the shipped traces that carry block keys.
 """
 
 from __future__ import annotations
@@ -302,13 +303,34 @@ def load_mooncake_synthetic(*, limit: int | None = None) -> Workload:
 FILE_FIELDS = ("input_length", "hash_ids", "timestamp", "output_length", "block_size")
 
 
+#: the largest token count (``input_length``, ``output_length``, ``block_size``) a trace
+#: file may give: token counts are summed over the requests in int64 arrays, which hold
+#: 2**32 requests of this many tokens (two billion, beyond any model's context)
+MAX_FILE_TOKENS = 2**31 - 1
+#: the range of a ``hash_ids`` key: they are held in int64 arrays
+KEY_RANGE = (-(2**63), 2**63 - 1)
+
+
 def _open_lines(path: Path) -> Iterator[str]:
-    """The file's text lines, decompressed when it starts with gzip's magic bytes."""
+    """The file's text lines, decompressed when it starts with gzip's magic bytes; a line
+    that is not UTF-8, or a file that is not the gzip it starts as, is a `ValueError`
+    naming the file (and the line)."""
     with open(path, "rb") as raw:
         gzipped = raw.read(2) == b"\x1f\x8b"
     opener = gzip.open if gzipped else open
-    with opener(path, "rt", encoding="utf-8", newline="") as handle:
-        yield from handle
+    line_no = 0
+    try:
+        with opener(path, "rb") as handle:
+            for line_no, line in enumerate(handle, start=1):
+                try:
+                    yield line.decode("utf-8")
+                except UnicodeDecodeError as err:
+                    raise ValueError(f"{path} line {line_no}: not UTF-8 text (byte "
+                                     f"{line[err.start]:#04x} at column {err.start + 1})"
+                                     ) from None
+    except (OSError, EOFError) as err:  # gzip.BadGzipFile is an OSError
+        raise ValueError(f"{path} line {line_no + 1}: cannot read it"
+                         f"{' as gzip' if gzipped else ''} ({err})") from None
 
 
 def _file_rows(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
@@ -356,6 +378,15 @@ def _file_request(path: Path, line_no: int, record: dict[str, Any], index: int,
     keys = record["hash_ids"]
     if not isinstance(keys, list) or not keys:
         raise bad(f"hash_ids must be a non-empty list of integers, got {keys!r}")
+    for field_name in ("input_length", "output_length"):
+        value = record.get(field_name)
+        if _number(value) and value > MAX_FILE_TOKENS:
+            raise bad(f"{field_name} {value!r} is more than the {MAX_FILE_TOKENS:,} tokens a "
+                      f"trace may give")
+    low, high = KEY_RANGE
+    for key in keys:
+        if _number(key) and not low <= key <= high:
+            raise bad(f"hash_ids key {key!r} is outside the int64 range they are held in")
     time = record.get("timestamp")
     arrival = previous if time is None else time / 1000.0 if _number(time) else None
     if arrival is None:
@@ -395,9 +426,10 @@ def load_trace_file(path: str | os.PathLike, *, limit: int | None = None) -> Wor
             break
         size = record.get("block_size", MOONCAKE_BLOCK_SIZE)
         if block_size is None:
-            if isinstance(size, bool) or not isinstance(size, int) or size < 1:
-                raise ValueError(f"{path} line {line_no}: block_size must be a positive "
-                                 f"integer, got {size!r}")
+            if (isinstance(size, bool) or not isinstance(size, int) or size < 1
+                    or size > MAX_FILE_TOKENS):
+                raise ValueError(f"{path} line {line_no}: block_size must be an integer in "
+                                 f"[1, {MAX_FILE_TOKENS}], got {size!r}")
             block_size = size
         elif size != block_size:
             raise ValueError(f"{path} line {line_no}: block_size {size!r} differs from the "

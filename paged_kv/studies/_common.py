@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import math
 
-from paged_kv.core.config import ModelSpec
+from paged_kv.core.config import ModelSpec, get_model
 from paged_kv.core.validate import require_int
-from paged_kv.sim.hardware import GPUSpec, get_gpu, model_compute, model_spec
+from paged_kv.sim.hardware import GPUSpec, get_gpu, model_compute
 from paged_kv.sim.request import Workload
 from paged_kv.sim.schemes import ContiguousScheme, MemoryScheme, PagedScheme
 from paged_kv.sim.timing import StepTime, calibrated_step_time
@@ -86,7 +86,7 @@ def default_kv_bytes(model: ModelSpec, gpu: GPUSpec) -> int:
 def resolve(model: str | ModelSpec, gpu: str | GPUSpec, kv_bytes: int | None,
             step_time: StepTime | None) -> tuple[ModelSpec, GPUSpec, int, StepTime]:
     """The model, GPU, KV budget and step-time model a study runs with."""
-    spec, device = model_spec(model), get_gpu(gpu)
+    spec, device = get_model(model), get_gpu(gpu)
     budget = default_kv_bytes(spec, device) if kv_bytes is None else int(kv_bytes)
     timer = calibrated_step_time(spec, device) if step_time is None else step_time
     return spec, device, budget, timer

@@ -61,14 +61,16 @@ def _same(a: np.ndarray, b: np.ndarray) -> bool:
     return a.shape == b.shape and a.dtype == b.dtype and a.tobytes() == b.tobytes()
 
 
-def run_demo(model: str | ModelSpec = "tiny", seed: int = 0, file: TextIO = sys.stdout) -> bool:
-    """Run the data-plane demo on `model` with random data from `seed`; print to `file`.
+def run_demo(model: str | ModelSpec = "tiny", seed: int = 0, file: TextIO | None = None) -> bool:
+    """Run the data-plane demo on `model` with random data from `seed`; print to `file`
+    (default: the `sys.stdout` of the moment of the call).
 
     Returns True when every byte read back matched what was written, False otherwise
     (each mismatch is printed as a FAILED line).
     """
     from paged_kv.gpu.storage import KVStorage  # noqa: PLC0415 - loads numba
 
+    file = sys.stdout if file is None else file
     spec = model if isinstance(model, ModelSpec) else get_model(model)
     rng = np.random.default_rng(seed)
     dtype = np.dtype(spec.dtype)

@@ -66,17 +66,29 @@ SCHEMES = (
 )
 
 
+#: the largest outlier scale whose keys float16 holds: float16 reaches 65,504 and a
+#: standard normal draw exceeds 8 with probability 1.2e-15 (so about once in 10**15
+#: draws; the command line's error study holds at most 2**24), and 65,504 / 8 = 8,188
+MAX_OUTLIER_SCALE = 8000.0
+
+
 def synthetic_kv(num_tokens: int, num_kv_heads: int, head_dim: int, *,
                  outlier_channels: int = 0, outlier_scale: float = 1.0,
                  rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     """Float16 ``k, v[num_tokens, num_kv_heads, head_dim]``, standard normal; with
     `outlier_channels`, that many channels of each KV head of K (chosen at random, the
-    same for every token) are `outlier_scale` times larger."""
+    same for every token) are `outlier_scale` times larger. Raises `ValueError` when a
+    scaled key overflows float16 (see `MAX_OUTLIER_SCALE`)."""
     k = rng.standard_normal((num_tokens, num_kv_heads, head_dim))
     v = rng.standard_normal((num_tokens, num_kv_heads, head_dim))
     for h in range(num_kv_heads):
         channels = rng.choice(head_dim, size=outlier_channels, replace=False)
         k[:, h, channels] *= outlier_scale
+    largest = float(np.abs(k).max(initial=0.0))
+    if not largest <= float(np.finfo(np.float16).max):
+        raise ValueError(f"outlier_scale={outlier_scale!r} makes a key of {largest:.3g}, "
+                         f"beyond float16's {np.finfo(np.float16).max:g}; keep it at most "
+                         f"{MAX_OUTLIER_SCALE:g}")
     return k.astype(np.float16), v.astype(np.float16)
 
 
@@ -237,12 +249,11 @@ def serving_gain(kv_dtypes: Sequence[str] = ("float16", "int8", "fp8_e4m3"), *,
     quantized cache also shortens steps; dequantization is taken as free (a modelling
     choice: decode is memory-bound).
     """
-    from paged_kv.sim.hardware import model_spec  # noqa: PLC0415
     from paged_kv.studies.throughput import throughput_study  # noqa: PLC0415
 
     rows = []
     for kv_dtype in tqdm(kv_dtypes, desc="serving", disable=not progress):
-        spec = model_spec(model).with_kv_dtype(kv_dtype)
+        spec = get_model(model).with_kv_dtype(kv_dtype)
         setting = dict(workloads=(workload,), schemes=("paged",), model=spec, seed=seed,
                        progress=False)
         if duration_s is not None:

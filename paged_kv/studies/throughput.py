@@ -18,7 +18,7 @@ What is the paper's setting and what is modelled here:
   the paper's; sentence lengths are a modelling choice;
 * block size against latency (Fig. 18b) and recompute against swap (Fig. 19b): the
   attention kernel's cost per block size is *modelled* (`RooflineStepTime.kv_read_factor`,
-  inferred from Fig. 18a), not measured (no GPU was used), as are the swap costs.
+  inferred from Fig. 18a), not measured on a GPU, as are the swap costs.
 """
 
 from __future__ import annotations

@@ -36,7 +36,7 @@ from types import MappingProxyType
 import pandas as pd
 from tqdm.auto import tqdm
 
-from paged_kv.core.config import ModelSpec
+from paged_kv.core.config import ModelSpec, get_model
 from paged_kv.core.tier import PLACEMENTS
 from paged_kv.core.validate import require_int
 from paged_kv.sim import published
@@ -46,7 +46,6 @@ from paged_kv.sim.hardware import (
     MODEL_COMPUTE,
     NVME_READ_BANDWIDTH,
     get_gpu,
-    model_spec,
 )
 from paged_kv.sim.replay_arrays import TraceArrays, as_trace_arrays
 from paged_kv.sim.tier_time import (
@@ -93,7 +92,7 @@ class StudySetting:
     @property
     def spec(self) -> ModelSpec:
         """The model's KV shape."""
-        return model_spec(self.model)
+        return get_model(self.model)
 
     @property
     def block_bytes(self) -> int:

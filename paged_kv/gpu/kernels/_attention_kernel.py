@@ -37,7 +37,9 @@ odd number of 4-byte words (``stride``), so thread t reading row t hits its own 
 Static shared arrays have compile-time sizes; the K/V tile is dynamic shared memory
 sized at launch. ``launch_bounds = (threads, 1024 // threads)`` caps registers at 64,
 so 1024 threads (8 blocks of 128) can be resident per SM, which is also what about
-27 KiB of shared memory per block allows on an H100/H200 (228 KiB per SM).
+27 KiB of shared memory per block allows on an H100/H200 (228 KiB per SM);
+``shared_memory_carveout="MaxShared"`` asks for that shared memory where numba-cuda
+has the option (0.26 on; `paged_kv.gpu.device.jit_accepts`).
 
 Quantized pools
 ---------------
@@ -136,11 +138,11 @@ def _make_kernel(threads: int, queries: int, kind: int = KIND_FLOAT) -> Any:
     p_elems = queries * MAX_TILE
     token_scale_elems = MAX_TILE if kind == KIND_INT8 else 1  # int8's per-token scales
     # At most 64 registers (65536 / 1024) so that 1024 threads (eight 128-thread blocks,
-    # 32 warps) stay resident per SM. The simulator's jit takes no such options.
-    options = {} if device.is_simulator() else {
-        "launch_bounds": (threads, 1024 // threads),
-        "shared_memory_carveout": "MaxShared",
-    }
+    # 32 warps) stay resident per SM. The simulator's jit takes no such options; the
+    # carveout (a preference for shared memory over L1) only where numba-cuda has it.
+    options = {} if device.is_simulator() else {"launch_bounds": (threads, 1024 // threads)}
+    if device.jit_accepts("shared_memory_carveout"):
+        options["shared_memory_carveout"] = "MaxShared"
 
     @device.jit(**options)
     def paged_attention_kernel(flat_pool, words, k_offset, v_offset, block_size, token_words,

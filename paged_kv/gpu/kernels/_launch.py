@@ -19,6 +19,15 @@ because the next upload into a buffer is enqueued on the same stream, after the 
 that read it. The source of an upload is pageable NumPy memory, which the driver stages
 before the call returns, so callers may reuse their arrays at once.
 
+Counting uploads
+----------------
+Every host-to-device copy of a wrapper's input goes through `DeviceBuffers.copy_in`
+(`upload` uses it, and so does `paged_kv.gpu.device_block_table.DeviceBlockTable`), which
+counts it by input name. `DeviceBuffers.upload_counts` returns the counts as an immutable
+`UploadCounts`; the difference of two snapshots is what happened in between, split into
+index uploads (slot mappings, block tables, query tiles, pairs, offsets) and data
+uploads (`DATA_INPUTS`: keys, values, queries). The simulator counts the same copies.
+
 Errors
 ------
 Index arrays that are already on the device are not copied back to be checked (see
@@ -30,6 +39,9 @@ synchronizes; `paged_kv.gpu.storage.KVStorage` does it whenever it synchronizes 
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Any
 
 import numpy as np
@@ -43,6 +55,36 @@ THREADS_PER_BLOCK = 256
 
 #: Smallest buffer allocated, in bytes (one allocation covers most small calls).
 _MIN_BUFFER_BYTES = 4096
+
+
+#: Upload names that carry KV or queries; every other upload carries indices.
+DATA_INPUTS = frozenset({"k", "v", "attention_q"})
+
+
+@dataclass(frozen=True)
+class UploadCounts:
+    """Host-to-device input copies by input name, at one moment (`DeviceBuffers`).
+
+    ``later - earlier`` is the copies made in between.
+    """
+
+    #: input name -> copies made
+    by_name: Mapping[str, int] = field(default_factory=lambda: MappingProxyType({}))
+
+    @property
+    def index(self) -> int:
+        """Copies of index inputs (every name not in `DATA_INPUTS`)."""
+        return sum(n for name, n in self.by_name.items() if name not in DATA_INPUTS)
+
+    @property
+    def data(self) -> int:
+        """Copies of K, V and query inputs (`DATA_INPUTS`)."""
+        return sum(n for name, n in self.by_name.items() if name in DATA_INPUTS)
+
+    def __sub__(self, other: UploadCounts) -> UploadCounts:
+        names = set(self.by_name) | set(other.by_name)
+        diff = {name: self.by_name.get(name, 0) - other.by_name.get(name, 0) for name in names}
+        return UploadCounts(MappingProxyType({k: n for k, n in sorted(diff.items()) if n}))
 
 
 def launch(kernel: Any, num_blocks: int, threads: int, stream: Any, *args: Any) -> None:
@@ -63,6 +105,17 @@ class DeviceBuffers:
     def __init__(self) -> None:
         self._buffers: dict[tuple[str, int], Any] = {}
         self._errors: Any = None
+        self._uploads: dict[str, int] = {}
+
+    def copy_in(self, name: str, dst: Any, host: np.ndarray, stream: Any = None) -> None:
+        """Copy `host` into the device array `dst` on `stream`, counted as an upload of
+        `name`: the one place a wrapper's input crosses from host to device."""
+        dst.copy_to_device(host, stream=stream_arg(stream))
+        self._uploads[name] = self._uploads.get(name, 0) + 1
+
+    def upload_counts(self) -> UploadCounts:
+        """The uploads made so far, by input name (an immutable snapshot)."""
+        return UploadCounts(MappingProxyType(dict(sorted(self._uploads.items()))))
 
     def upload(self, name: str, host: np.ndarray, stream: Any = None) -> Any:
         """`host` (C-contiguous NumPy) copied into the reused buffer `name` of `stream`.
@@ -82,7 +135,7 @@ class DeviceBuffers:
         view = buf[: max(nbytes, host.dtype.itemsize)].view(host.dtype)[: host.size]
         view = view.reshape(host.shape)
         if nbytes:
-            view.copy_to_device(host, stream=stream_arg(stream))
+            self.copy_in(name, view, host, stream)
         return view
 
     @property

@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from paged_kv.core.config import SUPPORTED_DTYPES
+from paged_kv.gpu.fences import to_host
 
 #: Axis names of a pool, in order; see `paged_kv.gpu.storage` for the layout.
 POOL_AXES = ("num_layers", "2 (K/V)", "num_blocks", "block_size", "num_kv_heads", "head_dim")
@@ -123,15 +124,16 @@ def check_layer(layer: Any, num_layers: int, what: str) -> int:
     return int(layer)
 
 
-def host_int_array(obj: Any, what: str, name: str, ndim: int) -> np.ndarray:
+def host_int_array(obj: Any, what: str, name: str, ndim: int,
+                   stream: Any = None) -> np.ndarray:
     """Return a host integer index argument as an int64 array of rank `ndim`.
 
-    Accepts lists and NumPy arrays (a device array is copied back: only for inputs a
-    wrapper needs on the host, such as gather's lengths, which size its output);
-    rejects booleans, floats and any other rank. An empty sequence is an empty int64
-    array.
+    Accepts lists and NumPy arrays (a device array is copied back on `stream`, the
+    stream whose work may have written it, and waited for: only for inputs a wrapper
+    needs on the host, such as gather's lengths, which size its output); rejects
+    booleans, floats and any other rank. An empty sequence is an empty int64 array.
     """
-    arr = obj.copy_to_host() if is_cuda_array(obj) else np.asarray(obj)
+    arr = to_host(obj, stream) if is_cuda_array(obj) else np.asarray(obj)
     if arr.size == 0 and arr.dtype.kind == "f" and not is_cuda_array(obj):
         # np.asarray([]) is float64: an empty list carries no dtype to reject.
         arr = arr.astype(np.int64)

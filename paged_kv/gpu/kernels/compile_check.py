@@ -21,10 +21,14 @@ Run it with the simulator off (no driver needed)::
 By default one child process per architecture compiles in parallel (``--jobs 1`` for
 one process; ``--arch sm_90`` for one architecture).
 
-Exit status: 0 all compiled without spills, 1 a kernel spills, 2 the toolchain (NVVM,
-ptxas) is missing or the simulator is on. ``tests/test_compile.py`` runs it in a
-subprocess. The NVIDIA toolchain comes from pip: ``pip install -e '.[cuda]'``
-(``numba-cuda[cu12]`` pulls NVVM, NVRTC and ptxas).
+Before compiling, it checks that every kernel option a kernel asks for (launch bounds,
+shared-memory carveout) is one this numba-cuda's ``cuda.jit`` names: PTX compilation
+never sees those options, and an unknown one fails the kernel's first launch.
+
+Exit status: 0 all compiled without spills, 1 a kernel spills or asks for an option
+this numba-cuda lacks, 2 the toolchain (NVVM, ptxas) is missing or the simulator is on.
+``tests/test_compile.py`` runs it in a subprocess. The NVIDIA toolchain comes from pip:
+``pip install -e '.[cuda]'`` (``numba-cuda[cu12]`` pulls NVVM, NVRTC and ptxas).
 """
 
 from __future__ import annotations
@@ -126,6 +130,25 @@ def kernel_variants() -> list[tuple[str, Any, Any, str]]:
         variants = entry[2] if len(entry) > 2 else SUPPORTED_DTYPES
         rows.extend((name, kernel, signature, variant) for variant in variants)
     return rows
+
+
+#: The kernel options paged_kv's kernels may ask for (`paged_kv.gpu.device.jit_accepts`).
+LAUNCH_OPTIONS = ("launch_bounds", "shared_memory_carveout")
+
+
+def launch_option_problems() -> list[str]:
+    """One line per kernel option that this numba-cuda's ``cuda.jit`` does not name.
+
+    PTX compilation does not see such an option (it is applied when a launch builds the
+    kernel), so without this check a kernel would compile here and fail at its first
+    launch on a GPU.
+    """
+    problems = []
+    for name, kernel, _, _ in kernel_variants():
+        for option in LAUNCH_OPTIONS:
+            if kernel.targetoptions.get(option) is not None and not device.jit_accepts(option):
+                problems.append(f"{name}: this numba-cuda's cuda.jit has no {option}")
+    return sorted(set(problems))
 
 
 @contextmanager
@@ -260,6 +283,10 @@ def main(argv: list[str] | None = None) -> int:
         print("compile_check: the CUDA simulator is on; run with PAGED_KV_DEVICE=gpu and "
               "NUMBA_ENABLE_CUDASIM unset (no GPU or driver is needed)", file=sys.stderr)
         return 2
+    problems = launch_option_problems()
+    if problems:
+        print("\n".join(f"LAUNCH OPTION: {line}" for line in problems), file=sys.stderr)
+        return 1
     started = time.perf_counter()
     try:
         jobs = max(1, min(args.jobs, len(args.arch)))

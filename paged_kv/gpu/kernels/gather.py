@@ -157,7 +157,7 @@ def gather_kv(
     ``buffers.errors``.
     """
     shape, layer, table, first, cu_out = check_gather(pool, layer, block_tables, seq_lens,
-                                                      starts, "gather_kv")
+                                                      starts, "gather_kv", stream=stream)
     _, _, num_blocks, block_size, num_kv_heads, head_dim = shape
     total = int(cu_out[-1])
     api = device.cuda_api()
@@ -198,12 +198,13 @@ def gather_kv(
 
 def check_gather(
     pool: Any, layer: Any, block_tables: Any, seq_lens: Any, starts: Any, what: str,
-    pool_dtypes: tuple[str, ...] = SUPPORTED_DTYPES,
+    pool_dtypes: tuple[str, ...] = SUPPORTED_DTYPES, stream: Any = None,
 ) -> tuple[tuple[int, ...], int, Any, np.ndarray, np.ndarray]:
     """`gather_kv`'s checks (its docstring), shared with the dequantizing gather:
     ``(pool shape, layer, table, starts, cu_out)``; the table is int32 (host, with the
     entries the gather does not read set to `PAD_BLOCK_ID`) or the device table;
-    ``cu_out`` is the running sum of ``seq_lens - starts`` from 0."""
+    ``cu_out`` is the running sum of ``seq_lens - starts`` from 0. Device `seq_lens`
+    and `starts` are copied back on `stream`."""
     shape = check_pool(pool, what, dtypes=pool_dtypes)
     num_layers, _, num_blocks, block_size, _, _ = shape
     layer = check_layer(layer, num_layers, what)
@@ -212,7 +213,7 @@ def check_gather(
     else:
         table = pad_block_tables(block_tables, what)
     batch, max_blocks = (int(n) for n in table.shape)
-    lens = host_int_array(seq_lens, what, "seq_lens", ndim=1)
+    lens = host_int_array(seq_lens, what, "seq_lens", ndim=1, stream=stream)
     if lens.shape[0] != batch:
         raise ValueError(
             f"{what}: seq_lens has {lens.shape[0]} entries for {batch} block tables"
@@ -220,7 +221,7 @@ def check_gather(
     if starts is None:
         first = np.zeros(batch, dtype=np.int64)
     else:
-        first = host_int_array(starts, what, "starts", ndim=1)
+        first = host_int_array(starts, what, "starts", ndim=1, stream=stream)
         if first.shape[0] != batch:
             raise ValueError(
                 f"{what}: starts has {first.shape[0]} entries for {batch} block tables"

@@ -52,7 +52,9 @@ and tensor-core prefill.
 
 from __future__ import annotations
 
+import dataclasses
 import math
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -237,6 +239,61 @@ def _stride(head_dim: int, itemsize: int) -> int:
     return stride
 
 
+@dataclass(frozen=True)
+class QueryTiles:
+    """The query tiles of a launch (`query_tiles`): laid out on the host, kept there or
+    uploaded once and reused by every layer of a step (`planned_attention`)."""
+
+    #: ``[num_tiles, TILE_COLUMNS]`` int64 (columns: see TILE_*), NumPy or on the device
+    table: Any
+    #: query vectors per tile the kernel variant takes: 1, or MAX_QUERIES
+    queries: int
+    #: query rows the tiles cover (q's first axis)
+    rows: int
+    #: query heads per row (q's second axis)
+    q_heads: int
+    #: block-table rows the tiles read: 1 + the largest sequence index of a row
+    num_seqs: int
+    #: the longest row's key count (a table needs ``ceil(max_len / block_size)`` columns)
+    max_len: int
+
+    @property
+    def num_tiles(self) -> int:
+        """Tiles, one CUDA block each."""
+        return int(self.table.shape[0])
+
+    def on_device(self, table: Any) -> QueryTiles:
+        """The same tiles with `table` (their device copy) in place of the host array."""
+        return dataclasses.replace(self, table=table)
+
+
+def query_tiles(pool: Any, q_heads: int, row_seq: np.ndarray, row_len: np.ndarray,
+                rows_per_tile: int | None = None) -> QueryTiles:
+    """The query tiles (host) of query rows over `pool`: row ``r`` belongs to block-table
+    row ``row_seq[r]`` and attends to its keys ``0 .. row_len[r] - 1``.
+
+    `rows_per_tile` (rows of one sequence that share a tile) defaults to decode's
+    layout (1) unless every row belongs to one sequence, then to prefill's (as many as
+    fit ``MAX_QUERIES`` with a GQA group's heads). The pool gives the KV heads, head_dim
+    and element size; `q_heads` must be a positive multiple of the KV heads.
+    """
+    row_seq = np.asarray(row_seq, dtype=np.int64)
+    row_len = np.asarray(row_len, dtype=np.int64)
+    _, _, _, _, num_kv_heads, head_dim = (int(n) for n in pool.shape)
+    rows = int(row_seq.shape[0])
+    if rows == 0:
+        return QueryTiles(np.zeros((0, TILE_COLUMNS), dtype=np.int64), 1, 0, q_heads, 0, 0)
+    heads = min(q_heads // num_kv_heads, MAX_QUERIES)
+    if rows_per_tile is None:
+        one_seq = rows > 1 and bool(np.all(row_seq == row_seq[0]))
+        rows_per_tile = MAX_QUERIES // heads if one_seq else 1
+    row_words = head_dim * np.dtype(pool.dtype).itemsize // 4
+    tiles = _tiles(row_seq, row_len, q_heads, num_kv_heads, row_words, rows_per_tile)
+    queries = 1 if tiles[:, TILE_LEN + 1].max() == 0 else MAX_QUERIES
+    return QueryTiles(tiles, queries, rows, q_heads, int(row_seq.max()) + 1,
+                      int(row_len.max()))
+
+
 class AttentionLaunch:
     """A checked paged-attention launch with its inputs on the device: calling it
     enqueues the kernel on its stream and returns `out`, the float32 device array
@@ -247,9 +304,8 @@ class AttentionLaunch:
     stream. A quantized pool comes with its checked `kv_scales`."""
 
     def __init__(self, pool: Any, dims: tuple[int, ...], q: Any, table: Any,
-                 row_seq: np.ndarray, row_len: np.ndarray, rows_per_tile: int,
-                 scale: np.float32, stream: Any, buffers: DeviceBuffers | None,
-                 kv_scales: Any = None) -> None:
+                 tiles: QueryTiles, scale: np.float32, stream: Any,
+                 buffers: DeviceBuffers | None, kv_scales: Any = None) -> None:
         layer, num_blocks, block_size, num_kv_heads, head_dim = dims
         rows, q_heads = int(q.shape[0]), int(q.shape[1])
         api = device.cuda_api()
@@ -266,8 +322,7 @@ class AttentionLaunch:
         row_words = head_dim * itemsize // 4  # float16: two elements per word
         token_words = num_kv_heads * row_words
         v_offset = num_blocks * block_size * token_words
-        tiles = _tiles(row_seq, row_len, q_heads, num_kv_heads, row_words, rows_per_tile)
-        queries = 1 if tiles[:, TILE_LEN + 1].max() == 0 else MAX_QUERIES
+        queries = tiles.queries
         buffers = default_buffers() if buffers is None else buffers
         q_dev = q if is_cuda_array(q) else buffers.upload("attention_q", q, stream)
         storage = np.dtype(pool.dtype).name
@@ -281,13 +336,14 @@ class AttentionLaunch:
             per_side = num_kv_heads * (num_blocks * block_size if kind == KIND_INT8 else 1)
             scale_args = (kv_scales.reshape(kv_scales.size), layer * 2 * per_side, per_side,
                           num_kv_heads)
-        self._config = (tiles.shape[0], threads, stream_arg(stream), tile * stride * itemsize)
+        self._config = (tiles.num_tiles, threads, stream_arg(stream), tile * stride * itemsize)
         self._args = (
             pool.reshape(pool.size), flat_units(pool, np.dtype(np.uint32)), layer * 2 * v_offset,
             v_offset, block_size, token_words, row_words, stride, tile,
             q_dev.reshape(rows * q_heads, head_dim), scale,
             table if is_cuda_array(table) else buffers.upload("attention_tables", table, stream),
-            buffers.upload("attention_tiles", tiles, stream),
+            tiles.table if is_cuda_array(tiles.table)
+            else buffers.upload("attention_tiles", tiles.table, stream),
             self.out.reshape(rows * q_heads, head_dim),
             *scale_args,
             num_blocks,
@@ -309,7 +365,7 @@ def prepare_decode(pool: Any, layer: int, q: Any, block_tables: Any, seq_lens: A
     _, num_blocks, block_size, num_kv_heads, head_dim = dims
     table = _host_or_device_table(block_tables, 2, what, "block_tables")
     batch = int(table.shape[0])
-    lens = host_int_array(seq_lens, what, "seq_lens", ndim=1)
+    lens = host_int_array(seq_lens, what, "seq_lens", ndim=1, stream=stream)
     if lens.shape[0] != batch:
         raise ValueError(f"{what}: seq_lens has {lens.shape[0]} entries for {batch} block tables")
     q = _query(q, batch, num_kv_heads, head_dim, what)
@@ -322,8 +378,8 @@ def prepare_decode(pool: Any, layer: int, q: Any, block_tables: Any, seq_lens: A
         )
     scale = _scale(scale, head_dim, what)
     table = _checked_tables(table, lens, num_blocks, block_size, what)
-    return AttentionLaunch(pool, dims, q, table, np.arange(batch, dtype=np.int64), lens, 1,
-                           scale, stream, buffers, kv_scales)
+    tiles = query_tiles(pool, int(q.shape[1]), np.arange(batch, dtype=np.int64), lens, 1)
+    return AttentionLaunch(pool, dims, q, table, tiles, scale, stream, buffers, kv_scales)
 
 
 def prepare_prefill(pool: Any, layer: int, q: Any, block_table: Any, q_start: int, *,
@@ -346,8 +402,9 @@ def prepare_prefill(pool: Any, layer: int, q: Any, block_table: Any, q_start: in
                             what)
     heads = min(int(q.shape[1]) // num_kv_heads, MAX_QUERIES)
     row_len = np.arange(q_start + 1, q_start + n + 1, dtype=np.int64)
-    return AttentionLaunch(pool, dims, q, table, np.zeros(n, dtype=np.int64), row_len,
-                           MAX_QUERIES // heads, scale, stream, buffers, kv_scales)
+    tiles = query_tiles(pool, int(q.shape[1]), np.zeros(n, dtype=np.int64), row_len,
+                        MAX_QUERIES // heads)
+    return AttentionLaunch(pool, dims, q, table, tiles, scale, stream, buffers, kv_scales)
 
 
 def decode_attention(pool: Any, layer: int, q: Any, block_tables: Any, seq_lens: Any, *,
@@ -408,3 +465,41 @@ def prefill_attention(pool: Any, layer: int, q: Any, block_table: Any, q_start: 
     """
     return prepare_prefill(pool, layer, q, block_table, q_start, scale=scale,
                            kv_scales=kv_scales, stream=stream, buffers=buffers)()
+
+
+def planned_attention(pool: Any, layer: int, q: Any, block_tables: Any, tiles: QueryTiles, *,
+                      scale: float | None = None, kv_scales: Any = None, stream: Any = None,
+                      buffers: DeviceBuffers | None = None) -> Any:
+    """Attention of the query rows that `tiles` lay out, through device-resident
+    `block_tables`: a step's tables and tiles are made and uploaded once
+    (`paged_kv.gpu.step_indices`) and every layer's launch reuses them.
+
+    `block_tables` is a device int32 ``[num_seqs, max_blocks]`` array (the form is
+    checked; the ids are guarded by the kernel as in `decode_attention`, and were
+    checked on the host when the step was made); `tiles` comes from `query_tiles`
+    (host or device table); `q` is ``[tiles.rows, tiles.q_heads, head_dim]``. Other
+    arguments as in `decode_attention`. Returns a new float32 device array ``[rows,
+    q_heads, head_dim]``.
+
+    Raises `ValueError` before any launch for a q of another shape, a table with fewer
+    rows or columns than the tiles read, and for the pool, layer and scale reasons of
+    `decode_attention`.
+    """
+    what = "planned_attention"
+    dims = _pool_dims(pool, layer, kv_scales, what)
+    _, num_blocks, block_size, num_kv_heads, head_dim = dims
+    table = device_index_array(block_tables, what, "block_tables", np.int32, ndim=2)
+    q = _query(q, tiles.rows, num_kv_heads, head_dim, what)
+    if int(q.shape[1]) != tiles.q_heads:
+        raise ValueError(f"{what}: q has {int(q.shape[1])} heads, the tiles were laid out "
+                         f"for {tiles.q_heads}")
+    needed = -(-tiles.max_len // block_size)
+    if int(table.shape[0]) < tiles.num_seqs or int(table.shape[1]) < needed:
+        raise ValueError(
+            f"{what}: block_tables has shape {tuple(table.shape)}; the tiles read "
+            f"{tiles.num_seqs} rows of at least {needed} blocks of {block_size}"
+        )
+    if num_blocks == 0 and tiles.max_len > 0:
+        raise ValueError(f"{what}: the pool has no blocks to read")
+    scale = _scale(scale, head_dim, what)
+    return AttentionLaunch(pool, dims, q, table, tiles, scale, stream, buffers, kv_scales)()

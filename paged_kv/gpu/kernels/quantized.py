@@ -348,7 +348,8 @@ def gather_kv_dequantized(
     if dtype not in SUPPORTED_DTYPES:
         raise ValueError(f"{what}: dtype must be one of {SUPPORTED_DTYPES}, got {dtype!r}")
     shape, layer, table, first, cu_out = check_gather(pool, layer, block_tables, seq_lens,
-                                                      starts, what, QUANTIZED_DTYPES)
+                                                      starts, what, QUANTIZED_DTYPES,
+                                                      stream=stream)
     kv = check_scales(pool, scales, shape, what)
     _, _, num_blocks, block_size, num_kv_heads, head_dim = shape
     total = int(cu_out[-1])

@@ -72,8 +72,8 @@ def swap_blocks(
 
     Device-resident pairs: the kernel path does not read them back (out-of-range ids
     are skipped on the device and counted in ``buffers.errors``); the memcpy path must
-    know the ids on the host to issue its copies, so it copies them back (which
-    synchronizes) and then checks them like host pairs.
+    know the ids on the host to issue its copies, so it copies them back on `stream`
+    (and waits for it) and then checks them like host pairs.
     """
     what = "swap_blocks"
     if method not in SWAP_METHODS:
@@ -95,7 +95,7 @@ def swap_blocks(
         pairs = device_block_pairs(pairs, what)
     else:
         if is_cuda_array(pairs):
-            pairs = host_int_array(pairs, what, "pairs", ndim=2)
+            pairs = host_int_array(pairs, what, "pairs", ndim=2, stream=stream)
         pairs = block_pairs(pairs, src_shape[2], dst_shape[2], same_pool=same_pool, what=what)
     if not int(pairs.shape[0]):
         return
