@@ -52,6 +52,7 @@ SWEEP_COLUMNS = {
     "ttft_p50_s_layerwise": "p50, layerwise|{:.3f}",
     "ttft_p99_s_layerwise": "p99, layerwise|{:.3f}",
     "recompute_mean_s": "mean, recompute|{:.3f}",
+    "recompute_p99_s": "p99, recompute|{:.3f}",
     "prefill_saved_share": "prefill saved|{:.3f}",
 }
 CACHEDATTENTION_COLUMNS = {

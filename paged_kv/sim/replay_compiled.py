@@ -187,8 +187,8 @@ _FROM_GPU, _FROM_HOST, _FROM_DISK = 1, 2, 3
 
 
 @njit(cache=True)
-def _lower_tiers(r, keys, start, h, served, full, source, batch, count, write_back, h_node,
-                 h_ends, d_node, d_ends, counts, tier_p, moved):
+def _lower_tiers(r, keys, start, h, served, full, source, batch, count, write_back, nodes,
+                 ends, counts, tier_p, moved):
     """Everything one request does to the lower tiers, in the manager's order.
 
     1. the hits of blocks ``h .. served-1`` are pinned, each tier's in prompt order
@@ -212,20 +212,20 @@ def _lower_tiers(r, keys, start, h, served, full, source, batch, count, write_ba
     lower_hits = False
     for j in range(h, served):
         if source[j] == _FROM_HOST:
-            hc = tier_pin(h_node, h_ends, hc, keys[start + j])
+            hc = tier_pin(nodes, ends, 0, hc, keys[start + j])
             lower_hits = True
     for j in range(h, served):
         if source[j] == _FROM_DISK:
-            dc = tier_pin(d_node, d_ends, dc, keys[start + j])
+            dc = tier_pin(nodes, ends, 1, dc, keys[start + j])
             lower_hits = True
     for phase in range(2):  # 0: write-back stores, then the pins go; 1: copy-down stores
         if phase == 1 and lower_hits:
             for j in range(served - 1, h - 1, -1):
                 if source[j] == _FROM_HOST:
-                    tier_unpin(h_node, h_ends, keys[start + j])
+                    tier_unpin(nodes, ends, 0, keys[start + j])
             for j in range(served - 1, h - 1, -1):
                 if source[j] == _FROM_DISK:
-                    tier_unpin(d_node, d_ends, keys[start + j])
+                    tier_unpin(nodes, ends, 1, keys[start + j])
         if write_back != (phase == 0):
             continue
         for i in range(count):
@@ -233,11 +233,9 @@ def _lower_tiers(r, keys, start, h, served, full, source, batch, count, write_ba
             t = 0 if has_host else 1
             column = _GPU_HOST if has_host else _GPU_DISK
             while t < 2 and (t == 0 or has_disk):
-                node = h_node if t == 0 else d_node
-                ends = h_ends if t == 0 else d_ends
                 victim = REFUSED
-                if not tier_holds(node, key):
-                    victim, stored = tier_store(node, ends, hc if t == 0 else dc, key)
+                if not tier_holds(nodes, t, key):
+                    victim, stored = tier_store(nodes, ends, t, hc if t == 0 else dc, key)
                     if t == 0:
                         hc = stored
                     else:
@@ -253,9 +251,9 @@ def _lower_tiers(r, keys, start, h, served, full, source, batch, count, write_ba
                     column = _GPU_DISK
                 t += 1
     if has_host:
-        tier_refresh(h_node, h_ends, keys, start, start + full)
+        tier_refresh(nodes, ends, 0, keys, start, start + full)
     if has_disk:
-        tier_refresh(d_node, d_ends, keys, start, start + full)
+        tier_refresh(nodes, ends, 1, keys, start, start + full)
     save_counters(counts, tier_p, 0, hc)
     save_counters(counts, tier_p, 1, dc)
 
@@ -281,7 +279,7 @@ def _trim_ghosts(gprev, gnext, gends, ghost, n1, n2, b1, b2, arc_c):
 @njit(cache=True)
 def _replay_kernel(policy, capacity, block_size, offsets, keys, prompt_lens, next_access,
                    depth, num_keys, shift_freq, shift_depth, max_depth, hit_blocks,
-                   placement, h_node, h_ends, d_node, d_ends, counts, tier_p, moved):
+                   placement, nodes, ends_t, counts, tier_p, moved):
     """Replay every request; writes hit blocks per request (with lower tiers, also the
     per-request `MOVED_COLUMNS` counts), returns the GPU evictions."""
     num_requests = len(prompt_lens)
@@ -376,10 +374,10 @@ def _replay_kernel(policy, capacity, block_size, offsets, keys, prompt_lens, nex
                 if cached[key]:
                     source[served] = _FROM_GPU
                     gpu_hits += 1
-                elif has_host and tier_holds(h_node, key):
+                elif has_host and tier_holds(nodes, 0, key):
                     source[served] = _FROM_HOST
                     moved[r, _HOST_HITS] += 1
-                elif has_disk and tier_holds(d_node, key):
+                elif has_disk and tier_holds(nodes, 1, key):
                     source[served] = _FROM_DISK
                     moved[r, _DISK_HITS] += 1
                 else:
@@ -541,8 +539,8 @@ def _replay_kernel(policy, capacity, block_size, offsets, keys, prompt_lens, nex
             # FIFO: already in the caching-order list
         if tiered:  # 7. the lower tiers' part of the request (see `_lower_tiers`)
             _lower_tiers(r, keys, start, h, served, full, source, batch,
-                         shortfall_done if write_back else count, write_back, h_node, h_ends,
-                         d_node, d_ends, counts, tier_p, moved)
+                         shortfall_done if write_back else count, write_back, nodes, ends_t,
+                         counts, tier_p, moved)
     return evictions
 
 
@@ -613,8 +611,7 @@ def replay_tiered_blocks(
         POLICY_CODES[policy], int(capacity), int(trace.block_size), trace.offsets,
         trace.keys, trace.prompt_lens, nxt, depth, int(trace.num_keys), shift_freq,
         shift_depth, max_depth, hit_blocks, PLACEMENT_CODES[tiers.placement],
-        *tier_arrays(trace.num_keys if host else 1, host_code),
-        *tier_arrays(trace.num_keys if disk else 1, disk_code),
+        *tier_arrays(trace.num_keys if tiers.enabled else 1, (host_code, disk_code)),
         *tier_counters((host_code, host), (disk_code, disk)),
         moved,
     )

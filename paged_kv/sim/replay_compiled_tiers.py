@@ -18,18 +18,20 @@ the ghost lists B1 and B2, the target ``p`` and the capacity ``c`` of
 `paged_kv.core.eviction.arc.ARCPolicy` (built from its name: ``c`` is the most keys held
 at once). Other policies run on the manager replay only.
 
-A tier is two arrays and its counters (kept in arrays between the kernel's calls, as a
-tuple while one runs)::
+Both tiers live in two arrays, indexed by tier ``t`` (0: host, 1: disk), and each
+tier's counters (kept in arrays between the kernel's calls, as a tuple while one
+runs)::
 
-    node      int32[K, w]  per key: class (0: not held, 1: held, ARC: in T1; 2: in T2),
+    nodes     int32[2, K, w]  per tier and key: class (0: not held, 1: held, ARC: in T1; 2: in T2),
                            prev and next in its list (LRU: list 0; ARC: T1 = 0, T2 = 1;
                            a pinned key is in none), ghost (ARC: 0 none, 1 in B1, 2 in
                            B2), prev and next in its ghost list
-    ends      int64[8]     head and tail of list 0, list 1, ghost list B1, ghost list B2
+    ends      int64[2, 8]  per tier: head and tail of list 0, list 1, ghost list B1, B2
     counters  (policy, capacity, held, |T1|, |T2|, |B1|, |B2|, c, p)   p a float
 
-One row per key keeps a key's fields in one cache line, and two arrays per tier keep the
-reference counting of array arguments out of the inner loop. The functions are inlined
+One row per key keeps a key's fields in one cache line, and the tier as an index (not a
+choice between arrays) keeps the reference counting of array variables out of the
+inner loop. The functions are inlined
 into the kernel and return the new counters, which so stay in registers.
 
 Importing this module imports numba; `paged_kv.sim.replay_compiled` calls these
@@ -47,15 +49,15 @@ _LRU, _ARC = 0, 4
 _NIL = -1
 #: what `tier_store` returns instead of a victim when every held key is pinned
 REFUSED = -2
-# columns of `node`
+# columns of `nodes`
 _CLS, _PREV, _NEXT, _GHOST, _GPREV, _GNEXT = range(6)
 
 
-def tier_arrays(num_keys: int, policy: int) -> tuple[np.ndarray, np.ndarray]:
-    """``(node, ends)`` of an empty tier over `num_keys` keys (1 for an absent tier);
-    only ARC uses the ghost columns, so the others get rows of 4 (16 bytes)."""
-    width = 6 if policy == _ARC else 4
-    return np.zeros((num_keys, width), np.int32), np.full(8, _NIL, np.int64)
+def tier_arrays(num_keys: int, policies: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """``(nodes, ends)`` of two empty tiers over `num_keys` keys (1 without any tier); only
+    ARC uses the ghost columns, so without an ARC tier the rows are 4 wide (16 bytes)."""
+    width = 6 if _ARC in policies else 4
+    return np.zeros((2, num_keys, width), np.int32), np.full((2, 8), _NIL, np.int64)
 
 
 def tier_counters(host: tuple[int, int], disk: tuple[int, int]) -> tuple[np.ndarray, ...]:
@@ -88,103 +90,103 @@ def save_counters(counts, p, t, counters):
 
 
 @njit(cache=True, inline="always")
-def _append(node, ends, lst, key, prev, nxt):
+def _append(nodes, ends, t, lst, key, prev, nxt):
     """Append `key` to list `lst` (ends at ``2 lst``, ``2 lst + 1``) through columns
-    `prev` and `nxt` of `node`."""
-    tail = ends[2 * lst + 1]
-    node[key, prev] = tail
-    node[key, nxt] = _NIL
+    `prev` and `nxt` of tier `t`'s rows of `nodes`."""
+    tail = ends[t, 2 * lst + 1]
+    nodes[t, key, prev] = tail
+    nodes[t, key, nxt] = _NIL
     if tail == _NIL:
-        ends[2 * lst] = key
+        ends[t, 2 * lst] = key
     else:
-        node[tail, nxt] = key
-    ends[2 * lst + 1] = key
+        nodes[t, tail, nxt] = key
+    ends[t, 2 * lst + 1] = key
 
 
 @njit(cache=True, inline="always")
-def _unlink(node, ends, lst, key, prev, nxt):
+def _unlink(nodes, ends, t, lst, key, prev, nxt):
     """Take `key` out of list `lst`."""
-    p, q = node[key, prev], node[key, nxt]
+    p, q = nodes[t, key, prev], nodes[t, key, nxt]
     if p == _NIL:
-        ends[2 * lst] = q
+        ends[t, 2 * lst] = q
     else:
-        node[p, nxt] = q
+        nodes[t, p, nxt] = q
     if q == _NIL:
-        ends[2 * lst + 1] = p
+        ends[t, 2 * lst + 1] = p
     else:
-        node[q, prev] = p
+        nodes[t, q, prev] = p
 
 
 @njit(cache=True, inline="always")
-def _trim(node, ends, n1, n2, b1, b2, c):
+def _trim(nodes, ends, t, n1, n2, b1, b2, c):
     """ARC: |T1| + |B1| <= c and |T1| + |T2| + |B1| + |B2| <= 2c, oldest ghosts first."""
     while b1 > 0 and n1 + b1 > c:
-        key = ends[4]
-        _unlink(node, ends, 2, key, _GPREV, _GNEXT)
-        node[key, _GHOST] = 0
+        key = ends[t, 4]
+        _unlink(nodes, ends, t, 2, key, _GPREV, _GNEXT)
+        nodes[t, key, _GHOST] = 0
         b1 -= 1
     while b2 > 0 and n1 + n2 + b1 + b2 > 2 * c:
-        key = ends[6]
-        _unlink(node, ends, 3, key, _GPREV, _GNEXT)
-        node[key, _GHOST] = 0
+        key = ends[t, 6]
+        _unlink(nodes, ends, t, 3, key, _GPREV, _GNEXT)
+        nodes[t, key, _GHOST] = 0
         b2 -= 1
     return b1, b2
 
 
 @njit(cache=True, inline="always")
-def tier_holds(node, key):
+def tier_holds(nodes, t, key):
     """Whether the tier holds `key`."""
-    return node[key, _CLS] != 0
+    return nodes[t, key, _CLS] != 0
 
 
 @njit(cache=True, inline="always")
-def tier_pop(node, ends, counters):
+def tier_pop(nodes, ends, t, counters):
     """Evict the tier's victim by its policy: ``(victim key, new counters)``."""
     policy, capacity, held, n1, n2, b1, b2, c, p = counters
     if policy == _ARC:
-        lst = 0 if ends[0] != _NIL and (n1 > p or ends[2] == _NIL) else 1
-        victim = ends[2 * lst]
-        _unlink(node, ends, lst, victim, _PREV, _NEXT)
-        _append(node, ends, 2 + lst, victim, _GPREV, _GNEXT)
-        node[victim, _GHOST] = lst + 1
+        lst = 0 if ends[t, 0] != _NIL and (n1 > p or ends[t, 2] == _NIL) else 1
+        victim = ends[t, 2 * lst]
+        _unlink(nodes, ends, t, lst, victim, _PREV, _NEXT)
+        _append(nodes, ends, t, 2 + lst, victim, _GPREV, _GNEXT)
+        nodes[t, victim, _GHOST] = lst + 1
         if lst == 0:
             n1 -= 1
             b1 += 1
         else:
             n2 -= 1
             b2 += 1
-        b1, b2 = _trim(node, ends, n1, n2, b1, b2, c)
+        b1, b2 = _trim(nodes, ends, t, n1, n2, b1, b2, c)
     else:
-        victim = ends[0]
-        _unlink(node, ends, 0, victim, _PREV, _NEXT)
-    node[victim, _CLS] = 0
+        victim = ends[t, 0]
+        _unlink(nodes, ends, t, 0, victim, _PREV, _NEXT)
+    nodes[t, victim, _CLS] = 0
     return victim, (policy, capacity, held - 1, n1, n2, b1, b2, c, p)
 
 
 @njit(cache=True, inline="always")
-def tier_store(node, ends, counters, key):
+def tier_store(nodes, ends, t, counters, key):
     """Store `key` (not held), evicting the victim first when the tier is full:
     ``(victim key, -1 or REFUSED, new counters)``; refused (nothing changes) when the
     tier is full of pinned keys."""
     victim = _NIL
     if counters[2] >= counters[1]:
-        if ends[0] == _NIL and ends[2] == _NIL:
+        if ends[t, 0] == _NIL and ends[t, 2] == _NIL:
             return REFUSED, counters
-        victim, counters = tier_pop(node, ends, counters)
+        victim, counters = tier_pop(nodes, ends, t, counters)
     policy, capacity, held, n1, n2, b1, b2, c, p = counters
     held += 1
     if policy != _ARC:
-        node[key, _CLS] = 1
-        _append(node, ends, 0, key, _PREV, _NEXT)
+        nodes[t, key, _CLS] = 1
+        _append(nodes, ends, t, 0, key, _PREV, _NEXT)
         return victim, (policy, capacity, held, n1, n2, b1, b2, c, p)
-    in_ghost = node[key, _GHOST]
+    in_ghost = nodes[t, key, _GHOST]
     cls = 1
     if in_ghost == 0:
         n1 += 1
         c = max(c, n1 + n2)
     else:  # a ghost: its list was too small, so p moves towards it
         delta = max(1.0, b2 / b1) if in_ghost == 1 else max(1.0, b1 / b2)
-        _unlink(node, ends, 1 + in_ghost, key, _GPREV, _GNEXT)
+        _unlink(nodes, ends, t, 1 + in_ghost, key, _GPREV, _GNEXT)
         if in_ghost == 1:
             b1 -= 1
         else:
@@ -193,55 +195,55 @@ def tier_store(node, ends, counters, key):
         c = max(c, n1 + n2)
         p = min(float(c), p + delta) if in_ghost == 1 else max(0.0, p - delta)
         cls = 2
-        node[key, _GHOST] = 0
-    node[key, _CLS] = cls
-    b1, b2 = _trim(node, ends, n1, n2, b1, b2, c)
-    _append(node, ends, cls - 1, key, _PREV, _NEXT)
+        nodes[t, key, _GHOST] = 0
+    nodes[t, key, _CLS] = cls
+    b1, b2 = _trim(nodes, ends, t, n1, n2, b1, b2, c)
+    _append(nodes, ends, t, cls - 1, key, _PREV, _NEXT)
     return victim, (policy, capacity, held, n1, n2, b1, b2, c, p)
 
 
 @njit(cache=True, inline="always")
-def tier_pin(node, ends, counters, key):
+def tier_pin(nodes, ends, t, counters, key):
     """A hit on held `key`: ARC moves it to T2; it stops being a candidate until
     `tier_unpin`. The new counters."""
     policy, capacity, held, n1, n2, b1, b2, c, p = counters
-    cls = node[key, _CLS]
-    _unlink(node, ends, cls - 1, key, _PREV, _NEXT)
+    cls = nodes[t, key, _CLS]
+    _unlink(nodes, ends, t, cls - 1, key, _PREV, _NEXT)
     if policy == _ARC and cls == 1:
-        node[key, _CLS] = 2
+        nodes[t, key, _CLS] = 2
         n1 -= 1
         n2 += 1
     return (policy, capacity, held, n1, n2, b1, b2, c, p)
 
 
 @njit(cache=True, inline="always")
-def tier_unpin(node, ends, key):
+def tier_unpin(nodes, ends, t, key):
     """Pinned `key` becomes the most recent candidate of its list."""
-    _append(node, ends, node[key, _CLS] - 1, key, _PREV, _NEXT)
+    _append(nodes, ends, t, nodes[t, key, _CLS] - 1, key, _PREV, _NEXT)
 
 
 @njit(cache=True, inline="always")
-def _move_to_tail(node, ends, first, last):
+def _move_to_tail(nodes, ends, t, first, last):
     """Move the run ``first .. last`` (consecutive in their list) to the list's tail."""
-    q = node[last, _NEXT]
+    q = nodes[t, last, _NEXT]
     if q == _NIL:  # at the tail already
         return
-    lst = node[first, _CLS] - 1
-    p = node[first, _PREV]
+    lst = nodes[t, first, _CLS] - 1
+    p = nodes[t, first, _PREV]
     if p == _NIL:
-        ends[2 * lst] = q
+        ends[t, 2 * lst] = q
     else:
-        node[p, _NEXT] = q
-    node[q, _PREV] = p
-    tail = ends[2 * lst + 1]
-    node[first, _PREV] = tail
-    node[tail, _NEXT] = first
-    node[last, _NEXT] = _NIL
-    ends[2 * lst + 1] = last
+        nodes[t, p, _NEXT] = q
+    nodes[t, q, _PREV] = p
+    tail = ends[t, 2 * lst + 1]
+    nodes[t, first, _PREV] = tail
+    nodes[t, tail, _NEXT] = first
+    nodes[t, last, _NEXT] = _NIL
+    ends[t, 2 * lst + 1] = last
 
 
 @njit(cache=True)
-def tier_refresh(node, ends, keys, start, stop):
+def tier_refresh(nodes, ends, t, keys, start, stop):
     """Each held, unpinned key of ``keys[start:stop]``, from the last to the first,
     becomes the most recent candidate of its list (``remove`` then ``add``).
 
@@ -252,17 +254,17 @@ def tier_refresh(node, ends, keys, start, stop):
     last = _NIL
     for j in range(stop - 1, start - 1, -1):
         key = keys[j]
-        if node[key, _CLS] == 0:
+        if nodes[t, key, _CLS] == 0:
             continue
-        if first != _NIL and node[last, _NEXT] == key:
+        if first != _NIL and nodes[t, last, _NEXT] == key:
             last = key
             continue
         if first != _NIL:
-            _move_to_tail(node, ends, first, last)
+            _move_to_tail(nodes, ends, t, first, last)
         first = key
         last = key
     if first != _NIL:
-        _move_to_tail(node, ends, first, last)
+        _move_to_tail(nodes, ends, t, first, last)
 
 
 __all__ = ["REFUSED", "TIER_POLICY_CODES", "load_counters", "save_counters", "tier_arrays",
