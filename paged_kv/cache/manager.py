@@ -354,8 +354,9 @@ class PagedKVCache:
 
         `k`, `v` are ``[num_tokens, num_kv_heads, head_dim]`` in the model's dtype;
         `start` defaults to the last ``len(k)`` positions (the tokens just appended).
-        A shared partial block is copied first; a shared full block, or a block
-        published to the prefix cache, is refused (`ImmutableBlockError`). Once every
+        A shared partial block is copied first; a shared full block, a block
+        published to the prefix cache or a live duplicate of one (it may take the key
+        over) is refused (`ImmutableBlockError`). Once every
         layer of a block is written, its tokens are computed and it is published.
         """
         seq_id = require_seq_id(seq_id)

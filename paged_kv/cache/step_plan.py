@@ -27,9 +27,9 @@ block published after the plan was made is caught by the per-layer check below.
 
 What a plan does not freeze: the checks of each layer's write still run per layer, as
 for `PagedKVCache.write_kv_batch` without a plan. A block published to the prefix cache
-since the plan was made is refused (`ImmutableBlockError`), each write records its
-positions in the sequence's written extents, and once every layer holds a position its
-full blocks are published.
+(or become a live duplicate of a published block) since the plan was made is refused
+(`ImmutableBlockError`), each write records its positions in the sequence's written
+extents, and once every layer holds a position its full blocks are published.
 
 `StepPlanner` makes the plans and owns the generation number; the manager calls
 `StepPlanner.invalidate` whenever it changes a table. Without a device upload (the
@@ -155,10 +155,11 @@ class StepPlanner:
         bs = self._block_size
         refs = self._gpu.ref_counts
         keys = self._gpu.block_keys
+        dups = self._gpu.duplicate_map
         for i in range(start // bs, (start + count - 1) // bs + 1):
             block = table.blocks[i]
-            if keys[block] is not None:
-                raise published_error(record.seq_id, block, i)
+            if keys[block] is not None or block in dups:
+                raise published_error(record.seq_id, block, i, dups)
             if refs[block] > 1:
                 if i < table.num_full_blocks:
                     raise ImmutableBlockError(
@@ -263,15 +264,26 @@ class StepPlanner:
 
     def check_writable(self, plan: StepPlan) -> None:
         """The per-layer immutability check: `ImmutableBlockError` if a block the plan
-        writes has been published to the prefix cache since."""
+        writes has been published to the prefix cache since (or become a live duplicate
+        of a published block)."""
         keys = self._gpu.block_keys
+        dups = self._gpu.duplicate_map
         for seq_id, logical, block in plan.writes:
-            if keys[block] is not None:
-                raise published_error(seq_id, block, logical)
+            if keys[block] is not None or block in dups:
+                raise published_error(seq_id, block, logical, dups)
 
 
-def published_error(seq_id: int, block: int, logical: int) -> ImmutableBlockError:
-    """The refusal of a write into a block published to the prefix cache."""
+def published_error(seq_id: int, block: int, logical: int,
+                    duplicates: dict | None = None) -> ImmutableBlockError:
+    """The refusal of a write into a block published to the prefix cache, or into a live
+    duplicate of one (`paged_kv.core.block_allocator`: it takes the key over when the
+    published copy is evicted, so it is as immutable)."""
+    if duplicates and block in duplicates:
+        return ImmutableBlockError(
+            f"sequence {seq_id}: block {block} (logical {logical}) is a live duplicate of a "
+            f"block published in the prefix cache, so it is immutable; its KV was computed "
+            f"already"
+        )
     return ImmutableBlockError(
         f"sequence {seq_id}: block {block} (logical {logical}) is published in the prefix "
         f"cache, so it is immutable; its KV was computed already"

@@ -25,7 +25,8 @@ computed, but not in the key map. The allocator remembers it (key -> duplicates,
 oldest first). When the published copy is evicted, the oldest live duplicate takes
 over its key (vLLM keeps every copy under one hash for the same reason), so the
 content stays cached while any copy of it is alive; a duplicate whose last holder lets
-go is forgotten.
+go is forgotten. Since that can happen at any eviction, a live duplicate is as
+immutable as the published copy (the write paths refuse it: `duplicate_map`).
 
 Two optional listeners let the cache's lower tiers follow the pool (`paged_kv.cache.tiers`):
 `on_evict(blocks, keys)` hears of cached blocks evicted whose key left the pool (in
@@ -428,6 +429,12 @@ class BlockAllocator:
     def duplicates(self) -> dict[int, Hashable]:
         """Live duplicates now: block -> the key another block holds (a copy)."""
         return dict(self._dup_of)
+
+    @property
+    def duplicate_map(self) -> dict[int, Hashable]:
+        """Live duplicate -> its key, the live map (read-only outside): what a write path
+        tests per block, since a live duplicate is as immutable as its published copy."""
+        return self._dup_of
 
     def cached_in_use(self) -> list[int]:
         """Blocks that hold a key and are held by a block table, ascending."""
