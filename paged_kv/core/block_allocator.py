@@ -43,7 +43,7 @@ from collections.abc import Callable, Hashable, Iterable, Sequence
 
 from paged_kv.core.errors import OutOfBlocksError
 from paged_kv.core.eviction import EvictionPolicy, make_policy
-from paged_kv.core.validate import require_int
+from paged_kv.core.validate import is_int, require_int
 
 
 class BlockAllocator:
@@ -90,6 +90,19 @@ class BlockAllocator:
         self.on_evict: Callable[[list[int], list[Hashable]], None] | None = None
         #: listener for blocks that just got their key: ``(blocks, keys)``
         self.on_publish: Callable[[list[int], list[Hashable]], None] | None = None
+
+    def require_id(self, block: object) -> int:
+        """`block` as an id of this pool, or `ValueError` (a bool, a non-integer or an
+        id outside ``[0, num_blocks)``: no wrap-around)."""
+        if type(block) is not int:
+            if not is_int(block):
+                raise ValueError(f"a block id of the {self.name} pool must be an integer, "
+                                 f"got {block!r}")
+            block = int(block)
+        if not 0 <= block < self.num_blocks:
+            raise ValueError(f"block id {block} outside the {self.name} pool "
+                             f"[0, {self.num_blocks})")
+        return block
 
     def _check_ids(self, blocks: Sequence[int]) -> None:
         """Raise ValueError unless every id is in ``[0, num_blocks)`` (no wrap-around)."""
@@ -408,7 +421,7 @@ class BlockAllocator:
     def uncache(self, block: int) -> Hashable:
         """Drop the key of evictable `block` (its content is known to be lost); it joins
         the uncached free queue. Returns the key. `ValueError` unless it is evictable."""
-        self._check_ids([block])
+        block = self.require_id(block)
         key = self.block_keys[block]
         if key is None or self.ref_counts[block]:
             raise ValueError(f"block {block} of the {self.name} pool is not evictable")
@@ -420,7 +433,9 @@ class BlockAllocator:
 
     def refresh(self, block: int) -> None:
         """Make evictable `block` the most recently released candidate (as if revived and
-        freed again, without a hit); a block in use is left as it is."""
+        freed again, without a hit); a block in use is left as it is. `ValueError` for
+        an id that is not one of this pool's."""
+        block = self.require_id(block)
         if self.ref_counts[block] == 0 and self.block_keys[block] is not None:
             policy = self.policy
             policy.remove(block)
