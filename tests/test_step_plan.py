@@ -262,6 +262,30 @@ def test_a_plan_is_immutable_and_needs_storage():
     assert meta.snapshot() == before
 
 
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(starts=4), r"starts must be a sequence of positions, got 4"),
+    (dict(starts="4"), r"starts\[i\] must be an integer"),
+    (dict(starts=[True]), r"starts\[i\] must be an integer >= 0, got True"),
+    (dict(starts=[4, 4]), r"same length"),
+    (dict(num_tokens=[1.0]), r"num_tokens\[i\] must be an integer"),
+    (dict(num_tokens=True), r"num_tokens must be an integer >= 0, got True"),
+])
+def test_plan_step_refuses_bad_counts_and_starts_naming_them(kwargs, message):
+    cache = make()
+    a = cache.allocate(5)
+    plan = cache.plan_step([a])
+    before = cache.snapshot()
+    with pytest.raises(ValueError, match=message):
+        cache.plan_step([a], **kwargs)
+    assert cache.snapshot() == before
+    cache.check_plan(plan)  # a refused plan_step leaves the current plan current
+    if "starts" in kwargs:  # the read path takes starts (and ends) the same way
+        with pytest.raises(ValueError, match=message.replace("got 4", "got 4|same length")):
+            cache.read_kv_batch(0, [a], **kwargs)
+        with pytest.raises(ValueError, match=message.replace("starts", "ends")):
+            cache.read_kv_batch(0, [a], ends=kwargs["starts"])
+
+
 def test_the_device_block_table_uploads_only_changed_rows():
     buffers = DeviceBuffers()
     table = DeviceBlockTable(buffers)

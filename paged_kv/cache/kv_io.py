@@ -111,6 +111,9 @@ class KVIO:
         layer = self._backend.check_layer(layer)
         records = [self._seqs.get(s) for s in require_seq_ids(seq_ids)]
         n = len(records)
+        for name, given in (("starts", starts), ("ends", ends)):
+            if given is not None and not isinstance(given, (Sequence, np.ndarray)):
+                raise ValueError(f"{name} must be a sequence of positions, got {given!r}")
         starts = [0] * n if starts is None else [require_int("starts[i]", s) for s in starts]
         ends = ([r.table.num_tokens for r in records] if ends is None
                 else [require_int("ends[i]", e) for e in ends])

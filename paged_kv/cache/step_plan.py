@@ -199,6 +199,8 @@ class StepPlanner:
             counts = [require_int("num_tokens[i]", c) for c in num_tokens]
         else:
             counts = [require_int("num_tokens", num_tokens)] * len(seq_ids)
+        if starts is not None and not isinstance(starts, (Sequence, np.ndarray)):
+            raise ValueError(f"starts must be a sequence of positions, got {starts!r}")
         if len(counts) != len(seq_ids) or (starts is not None and len(starts) != len(seq_ids)):
             raise ValueError("seq_ids, num_tokens and starts must have the same length")
         if len(set(seq_ids)) != len(seq_ids):
