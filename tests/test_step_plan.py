@@ -216,6 +216,28 @@ def test_each_layer_is_checked_and_committed_as_without_a_plan():
     assert cache.gpu.block_keys[0] is not None and cache.gpu.block_keys[1] is None
 
 
+def test_a_per_call_write_builds_no_block_tables(monkeypatch):
+    """The one-use plan of ``write_kv_batch(layer, seq_ids, ...)`` is never attended
+    through: padding every sequence's table into an array on each layer's write would
+    cost the per-call path time that grows with the sequences' lengths."""
+    from paged_kv.cache.kv_io import KVIO
+
+    cache = make(num_blocks=16)
+    a, b = cache.allocate(9), cache.allocate(13)
+    seen = []
+    write = KVIO._write
+    monkeypatch.setattr(KVIO, "_write", lambda self, layer, plan, k, v: (
+        seen.append(plan), write(self, layer, plan, k, v))[1])
+    k = rows(np.random.default_rng(6), 2)
+    cache.write_kv_batch(0, [a, b], k, k, num_tokens=[1, 1])
+    (plan,) = seen
+    assert plan.device is None and plan.block_tables is None
+    assert plan.slot_mapping.tolist() == [2 * 4 + 0, 6 * 4 + 0]
+    assert plan.seq_lens.tolist() == [9, 13]
+    planned = cache.plan_step([a, b])
+    assert planned.block_tables.tolist() == [[0, 1, 2, -1], [3, 4, 5, 6]]
+
+
 def test_a_prefill_plan_attends_as_the_per_call_prefill_and_shapes_are_checked():
     rng = np.random.default_rng(5)
     cache = make()

@@ -79,8 +79,10 @@ class StepPlan:
     #: int64 ``[sum(num_tokens)]``: each new token's slot ``block_id * block_size +
     #: offset`` (read-only)
     slot_mapping: np.ndarray
-    #: int32 ``[len(seq_ids), max_blocks]``: each sequence's blocks, -1 padded (read-only)
-    block_tables: np.ndarray
+    #: int32 ``[len(seq_ids), max_blocks]``: each sequence's blocks, -1 padded (read-only);
+    #: None in the one-use plan a ``write_kv_batch(layer, seq_ids, ...)`` call makes for
+    #: itself, which is never attended through (its cost would grow with the tables)
+    block_tables: np.ndarray | None
     #: int64 ``[len(seq_ids)]``: tokens each sequence stores (read-only)
     seq_lens: np.ndarray
     #: the cache's generation the plan was made at (`PagedKVCache.check_plan`)
@@ -232,18 +234,18 @@ class StepPlanner:
             [r.table.slot_mapping(s, s + c) for r, s, c in zip(records, starts, counts)]
             or [np.empty(0, np.int64)]
         )
-        width = max([1] + [len(r.table.blocks) for r in records])
-        tables = np.full((len(records), width), PAD_BLOCK_ID, dtype=np.int32)
-        for i, r in enumerate(records):
-            tables[i, : len(r.table.blocks)] = r.table.blocks
         lens = np.array([r.table.num_tokens for r in records], dtype=np.int64)
         writes = tuple(
             (r.seq_id, i, r.table.blocks[i])
             for r, s, c in zip(records, starts, counts) if c
             for i in range(s // bs, (s + c - 1) // bs + 1)
         )
-        device = None
+        device = tables = None
         if upload:
+            width = max([1] + [len(r.table.blocks) for r in records])
+            tables = np.full((len(records), width), PAD_BLOCK_ID, dtype=np.int32)
+            for i, r in enumerate(records):
+                tables[i, : len(r.table.blocks)] = r.table.blocks
             row_seq = np.repeat(np.arange(len(records), dtype=np.int64), counts)
             row_len = np.concatenate(
                 [np.arange(s + 1, s + c + 1, dtype=np.int64) for s, c in zip(starts, counts)]
@@ -256,7 +258,7 @@ class StepPlanner:
             num_tokens=tuple(counts),
             starts=tuple(starts),
             slot_mapping=_read_only(slots),
-            block_tables=_read_only(tables),
+            block_tables=None if tables is None else _read_only(tables),
             seq_lens=_read_only(lens),
             generation=self._generation,
             device=device,
