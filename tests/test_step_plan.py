@@ -145,6 +145,47 @@ def test_a_stale_plan_is_refused_and_changes_nothing(change):
     assert cache.snapshot() == before
 
 
+def _swapped_in_setup(cache):
+    a = cache.allocate(token_ids=list(range(12)))
+    b = cache.allocate(4)
+    cache.commit(a)
+    cache.swap_out(a)
+    cache.evict_cached(3)  # a's cached GPU copies go: swapping in publishes its blocks
+    return [b], lambda: cache.swap_in(a)
+
+
+PRESSURE_CHANGES = {  # (plan's sequences, the change) on an 8-block pool; each moves
+    # usage across the 0.5 watermark
+    "swap_out": lambda cache: ((a := cache.allocate(12), cache.allocate(4)),
+                               lambda: cache.swap_out(a)),
+    "swap_in": _swapped_in_setup,
+    "append_many": lambda cache: ((cache.allocate(8), b := cache.allocate(4)),
+                                  lambda: cache.append_many([b], 4)),
+}
+
+
+@pytest.mark.parametrize("change", sorted(PRESSURE_CHANGES))
+def test_a_pressure_callback_sees_the_change_whole_plans_stale_blocks_published(change):
+    """Callbacks run once the operation has completed: a plan it made stale is refused
+    inside them (writing through it would put KV where the sequence no longer is)."""
+    cache = make(num_blocks=8, host=8, enable_prefix_caching=True, watermark_low=0.5,
+                 watermark_high=0.9)
+    seqs, operation = PRESSURE_CHANGES[change](cache)
+    plan = cache.plan_step(list(seqs))
+    heard = []
+
+    def callback(old, new, usage):
+        try:
+            cache.check_plan(plan)
+            heard.append(("current", len(cache.prefix)))
+        except ValueError:
+            heard.append(("stale", len(cache.prefix)))
+
+    cache.on_pressure_change(callback)
+    operation()
+    assert heard == [("stale", 3 if change == "swap_in" else 0)]
+
+
 def test_allocating_and_committing_leave_a_plan_valid_and_other_caches_refuse_it():
     cache, plan, (a, b, _), rng = _setup_for_staleness()
     cache.allocate(3)
