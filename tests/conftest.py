@@ -54,7 +54,8 @@ def hf_env(monkeypatch):
     ``pytestmark = pytest.mark.usefixtures("hf_env")``."""
     torch = pytest.importorskip("torch", reason="the hf extra (torch, transformers) is "
                                 "not installed: pip install -e '.[hf]'")
-    pytest.importorskip("transformers", reason="the hf extra is not installed")
+    pytest.importorskip("transformers", minversion="5.24",
+                        reason="the hf extra is not installed")
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_HUB_DISABLE_TELEMETRY", "1")
     before = torch.get_num_threads()

@@ -5,7 +5,7 @@ gives; masks the kernels cannot express are refused, not computed wrongly."""
 import pytest
 
 torch = pytest.importorskip("torch")
-pytest.importorskip("transformers")
+pytest.importorskip("transformers", minversion="5.24")
 
 from paged_kv.hf import ATTENTION_NAME, PagedHFCache, use_paged_attention  # noqa: E402
 from paged_kv.hf.tiny import tiny_model  # noqa: E402
