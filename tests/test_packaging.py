@@ -81,6 +81,9 @@ def test_the_oldest_transformers_is_one_number_everywhere():
     assert "transformers>=5.24,<6" in project["optional-dependencies"]["hf"]
     assert re.search(r"^\s*-\s+transformers>=5\.24,<6\s", (ROOT / "environment.yml")
                      .read_text(), re.M)
+    from paged_kv.cli._hf_generate import TRANSFORMERS_MIN  # generate --hf's refusal
+
+    assert TRANSFORMERS_MIN == (5, 24)
     for module in sorted((ROOT / "tests").glob("test_hf_*.py")):
         assert 'pytest.importorskip("transformers", minversion="5.24")' in \
             module.read_text(), module.name
