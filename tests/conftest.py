@@ -1,9 +1,11 @@
 """Test set-up: kernels run in Numba's CUDA simulator unless PAGED_KV_DEVICE says otherwise.
 
 `scripts/gpu_check.sh` sets ``PAGED_KV_DEVICE=gpu`` to run the same kernel tests on a GPU
-(``-m "device and not slow"``: pyproject.toml registers the markers). A test marked
-``gpu`` is skipped here under the simulator, with the reason its marker gives; executed
-notebooks are marked ``notebook``.
+(``-m "device or gpu"``: pyproject.toml registers the markers), and
+``PAGED_KV_TESTS_STOP_AT`` (seconds since the epoch): past it no further test starts,
+and pytest ends with its report rather than being killed by the step's time limit. A
+test marked ``gpu`` is skipped here under the simulator, with the reason its marker
+gives; executed notebooks are marked ``notebook``.
 paged_kv takes its ``cuda`` module from `paged_kv.gpu.device.cuda_api` whatever numba was
 imported as; for tests that write ``from numba import cuda`` to build arrays, the
 simulator run also turns numba's own simulator on (this harness's choice, made before
@@ -12,6 +14,7 @@ any test module imports numba; importing paged_kv itself writes no environment).
 
 import os
 import sys
+import time
 
 import pytest
 
@@ -44,6 +47,14 @@ def pytest_collection_modifyitems(config, items):
         if gpu is not None and simulator:
             reason = gpu.kwargs.get("reason", "needs a GPU")
             item.add_marker(pytest.mark.skip(reason=f"needs a GPU: {reason}"))
+
+
+def pytest_runtest_teardown(item, nextitem):
+    """Stop the session once ``PAGED_KV_TESTS_STOP_AT`` has passed (module docstring)."""
+    stop_at = os.environ.get("PAGED_KV_TESTS_STOP_AT")
+    if stop_at and nextitem is not None and time.time() >= float(stop_at):
+        item.session.shouldstop = (f"PAGED_KV_TESTS_STOP_AT ({stop_at}) passed: the "
+                                   f"tests after {item.nodeid} did not run")
 
 
 @pytest.fixture
