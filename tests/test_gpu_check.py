@@ -105,24 +105,32 @@ def test_a_failed_probe_stops_the_check_with_its_one_line_reason(tmp_path: Path)
     assert f"probe: {reason}" in (out / "summary.txt").read_text()
 
 
-def test_the_hf_tests_skip_with_their_reason_on_a_transformers_too_old(tmp_path: Path) -> None:
-    """A GPU machine's own transformers may predate the adapter (5.24: ``generate(cache=)``
-    and ``Cache.update(..., kwargs=)``): the hf test modules then skip, one line each,
-    instead of failing the tests step. A stand-in transformers 5.17.0 plays that one."""
+def test_modules_whose_optional_packages_are_missing_or_old_skip_with_their_reason(
+        tmp_path: Path) -> None:
+    """pytest imports every test module, selected or not, so a module needing a package
+    a GPU machine lacks must skip, one line each, not fail the tests step. Stand-ins
+    play such a machine: transformers 5.17.0 (the adapter needs 5.24: ``generate(cache=)``
+    and ``Cache.update(..., kwargs=)``) and no hypothesis."""
     pytest.importorskip("torch")
-    fake = tmp_path / "old" / "transformers"
-    fake.mkdir(parents=True)
-    (fake / "__init__.py").write_text('__version__ = "5.17.0"\n')
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(fake.parent), str(ROOT)])}
-    modules = sorted(str(p) for p in (ROOT / "tests").glob("test_hf_*.py"))
+    fake = tmp_path / "site"
+    (fake / "transformers").mkdir(parents=True)
+    (fake / "transformers" / "__init__.py").write_text('__version__ = "5.17.0"\n')
+    (fake / "hypothesis").mkdir()
+    (fake / "hypothesis" / "__init__.py").write_text(
+        'raise ModuleNotFoundError("No module named \'hypothesis\'", name="hypothesis")\n')
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(fake), str(ROOT)])}
+    modules = sorted([*(ROOT / "tests").glob("test_hf_*.py"),
+                      ROOT / "tests" / "test_cache_stateful.py"])
     done = subprocess.run([sys.executable, "-m", "pytest", "--collect-only", "-q", "-rs",
-                           "-p", "no:cacheprovider", *modules], cwd=ROOT, env=env,
+                           "-p", "no:cacheprovider", "-p", "no:hypothesispytest",
+                           *map(str, modules)], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=120)
     assert "error" not in done.stdout.lower(), done.stdout[-3000:]
-    skipped = re.findall(r"^SKIPPED \[1\] (tests/test_hf_\w+\.py):\d+: (.*)$", done.stdout, re.M)
-    assert sorted(path for path, _ in skipped) == [
-        str(Path(p).relative_to(ROOT)) for p in modules]
-    assert all("5.17.0" in why and "5.24" in why for _, why in skipped), skipped
+    skipped = dict(re.findall(r"^SKIPPED \[1\] tests/(test_\w+)\.py:\d+: (.*)$", done.stdout,
+                              re.M))
+    assert sorted(skipped) == [m.stem for m in modules], done.stdout[-3000:]
+    assert "hypothesis" in skipped.pop("test_cache_stateful")
+    assert all("5.17.0" in why and "5.24" in why for why in skipped.values()), skipped
 
 
 def test_pytest_stops_itself_at_the_time_it_is_given_and_still_reports() -> None:
