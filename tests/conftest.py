@@ -1,9 +1,11 @@
 """Test set-up: kernels run in Numba's CUDA simulator unless PAGED_KV_DEVICE says otherwise.
 
 `scripts/gpu_check.sh` sets ``PAGED_KV_DEVICE=gpu`` to run the same kernel tests on a GPU
-(``-m "device and not slow"``: pyproject.toml registers the markers). A test marked
-``gpu`` is skipped here under the simulator, with the reason its marker gives; executed
-notebooks are marked ``notebook``.
+(``-m "device or gpu"``: pyproject.toml registers the markers), and
+``PAGED_KV_TESTS_STOP_AT`` (seconds since the epoch): past it no further test starts,
+and pytest ends with its report rather than being killed by the step's time limit. A
+test marked ``gpu`` is skipped here under the simulator, with the reason its marker
+gives; executed notebooks are marked ``notebook``.
 paged_kv takes its ``cuda`` module from `paged_kv.gpu.device.cuda_api` whatever numba was
 imported as; for tests that write ``from numba import cuda`` to build arrays, the
 simulator run also turns numba's own simulator on (this harness's choice, made before
@@ -12,6 +14,7 @@ any test module imports numba; importing paged_kv itself writes no environment).
 
 import os
 import sys
+import time
 
 import pytest
 
@@ -46,6 +49,14 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(pytest.mark.skip(reason=f"needs a GPU: {reason}"))
 
 
+def pytest_runtest_teardown(item, nextitem):
+    """Stop the session once ``PAGED_KV_TESTS_STOP_AT`` has passed (module docstring)."""
+    stop_at = os.environ.get("PAGED_KV_TESTS_STOP_AT")
+    if stop_at and nextitem is not None and time.time() >= float(stop_at):
+        item.session.shouldstop = (f"PAGED_KV_TESTS_STOP_AT ({stop_at}) passed: the "
+                                   f"tests after {item.nodeid} did not run")
+
+
 @pytest.fixture
 def hf_env(monkeypatch):
     """Hugging Face tests: nothing is downloaded (``HF_HUB_OFFLINE=1``), and torch runs
@@ -54,7 +65,8 @@ def hf_env(monkeypatch):
     ``pytestmark = pytest.mark.usefixtures("hf_env")``."""
     torch = pytest.importorskip("torch", reason="the hf extra (torch, transformers) is "
                                 "not installed: pip install -e '.[hf]'")
-    pytest.importorskip("transformers", reason="the hf extra is not installed")
+    pytest.importorskip("transformers", minversion="5.24",
+                        reason="the hf extra is not installed")
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_HUB_DISABLE_TELEMETRY", "1")
     before = torch.get_num_threads()

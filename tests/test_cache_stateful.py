@@ -42,6 +42,10 @@ import os
 import tempfile
 
 import numpy as np
+import pytest
+
+pytest.importorskip("hypothesis")  # a dev extra: a GPU machine may lack it
+
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import (

@@ -82,3 +82,21 @@ def test_status_1_when_the_logits_stray(monkeypatch, capsys):
     monkeypatch.setitem(dense.LOGITS_TOLERANCE, "float32", 0.0)
     assert main(QUICK + ["--prompt-logits", "keep"]) == 1
     assert "more than the tolerance" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("versions, why", [
+    ({"torch": None, "transformers": None}, "not installed here"),
+    ({"torch": "2.11.0", "transformers": "5.17.0"}, "transformers 5.24 or newer, found 5.17.0"),
+])
+def test_hf_without_the_extra_is_one_line(monkeypatch, tmp_path, capsys, versions, why):
+    """``--hf`` where torch or transformers is missing, or transformers too old, is one
+    line naming --hf and status 2, before anything is loaded (read from the packages'
+    metadata, so this runs without the extra too)."""
+    from paged_kv.cli import _hf_generate
+
+    monkeypatch.setattr(_hf_generate, "installed_version", versions.get)
+    (tmp_path / "config.json").write_text("{}")
+    assert main(["generate", "--hf", str(tmp_path), "--prompt", "the cache"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("paged-kv generate: error: argument --hf: needs ") and "\n" not in err
+    assert why in err and "pip install 'paged_kv[hf]'" in err

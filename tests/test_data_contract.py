@@ -156,6 +156,34 @@ def test_writing_into_a_published_block_is_refused_and_changes_nothing():
     cache.write_kv(a, 0, k, v, start=8)  # the partial block is not published: writable
 
 
+def test_a_live_duplicate_is_immutable_like_the_copy_whose_key_it_may_take_over():
+    """A computed block whose key another block holds takes that key over when the other
+    copy is evicted, at an eviction its writer does not control: rewriting it would let
+    a later hit read a block half of one computation and half of another."""
+    cache = make(num_blocks=6, model=MODEL)
+    prompt = list(range(5))
+    a, b = cache.allocate(token_ids=prompt), cache.allocate(token_ids=prompt)
+    write_layers(cache, a, 1, 5, start=0)
+    own = write_layers(cache, b, 2, 5, start=0)
+    duplicate = cache.get(b).block_table[0]
+    assert duplicate in cache.gpu.duplicates()
+    before = cache.snapshot()
+    k, v = kv(9, 1)
+    with pytest.raises(ImmutableBlockError, match="duplicate.*immutable"):
+        cache.write_kv(b, 0, k, v, start=2)
+    with pytest.raises(ImmutableBlockError, match="duplicate.*immutable"):
+        cache.plan_step([b], starts=[0])
+    assert cache.snapshot() == before
+    cache.write_kv(b, 1, k, v, start=4)  # its partial last block stays writable
+    cache.free(a)
+    cache.evict_cached(1)  # a's copy goes; b's takes over the key, unchanged
+    c = cache.allocate(token_ids=prompt)
+    assert cache.get(c).block_table[0] == duplicate
+    for layer in own:
+        np.testing.assert_array_equal(cache.read_kv(c, layer, end=4)[0], own[layer][0][:4])
+    cache.check_invariants()
+
+
 @pytest.mark.parametrize("first", ["a", "b"])
 def test_concurrent_requests_with_one_prompt_never_read_bytes_nobody_wrote(first):
     """Allocate A, allocate B with the same prompt, write one of them, read the other."""

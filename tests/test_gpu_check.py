@@ -10,6 +10,7 @@ import re
 import stat
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -76,7 +77,8 @@ def fake_python(tmp_path: Path, behaviour: str) -> str:
 def test_failed_timed_out_and_unstarted_steps_still_end_in_the_summary(tmp_path: Path) -> None:
     python = fake_python(tmp_path, """
     *gpu_probe.py*) echo "probe passed in 0.0 s"; exit 0 ;;
-    *"-m pytest"*) echo "2 failed, 3 passed in 0.1s"; exit 1 ;;
+    *"-m pytest"*) echo "stop at $PAGED_KV_TESTS_STOP_AT"; echo "2 failed, 3 passed in 0.1s"
+                   exit 1 ;;
     *kernels.py*) echo "| a table |"; exit 0 ;;
     *attention.py*) sleep 60 ;;
     """)
@@ -88,6 +90,9 @@ def test_failed_timed_out_and_unstarted_steps_still_end_in_the_summary(tmp_path:
     assert rows["attention"][1].startswith("TIMED OUT after ")
     assert rows["big pool"][1] == rows["quantized"][1] == "not run: no time left"
     assert "tests: 2 failed, 3 passed in 0.1s" in done.stdout
+    # pytest is told to stop itself 20 s before the step's limit (then it still reports)
+    stop_at = int(re.search(r"^stop at (\d+)$", done.stdout, re.M).group(1))
+    assert 0 < stop_at - time.time() <= 200 - 20
     assert (out / "summary.txt").read_text() in done.stdout
 
 
@@ -98,3 +103,45 @@ def test_a_failed_probe_stops_the_check_with_its_one_line_reason(tmp_path: Path)
     assert done.returncode == 2, done.stdout[-3000:]
     assert list(summary_rows(done.stdout)) == ["probe"]
     assert f"probe: {reason}" in (out / "summary.txt").read_text()
+
+
+def test_modules_whose_optional_packages_are_missing_or_old_skip_with_their_reason(
+        tmp_path: Path) -> None:
+    """pytest imports every test module, selected or not, so a module needing a package
+    a GPU machine lacks must skip, one line each, not fail the tests step. Stand-ins
+    play such a machine: transformers 5.17.0 (the adapter needs 5.24: ``generate(cache=)``
+    and ``Cache.update(..., kwargs=)``) and no hypothesis."""
+    pytest.importorskip("torch")
+    fake = tmp_path / "site"
+    (fake / "transformers").mkdir(parents=True)
+    (fake / "transformers" / "__init__.py").write_text('__version__ = "5.17.0"\n')
+    (fake / "hypothesis").mkdir()
+    (fake / "hypothesis" / "__init__.py").write_text(
+        'raise ModuleNotFoundError("No module named \'hypothesis\'", name="hypothesis")\n')
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(fake), str(ROOT)])}
+    modules = sorted([*(ROOT / "tests").glob("test_hf_*.py"),
+                      ROOT / "tests" / "test_cache_stateful.py"])
+    done = subprocess.run([sys.executable, "-m", "pytest", "--collect-only", "-q", "-rs",
+                           "-p", "no:cacheprovider", "-p", "no:hypothesispytest",
+                           *map(str, modules)], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert "error" not in done.stdout.lower(), done.stdout[-3000:]
+    skipped = dict(re.findall(r"^SKIPPED \[1\] tests/(test_\w+)\.py:\d+: (.*)$", done.stdout,
+                              re.M))
+    assert sorted(skipped) == [m.stem for m in modules], done.stdout[-3000:]
+    assert "hypothesis" in skipped.pop("test_cache_stateful")
+    assert all("5.17.0" in why and "5.24" in why for why in skipped.values()), skipped
+
+
+def test_pytest_stops_itself_at_the_time_it_is_given_and_still_reports() -> None:
+    """``PAGED_KV_TESTS_STOP_AT`` (seconds since the epoch, as gpu_check.sh sets it for
+    its tests step): past it, pytest runs no further test and ends with its report
+    (failures, counts, status 2) instead of being killed by the step's limit."""
+    env = {**os.environ, "PAGED_KV_TESTS_STOP_AT": str(int(time.time()) - 1)}
+    done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                           "tests/test_block_table.py"], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2, done.stdout[-2000:]
+    assert re.search(r"^1 passed in ", done.stdout.replace("=", "").strip().splitlines()[-1]
+                     .strip(), re.M), done.stdout[-2000:]
+    assert "PAGED_KV_TESTS_STOP_AT" in done.stdout

@@ -7,7 +7,7 @@ in the CUDA simulator."""
 import pytest
 
 torch = pytest.importorskip("torch")
-pytest.importorskip("transformers")
+pytest.importorskip("transformers", minversion="5.24")
 
 from transformers import DynamicCache  # noqa: E402
 
@@ -223,3 +223,20 @@ def test_the_readme_three_lines_generate_dynamic_cache_tokens(models):
     expected = model.generate(**inputs, max_new_tokens=32, pad_token_id=0)
     assert torch.equal(namespace["out"], expected)
     assert isinstance(namespace["cache"], PagedHFCache)
+
+
+def test_batch_select_indices_takes_row_numbers_or_a_boolean_mask(models):
+    """As DynamicCache indexes its rows: ``[2, 0]`` keeps rows 2 and 0 in that order, a
+    boolean mask the rows where it is True."""
+    model = models["llama"]
+    cache = PagedHFCache.for_model(model, num_blocks=16, block_size=4)
+    ids = torch.tensor([[1, 11, 12], [1, 21, 22], [1, 31, 32]])
+    with torch.no_grad():
+        model(input_ids=ids, cache=cache, use_cache=True)
+    tables = [cache.kv.get(s).block_table for s in cache.seq_ids]
+    cache.batch_select_indices(torch.tensor([True, False, True]))
+    assert [cache.kv.get(s).block_table for s in cache.seq_ids] == [tables[0], tables[2]]
+    cache.batch_select_indices(torch.tensor([1, 0]))
+    assert [cache.kv.get(s).block_table for s in cache.seq_ids] == [tables[2], tables[0]]
+    assert cache.kv.num_used_blocks == 2
+    cache.kv.check_invariants()

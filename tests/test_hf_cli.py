@@ -10,7 +10,7 @@ import sys
 import pytest
 
 torch = pytest.importorskip("torch")
-pytest.importorskip("transformers")
+pytest.importorskip("transformers", minversion="5.24")
 
 from paged_kv.cli import main  # noqa: E402
 from paged_kv.hf.checkpoint import load_checkpoint  # noqa: E402

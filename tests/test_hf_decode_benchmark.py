@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 pytest.importorskip("torch")
-pytest.importorskip("transformers")
+pytest.importorskip("transformers", minversion="5.24")
 
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "hf_decode.py"
 

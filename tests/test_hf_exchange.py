@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch")
-pytest.importorskip("transformers")
+pytest.importorskip("transformers", minversion="5.24")
 
 from paged_kv.hf.exchange import DeviceExchange, HostExchange, exchange_for  # noqa: E402
 
@@ -108,3 +108,45 @@ def test_a_tensor_becomes_a_view_without_a_host_synchronisation():
     (tensor, sync), = api.viewed
     assert sync is False and tensor.is_contiguous() and tensor.dtype == torch.float16
     assert torch.equal(tensor, x.half())
+
+
+class RecordingExchange(DeviceExchange):
+    """A DeviceExchange noting the tensors it is asked to keep for the default stream."""
+
+    def __init__(self, api):
+        super().__init__(torch.device("cpu"), api, FakeTorchCuda(0x7F00))
+        self.kept = []
+
+    def before_default_stream(self, tensors):
+        self.kept.extend(tensors)
+
+
+class FakeKV:
+    """What `pool_io.write` calls on a PagedKVCache: the model's dtype and the write."""
+
+    def __init__(self, dtype):
+        self.model = type("Model", (), {"dtype": dtype})()
+        self.written = []
+
+    def write_kv_batch(self, layer, rows, k, v, *, num_tokens, starts):
+        self.written.append((layer, list(rows), k, v, list(num_tokens), list(starts)))
+
+
+@pytest.mark.parametrize("pool_dtype", ["float16", "float32"])
+def test_the_memory_the_default_stream_reads_is_kept_for_it(pool_dtype):
+    """On a side stream, the write kernel (default stream) reads the views `to_pool`
+    made: the tensors behind them, converted to the pool's dtype where the model's
+    differs, are the ones PyTorch's allocator must keep until that stream has read
+    them (otherwise their memory is handed out again on the side stream at once)."""
+    from paged_kv.hf import pool_io
+
+    api, kv = FakeNumbaCuda(), FakeKV(pool_dtype)
+    exchange = RecordingExchange(api)
+    k, v = torch.randn(2, 2, 3, 8), torch.randn(2, 2, 3, 8)  # float32 [batch, heads, tokens, dim]
+    pool_io.write(kv, exchange, 0, [5, 6], k, v, starts=[0, 0], skip=[0, 1])
+    viewed = [tensor for tensor, _ in api.viewed]
+    assert len(viewed) == 2 and all(t.dtype == getattr(torch, pool_dtype) for t in viewed)
+    kept = {t.untyped_storage().data_ptr() for t in exchange.kept}  # record_stream's unit
+    assert all(t.untyped_storage().data_ptr() in kept for t in viewed)
+    (layer, rows, _, _, counts, starts), = kv.written
+    assert (layer, rows, counts, starts) == (0, [5, 6], [3, 2], [0, 1])

@@ -8,7 +8,7 @@ import os
 import pytest
 
 torch = pytest.importorskip("torch")
-pytest.importorskip("transformers")
+pytest.importorskip("transformers", minversion="5.24")
 
 from paged_kv.hf import PagedHFCache, use_paged_attention  # noqa: E402
 from paged_kv.hf.exchange import DeviceExchange  # noqa: E402

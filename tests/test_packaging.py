@@ -67,10 +67,26 @@ def test_the_hf_extra_pins_torch_exactly_in_both_files():
     gigabytes, so the pin is exact, and conda-forge's ``pytorch`` carries the same one."""
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     hf = project["optional-dependencies"]["hf"]
-    assert "torch==2.13.0" in hf and "transformers>=5,<6" in hf
+    assert "torch==2.13.0" in hf
     env_text = (ROOT / "environment.yml").read_text()
     assert re.search(r"^\s*-\s+pytorch==2\.13\.0\s", env_text, re.M)
     assert "hf]" in (ROOT / "Makefile").read_text()  # make test installs and tests it
+
+
+def test_the_oldest_transformers_is_one_number_everywhere():
+    """transformers 5.24 is the first whose ``generate`` takes ``cache=`` and whose layers
+    hand their keyword arguments to ``Cache.update`` (the paged attention reads the cache
+    there): the extra, the conda file, and every hf test module's skip say the same."""
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    assert "transformers>=5.24,<6" in project["optional-dependencies"]["hf"]
+    assert re.search(r"^\s*-\s+transformers>=5\.24,<6\s", (ROOT / "environment.yml")
+                     .read_text(), re.M)
+    from paged_kv.cli._hf_generate import TRANSFORMERS_MIN  # generate --hf's refusal
+
+    assert TRANSFORMERS_MIN == (5, 24)
+    for module in sorted((ROOT / "tests").glob("test_hf_*.py")):
+        assert 'pytest.importorskip("transformers", minversion="5.24")' in \
+            module.read_text(), module.name
 
 
 def test_license_is_an_spdx_expression_with_its_file():

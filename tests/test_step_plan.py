@@ -145,6 +145,47 @@ def test_a_stale_plan_is_refused_and_changes_nothing(change):
     assert cache.snapshot() == before
 
 
+def _swapped_in_setup(cache):
+    a = cache.allocate(token_ids=list(range(12)))
+    b = cache.allocate(4)
+    cache.commit(a)
+    cache.swap_out(a)
+    cache.evict_cached(3)  # a's cached GPU copies go: swapping in publishes its blocks
+    return [b], lambda: cache.swap_in(a)
+
+
+PRESSURE_CHANGES = {  # (plan's sequences, the change) on an 8-block pool; each moves
+    # usage across the 0.5 watermark
+    "swap_out": lambda cache: ((a := cache.allocate(12), cache.allocate(4)),
+                               lambda: cache.swap_out(a)),
+    "swap_in": _swapped_in_setup,
+    "append_many": lambda cache: ((cache.allocate(8), b := cache.allocate(4)),
+                                  lambda: cache.append_many([b], 4)),
+}
+
+
+@pytest.mark.parametrize("change", sorted(PRESSURE_CHANGES))
+def test_a_pressure_callback_sees_the_change_whole_plans_stale_blocks_published(change):
+    """Callbacks run once the operation has completed: a plan it made stale is refused
+    inside them (writing through it would put KV where the sequence no longer is)."""
+    cache = make(num_blocks=8, host=8, enable_prefix_caching=True, watermark_low=0.5,
+                 watermark_high=0.9)
+    seqs, operation = PRESSURE_CHANGES[change](cache)
+    plan = cache.plan_step(list(seqs))
+    heard = []
+
+    def callback(old, new, usage):
+        try:
+            cache.check_plan(plan)
+            heard.append(("current", len(cache.prefix)))
+        except ValueError:
+            heard.append(("stale", len(cache.prefix)))
+
+    cache.on_pressure_change(callback)
+    operation()
+    assert heard == [("stale", 3 if change == "swap_in" else 0)]
+
+
 def test_allocating_and_committing_leave_a_plan_valid_and_other_caches_refuse_it():
     cache, plan, (a, b, _), rng = _setup_for_staleness()
     cache.allocate(3)
@@ -216,6 +257,28 @@ def test_each_layer_is_checked_and_committed_as_without_a_plan():
     assert cache.gpu.block_keys[0] is not None and cache.gpu.block_keys[1] is None
 
 
+def test_a_per_call_write_builds_no_block_tables(monkeypatch):
+    """The one-use plan of ``write_kv_batch(layer, seq_ids, ...)`` is never attended
+    through: padding every sequence's table into an array on each layer's write would
+    cost the per-call path time that grows with the sequences' lengths."""
+    from paged_kv.cache.kv_io import KVIO
+
+    cache = make(num_blocks=16)
+    a, b = cache.allocate(9), cache.allocate(13)
+    seen = []
+    write = KVIO._write
+    monkeypatch.setattr(KVIO, "_write", lambda self, layer, plan, k, v: (
+        seen.append(plan), write(self, layer, plan, k, v))[1])
+    k = rows(np.random.default_rng(6), 2)
+    cache.write_kv_batch(0, [a, b], k, k, num_tokens=[1, 1])
+    (plan,) = seen
+    assert plan.device is None and plan.block_tables is None
+    assert plan.slot_mapping.tolist() == [2 * 4 + 0, 6 * 4 + 0]
+    assert plan.seq_lens.tolist() == [9, 13]
+    planned = cache.plan_step([a, b])
+    assert planned.block_tables.tolist() == [[0, 1, 2, -1], [3, 4, 5, 6]]
+
+
 def test_a_prefill_plan_attends_as_the_per_call_prefill_and_shapes_are_checked():
     rng = np.random.default_rng(5)
     cache = make()
@@ -260,6 +323,30 @@ def test_a_plan_is_immutable_and_needs_storage():
     with pytest.raises(MetadataOnlyError):
         meta.plan_step([s])
     assert meta.snapshot() == before
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(starts=4), r"starts must be a sequence of positions, got 4"),
+    (dict(starts="4"), r"starts\[i\] must be an integer"),
+    (dict(starts=[True]), r"starts\[i\] must be an integer >= 0, got True"),
+    (dict(starts=[4, 4]), r"same length"),
+    (dict(num_tokens=[1.0]), r"num_tokens\[i\] must be an integer"),
+    (dict(num_tokens=True), r"num_tokens must be an integer >= 0, got True"),
+])
+def test_plan_step_refuses_bad_counts_and_starts_naming_them(kwargs, message):
+    cache = make()
+    a = cache.allocate(5)
+    plan = cache.plan_step([a])
+    before = cache.snapshot()
+    with pytest.raises(ValueError, match=message):
+        cache.plan_step([a], **kwargs)
+    assert cache.snapshot() == before
+    cache.check_plan(plan)  # a refused plan_step leaves the current plan current
+    if "starts" in kwargs:  # the read path takes starts (and ends) the same way
+        with pytest.raises(ValueError, match=message.replace("got 4", "got 4|same length")):
+            cache.read_kv_batch(0, [a], **kwargs)
+        with pytest.raises(ValueError, match=message.replace("starts", "ends")):
+            cache.read_kv_batch(0, [a], ends=kwargs["starts"])
 
 
 def test_the_device_block_table_uploads_only_changed_rows():

@@ -249,6 +249,43 @@ def test_failed_admission_changes_nothing_and_reset_clears_every_tier():
     assert cache.lookup_prefix(block_keys=["a", "b"], num_tokens=5) == 0
 
 
+def test_only_a_block_holding_its_key_on_the_gpu_is_copied_down():
+    cache = make(gpu=4, host=2, disk=2)
+    seq = cache.allocate(5, block_keys=["a", "b"])
+    cache.commit(seq, 2)  # block 0 holds "a"; block 1 is not computed, so holds nothing
+    a, b = cache.get(seq).block_table[:2]
+    before = cache.snapshot()
+    for blocks, keys in (([b], ["b"]), ([a], ["b"]), ([a, b], ["a", "b"]), ([True], ["a"])):
+        with pytest.raises(ValueError, match="holds no published copy"):
+            cache.tiers.copy_down(blocks, keys)
+    with pytest.raises(ValueError, match="2 blocks but 1 keys"):
+        cache.tiers.copy_down([a, b], ["a"])
+    assert cache.snapshot() == before
+
+
+def test_tier_slots_are_ids_and_a_refused_pin_tells_the_policy_nothing():
+    cache = make(gpu=4, host=2, host_cache_policy="arc")
+    run(cache, ["a"])
+    host = cache.tiers.host
+    held_slot = host.slot_of("a")
+    free_slot = 1 - held_slot
+    before = cache.snapshot()
+    for slots in ([held_slot, free_slot], [held_slot, 2], [held_slot, True], [-1]):
+        with pytest.raises(ValueError, match="slot|block"):
+            host.pin(slots)
+    for bad in (True, -1, 2, 0.0):
+        with pytest.raises(ValueError, match="block id"):
+            host.drop(bad)
+        with pytest.raises(ValueError, match="block id"):
+            host.allocator.refresh(bad)
+        with pytest.raises(ValueError, match="block id"):
+            cache.gpu.refresh(bad if bad != 2 else 4)
+    assert cache.snapshot() == before
+    host.pin([held_slot])
+    host.release([held_slot])
+    cache.check_invariants()
+
+
 def test_check_invariants_and_snapshot_cover_the_tiers():
     cache = make(gpu=4, host=2)
     run(cache, ["a"])

@@ -3,11 +3,11 @@
 `KVIO` is the write and read path on top of a `paged_kv.cache.backend.KVBackend`.
 Every write goes through a step plan (`paged_kv.cache.step_plan`), made for the one
 write or once for a step of all layers: position checks, the immutability rule (a block
-published to the prefix cache, or a full block shared by several sequences, is never
-written), copy-on-write of a shared partial block before it is written, and, per layer,
-the bookkeeping of which positions hold written KV (`paged_kv.core.sequence.WrittenExtents`):
-once every layer of a prefix has been written, those tokens are computed and their full
-blocks are published (`PrefixCache.commit`).
+published to the prefix cache or a live duplicate of one, or a full block shared by
+several sequences, is never written), copy-on-write of a shared partial block before it
+is written, and, per layer, the bookkeeping of which positions hold written KV
+(`paged_kv.core.sequence.WrittenExtents`): once every layer of a prefix has been written,
+those tokens are computed and their full blocks are published (`PrefixCache.commit`).
 """
 
 from __future__ import annotations
@@ -111,6 +111,9 @@ class KVIO:
         layer = self._backend.check_layer(layer)
         records = [self._seqs.get(s) for s in require_seq_ids(seq_ids)]
         n = len(records)
+        for name, given in (("starts", starts), ("ends", ends)):
+            if given is not None and not isinstance(given, (Sequence, np.ndarray)):
+                raise ValueError(f"{name} must be a sequence of positions, got {given!r}")
         starts = [0] * n if starts is None else [require_int("starts[i]", s) for s in starts]
         ends = ([r.table.num_tokens for r in records] if ends is None
                 else [require_int("ends[i]", e) for e in ends])

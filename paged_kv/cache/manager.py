@@ -53,7 +53,14 @@ from paged_kv.core.errors import OutOfBlocksError
 from paged_kv.core.eviction import EvictionPolicy
 from paged_kv.core.prefix_cache import PrefixCache
 from paged_kv.core.pressure import PressureCallback, PressureLevel, PressureMonitor
-from paged_kv.core.sequence import GPU, HOST, SequenceInfo, SequenceRegistry, require_growth
+from paged_kv.core.sequence import (
+    GPU,
+    HOST,
+    SequenceInfo,
+    SequenceRecord,
+    SequenceRegistry,
+    require_growth,
+)
 from paged_kv.core.stats import CacheStats
 from paged_kv.core.validate import (
     require_array,
@@ -135,13 +142,17 @@ class PagedKVCache:
         """The `KVStorage` holding the pools, or None in metadata-only mode."""
         return self._kv.storage
 
-    def _apply(self, operation: Callable[..., Any], *args: Any) -> Any:
-        """Run a part's operation; count a refusal for lack of blocks; update pressure."""
+    def _apply(self, operation: Callable[..., Any], *args: Any, tables: bool = False) -> Any:
+        """Run a part's operation; count a refusal for lack of blocks; if it changed
+        block tables (`tables`), make every plan stale; then update pressure, whose
+        callbacks so see the operation whole."""
         try:
             result = operation(*args)
         except OutOfBlocksError:
             self._failures += 1
             raise
+        if tables:
+            self._plans.invalidate()
         self._pressure.update()
         return result
 
@@ -315,8 +326,8 @@ class PagedKVCache:
         if type(num_tokens) is not int or num_tokens < 0:
             num_tokens = require_int("num_tokens", num_tokens)
         get = self._seqs.get
-        self._apply(self._growth.append_many, [get(s) for s in seq_ids], num_tokens)
-        self._plans.invalidate()
+        self._apply(self._growth.append_many, [get(s) for s in seq_ids], num_tokens,
+                    tables=True)
 
     def free(self, seq_id: int) -> None:
         """Release a sequence; each block whose last holder it was joins the free queue.
@@ -354,8 +365,9 @@ class PagedKVCache:
 
         `k`, `v` are ``[num_tokens, num_kv_heads, head_dim]`` in the model's dtype;
         `start` defaults to the last ``len(k)`` positions (the tokens just appended).
-        A shared partial block is copied first; a shared full block, or a block
-        published to the prefix cache, is refused (`ImmutableBlockError`). Once every
+        A shared partial block is copied first; a shared full block, a block
+        published to the prefix cache or a live duplicate of one (it may take the key
+        over) is refused (`ImmutableBlockError`). Once every
         layer of a block is written, its tokens are computed and it is published.
         """
         seq_id = require_seq_id(seq_id)
@@ -479,8 +491,7 @@ class PagedKVCache:
         `OutOfBlocksError` (changing nothing) when the host pool lacks room, and
         `NoHostPoolError` on a cache built without one.
         """
-        self._apply(self._swap.swap_out, self._seqs.get_many(seq_ids, GPU))
-        self._plans.invalidate()
+        self._apply(self._swap.swap_out, self._seqs.get_many(seq_ids, GPU), tables=True)
 
     def swap_in(self, seq_ids: int | Iterable[int]) -> None:
         """Move swapped-out sequences' KV back from the host pool into the GPU pool.
@@ -488,9 +499,11 @@ class PagedKVCache:
         Their computed full blocks are offered to the prefix cache again. Raises
         `OutOfBlocksError` (changing nothing) when the GPU pool lacks room.
         """
-        records = self._seqs.get_many(seq_ids, HOST)
-        self._apply(self._swap.swap_in, records)
-        self._plans.invalidate()
+        self._apply(self._swap_in, self._seqs.get_many(seq_ids, HOST), tables=True)
+
+    def _swap_in(self, records: list[SequenceRecord]) -> None:
+        """`swap_in` of checked records: the move, then their computed blocks published."""
+        self._swap.swap_in(records)
         for record in records:
             self._prefix.publish(record, 0)
 

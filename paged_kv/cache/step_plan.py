@@ -27,9 +27,9 @@ block published after the plan was made is caught by the per-layer check below.
 
 What a plan does not freeze: the checks of each layer's write still run per layer, as
 for `PagedKVCache.write_kv_batch` without a plan. A block published to the prefix cache
-since the plan was made is refused (`ImmutableBlockError`), each write records its
-positions in the sequence's written extents, and once every layer holds a position its
-full blocks are published.
+(or become a live duplicate of a published block) since the plan was made is refused
+(`ImmutableBlockError`), each write records its positions in the sequence's written
+extents, and once every layer holds a position its full blocks are published.
 
 `StepPlanner` makes the plans and owns the generation number; the manager calls
 `StepPlanner.invalidate` whenever it changes a table. Without a device upload (the
@@ -79,8 +79,10 @@ class StepPlan:
     #: int64 ``[sum(num_tokens)]``: each new token's slot ``block_id * block_size +
     #: offset`` (read-only)
     slot_mapping: np.ndarray
-    #: int32 ``[len(seq_ids), max_blocks]``: each sequence's blocks, -1 padded (read-only)
-    block_tables: np.ndarray
+    #: int32 ``[len(seq_ids), max_blocks]``: each sequence's blocks, -1 padded (read-only);
+    #: None in the one-use plan a ``write_kv_batch(layer, seq_ids, ...)`` call makes for
+    #: itself, which is never attended through (its cost would grow with the tables)
+    block_tables: np.ndarray | None
     #: int64 ``[len(seq_ids)]``: tokens each sequence stores (read-only)
     seq_lens: np.ndarray
     #: the cache's generation the plan was made at (`PagedKVCache.check_plan`)
@@ -155,10 +157,11 @@ class StepPlanner:
         bs = self._block_size
         refs = self._gpu.ref_counts
         keys = self._gpu.block_keys
+        dups = self._gpu.duplicate_map
         for i in range(start // bs, (start + count - 1) // bs + 1):
             block = table.blocks[i]
-            if keys[block] is not None:
-                raise published_error(record.seq_id, block, i)
+            if keys[block] is not None or block in dups:
+                raise published_error(record.seq_id, block, i, dups)
             if refs[block] > 1:
                 if i < table.num_full_blocks:
                     raise ImmutableBlockError(
@@ -198,6 +201,8 @@ class StepPlanner:
             counts = [require_int("num_tokens[i]", c) for c in num_tokens]
         else:
             counts = [require_int("num_tokens", num_tokens)] * len(seq_ids)
+        if starts is not None and not isinstance(starts, (Sequence, np.ndarray)):
+            raise ValueError(f"starts must be a sequence of positions, got {starts!r}")
         if len(counts) != len(seq_ids) or (starts is not None and len(starts) != len(seq_ids)):
             raise ValueError("seq_ids, num_tokens and starts must have the same length")
         if len(set(seq_ids)) != len(seq_ids):
@@ -229,18 +234,18 @@ class StepPlanner:
             [r.table.slot_mapping(s, s + c) for r, s, c in zip(records, starts, counts)]
             or [np.empty(0, np.int64)]
         )
-        width = max([1] + [len(r.table.blocks) for r in records])
-        tables = np.full((len(records), width), PAD_BLOCK_ID, dtype=np.int32)
-        for i, r in enumerate(records):
-            tables[i, : len(r.table.blocks)] = r.table.blocks
         lens = np.array([r.table.num_tokens for r in records], dtype=np.int64)
         writes = tuple(
             (r.seq_id, i, r.table.blocks[i])
             for r, s, c in zip(records, starts, counts) if c
             for i in range(s // bs, (s + c - 1) // bs + 1)
         )
-        device = None
+        device = tables = None
         if upload:
+            width = max([1] + [len(r.table.blocks) for r in records])
+            tables = np.full((len(records), width), PAD_BLOCK_ID, dtype=np.int32)
+            for i, r in enumerate(records):
+                tables[i, : len(r.table.blocks)] = r.table.blocks
             row_seq = np.repeat(np.arange(len(records), dtype=np.int64), counts)
             row_len = np.concatenate(
                 [np.arange(s + 1, s + c + 1, dtype=np.int64) for s, c in zip(starts, counts)]
@@ -253,7 +258,7 @@ class StepPlanner:
             num_tokens=tuple(counts),
             starts=tuple(starts),
             slot_mapping=_read_only(slots),
-            block_tables=_read_only(tables),
+            block_tables=None if tables is None else _read_only(tables),
             seq_lens=_read_only(lens),
             generation=self._generation,
             device=device,
@@ -263,15 +268,26 @@ class StepPlanner:
 
     def check_writable(self, plan: StepPlan) -> None:
         """The per-layer immutability check: `ImmutableBlockError` if a block the plan
-        writes has been published to the prefix cache since."""
+        writes has been published to the prefix cache since (or become a live duplicate
+        of a published block)."""
         keys = self._gpu.block_keys
+        dups = self._gpu.duplicate_map
         for seq_id, logical, block in plan.writes:
-            if keys[block] is not None:
-                raise published_error(seq_id, block, logical)
+            if keys[block] is not None or block in dups:
+                raise published_error(seq_id, block, logical, dups)
 
 
-def published_error(seq_id: int, block: int, logical: int) -> ImmutableBlockError:
-    """The refusal of a write into a block published to the prefix cache."""
+def published_error(seq_id: int, block: int, logical: int,
+                    duplicates: dict | None = None) -> ImmutableBlockError:
+    """The refusal of a write into a block published to the prefix cache, or into a live
+    duplicate of one (`paged_kv.core.block_allocator`: it takes the key over when the
+    published copy is evicted, so it is as immutable)."""
+    if duplicates and block in duplicates:
+        return ImmutableBlockError(
+            f"sequence {seq_id}: block {block} (logical {logical}) is a live duplicate of a "
+            f"block published in the prefix cache, so it is immutable; its KV was computed "
+            f"already"
+        )
     return ImmutableBlockError(
         f"sequence {seq_id}: block {block} (logical {logical}) is published in the prefix "
         f"cache, so it is immutable; its KV was computed already"

@@ -187,7 +187,18 @@ class Tiers:
     # -- copies down -------------------------------------------------------------------
     def copy_down(self, blocks: Sequence[int], keys: Sequence[Hashable]) -> None:
         """Copy cached GPU `blocks` (holding `keys`) to every tier that lacks them, from
-        the last block to the first (the ``write_through`` and ``selective`` rule)."""
+        the last block to the first (the ``write_through`` and ``selective`` rule).
+
+        Only published blocks move: `ValueError`, copying nothing, unless each block
+        holds its key on the GPU."""
+        if len(blocks) != len(keys):
+            raise ValueError(f"{len(blocks)} blocks but {len(keys)} keys")
+        held, n = self._gpu.block_keys, self._gpu.num_blocks
+        for block, key in zip(blocks, keys):
+            if not (type(block) is int and 0 <= block < n) or (
+                    held[block] is not key and held[block] != key):
+                raise ValueError(f"GPU block {block!r} holds no published copy of key "
+                                 f"{key!r}: only published blocks are copied down")
         lower = [(tier, tier.key_map) for tier in self.lower]
         for i in range(len(blocks) - 1, -1, -1):
             key = keys[i]

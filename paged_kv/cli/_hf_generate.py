@@ -6,6 +6,8 @@ are imported only in `run`, so the command line starts without them."""
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
+import re
 from pathlib import Path
 
 from paged_kv.cli._common import (
@@ -25,6 +27,9 @@ HF_ONLY = ("--prompt", "--num-blocks", "--beams", "--sample", "--kv-drift")
 #: defaults that differ from the NumPy model's
 HF_BLOCK_SIZE = 16
 HF_NUM_BLOCKS = 256
+#: the oldest transformers paged_kv.hf runs on (pyproject.toml's hf extra): 5.24's
+#: generate takes ``cache=`` and its layers hand their kwargs to ``Cache.update``
+TRANSFORMERS_MIN = (5, 24)
 
 RESULT_COLUMNS = {
     "prompt_tokens": "prompt tokens", "new_tokens": "new tokens",
@@ -81,13 +86,39 @@ def add_options(parser: argparse.ArgumentParser) -> None:
                             "agreement (with --hf)")
 
 
+def installed_version(distribution: str) -> str | None:
+    """The installed version of `distribution` from its metadata (nothing imported), or
+    None when it is not installed."""
+    try:
+        return importlib.metadata.version(distribution)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def hf_extra_problem() -> str | None:
+    """Why ``--hf`` cannot run here (torch or transformers missing, transformers older
+    than `TRANSFORMERS_MIN`), or None."""
+    need = ".".join(map(str, TRANSFORMERS_MIN))
+    how = f"pip install 'paged_kv[hf]' (torch, transformers {need} or newer)"
+    missing = [name for name in ("torch", "transformers") if installed_version(name) is None]
+    if missing:
+        return f"needs the hf extra, not installed here ({', '.join(missing)}): {how}"
+    found = installed_version("transformers")
+    if tuple(int(n) for n in re.findall(r"\d+", found)[:2]) < TRANSFORMERS_MIN:
+        return f"needs transformers {need} or newer, found {found}: {how}"
+    return None
+
+
 def check(args: argparse.Namespace) -> None:
-    """With --hf: a prompt, no NumPy-model option, a KV dtype a pool holds, and the
-    sequence fitting the pool. Without: no checkpoint option."""
+    """With --hf: the hf extra installed, a prompt, no NumPy-model option, a KV dtype a
+    pool holds, and the sequence fitting the pool. Without: no checkpoint option."""
     if args.hf is None:
         for flag in HF_ONLY:
             refuse_if_given(args, flag, "applies with --hf PATH only")
         return
+    problem = hf_extra_problem()
+    if problem is not None:
+        raise UsageError(f"argument --hf: {problem}")
     for flag in NUMPY_ONLY:
         refuse_if_given(args, flag, "applies to the NumPy model, not with --hf")
     if args.prompt is None or not args.prompt.strip():

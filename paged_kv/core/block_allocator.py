@@ -25,7 +25,8 @@ computed, but not in the key map. The allocator remembers it (key -> duplicates,
 oldest first). When the published copy is evicted, the oldest live duplicate takes
 over its key (vLLM keeps every copy under one hash for the same reason), so the
 content stays cached while any copy of it is alive; a duplicate whose last holder lets
-go is forgotten.
+go is forgotten. Since that can happen at any eviction, a live duplicate is as
+immutable as the published copy (the write paths refuse it: `duplicate_map`).
 
 Two optional listeners let the cache's lower tiers follow the pool (`paged_kv.cache.tiers`):
 `on_evict(blocks, keys)` hears of cached blocks evicted whose key left the pool (in
@@ -42,7 +43,7 @@ from collections.abc import Callable, Hashable, Iterable, Sequence
 
 from paged_kv.core.errors import OutOfBlocksError
 from paged_kv.core.eviction import EvictionPolicy, make_policy
-from paged_kv.core.validate import require_int
+from paged_kv.core.validate import is_int, require_int
 
 
 class BlockAllocator:
@@ -89,6 +90,19 @@ class BlockAllocator:
         self.on_evict: Callable[[list[int], list[Hashable]], None] | None = None
         #: listener for blocks that just got their key: ``(blocks, keys)``
         self.on_publish: Callable[[list[int], list[Hashable]], None] | None = None
+
+    def require_id(self, block: object) -> int:
+        """`block` as an id of this pool, or `ValueError` (a bool, a non-integer or an
+        id outside ``[0, num_blocks)``: no wrap-around)."""
+        if type(block) is not int:
+            if not is_int(block):
+                raise ValueError(f"a block id of the {self.name} pool must be an integer, "
+                                 f"got {block!r}")
+            block = int(block)
+        if not 0 <= block < self.num_blocks:
+            raise ValueError(f"block id {block} outside the {self.name} pool "
+                             f"[0, {self.num_blocks})")
+        return block
 
     def _check_ids(self, blocks: Sequence[int]) -> None:
         """Raise ValueError unless every id is in ``[0, num_blocks)`` (no wrap-around)."""
@@ -407,7 +421,7 @@ class BlockAllocator:
     def uncache(self, block: int) -> Hashable:
         """Drop the key of evictable `block` (its content is known to be lost); it joins
         the uncached free queue. Returns the key. `ValueError` unless it is evictable."""
-        self._check_ids([block])
+        block = self.require_id(block)
         key = self.block_keys[block]
         if key is None or self.ref_counts[block]:
             raise ValueError(f"block {block} of the {self.name} pool is not evictable")
@@ -419,7 +433,9 @@ class BlockAllocator:
 
     def refresh(self, block: int) -> None:
         """Make evictable `block` the most recently released candidate (as if revived and
-        freed again, without a hit); a block in use is left as it is."""
+        freed again, without a hit); a block in use is left as it is. `ValueError` for
+        an id that is not one of this pool's."""
+        block = self.require_id(block)
         if self.ref_counts[block] == 0 and self.block_keys[block] is not None:
             policy = self.policy
             policy.remove(block)
@@ -428,6 +444,12 @@ class BlockAllocator:
     def duplicates(self) -> dict[int, Hashable]:
         """Live duplicates now: block -> the key another block holds (a copy)."""
         return dict(self._dup_of)
+
+    @property
+    def duplicate_map(self) -> dict[int, Hashable]:
+        """Live duplicate -> its key, the live map (read-only outside): what a write path
+        tests per block, since a live duplicate is as immutable as its published copy."""
+        return self._dup_of
 
     def cached_in_use(self) -> list[int]:
         """Blocks that hold a key and are held by a block table, ascending."""

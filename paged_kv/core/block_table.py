@@ -59,10 +59,11 @@ class BlockTable:
     def slot_mapping(self, start: int, end: int) -> np.ndarray:
         """Slots of positions ``start .. end-1`` as an int64 array."""
         require_range("this table", start, end, len(self.blocks) * self.block_size)
-        positions = np.arange(start, end, dtype=np.int64)
-        table = np.asarray(self.blocks, dtype=np.int64)
         bs = self.block_size
-        return table[positions // bs] * bs + positions % bs
+        first = start // bs  # only the blocks the range touches leave the list
+        table = np.asarray(self.blocks[first:cdiv(end, bs)], dtype=np.int64)
+        positions = np.arange(start, end, dtype=np.int64)
+        return table[positions // bs - first] * bs + positions % bs
 
     def copy(self) -> BlockTable:
         """An independent copy (fork)."""

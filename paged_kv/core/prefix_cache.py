@@ -138,15 +138,8 @@ class PrefixCache:
 
     def record_lookup(self, num_tokens: int, hit_blocks: Sequence[int]) -> None:
         """Count one prompt's lookup in the statistics and tell the policy of its hits."""
-        self._requests += 1
-        self._query_tokens += num_tokens
-        if hit_blocks:
-            self._hit_requests += 1
-            self._hit_tokens += len(hit_blocks) * self.block_size
-            on_hit = self._on_hit
-            if on_hit is not None:
-                for block in hit_blocks:
-                    on_hit(block)
+        self.count_lookup(num_tokens, len(hit_blocks), 0, 0)
+        self.notify_hits(hit_blocks)
 
     def notify_hits(self, hit_blocks: Sequence[int]) -> None:
         """Tell the GPU policy of hits on these blocks, in order (before they are revived)."""

@@ -134,11 +134,17 @@ class CacheTier:
 
     def pin(self, slots: Sequence[int]) -> None:
         """A prompt hit these slots: the policy hears of each hit, in order, and each is
-        pinned until `release`."""
-        on_hit = self.allocator.policy.on_hit
+        pinned until `release`. `ValueError`, changing nothing, unless every slot is an
+        id of a slot holding a key."""
+        allocator = self.allocator
+        keys = allocator.block_keys
+        for slot in slots:
+            if keys[allocator.require_id(slot)] is None:
+                raise ValueError(f"{self.name} tier: slot {slot} holds no key to pin")
+        on_hit = allocator.policy.on_hit
         for slot in slots:
             on_hit(slot)
-        self.allocator.incref_many(slots)
+        allocator.incref_many(slots)
 
     def release(self, slots: Iterable[int]) -> None:
         """Unpin slots (in the order given: the last one becomes the most recent)."""

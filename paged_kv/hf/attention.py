@@ -12,10 +12,12 @@ through the keyword arguments the model passes to both (``update(..., kwargs=...
 then ``attention(..., **kwargs)``).
 
 The kernels compute plain causal attention over every position a row holds. So the
-mask transformers builds (the mask function is registered under the same name, as
-sdpa's; without it every layer would get ``attention_mask=None``) must be exactly that:
-a batch with left padding, or a sliding window shorter than the sequence, is refused
-with a `ValueError` rather than computed wrongly. Use the default attention (the cache
+mask transformers builds must be exactly that: a batch with left padding, or a sliding
+window shorter than the sequence, is refused with a `ValueError` rather than computed
+wrongly. The mask function registered under the same name (`paged_mask`: sdpa's
+boolean mask, checked; without one every layer would get ``attention_mask=None``)
+refuses it as transformers builds the mask, before any layer has written into the
+cache, so a refused forward changes nothing. Use the default attention (the cache
 gathers) for those.
 """
 
@@ -80,11 +82,22 @@ def _require_plain_causal(mask: torch.Tensor | None, batch: int, q_len: int,
             f"which the cache gathers")
 
 
+def paged_mask(batch_size: int, q_length: int, kv_length: int, *args: Any,
+               **kwargs: Any) -> torch.Tensor | None:
+    """transformers' mask interface: sdpa's boolean mask (None where plain causal
+    attention needs none), refused with a `ValueError` unless it is plain causal
+    attention over all ``kv_length`` positions. transformers builds the mask before the
+    first layer runs, so a refusal here leaves the cache untouched."""
+    mask = sdpa_mask(batch_size, q_length, kv_length, *args, **kwargs)
+    _require_plain_causal(mask, batch_size, q_length, kv_length)
+    return mask
+
+
 def register_attention() -> str:
-    """Register `paged_attention` and its mask function (sdpa's boolean mask) under
+    """Register `paged_attention` and its mask function `paged_mask` under
     ``"paged_kv"``; returns the name. Registering again changes nothing."""
     AttentionInterface.register(ATTENTION_NAME, paged_attention)
-    AttentionMaskInterface.register(ATTENTION_NAME, sdpa_mask)
+    AttentionMaskInterface.register(ATTENTION_NAME, paged_mask)
     return ATTENTION_NAME
 
 

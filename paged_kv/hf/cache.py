@@ -253,8 +253,15 @@ class PagedHFCache(Cache):
         self._rows.reorder([i for i in range(n) for _ in range(int(repeats))])
 
     def batch_select_indices(self, indices: torch.Tensor) -> None:
-        """Keep rows `indices` (in that order); the others are freed."""
-        self._rows.reorder(torch.as_tensor(indices).reshape(-1).tolist())
+        """Keep rows `indices` (row numbers, in that order, or a boolean mask over the
+        rows, as DynamicCache indexes them); the others are freed."""
+        indices = torch.as_tensor(indices).reshape(-1)
+        if indices.dtype == torch.bool:
+            if indices.numel() != len(self._rows):
+                raise ValueError(f"a boolean mask of {indices.numel()} rows for a cache "
+                                 f"holding {len(self._rows)}")
+            indices = indices.nonzero().reshape(-1)
+        self._rows.reorder(indices.tolist())
 
     def crop(self, tokens_to_remove: int) -> None:
         """Refused: the manager has no operation that shortens a sequence (so assisted

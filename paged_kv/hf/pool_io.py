@@ -21,6 +21,7 @@ import torch
 
 from paged_kv.cache import PagedKVCache
 from paged_kv.hf.exchange import Exchange
+from paged_kv.hf.spec import TORCH_DTYPES
 
 
 def write(kv: PagedKVCache, exchange: Exchange, layer: int, rows: Sequence[int],
@@ -38,6 +39,9 @@ def write(kv: PagedKVCache, exchange: Exchange, layer: int, rows: Sequence[int],
         k_rows = k.transpose(1, 2).reshape(-1, k.shape[1], k.shape[3])
         v_rows = v.transpose(1, 2).reshape(-1, v.shape[1], v.shape[3])
     dtype = kv.model.dtype
+    # converted here, so that the tensors the pool's views read are the ones kept
+    k_rows = k_rows.to(dtype=TORCH_DTYPES[dtype]).contiguous()
+    v_rows = v_rows.to(dtype=TORCH_DTYPES[dtype]).contiguous()
     k_pool, v_pool = exchange.to_pool(k_rows, dtype), exchange.to_pool(v_rows, dtype)
     exchange.before_default_stream([k_rows, v_rows])
     kv.write_kv_batch(layer, rows, k_pool, v_pool, num_tokens=counts,
