@@ -65,6 +65,15 @@ def test_replay_reads_a_trace_file(small_trace, tmp_path, capsys):
     (["sweep", "--trace", "sharegpt"], "argument --trace: 'sharegpt' is neither a trace"),
     (["replay", "--trace", "/no/such.jsonl"], "argument --trace"),
     (["sweep", "--scheduler", "tcp://x:1", "--workers", "2"], "argument --workers: not used"),
+    (["sweep", "--host-capacities", "0,-5"], "argument --host-capacities"),
+    (["sweep", "--disk-capacities", "10,10"], "argument --disk-capacities: 10 is listed twice"),
+    (["sweep", "--placements", "write_around"], "argument --placements: unknown name"),
+    (["sweep", "--placements", "write_back"], "argument --placements: applies to the tiers"),
+    (["sweep", "--host-capacities", "0,0"], "argument --host-capacities: 0 is listed twice"),
+    (["sweep", "--disk-capacities", "100", "--host-policy", "arc"],
+     "argument --host-policy: there is no host tier"),
+    (["sweep", "--host-capacities", "100", "--host-policy", "lfu"],
+     "argument --host-policy: the compiled engine runs lru or arc tiers"),
 ])
 def test_bad_sweep_flags_exit_2_naming_the_flag(argv, message, capsys):
     assert main([*argv, "--no-progress"]) == 2
@@ -78,3 +87,26 @@ def test_a_bad_trace_file_names_the_line(tmp_path, capsys):
     assert main(["sweep", "--trace", str(path), "--no-progress", "--workers", "1"]) == 2
     err = capsys.readouterr().err
     assert "bad.jsonl line 2: no 'hash_ids' field" in err and err.count("\n") == 1
+
+
+def test_a_tiered_sweep_prints_the_hit_rate_by_tier(small_trace, tmp_path, capsys):
+    out, fig = tmp_path / "tiers.csv", tmp_path / "tiers.png"
+    assert main(["sweep", "--trace", str(small_trace), "--policies", "lru",
+                 "--capacities", "20", "--host-capacities", "0,3000",
+                 "--disk-capacities", "0,4000", "--placements", "write_back",
+                 "--host-policy", "arc", "--workers", "1", "--output", str(out),
+                 "--figure", str(fig), "--no-progress"]) == 0
+    text = capsys.readouterr().out
+    expected = sweep(load_trace(str(small_trace)), [20], ["lru"], host_capacities=[0, 3000],
+                     disk_capacities=[0, 4000], placements=["write_back"], host_policy="arc",
+                     workers=1, progress=False)
+    assert "| policy | placement | GPU (blocks) | host (blocks) | disk (blocks) | hit rate | " \
+           "GPU | host | disk |" in text
+    row = expected.iloc[3]
+    assert (f"| lru | write_back | 20 | 3000 | 4000 | {row['hit_rate']:.4f} | "
+            f"{row['gpu_hit_rate']:.4f} | {row['host_hit_rate']:.4f} | "
+            f"{row['disk_hit_rate']:.4f} |") in text
+    rows = pd.read_csv(out, comment="#")
+    assert list(rows["host_hit_rate"]) == pytest.approx(list(expected["host_hit_rate"]))
+    assert rows["stored_host_disk"].iloc[3] == expected["stored_host_disk"].iloc[3] > 0
+    assert fig.stat().st_size > 10_000

@@ -33,6 +33,8 @@ SMALL = {
     "sweep": ["--capacities", "1000", "--policies", "lru", "--workers", "1", "--trace",
               "mooncake-synthetic"],
     "throughput": ["--duration", "10", "--workloads", "alpaca-like", "--schemes", "paged"],
+    "tiers": ["--sessions", "20", "--head", "100", "--placements", "write_back",
+              "--tier-policies", "lru"],
     "timeline": ["--num-requests", "20"],
 }
 

@@ -3,8 +3,8 @@
 import pandas as pd
 import pytest
 
-from paged_kv.sim import load_trace
-from paged_kv.sim.replay import replay
+from paged_kv.sim import load_trace, replay_sweep
+from paged_kv.sim.replay import TierSetting, replay
 from paged_kv.sim.replay_arrays import TraceArrays
 from paged_kv.sim.replay_sweep import COLUMNS, sweep
 
@@ -82,6 +82,51 @@ def test_sweep_modules_do_not_import_numba_until_the_engine_runs():
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           check=True)
     assert done.stdout.strip() == "False"
+
+
+def test_a_tiered_sweep_splits_the_hit_rate_by_tier(head):
+    kwargs = dict(host_capacities=[0, 300], disk_capacities=[0, 2000],
+                  placements=["write_back", "selective"], host_policy="arc", warmup=0.25,
+                  progress=False)
+    serial = sweep(head, [20, 400], ["lru", "fifo"], workers=1, **kwargs)
+    assert len(serial) == 2 * 2 * 2 * 2 * 2
+    # for policy: for placement: for capacity: for host: for disk
+    assert list(serial["placement"][:8]) == ["write_back"] * 8
+    assert list(serial["capacity"][:4]) == [20] * 4
+    assert list(serial["host_capacity"][:4]) == [0, 0, 300, 300]
+    assert list(serial["disk_capacity"][:4]) == [0, 2000, 0, 2000]
+    row = serial.iloc[3]  # lru, write_back, 20 GPU blocks, host 300, disk 2000
+    result = replay(head, 20, "lru", host_capacity=300, disk_capacity=2000,
+                    host_policy="arc", placement="write_back", warmup=0.25)
+    rates = result.tier_hit_rates()
+    assert (row["gpu_hit_rate"], row["host_hit_rate"], row["disk_hit_rate"]) == pytest.approx(
+        (rates["gpu"], rates["host"], rates["disk"]), abs=1e-15)
+    assert row["hit_rate"] == result.hit_rate
+    summary = result.tier_summary()
+    for name in ("loaded_host", "loaded_disk", "stored_gpu_host", "stored_gpu_disk",
+                 "stored_host_disk"):
+        assert row[name] == summary[name]
+    assert row["host_hit_rate"] + row["disk_hit_rate"] > 0 and row["stored_host_disk"] > 0
+    # without tiers a row is the one-tier row, whatever the placement
+    plain = serial[(serial["host_capacity"] == 0) & (serial["disk_capacity"] == 0)]
+    assert (plain["hit_rate"] == plain["gpu_hit_rate"]).all()
+    manager = sweep(head, [20, 400], ["lru", "fifo"], engine="manager", workers=1, **kwargs)
+    pd.testing.assert_frame_equal(manager, serial)
+    # what a worker process runs for a point (its tiers included), here in this process
+    replay_sweep._init_worker(TraceArrays.from_workload(head))
+    tiers = TierSetting(300, "arc", 2000, "lru", "write_back")
+    assert replay_sweep._run_in_worker("lru", 20, 0.25, "compiled", tiers) == \
+        serial.iloc[3].to_dict() | {"capacity": 20}
+
+
+def test_bad_tier_arguments(head):
+    with pytest.raises(ValueError, match="host_capacity"):
+        sweep(head, [10], ["lru"], host_capacities=[-1], progress=False)
+    with pytest.raises(ValueError, match="placement"):
+        sweep(head, [10], ["lru"], host_capacities=[5], placements=["write_around"],
+              progress=False)
+    with pytest.raises(ValueError, match="compiled engine runs the host tier with lru or arc"):
+        sweep(head, [10], ["lru"], host_capacities=[5], host_policy="lfu", progress=False)
 
 
 def test_a_capacity_past_unbounded_runs_as_unbounded(serial, head):

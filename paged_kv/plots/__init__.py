@@ -18,6 +18,11 @@ plot_sharing             memory saved by sharing (parallel sampling, beam search
 plot_generation          paged vs dense logits per step; tokens computed per mode
 plot_block_map           the physical block pool over time
 plot_quantization_error  attention error of a quantized KV cache against key outliers
+plot_tier_hit_rates      hit rate served by the GPU, host and disk tiers (stacked)
+plot_tier_sweep          one plot_tier_hit_rates panel per setting of a tiered sweep
+plot_tier_study          the tier study's figure: hit rate by tier against host capacity
+plot_placements          total hit rate against host capacity, per placement policy
+plot_ttft                time to first token against host capacity, per load mode
 =======================  ============================================================
 """
 
@@ -38,12 +43,21 @@ from paged_kv.plots.hit_rates import plot_hit_rates
 from paged_kv.plots.quantization import plot_quantization_error
 from paged_kv.plots.sharing import plot_sharing
 from paged_kv.plots.throughput import plot_latency
+from paged_kv.plots.tiers import (
+    TIER_COLORS,
+    plot_placements,
+    plot_tier_hit_rates,
+    plot_tier_study,
+    plot_tier_sweep,
+    plot_ttft,
+)
 from paged_kv.plots.timeline import plot_timeline
 
 __all__ = [
     "BLOCK_MAP_COLORS",
     "COLORS",
     "LABELS",
+    "TIER_COLORS",
     "curve_style",
     "figures_dir",
     "new_axes",
@@ -56,6 +70,11 @@ __all__ = [
     "plot_latency",
     "plot_quantization_error",
     "plot_sharing",
+    "plot_placements",
+    "plot_tier_hit_rates",
+    "plot_tier_study",
+    "plot_tier_sweep",
     "plot_timeline",
+    "plot_ttft",
     "save",
 ]

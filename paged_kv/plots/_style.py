@@ -94,8 +94,8 @@ def _text_boxes(fig: plt.Figure) -> list[tuple[str, object]]:
     fig.canvas.draw()
     renderer = fig.canvas.get_renderer()
     texts = list(fig.texts)
-    if getattr(fig, "_suptitle", None) is not None:
-        texts.append(fig._suptitle)
+    if getattr(fig, "_suptitle", None) is not None and fig._suptitle not in texts:
+        texts.append(fig._suptitle)  # not among fig.texts in every matplotlib version
     boxes = []
     for ax in fig.axes:
         texts += [ax.title, ax._left_title, ax._right_title, ax.xaxis.label, ax.yaxis.label]

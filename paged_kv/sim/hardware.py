@@ -71,6 +71,15 @@ GPU_PRESETS: Mapping[str, GPUSpec] = MappingProxyType({
 })
 
 
+#: Sequential read bandwidth of one datacenter NVMe SSD on PCIe Gen4 x4, bytes/s: the
+#: Samsung PM9A3's datasheet figure, "up to 6,500 MB/s" (as the trade press reported
+#: the datasheet at launch; Micron's 7400/7450 are rated 6,600-6,800 MB/s). Gen4 x4
+#: itself caps at 7.9 GB/s. What a disk tier's load is charged at unless told otherwise.
+NVME_READ_BANDWIDTH: float = 6.5 * _GB
+NVME_READ_SOURCE = ("Samsung PM9A3 datasheet (PCIe Gen4 x4 NVMe, U.2/E1.S): sequential read "
+                    "up to 6,500 MB/s")
+
+
 def get_gpu(name: str | GPUSpec) -> GPUSpec:
     """The preset `GPUSpec` called `name` (a `GPUSpec` is returned as is)."""
     if isinstance(name, GPUSpec):

@@ -210,3 +210,84 @@ MOONCAKE_TABLE1_LRU_HIT_RATE: Mapping[int | None, float] = MappingProxyType({
     capacity: rate for capacity, rate in MOONCAKE_TABLE1_HIT_RATE["lru"].items()
     if capacity != 100_000
 })
+
+#: Mooncake FAST'25 Fig. 9, all four curves at every vertex of the figure (hit rate at a
+#: cache capacity in tokens): Conversation and Synthetic (the shipped traces),
+#: Tool&Agent (its trace is not shipped) and All (the three together). Values read from
+#: the vector paths of the figure in FAST25-release/Mooncake-FAST25.pdf
+#: (kvcache-ai/Mooncake, commit 3cca71dac), the y axis calibrated on its tick labels,
+#: about +-0.003; they agree with `MOONCAKE_FIG9_HIT_RATE` within 0.002. The curves
+#: plateau from 5e7 tokens on (the trace's "cache ratio" of Table 2).
+MOONCAKE_FIG9_CURVES: Mapping[str, Mapping[int, float]] = MappingProxyType({
+    name: MappingProxyType(dict(zip(
+        (10_000, 100_000, 1_000_000, 2_000_000, 4_000_000, 5_000_000, 8_000_000,
+         10_000_000, 50_000_000, 100_000_000, 500_000_000, 1_000_000_000), values)))
+    for name, values in (
+        ("mooncake-conversation", (0.045, 0.073, 0.086, 0.120, 0.214, 0.247, 0.299, 0.326,
+                                   0.398, 0.400, 0.400, 0.400)),
+        ("mooncake-toolagent", (0.173, 0.362, 0.386, 0.413, 0.483, 0.505, 0.544, 0.560,
+                                0.594, 0.595, 0.595, 0.595)),
+        ("mooncake-synthetic", (0.000, 0.011, 0.146, 0.234, 0.380, 0.435, 0.544, 0.588,
+                                0.658, 0.658, 0.658, 0.658)),
+        ("mooncake-all", (0.095, 0.186, 0.226, 0.242, 0.273, 0.296, 0.352, 0.381, 0.530,
+                          0.535, 0.535, 0.535)),
+    )
+})
+#: Mooncake FAST'25 Fig. 9: the dashed line at 3M tokens, one node's local cache
+#: (LLaMA3-70B at 320 KB per token in about 1 TB of DRAM, §5.3.1).
+MOONCAKE_FIG9_LOCAL_CACHE_TOKENS: int = 3_000_000
+
+
+# --- CachedAttention (AttentionStore): Gao et al., "Cost-Efficient Large Language Model
+# --- Serving for Multi-turn Conversations with CachedAttention", USENIX ATC 2024
+# --- (arXiv:2403.19708 v3). Multi-turn KV kept in host DRAM and SSD between turns,
+# --- loaded back layer by layer while the new tokens are computed.
+
+#: CachedAttention abstract (USENIX ATC '24 and arXiv v3, read first-hand): the best
+#: gains over recomputing the history, across its models. TTFT reduction and cost
+#: reduction in percent, prompt-prefill throughput as a multiple. (arXiv v1/v2, titled
+#: AttentionStore, print other numbers; they are not used here.)
+CACHEDATTENTION_HEADLINE: Mapping[str, float] = MappingProxyType({
+    "ttft_reduction_pct": 87.0,
+    "prefill_throughput_x": 7.8,
+    "cost_reduction_pct": 70.0,
+})
+
+#: CachedAttention §4 per model: hit rate (Fig. 13, fraction), TTFT reduction (Fig. 14,
+#: percent) and prompt-prefill throughput (Fig. 15, multiple of recomputation). Read
+#: second-hand, from a public reading note of the v3 text that cites the figures; the
+#: best of each column equals the abstract's first-hand headline (87%, 7.8x). The PDF
+#: could not be opened from here.
+CACHEDATTENTION_RESULTS: Mapping[str, Mapping[str, float]] = MappingProxyType({
+    "llama-13b": MappingProxyType({"hit_rate": 0.86, "ttft_reduction_pct": 85.0,
+                                   "prefill_throughput_x": 6.8}),
+    "llama-65b": MappingProxyType({"hit_rate": 0.71, "ttft_reduction_pct": 61.0,
+                                   "prefill_throughput_x": 2.6}),
+    "llama-70b": MappingProxyType({"hit_rate": 0.89, "ttft_reduction_pct": 87.0,
+                                   "prefill_throughput_x": 7.8}),
+    "falcon-40b": MappingProxyType({"hit_rate": 0.90, "ttft_reduction_pct": 86.0,
+                                    "prefill_throughput_x": 7.2}),
+})
+
+#: CachedAttention §4.1 testbed, quoted first-hand: "4 NVIDIA A100 GPUs, each with 80GB
+#: HBM ... 128GB DRAM and 10TB SSDs. GPUs are connected to the host via PCIe Gen 4."
+CACHEDATTENTION_TESTBED: Mapping[str, object] = MappingProxyType({
+    "gpu": "A100-80GB",
+    "num_gpus": 4,
+    "dram_bytes": 128 * 10**9,
+    "ssd_bytes": 10 * 10**12,
+    "host_link": "PCIe Gen4",
+})
+
+#: CachedAttention's ShareGPT workload (§2.3, §4.1; second-hand, from the same reading
+#: note): about 9K conversations of 5.75 turns on average (about 52K turns), 73% of
+#: them multi-turn, sessions arriving as a Poisson process at 1.0 per second; the first
+#: 10K turns warm the store. The paper states no think time between turns.
+CACHEDATTENTION_WORKLOAD: Mapping[str, float] = MappingProxyType({
+    "conversations": 9_000,
+    "mean_turns": 5.75,
+    "multi_turn_share": 0.73,
+    "session_rate": 1.0,
+    "warmup_turns": 10_000,
+    "turns": 52_000,
+})

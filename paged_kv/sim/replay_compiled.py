@@ -23,6 +23,17 @@ capacity rule for prompts longer than the cache):
 6. the request is released tail first: its cached blocks become candidates from the
    last to the first.
 
+**Tiers below the GPU** (`paged_kv.sim.replay_compiled_tiers`: a host and a disk tier,
+LRU or ARC each; the manager's rules are in `paged_kv.cache.tiers`): step 2 goes on past
+the GPU prefix, each block served by the GPU (revived with the hits), the host or the
+disk tier, up to the first block none holds; the tiers' hits are pinned (each policy
+hears of them) while step 4 allocates, where write-back copies each GPU victim down;
+the pins are released last block first; step 5 publishes the loaded blocks, then the
+computed ones, and write-through copies each batch down (selective: every block the
+prompt was served from), each from its last block; after step 6 each tier refreshes
+the prompt's blocks it holds, last block first. The per-request counts are
+`MOVED_COLUMNS`.
+
 The cache is modelled by key rather than by physical block: every policy orders
 candidates by stamps, counts and next uses, never by block id, and between requests
 every block is free, so which physical block holds a key cannot change a hit. State is
@@ -43,8 +54,27 @@ import time
 import numpy as np
 from numba import njit
 
-from paged_kv.sim.replay import ReplayResult, check_capacity, check_policy, check_warmup
+from paged_kv.sim.replay import (
+    ReplayResult,
+    TierSetting,
+    check_capacity,
+    check_policy,
+    check_warmup,
+)
 from paged_kv.sim.replay_arrays import NEVER, TraceArrays
+from paged_kv.sim.replay_compiled_tiers import (
+    REFUSED,
+    TIER_POLICY_CODES,
+    load_counters,
+    save_counters,
+    tier_arrays,
+    tier_counters,
+    tier_holds,
+    tier_pin,
+    tier_refresh,
+    tier_store,
+    tier_unpin,
+)
 
 #: policy name -> the code the kernel switches on
 POLICY_CODES: dict[str, int] = {
@@ -143,6 +173,91 @@ def _unlink(prev, nxt, ends, lst, key):
         prev[q] = p
 
 
+# --- placement into the lower tiers ---------------------------------------------------
+
+#: placement policy name -> the code the kernel switches on
+PLACEMENT_CODES: dict[str, int] = {"write_through": 0, "write_back": 1, "selective": 2}
+_WRITE_THROUGH, _WRITE_BACK, _SELECTIVE = range(3)
+#: columns of the per-request block counts a tiered replay returns
+MOVED_COLUMNS = ("host_hit_blocks", "disk_hit_blocks", "stored_gpu_host", "stored_gpu_disk",
+                 "stored_host_disk")
+_HOST_HITS, _DISK_HITS, _GPU_HOST, _GPU_DISK, _HOST_DISK = range(5)
+# where a served block came from
+_FROM_GPU, _FROM_HOST, _FROM_DISK = 1, 2, 3
+
+
+@njit(cache=True)
+def _lower_tiers(r, keys, start, h, served, full, source, batch, count, write_back, nodes,
+                 ends, counts, tier_p, moved):
+    """Everything one request does to the lower tiers, in the manager's order.
+
+    1. the hits of blocks ``h .. served-1`` are pinned, each tier's in prompt order
+       (its policy hears of each);
+    2. write-back (`write_back`): ``batch[:count]`` are the keys the GPU evicted, in
+       eviction order: each goes to the first lower tier if it lacks it, and the key the
+       host tier evicts for it goes on to the disk tier if that lacks it;
+    3. the pins are released, from the last block to the first;
+    4. copy-down (write-through, selective): ``batch[:count]``, in that order, go to every
+       lower tier that lacks them, the host first; a tier's victims are dropped;
+    5. each tier refreshes the prompt's full blocks it holds, the last block first.
+
+    The kernel calls this once per request, after its own work for the request: the
+    GPU's allocations and publications never look at the lower tiers, and the lower
+    tiers see only these steps, so the order between the two does not matter. One call
+    site and one (inlined) store keep the compiled kernel small."""
+    has_host = counts[0, 1] > 0
+    has_disk = counts[1, 1] > 0
+    hc = load_counters(counts, tier_p, 0)
+    dc = load_counters(counts, tier_p, 1)
+    lower_hits = False
+    for j in range(h, served):
+        if source[j] == _FROM_HOST:
+            hc = tier_pin(nodes, ends, 0, hc, keys[start + j])
+            lower_hits = True
+    for j in range(h, served):
+        if source[j] == _FROM_DISK:
+            dc = tier_pin(nodes, ends, 1, dc, keys[start + j])
+            lower_hits = True
+    for phase in range(2):  # 0: write-back stores, then the pins go; 1: copy-down stores
+        if phase == 1 and lower_hits:
+            for j in range(served - 1, h - 1, -1):
+                if source[j] == _FROM_HOST:
+                    tier_unpin(nodes, ends, 0, keys[start + j])
+            for j in range(served - 1, h - 1, -1):
+                if source[j] == _FROM_DISK:
+                    tier_unpin(nodes, ends, 1, keys[start + j])
+        if write_back != (phase == 0):
+            continue
+        for i in range(count):
+            key = batch[i]
+            t = 0 if has_host else 1
+            column = _GPU_HOST if has_host else _GPU_DISK
+            while t < 2 and (t == 0 or has_disk):
+                victim = REFUSED
+                if not tier_holds(nodes, t, key):
+                    victim, stored = tier_store(nodes, ends, t, hc if t == 0 else dc, key)
+                    if t == 0:
+                        hc = stored
+                    else:
+                        dc = stored
+                    if victim != REFUSED:
+                        moved[r, column] += 1
+                if write_back:  # only the host's victim goes on, to the disk
+                    if t == 1 or victim == REFUSED or victim == _NIL:
+                        break
+                    key = victim
+                    column = _HOST_DISK
+                else:
+                    column = _GPU_DISK
+                t += 1
+    if has_host:
+        tier_refresh(nodes, ends, 0, keys, start, start + full)
+    if has_disk:
+        tier_refresh(nodes, ends, 1, keys, start, start + full)
+    save_counters(counts, tier_p, 0, hc)
+    save_counters(counts, tier_p, 1, dc)
+
+
 # --- the replay ----------------------------------------------------------------------
 
 @njit(cache=True)
@@ -163,9 +278,17 @@ def _trim_ghosts(gprev, gnext, gends, ghost, n1, n2, b1, b2, arc_c):
 
 @njit(cache=True)
 def _replay_kernel(policy, capacity, block_size, offsets, keys, prompt_lens, next_access,
-                   depth, num_keys, shift_freq, shift_depth, max_depth, hit_blocks):
-    """Replay every request; writes hit blocks per request, returns the evictions."""
+                   depth, num_keys, shift_freq, shift_depth, max_depth, hit_blocks,
+                   placement, nodes, ends_t, counts, tier_p, moved):
+    """Replay every request; writes hit blocks per request (with lower tiers, also the
+    per-request `MOVED_COLUMNS` counts), returns the GPU evictions."""
     num_requests = len(prompt_lens)
+    has_host = counts[0, 1] > 0
+    has_disk = counts[1, 1] > 0
+    tiered = has_host or has_disk
+    write_back = tiered and placement == _WRITE_BACK
+    write_through = tiered and placement == _WRITE_THROUGH
+    selective = tiered and placement == _SELECTIVE
     uses_heap = policy == _LFU or policy == _BELADY or policy == _LENGTH_AWARE
     k_heap = num_keys if uses_heap else 1
     k_list = 1 if uses_heap else num_keys
@@ -176,6 +299,11 @@ def _replay_kernel(policy, capacity, block_size, offsets, keys, prompt_lens, nex
     cached = np.zeros(num_keys, np.uint8)  # key held by a block
     is_cand = np.zeros(num_keys, np.uint8)  # ... that is an eviction candidate
     stored = np.zeros(max(1, int(np.diff(offsets).max())), np.uint8)
+    source = np.zeros(len(stored) if tiered else 1, np.uint8)  # where a hit came from
+    # keys copied down together: a prompt's blocks, or the GPU blocks it evicts (at most
+    # its blocks, which may outnumber its keys)
+    most_blocks = min(capacity, (prompt_lens.max() + block_size - 1) // block_size)
+    batch = np.empty(max(len(stored), most_blocks) if tiered else 1, keys.dtype)
     # heap policies (LFU, LengthAware, Belady)
     hk = np.empty(k_heap, np.int32)
     hv = np.empty(k_heap, np.int64)
@@ -233,15 +361,35 @@ def _replay_kernel(policy, capacity, block_size, offsets, keys, prompt_lens, nex
                           _belady_value(use, released[key]))
             last_position = start
 
-        # 2. the longest cached prefix
+        # 2. the longest cached prefix on the GPU; with lower tiers, continued block by
+        # block from the fastest tier holding each (GPU, host, disk)
         h = 0
         while h < limit and cached[keys[start + h]]:
             h += 1
-        hit_blocks[r] = h
+        served = h
+        gpu_hits = h
+        if tiered:
+            while served < limit:
+                key = keys[start + served]
+                if cached[key]:
+                    source[served] = _FROM_GPU
+                    gpu_hits += 1
+                elif has_host and tier_holds(nodes, 0, key):
+                    source[served] = _FROM_HOST
+                    moved[r, _HOST_HITS] += 1
+                elif has_disk and tier_holds(nodes, 1, key):
+                    source[served] = _FROM_DISK
+                    moved[r, _DISK_HITS] += 1
+                else:
+                    break
+                served += 1
+        hit_blocks[r] = served
 
         # 3. on_hit in prompt order, then revival: a hit block stops being a candidate
         # (key by key: leaving the heap or list first keeps both consistent)
-        for j in range(h):
+        for j in range(served):
+            if j >= h and source[j] != _FROM_GPU:
+                continue
             key = keys[start + j]
             is_cand[key] = 0
             if uses_heap:
@@ -264,7 +412,8 @@ def _replay_kernel(policy, capacity, block_size, offsets, keys, prompt_lens, nex
             # FIFO: the key stays in the caching-order list, now in use
 
         # 4. new blocks: uncached free ones first, then evictions
-        shortfall = (nblocks - h) - (capacity - num_cached)
+        shortfall = (nblocks - gpu_hits) - (capacity - num_cached)
+        shortfall_done = 0
         cursor = ends[0]  # FIFO: keys before the cursor are in use
         for _ in range(shortfall):
             if uses_heap:
@@ -305,10 +454,16 @@ def _replay_kernel(policy, capacity, block_size, offsets, keys, prompt_lens, nex
             cached[victim] = 0
             num_cached -= 1
             evictions += 1
+            if write_back:  # the evicted block is copied down, in this order (step 7)
+                batch[shortfall_done] = victim
+                shortfall_done += 1
 
-        # 5. publish the new full blocks in prompt order
+        # 5. publish the new full blocks (loaded, then computed) in prompt order
         for j in range(h, full):
             key = keys[start + j]
+            if j < served and source[j] == _FROM_GPU:
+                stored[j] = 1  # revived: released with the others below
+                continue
             if cached[key]:
                 stored[j] = 0
                 continue
@@ -341,6 +496,24 @@ def _replay_kernel(policy, capacity, block_size, offsets, keys, prompt_lens, nex
                 ghost[key] = 0
                 b1, b2 = _trim_ghosts(gprev, gnext, gends, ghost, n1, n2, b1, b2, arc_c)
 
+        # copies down, each batch from its last block to its first: write-through copies
+        # the loaded blocks (published when loaded), then the computed ones (published
+        # at commit); selective copies every block the prompt was served from
+        count = 0
+        if write_through:
+            for j in range(served - 1, h - 1, -1):
+                if source[j] != _FROM_GPU:
+                    batch[count] = keys[start + j]
+                    count += 1
+            for j in range(full - 1, served - 1, -1):
+                if stored[j]:
+                    batch[count] = keys[start + j]
+                    count += 1
+        elif selective:
+            for j in range(served - 1, -1, -1):
+                batch[count] = keys[start + j]
+                count += 1
+
         # 6. release tail first: cached blocks become candidates, last block first
         for j in range(nblocks - 1, -1, -1):
             if j >= full or (j >= h and stored[j] == 0):
@@ -364,6 +537,10 @@ def _replay_kernel(policy, capacity, block_size, offsets, keys, prompt_lens, nex
                         | clock
                 n_heap = _heap_push(hk, hv, pos, n_heap, key, value)
             # FIFO: already in the caching-order list
+        if tiered:  # 7. the lower tiers' part of the request (see `_lower_tiers`)
+            _lower_tiers(r, keys, start, h, served, full, source, batch,
+                         shortfall_done if write_back else count, write_back, nodes, ends_t,
+                         counts, tier_p, moved)
     return evictions
 
 
@@ -394,19 +571,60 @@ def _priority_layout(trace: TraceArrays) -> tuple[int, int, int]:
 
 
 def replay_hit_blocks(trace: TraceArrays, capacity: int, policy: str) -> tuple[np.ndarray, int]:
-    """Hit blocks per request and the number of evictions (checked arguments). A
-    capacity past `TraceArrays.unbounded_capacity` evicts nothing, as that one does,
-    and runs as that one (so any Python int does, however large)."""
+    """Hit blocks per request and the number of evictions (checked arguments; any
+    capacity, however large: see `replay_tiered_blocks`)."""
+    hit_blocks, _, evictions = replay_tiered_blocks(trace, capacity, policy)
+    return hit_blocks, evictions
+
+
+def check_tiers(tiers: TierSetting) -> TierSetting:
+    """`tiers` if the compiled engine runs its tier policies (`TIER_POLICY_CODES`), else
+    ValueError naming the policy (the manager replay runs every online policy)."""
+    for tier in ("host", "disk"):
+        policy = getattr(tiers, f"{tier}_policy")
+        if getattr(tiers, f"{tier}_capacity") and policy not in TIER_POLICY_CODES:
+            raise ValueError(
+                f"{tier}_policy {policy!r}: the compiled engine runs the {tier} tier with "
+                f"{' or '.join(TIER_POLICY_CODES)}; use the manager replay "
+                f"(paged_kv.sim.replay.replay, or engine='manager') for other policies"
+            )
+    return tiers
+
+
+def replay_tiered_blocks(
+    trace: TraceArrays, capacity: int, policy: str, tiers: TierSetting | None = None,
+) -> tuple[np.ndarray, np.ndarray, int]:
+    """Hit blocks per request (all tiers), the per-request `MOVED_COLUMNS` counts (an
+    ``R x 5`` int64 array; ``1 x 5`` of zeros without tiers) and the GPU evictions
+    (checked arguments). A GPU capacity past `TraceArrays.unbounded_capacity` evicts
+    nothing, as that one does, and runs as that one (so any Python int does)."""
+    tiers = TierSetting() if tiers is None else tiers
     capacity = min(capacity, trace.unbounded_capacity())
     nxt, depth = _kernel_arguments(trace, policy)
     shift_freq, shift_depth, max_depth = _priority_layout(trace)
     hit_blocks = np.zeros(len(trace), dtype=np.int64)
+    host, disk = tiers.host_capacity, tiers.disk_capacity
+    host_code = TIER_POLICY_CODES.get(tiers.host_policy, 0)
+    disk_code = TIER_POLICY_CODES.get(tiers.disk_policy, 0)
+    moved = np.zeros((len(trace) if tiers.enabled else 1, len(MOVED_COLUMNS)), dtype=np.int64)
     evictions = _replay_kernel(
         POLICY_CODES[policy], int(capacity), int(trace.block_size), trace.offsets,
         trace.keys, trace.prompt_lens, nxt, depth, int(trace.num_keys), shift_freq,
-        shift_depth, max_depth, hit_blocks,
+        shift_depth, max_depth, hit_blocks, PLACEMENT_CODES[tiers.placement],
+        *tier_arrays(trace.num_keys if tiers.enabled else 1, (host_code, disk_code)),
+        *tier_counters((host_code, host), (disk_code, disk)),
+        moved,
     )
-    return hit_blocks, int(evictions)
+    return hit_blocks, moved, int(evictions)
+
+
+def tier_blocks(moved: np.ndarray) -> dict[str, np.ndarray]:
+    """`paged_kv.sim.replay.TIER_COLUMNS` from `replay_tiered_blocks`'s counts (metadata
+    loads never fail: a hit block is a loaded block)."""
+    host, disk, gpu_host, gpu_disk, host_disk = moved.T
+    return {"host_hit_blocks": host, "disk_hit_blocks": disk, "loaded_host": host,
+            "loaded_disk": disk, "stored_gpu_host": gpu_host, "stored_gpu_disk": gpu_disk,
+            "stored_host_disk": host_disk}
 
 
 def compiled_replay(
@@ -415,24 +633,33 @@ def compiled_replay(
     policy: str = "lru",
     *,
     warmup: float = 0.0,
+    host_capacity: int = 0,
+    host_policy: str = "lru",
+    disk_capacity: int = 0,
+    disk_policy: str = "lru",
+    placement: str = "write_through",
 ) -> ReplayResult:
-    """Replay `trace` at `capacity` blocks (None: unbounded) with the compiled engine.
+    """Replay `trace` at `capacity` GPU blocks (None: unbounded) with the compiled engine,
+    with a host and/or disk tier below the GPU when their capacities are not 0.
 
     Same arguments, rules and result as `paged_kv.sim.replay.replay`, whose per-request
-    hit tokens it reproduces exactly.
+    frame it reproduces exactly; the tiers' policies are ``lru`` or ``arc`` here.
     """
     if not isinstance(trace, TraceArrays):
         raise ValueError(f"trace must be a TraceArrays, got {trace!r}")
     policy = check_policy(policy)
     check_warmup(warmup)
     label = check_capacity(capacity)
+    tiers = check_tiers(TierSetting(host_capacity, host_policy, disk_capacity, disk_policy,
+                                    placement))
     capacity = trace.unbounded_capacity() if label is None else label
-    hit_blocks, evictions = replay_hit_blocks(trace, capacity, policy)
+    hit_blocks, moved, evictions = replay_tiered_blocks(trace, capacity, policy, tiers)
     return ReplayResult.from_hits(
         trace=trace.name, policy=policy, capacity=label, block_size=trace.block_size,
         request_ids=trace.request_ids, prompt_lens=trace.prompt_lens,
         num_blocks=np.diff(trace.offsets), hit_blocks=hit_blocks,
-        evictions=evictions, warmup=warmup,
+        evictions=evictions, warmup=warmup, tiers=tiers,
+        tier_blocks=tier_blocks(moved) if tiers.enabled else None,
     )
 
 
@@ -449,4 +676,6 @@ def compile_engine() -> float:
     return time.perf_counter() - start
 
 
-__all__ = ["NEVER", "POLICY_CODES", "compile_engine", "compiled_replay", "replay_hit_blocks"]
+__all__ = ["MOVED_COLUMNS", "NEVER", "PLACEMENT_CODES", "POLICY_CODES", "check_tiers",
+           "compile_engine", "compiled_replay", "replay_hit_blocks", "replay_tiered_blocks",
+           "tier_blocks"]

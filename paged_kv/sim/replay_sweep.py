@@ -2,7 +2,12 @@
 
 `sweep` replays one trace at every (policy, capacity) point and returns one summary row
 per point in a single DataFrame, in the order ``for policy in policies: for capacity in
-capacities``. Where the points run never changes a number:
+capacities``. With tiers below the GPU (`host_capacities`, `disk_capacities`: 0 means
+no such tier; `placements`), every GPU capacity is swept against every host and disk
+capacity and placement, in the order ``for policy: for placement: for capacity: for
+host capacity: for disk capacity``, and each row splits the hit rate by tier (the GPU,
+the host, the disk) and counts the blocks moved each way. Where the points run never
+changes a number:
 
 * ``workers=1`` runs them one after another in this process;
 * ``workers=N`` (default: one per CPU) on N local worker processes, each of which
@@ -39,7 +44,7 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from paged_kv.core.eviction import policy_names
-from paged_kv.sim.replay import check_capacity, check_policy, check_warmup, replay
+from paged_kv.sim.replay import TierSetting, check_capacity, check_policy, check_warmup, replay
 from paged_kv.sim.replay_arrays import TraceArrays, as_trace_arrays
 from paged_kv.sim.request import Workload
 
@@ -47,39 +52,72 @@ ENGINES = ("compiled", "manager")
 #: seconds to wait for a Dask scheduler named by its address to answer
 SCHEDULER_TIMEOUT_S = 5.0
 
-#: the columns of a sweep's frame, in order
-COLUMNS = ("trace", "policy", "capacity", "hit_rate", "block_hit_rate", "hit_tokens",
-           "prompt_tokens", "evictions", "requests")
+#: blocks moved each way, summed over the measured requests (`paged_kv.sim.replay`)
+MOVE_COLUMNS = ("loaded_host", "loaded_disk", "stored_gpu_host", "stored_gpu_disk",
+                "stored_host_disk")
+#: the columns of a sweep's frame, in order: the point, then the token-weighted hit rate
+#: in all and served by each tier, the block-weighted one, the counts
+COLUMNS = ("trace", "policy", "capacity", "host_capacity", "disk_capacity", "placement",
+           "host_policy", "disk_policy", "hit_rate", "gpu_hit_rate", "host_hit_rate",
+           "disk_hit_rate", "block_hit_rate", "hit_tokens", "prompt_tokens", "evictions",
+           *MOVE_COLUMNS, "requests")
+
+
+def _row(trace: str, policy: str, capacity: int | None, tiers: TierSetting, *,
+         hit_blocks: int, host_blocks: int, disk_blocks: int, num_blocks: int,
+         block_size: int, prompt_tokens: int, evictions: int, moves: Sequence[int],
+         requests: int) -> dict[str, Any]:
+    """A sweep row from the measured requests' sums (both engines build it here, so the
+    same sums give the same floats)."""
+    hit_tokens = hit_blocks * block_size
+    host, disk = host_blocks * block_size, disk_blocks * block_size
+    return {
+        "trace": trace, "policy": policy, "capacity": capacity,
+        "host_capacity": tiers.host_capacity, "disk_capacity": tiers.disk_capacity,
+        "placement": tiers.placement, "host_policy": tiers.host_policy,
+        "disk_policy": tiers.disk_policy,
+        "hit_rate": hit_tokens / prompt_tokens,
+        "gpu_hit_rate": (hit_tokens - host - disk) / prompt_tokens,
+        "host_hit_rate": host / prompt_tokens, "disk_hit_rate": disk / prompt_tokens,
+        "block_hit_rate": hit_blocks / num_blocks,
+        "hit_tokens": hit_tokens, "prompt_tokens": prompt_tokens, "evictions": evictions,
+        **dict(zip(MOVE_COLUMNS, (int(m) for m in moves))), "requests": requests,
+    }
 
 
 def run_point(trace: TraceArrays | Workload, policy: str, capacity: int | None,
-              warmup: float, engine: str) -> dict[str, Any]:
-    """One sweep row: replay `trace` at `capacity` with `policy` (arguments checked)."""
+              warmup: float, engine: str, tiers: TierSetting | None = None) -> dict[str, Any]:
+    """One sweep row: replay `trace` at `capacity` with `policy` and the `tiers` below
+    the GPU (default none), arguments checked."""
+    tiers = TierSetting() if tiers is None else tiers
     if engine == "manager":
-        result = replay(trace, capacity, policy, warmup=warmup)
+        result = replay(trace, capacity, policy, warmup=warmup, **vars(tiers))
         frame = result.requests[result.requests["measured"]]
-        return {
-            "trace": result.trace, "policy": policy, "capacity": capacity,
-            "hit_rate": result.hit_rate, "block_hit_rate": result.block_hit_rate,
-            "hit_tokens": int(frame["hit_tokens"].sum()),
-            "prompt_tokens": int(frame["prompt_len"].sum()),
-            "evictions": result.evictions, "requests": len(frame),
-        }
-    from paged_kv.sim.replay_compiled import replay_hit_blocks
+        bs = result.block_size
+        return _row(
+            result.trace, policy, capacity, tiers,
+            hit_blocks=int(frame["hit_blocks"].sum()),
+            host_blocks=int(frame["host_hit_tokens"].sum()) // bs,
+            disk_blocks=int(frame["disk_hit_tokens"].sum()) // bs,
+            num_blocks=int(frame["num_blocks"].sum()), block_size=bs,
+            prompt_tokens=int(frame["prompt_len"].sum()), evictions=result.evictions,
+            moves=[frame[name].sum() for name in MOVE_COLUMNS], requests=len(frame),
+        )
+    from paged_kv.sim.replay_compiled import replay_tiered_blocks
 
     blocks = trace.unbounded_capacity() if capacity is None else capacity
-    hit_blocks, evictions = replay_hit_blocks(trace, blocks, policy)
+    hit_blocks, moved, evictions = replay_tiered_blocks(trace, blocks, policy, tiers)
     first = int(warmup * len(trace))
-    hit_tokens = int(hit_blocks[first:].sum()) * trace.block_size
-    prompt_tokens = int(trace.prompt_lens[first:].sum())
-    num_blocks = int(trace.offsets[-1] - trace.offsets[first])
-    return {
-        "trace": trace.name, "policy": policy, "capacity": capacity,
-        "hit_rate": hit_tokens / prompt_tokens,
-        "block_hit_rate": int(hit_blocks[first:].sum()) / num_blocks,
-        "hit_tokens": hit_tokens, "prompt_tokens": prompt_tokens,
-        "evictions": evictions, "requests": len(trace) - first,
-    }
+    sums = moved[first:].sum(axis=0) if tiers.enabled else np.zeros(5, dtype=np.int64)
+    host, disk, gpu_host, gpu_disk, host_disk = (int(v) for v in sums)
+    return _row(
+        trace.name, policy, capacity, tiers, hit_blocks=int(hit_blocks[first:].sum()),
+        host_blocks=host, disk_blocks=disk,
+        num_blocks=int(trace.offsets[-1] - trace.offsets[first]),
+        block_size=trace.block_size, prompt_tokens=int(trace.prompt_lens[first:].sum()),
+        evictions=evictions, moves=(host, disk, gpu_host, gpu_disk, host_disk),
+        requests=len(trace) - first,
+    )
 
 
 # --- local worker processes: the trace is sent once, in the initializer -------------
@@ -95,8 +133,9 @@ def _init_worker(trace: TraceArrays | Workload) -> None:
     _WORKER_TRACE = trace
 
 
-def _run_in_worker(policy: str, capacity: int | None, warmup: float, engine: str):
-    return run_point(_WORKER_TRACE, policy, capacity, warmup, engine)
+def _run_in_worker(policy: str, capacity: int | None, warmup: float, engine: str,
+                   tiers: TierSetting):
+    return run_point(_WORKER_TRACE, policy, capacity, warmup, engine, tiers)
 
 
 def _start_method():
@@ -158,6 +197,11 @@ def sweep(
     capacities: Iterable[int | None],
     policies: Sequence[str] | None = None,
     *,
+    host_capacities: Iterable[int] = (0,),
+    disk_capacities: Iterable[int] = (0,),
+    placements: Sequence[str] = ("write_through",),
+    host_policy: str = "lru",
+    disk_policy: str = "lru",
     warmup: float = 0.0,
     engine: str = "compiled",
     workers: int | None = None,
@@ -175,6 +219,14 @@ def sweep(
         Capacities in blocks (None: unbounded).
     policies:
         Eviction policy names; default every registered policy, Belady included.
+    host_capacities, disk_capacities:
+        Blocks of the host and the disk tier below the GPU (0: no such tier), each
+        swept against every GPU capacity.
+    placements:
+        When blocks are copied down (`paged_kv.core.tier.PLACEMENTS`).
+    host_policy, disk_policy:
+        The tiers' eviction policies (the compiled engine runs ``lru`` and ``arc``; the
+        manager every online policy).
     warmup:
         Fraction of leading requests replayed but left out of the measurement.
     engine:
@@ -191,9 +243,10 @@ def sweep(
     Returns
     -------
     pandas.DataFrame
-        The columns `COLUMNS` (``hit_rate`` is token-weighted, ``block_hit_rate``
-        block-weighted, both over the measured requests); its ``attrs`` hold the
-        settings and the trace's checksum.
+        The columns `COLUMNS` (``hit_rate`` is token-weighted, ``gpu_hit_rate``,
+        ``host_hit_rate`` and ``disk_hit_rate`` its parts served by each tier,
+        ``block_hit_rate`` block-weighted, all over the measured requests); its
+        ``attrs`` hold the settings and the trace's checksum.
     """
     if engine not in ENGINES:
         raise ValueError(f"engine must be one of {', '.join(ENGINES)}, got {engine!r}")
@@ -202,6 +255,17 @@ def sweep(
     capacities = [check_capacity(c) for c in capacities]
     if not policies or not capacities:
         raise ValueError("a sweep needs at least one policy and one capacity")
+    if isinstance(placements, str):
+        placements = [placements]
+    settings = [TierSetting(h, host_policy, d, disk_policy, placement)
+                for placement in placements for h in host_capacities for d in disk_capacities]
+    if not settings:
+        raise ValueError("a sweep needs at least one placement, host and disk capacity")
+    if engine == "compiled":
+        from paged_kv.sim.replay_compiled import check_tiers
+
+        for setting in settings:
+            check_tiers(setting)
     arrays = as_trace_arrays(trace)  # checks the trace, and names the checksum
     if engine == "manager":
         payload: TraceArrays | Workload = (
@@ -209,7 +273,9 @@ def sweep(
         )
     else:
         payload = arrays
-    points = [(p, c) for p in policies for c in capacities]
+    n_tiers = len(settings) // len(placements)  # (host, disk) pairs per placement
+    points = [(p, c, settings[k * n_tiers + i]) for p in policies
+              for k in range(len(placements)) for c in capacities for i in range(n_tiers)]
     rows: list[dict[str, Any] | None] = [None] * len(points)
 
     def progress_bar():  # made after any fork: its monitor thread must not be forked
@@ -219,8 +285,8 @@ def sweep(
         client, owned = _dask_client(scheduler)
         try:
             shared = client.scatter(payload, broadcast=True)
-            futures = [client.submit(run_point, shared, p, c, warmup, engine, pure=False)
-                       for p, c in points]
+            futures = [client.submit(run_point, shared, p, c, warmup, engine, t, pure=False)
+                       for p, c, t in points]
             index = {f.key: i for i, f in enumerate(futures)}
             from distributed import as_completed as dask_completed
 
@@ -233,16 +299,16 @@ def sweep(
                 client.close()
     elif min(_check_workers(workers), len(points)) == 1:
         with progress_bar() as bar:
-            for i, (p, c) in enumerate(points):
-                rows[i] = run_point(payload, p, c, warmup, engine)
+            for i, (p, c, t) in enumerate(points):
+                rows[i] = run_point(payload, p, c, warmup, engine, t)
                 bar.update()
     else:
         workers = min(_check_workers(workers), len(points))
         pool = ProcessPoolExecutor(workers, mp_context=_start_method(),
                                    initializer=_init_worker, initargs=(payload,))
         try:
-            futures = {pool.submit(_run_in_worker, p, c, warmup, engine): i
-                       for i, (p, c) in enumerate(points)}
+            futures = {pool.submit(_run_in_worker, p, c, warmup, engine, t): i
+                       for i, (p, c, t) in enumerate(points)}
             with progress_bar() as bar:
                 for future in as_completed(futures):
                     rows[futures[future]] = future.result()
@@ -260,8 +326,10 @@ def sweep(
         "block_size": arrays.block_size,
         "warmup": warmup,
         "engine": engine,
+        "host_policy": settings[0].host_policy,
+        "disk_policy": settings[0].disk_policy,
     })
     return frame
 
 
-__all__ = ["COLUMNS", "ENGINES", "SCHEDULER_TIMEOUT_S", "run_point", "sweep"]
+__all__ = ["COLUMNS", "ENGINES", "MOVE_COLUMNS", "SCHEDULER_TIMEOUT_S", "run_point", "sweep"]

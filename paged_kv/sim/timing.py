@@ -44,6 +44,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
+import numpy as np
+
 from paged_kv.core.config import ModelSpec, get_model
 from paged_kv.sim.hardware import GPUSpec, ModelCompute, get_gpu, model_compute
 
@@ -182,14 +184,29 @@ class RooflineStepTime(StepTime):
         compute = self._token_s * tokens + self._pair_s * attention_pairs
         return (memory if memory > compute else compute) + self.overhead_s
 
+    def step_seconds_array(self, tokens: np.ndarray, kv_tokens: np.ndarray,
+                           attention_pairs: np.ndarray,
+                           kv_block_size: int | None) -> np.ndarray:
+        """`step_seconds` elementwise over arrays of steps (the same formula, in float64)."""
+        tokens = np.asarray(tokens, dtype=np.float64)
+        memory = self._weight_s + self._kv_s * (
+            np.asarray(kv_tokens, dtype=np.float64) * self.kv_read_factor(kv_block_size)
+            + tokens)
+        compute = self._token_s * tokens + self._pair_s * np.asarray(attention_pairs,
+                                                                     dtype=np.float64)
+        return np.maximum(memory, compute) + self.overhead_s
+
+    def block_load_seconds(self, block_size: int) -> float:
+        """Host-link time of one block of `block_size` slots: `swap_seconds` per block."""
+        block_bytes = block_size * self.model.bytes_per_token
+        return (block_bytes / (self.link_efficiency * self.gpu.host_bandwidth)
+                + 2 * self.model.num_layers * self.copy_latency_s)
+
     def swap_seconds(self, blocks: int, block_size: int) -> float:
         """Host-link time of `blocks` blocks, plus a fixed latency per copy."""
         if blocks <= 0:
             return 0.0
-        block_bytes = block_size * self.model.bytes_per_token
-        copies = 2 * self.model.num_layers
-        return blocks * (block_bytes / (self.link_efficiency * self.gpu.host_bandwidth)
-                         + copies * self.copy_latency_s)
+        return blocks * self.block_load_seconds(block_size)
 
 
 def calibrated_step_time(model: str | ModelSpec = "opt-13b",
