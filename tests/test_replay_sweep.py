@@ -156,7 +156,7 @@ def test_stopping_the_pool_kills_running_points_at_once():
     processes = list(pool._processes.values())
     started = time.monotonic()
     _stop(pool)
-    assert time.monotonic() - started < 5
+    assert time.monotonic() - started < 30  # killed, not waited for (the points sleep 60 s)
     assert not any(p.is_alive() for p in processes)
 
 

@@ -159,6 +159,9 @@ def _stop(pool: ProcessPoolExecutor) -> None:
     pool.shutdown(wait=False, cancel_futures=True)
     for process in processes:
         process.join(timeout=1.0)
+        if process.is_alive():  # SIGTERM not handled in time (a loaded machine): SIGKILL
+            process.kill()
+            process.join()
 
 
 def _check_workers(workers: object) -> int:
