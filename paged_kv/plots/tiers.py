@@ -15,6 +15,7 @@ from collections.abc import Callable, Mapping
 
 import matplotlib.pyplot as plt
 import pandas as pd
+from matplotlib.ticker import FormatStrFormatter, LogLocator
 
 from paged_kv.plots._style import curve_style, new_axes
 
@@ -96,6 +97,10 @@ def plot_ttft(
     ax.axhline(frame["recompute_p99_s"].iloc[0], color="grey", linestyle=":", linewidth=1,
                label="p99, recompute every prompt")
     ax.set_yscale("log")
+    # seconds as plain decimals (0.3, 2), not powers of ten, on the major and minor ticks
+    ax.yaxis.set_major_formatter(FormatStrFormatter("%g"))
+    ax.yaxis.set_minor_locator(LogLocator(subs=(2.0, 3.0, 5.0)))
+    ax.yaxis.set_minor_formatter(FormatStrFormatter("%g"))
     ax.set_xticks(positions, _tick_labels(frame[x], format_x))
     ax.set_xlabel(xlabel or x.replace("_", " "))
     ax.set_ylabel("time to first token (s)")
