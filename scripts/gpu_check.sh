@@ -24,17 +24,22 @@
 #                   vLLM paper's Fig. 18a sweep), kernel vs copy bandwidth
 #   big pool    60  benchmarks/kernels.py --big-pool: a pool of more than 2^31 elements
 #   quantized   50  benchmarks/quantized.py: int8 / FP8 write, gather, attention
+#   hf decode   40  benchmarks/hf_decode.py: a transformers model's decode step through
+#                   paged_kv.hf (gather, and the paged-attention kernels) against
+#                   DynamicCache; skipped, saying why, without PyTorch's CUDA build or
+#                   transformers 5.24 or newer (carry its wheel: docs/gpu.rst)
 #
-# Under $OUT (default: a new temporary directory, printed) it leaves at most 5 files:
+# Under $OUT (default: a new temporary directory, printed) it leaves at most 6 files:
 # gpu_check.log (everything printed), summary.txt (each step's status and seconds),
-# results.md (the benchmark tables), attention.json and quantized.json (the benchmarks'
-# settings and rows). Byte-code and Numba caches go to a scratch directory outside $OUT,
+# results.md (the benchmark tables), attention.json, quantized.json and hf_decode.json
+# (the benchmarks' settings and rows). Byte-code and Numba caches go to a scratch directory outside $OUT,
 # removed at exit. The summary is printed at the end whatever happened (a failed or
 # timed-out step, or an interrupt).
 # --dry-run: the same steps under the CUDA simulator at tiny sizes, the tests step
 # collecting the GPU-only tests (skipped there): it checks this script, measures nothing
 # (tests/test_gpu_check.py runs it in `make test`).
-# Exit status: 0 every step passed; 1 a step failed or timed out; 2 the probe failed.
+# Exit status: 0 every step passed (or was skipped, saying why); 1 a step failed or timed
+# out; 2 the probe failed.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -123,7 +128,10 @@ run_step() {
 summary() {
     local i status=0
     for i in "${!STATES[@]}"; do
-        [ "${STATES[$i]}" = "passed" ] || status=1
+        case "${STATES[$i]}" in
+            passed|skipped:*) ;;
+            *) status=1 ;;
+        esac
     done
     {
         echo "== summary ($(date -u +%Y-%m-%dT%H:%M:%SZ), $((SECONDS - STARTED)) s of ${TOTAL_S} s)"
@@ -183,8 +191,35 @@ main() {
     section "Quantized pools"
     run_step quantized 50 "$OUT/results.md" \
         "$PY" "$ROOT/benchmarks/quantized.py" "${TINY[@]}" --out "$OUT"
+    section "A transformers model's decode step (paged_kv.hf against DynamicCache)"
+    HF_WHY=$("$PY" -c "$HF_READY" "$DRY_RUN" 2>&1 | tail -1)
+    if [ "$HF_WHY" = "ready" ]; then
+        run_step "hf decode" 40 "$OUT/results.md" \
+            "$PY" "$ROOT/benchmarks/hf_decode.py" "${TINY[@]}" --out "$OUT"
+    else
+        NAMES+=("hf decode"); STATES+=("skipped: ${HF_WHY:-no reason printed}"); TIMES+=(0)
+        echo "skipped: $HF_WHY" | tee -a "$OUT/results.md"
+    fi
     summary
 }
+
+# Whether the hf decode step can run: "ready", or why not (one line). Argument: 1 for a
+# dry run (the CPU build of PyTorch is enough there).
+HF_READY='
+import sys
+try:
+    import torch
+    import transformers
+except ImportError as err:
+    sys.exit(print(f"{err.name} is not importable"))
+major, minor = (int(part) for part in transformers.__version__.split(".")[:2])
+if (major, minor) < (5, 24):
+    sys.exit(print(f"transformers {transformers.__version__} found, 5.24 or newer needed"))
+if sys.argv[1] != "1" and not torch.cuda.is_available():
+    sys.exit(print(f"PyTorch {torch.__version__} sees no CUDA device"))
+print("ready")
+'
+
 
 # main runs in this shell (its output reaches the log through a process substitution, not
 # a pipeline's subshell), so the summary sees every step run_step recorded.

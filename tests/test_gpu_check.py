@@ -17,7 +17,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "scripts" / "gpu_check.sh"
-STEPS = ("probe", "tests", "copy bench", "attention", "big pool", "quantized")
+STEPS = ("probe", "tests", "copy bench", "attention", "big pool", "quantized",
+         "hf decode")
 MAX_FILES = 6  # the device tool brings back at most 8 files from $OUT
 
 
@@ -36,8 +37,8 @@ def summary_rows(text: str) -> dict[str, tuple[int, str]]:
     """{step: (seconds, status)} from the summary's rows."""
     rows = {}
     for line in text[text.index("== summary"):].splitlines():
-        match = re.match(r"(probe|tests|copy bench|attention|big pool|quantized)\s+(\d+) s  (.+)",
-                         line)
+        match = re.match(r"(probe|tests|copy bench|attention|big pool|quantized|hf decode)"
+                         r"\s+(\d+) s  (.+)", line)
         if match:
             rows[match.group(1)] = (int(match.group(2)), match.group(3))
     return rows
@@ -56,7 +57,7 @@ def test_dry_run_passes_every_step_in_budget_leaving_few_files_and_no_bytecode(
     files = sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file())
     assert len(files) <= MAX_FILES, files
     assert set(files) == {"gpu_check.log", "summary.txt", "results.md", "attention.json",
-                          "quantized.json"}
+                          "quantized.json", "hf_decode.json"}
     assert "| swap in kernel scattered |" in (out / "results.md").read_text()
     assert "probe passed" in (out / "gpu_check.log").read_text()
     assert (out / "summary.txt").read_text().splitlines()[0].startswith("== summary")
@@ -94,6 +95,23 @@ def test_failed_timed_out_and_unstarted_steps_still_end_in_the_summary(tmp_path:
     stop_at = int(re.search(r"^stop at (\d+)$", done.stdout, re.M).group(1))
     assert 0 < stop_at - time.time() <= 200 - 20
     assert (out / "summary.txt").read_text() in done.stdout
+
+
+def test_the_hf_step_is_skipped_saying_why_and_the_check_still_passes(tmp_path: Path) -> None:
+    """The lent machines' transformers may be older than paged_kv.hf needs: the decode step
+    is skipped with the reason in the summary, and the other steps decide the status."""
+    python = fake_python(tmp_path, """
+    *gpu_probe.py*) echo "probe passed in 0.0 s"; exit 0 ;;
+    *"-m pytest"*) echo "3 passed in 0.1s"; exit 0 ;;
+    *"import transformers"*) echo "transformers 5.17.0 found, 5.24 or newer needed"; exit 0 ;;
+    *benchmarks/*) echo "| a table |"; exit 0 ;;
+    """)
+    done, out = run_check(tmp_path, python=python, timeout=120)
+    assert done.returncode == 0, done.stdout[-3000:]
+    rows = summary_rows(done.stdout)
+    assert rows["hf decode"] == (0, "skipped: transformers 5.17.0 found, 5.24 or newer needed")
+    assert all(rows[step][1] == "passed" for step in STEPS[:-1])
+    assert "skipped: transformers 5.17.0" in (out / "results.md").read_text()
 
 
 def test_a_failed_probe_stops_the_check_with_its_one_line_reason(tmp_path: Path) -> None:
