@@ -24,7 +24,7 @@
 #                   vLLM paper's Fig. 18a sweep), kernel vs copy bandwidth
 #   big pool    60  benchmarks/kernels.py --big-pool: a pool of more than 2^31 elements
 #   quantized   50  benchmarks/quantized.py: int8 / FP8 write, gather, attention
-#   hf decode   40  benchmarks/hf_decode.py: a transformers model's decode step through
+#   hf decode   35  benchmarks/hf_decode.py: a transformers model's decode step through
 #                   paged_kv.hf (gather, and the paged-attention kernels) against
 #                   DynamicCache; skipped, saying why, without PyTorch's CUDA build or
 #                   transformers 5.24 or newer (carry its wheel: docs/gpu.rst)
@@ -194,7 +194,7 @@ main() {
     section "A transformers model's decode step (paged_kv.hf against DynamicCache)"
     HF_WHY=$("$PY" -c "$HF_READY" "$DRY_RUN" 2>&1 | tail -1)
     if [ "$HF_WHY" = "ready" ]; then
-        run_step "hf decode" 40 "$OUT/results.md" \
+        run_step "hf decode" 35 "$OUT/results.md" \
             "$PY" "$ROOT/benchmarks/hf_decode.py" "${TINY[@]}" --out "$OUT"
     else
         NAMES+=("hf decode"); STATES+=("skipped: ${HF_WHY:-no reason printed}"); TIMES+=(0)
