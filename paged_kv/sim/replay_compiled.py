@@ -41,6 +41,11 @@ a set of arrays indexed by interned key: linked lists (LRU and Clock in release 
 FIFO in caching order, ARC's T1/T2 and ghost lists B1/B2) and an indexed binary heap
 (LFU, LengthAware, Belady), each hook O(1) or O(log n).
 
+The kernel takes every array it is given as `paged_kv.sim.borrowed.borrowed` views, and
+its per-request tier step and the tiers' functions are inlined: without that, the atomic
+reference-count updates of the arrays passed into them took most of a tiered sweep's
+extra time (`benchmarks/tiers.py`).
+
 Importing this module imports numba; the functions are compiled on first call and
 cached on disk (``cache=True``), so a later process pays only the load. Metadata
 modules never import it; `paged_kv.sim.replay_sweep` does, when a sweep asks for the
@@ -54,6 +59,7 @@ import time
 import numpy as np
 from numba import njit
 
+from paged_kv.sim.borrowed import borrowed
 from paged_kv.sim.replay import (
     ReplayResult,
     TierSetting,
@@ -186,7 +192,7 @@ _HOST_HITS, _DISK_HITS, _GPU_HOST, _GPU_DISK, _HOST_DISK = range(5)
 _FROM_GPU, _FROM_HOST, _FROM_DISK = 1, 2, 3
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def _lower_tiers(r, keys, start, h, served, full, source, batch, count, write_back, nodes,
                  ends, counts, tier_p, moved):
     """Everything one request does to the lower tiers, in the manager's order.
@@ -203,8 +209,8 @@ def _lower_tiers(r, keys, start, h, served, full, source, batch, count, write_ba
 
     The kernel calls this once per request, after its own work for the request: the
     GPU's allocations and publications never look at the lower tiers, and the lower
-    tiers see only these steps, so the order between the two does not matter. One call
-    site and one (inlined) store keep the compiled kernel small."""
+    tiers see only these steps, so the order between the two does not matter. It is
+    inlined into the kernel at its one call site, as is the one store it makes."""
     has_host = counts[0, 1] > 0
     has_disk = counts[1, 1] > 0
     hc = load_counters(counts, tier_p, 0)
@@ -281,7 +287,19 @@ def _replay_kernel(policy, capacity, block_size, offsets, keys, prompt_lens, nex
                    depth, num_keys, shift_freq, shift_depth, max_depth, hit_blocks,
                    placement, nodes, ends_t, counts, tier_p, moved):
     """Replay every request; writes hit blocks per request (with lower tiers, also the
-    per-request `MOVED_COLUMNS` counts), returns the GPU evictions."""
+    per-request `MOVED_COLUMNS` counts), returns the GPU evictions. The arguments are
+    the caller's, alive for the whole call, so they are used as borrowed views."""
+    offsets = borrowed(offsets)
+    keys = borrowed(keys)
+    prompt_lens = borrowed(prompt_lens)
+    next_access = borrowed(next_access)
+    depth = borrowed(depth)
+    hit_blocks = borrowed(hit_blocks)
+    nodes = borrowed(nodes)
+    ends_t = borrowed(ends_t)
+    counts = borrowed(counts)
+    tier_p = borrowed(tier_p)
+    moved = borrowed(moved)
     num_requests = len(prompt_lens)
     has_host = counts[0, 1] > 0
     has_disk = counts[1, 1] > 0

@@ -31,8 +31,8 @@ runs)::
 
 One row per key keeps a key's fields in one cache line, and the tier as an index (not a
 choice between arrays) keeps the reference counting of array variables out of the
-inner loop. The functions are inlined
-into the kernel and return the new counters, which so stay in registers.
+inner loop (the kernel passes borrowed views: `paged_kv.sim.borrowed`). The functions
+are inlined into the kernel and return the new counters, which so stay in registers.
 
 Importing this module imports numba; `paged_kv.sim.replay_compiled` calls these
 functions from its kernel.
@@ -242,7 +242,7 @@ def _move_to_tail(nodes, ends, t, first, last):
     ends[t, 2 * lst + 1] = last
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def tier_refresh(nodes, ends, t, keys, start, stop):
     """Each held, unpinned key of ``keys[start:stop]``, from the last to the first,
     becomes the most recent candidate of its list (``remove`` then ``add``).
