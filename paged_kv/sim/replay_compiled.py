@@ -42,9 +42,9 @@ FIFO in caching order, ARC's T1/T2 and ghost lists B1/B2) and an indexed binary 
 (LFU, LengthAware, Belady), each hook O(1) or O(log n).
 
 The kernel takes every array it is given as `paged_kv.sim.borrowed.borrowed` views, and
-its per-request tier step and the tiers' functions are inlined: without that, the atomic
-reference-count updates of the arrays passed into them took most of a tiered sweep's
-extra time (`benchmarks/tiers.py`).
+its per-request tier step and the tiers' functions are inlined: with both, a tiered
+sweep costs 1.2-1.5 times an untiered one, without them over 2 times with ARC tiers
+(`benchmarks/tiers.py`, `benchmarks/RESULTS.md`).
 
 Importing this module imports numba; the functions are compiled on first call and
 cached on disk (``cache=True``), so a later process pays only the load. Metadata
