@@ -13,7 +13,12 @@ from paged_kv.core.eviction import policy_names
 from paged_kv.sim import Request, Workload, load_trace
 from paged_kv.sim.replay import replay
 from paged_kv.sim.replay_arrays import NEVER, TraceArrays
-from paged_kv.sim.replay_compiled import POLICY_CODES, compile_engine, compiled_replay
+from paged_kv.sim.replay_compiled import (
+    POLICY_CODES,
+    _replay_kernel,
+    compile_engine,
+    compiled_replay,
+)
 
 FULL = os.environ.get("PAGED_KV_FULL_TRACES", "") not in ("", "0")
 HEAD = None if FULL else 700
@@ -80,6 +85,20 @@ def test_hand_built_cases_for_every_policy():
             expected = replay(workload, capacity, policy).requests["hit_blocks"].tolist()
             got = compiled_replay(arrays, capacity, policy).requests["hit_blocks"].tolist()
             assert got == expected, (policy, capacity)
+
+
+def test_one_compiled_signature_for_every_policy_and_trace(trace):
+    # compile_engine's tiny trace (dense int64 keys, cast to int32), a shipped trace and a
+    # hand-built one, every policy (read-only stand-ins for the derived arrays a policy
+    # does not use), with tiers and without: the kernel compiles once (about 45 s cold)
+    _, arrays = trace
+    _, hand = hand_trace([(9, (1, 2, 3)), (8, (1, 2))])
+    for policy in POLICY_CODES:
+        for each in (arrays, hand):
+            compiled_replay(each, 3, policy)
+            compiled_replay(each, 3, policy, host_capacity=2, host_policy="arc",
+                            disk_capacity=2, placement="write_back")
+    assert len(_replay_kernel.signatures) == 1, _replay_kernel.signatures
 
 
 def test_trace_arrays_derived_arrays():

@@ -63,8 +63,9 @@ class TraceArrays:
             raise ValueError(f"block keys must be integers, got dtype {keys.dtype}")
         if not _interned(keys):  # the kernel indexes its arrays by key: make them dense
             keys = intern_keys(keys)
-        elif keys.dtype not in (np.int32, np.int64):
-            keys = keys.astype(np.int64)
+        else:  # intern_keys's dtype, so the compiled engine compiles one signature
+            keys = keys.astype(_key_dtype(int(keys.max()) + 1 if len(keys) else 0),
+                               copy=False)
         r = len(prompt_lens)
         if r == 0:
             raise ValueError(f"trace {self.name!r} has no requests")
@@ -248,8 +249,12 @@ def intern_keys(raw: np.ndarray) -> np.ndarray:
     _, first, inverse = np.unique(raw, return_index=True, return_inverse=True)
     rank = np.empty(len(first), dtype=np.int64)
     rank[np.argsort(first, kind="stable")] = np.arange(len(first))
-    dtype = np.int32 if len(first) < 2**31 else np.int64
-    return rank[inverse.ravel()].astype(dtype)
+    return rank[inverse.ravel()].astype(_key_dtype(len(first)))
+
+
+def _key_dtype(num_keys: int) -> type:
+    """int32 for fewer than 2**31 distinct keys, else int64."""
+    return np.int32 if num_keys < 2**31 else np.int64
 
 
 def _interned(keys: np.ndarray) -> bool:

@@ -563,9 +563,12 @@ def _replay_kernel(policy, capacity, block_size, offsets, keys, prompt_lens, nex
 
 
 def _kernel_arguments(trace: TraceArrays, policy: str):
-    """The derived arrays a policy needs (small stand-ins for the others)."""
-    nxt = trace.next_access if policy == "belady" else np.zeros(1, np.int64)
-    depth = trace.depth if policy == "length_aware" else np.zeros(1, np.int64)
+    """The derived arrays a policy needs (small stand-ins for the others), read-only as
+    the trace's own are, so that every policy calls the kernel with one signature."""
+    stand_in = np.zeros(1, np.int64)
+    stand_in.flags.writeable = False
+    nxt = trace.next_access if policy == "belady" else stand_in
+    depth = trace.depth if policy == "length_aware" else stand_in
     return nxt, depth
 
 
